@@ -1,0 +1,3 @@
+from qrdeploy.cli import entry
+
+entry()

@@ -1,0 +1,81 @@
+"""The command line: a thin argparse layer over the library. `main(argv) -> int` returns the exit
+code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed.
+
+Each subcommand lives in qrdeploy/commands/<name>.py and defines HELP, add_arguments(parser) and
+run(args) -> int; run() only parses options into a library call and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from qrdeploy import __version__
+from qrdeploy.errors import QrdeployError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options")
+    g.add_argument("--seed", type=int, default=0, help="one seed for numpy, torch and every attack")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info lines")
+    g.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qrdeploy",
+        description="ONNX deployment hardening and honest robustness evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"qrdeploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from qrdeploy import commands
+
+    common = _common()
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue  # shared option helpers, not a command
+        module = importlib.import_module(f"qrdeploy.commands.{info.name}")
+        name = info.name.replace("_", "-")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", force=True
+    )
+    if args.quiet:
+        os.environ["QRDEPLOY_QUIET"] = "1"
+    try:
+        return int(args._run(args))
+    except QrdeployError as exc:
+        print(f"qrdeploy: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qrdeploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal bug: one line unless --debug asks for the traceback
+        if args.debug:
+            raise
+        print(f"qrdeploy: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def entry() -> None:
+    sys.exit(main())

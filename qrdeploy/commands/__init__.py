@@ -1,0 +1,1 @@
+"""One module per subcommand; cli.py discovers them. See cli.py for the contract."""

@@ -1,0 +1,35 @@
+"""Options shared by several subcommands, and their conversion into library objects."""
+
+from __future__ import annotations
+
+import argparse
+
+from qrdeploy.data import SPLITS, Dataset, load_dataset
+from qrdeploy.runtime import PROVIDERS, SessionConfig
+
+
+def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default, required=default is None,
+                   help="mnist-5k (embedded), mnist, cifar10 or npz:PATH (default: %(default)s)")
+    g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
+    g.add_argument("--download", action="store_true", help="download mnist/cifar10 if missing")
+    g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")
+    g.add_argument("-n", type=int, default=None, help="use the first N samples")
+
+
+def load_data(args: argparse.Namespace) -> Dataset:
+    return load_dataset(args.data, args.split, n=args.n, data_root=args.data_root,
+                        download=args.download)
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("onnxruntime")
+    g.add_argument("--provider", choices=PROVIDERS, default="auto",
+                   help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
+    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
+    g.add_argument("--batch-size", type=int, default=500, help="default: %(default)s")
+
+
+def session_config(args: argparse.Namespace) -> SessionConfig:
+    return SessionConfig(provider=args.provider, threads=args.threads)

@@ -1,0 +1,29 @@
+"""`qrdeploy eval`: clean accuracy of an ONNX classifier run by onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
+from qrdeploy.evaluation import evaluate_onnx
+
+HELP = "accuracy of an ONNX classifier on onnxruntime (and agreement with a reference)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX classifier (output: logits)")
+    p.add_argument("--reference", help="reference ONNX model: also report top-1 agreement")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_data(p)
+    add_runtime(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_onnx(args.model, load_data(args), reference=args.reference,
+                           config=session_config(args), batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0

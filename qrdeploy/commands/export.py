@@ -1,0 +1,25 @@
+"""`qrdeploy export`: a trained checkpoint to ONNX, parity-checked against torch."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a trained checkpoint to ONNX (opset 17, dynamic batch) with a parity check"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint written by `qrdeploy train`")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold BatchNormalization into the conv weights (default: keep BN nodes)")
+    p.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qrdeploy.export import export_onnx
+
+    result = export_onnx(args.checkpoint, args.output, fold_bn=args.fold_bn,
+                         data_root=args.data_root)
+    print(f"wrote {result.path}")
+    print(result.parity)
+    return 0

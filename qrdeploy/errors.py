@@ -1,0 +1,36 @@
+"""The exception hierarchy. Every error a user can cause is a QrdeployError whose message is one
+line saying what was wrong and how to fix it; the CLI prints it and exits with code 1."""
+
+from __future__ import annotations
+
+
+class QrdeployError(Exception):
+    """Base class of every error qrdeploy raises on purpose."""
+
+
+class DataError(QrdeployError):
+    """A data set is missing, malformed or does not fit the model."""
+
+
+class GraphError(QrdeployError):
+    """An ONNX file cannot be loaded, validated, or is outside what qrdeploy supports."""
+
+
+class PassError(QrdeployError):
+    """A graph pass is misconfigured or would silently do nothing."""
+
+
+class UnsupportedOpError(GraphError):
+    """An ONNX op (or attribute value) has no gradient rule."""
+
+
+class CheckpointError(QrdeployError):
+    """A training checkpoint is missing, corrupt or of an unknown kind."""
+
+
+class RuntimeMissingError(QrdeployError):
+    """No onnxruntime build is installed, or torch is needed but absent."""
+
+
+class ConfigError(QrdeployError):
+    """A setting (CLI option, recipe, policy) is out of range."""

@@ -1,0 +1,70 @@
+"""onnxruntime, found and configured in one place: the import check, providers and threads."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from qrdeploy.errors import ConfigError, GraphError, RuntimeMissingError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("auto", "cpu", "cuda")
+_FALLBACK_LOGGED: list[bool] = []  # log the CPU fallback once per process
+_FIX = "install one: pip install 'qrdeploy[cpu]' (or 'qrdeploy[gpu]' for onnxruntime-gpu)"
+
+
+def ort() -> Any:
+    """Import onnxruntime, or raise a one-line error naming the fix."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeMissingError(f"onnxruntime is not installed; {_FIX}") from exc
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Where and how onnxruntime runs: provider (auto|cpu|cuda) and intra-op threads (0 = ORT's)."""
+
+    provider: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {self.threads}")
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """The provider list for a session; auto falls back to CPU (logged) when CUDA is absent."""
+    available = ort().get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if provider == "cuda" and not has_cuda:
+        raise ConfigError("--provider cuda needs onnxruntime-gpu and a GPU; use --provider cpu")
+    if provider in ("cuda", "auto") and has_cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider == "auto" and not _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED.append(True)
+        log.info("onnxruntime: CUDA provider not available; running on CPU")
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model: bytes, config: SessionConfig | None = None) -> onnxruntime.InferenceSession:
+    """An inference session for a serialized model; runtime failures become GraphError."""
+    config = config or SessionConfig()
+    rt = ort()
+    opts = rt.SessionOptions()
+    opts.log_severity_level = 3
+    if config.threads:
+        opts.intra_op_num_threads = config.threads
+    try:
+        return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraphError(f"onnxruntime cannot load the model: {msg}") from exc

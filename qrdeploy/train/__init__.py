@@ -1,0 +1,60 @@
+"""Training: standard and PGD adversarial training of the paper's networks (torch needed).
+
+`train(config, out)` runs the recipe and writes a safetensors checkpoint of the weights selected on
+the validation split; `load_trained(path)` rebuilds the network from such a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qrdeploy.errors import RuntimeMissingError
+from qrdeploy.train.config import Method, Optim, TrainConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from qrdeploy.train.checkpoint import Checkpoint
+
+__all__ = ["Method", "Optim", "TrainConfig", "train", "load_trained"]
+
+
+def _torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeMissingError("training needs torch: pip install 'qrdeploy[train]'") from exc
+
+
+def train(config: TrainConfig, out: str | Path, fresh: bool = False,
+          log: Callable[[str], None] = print) -> Checkpoint:
+    """Train a network by recipe and write the selected weights to `out` (safetensors)."""
+    _torch()
+    from qrdeploy.train import methods
+    from qrdeploy.train.loop import fit
+
+    perturb, score = methods.hooks(config)
+    return fit(config, out, perturb, score, fresh=fresh, log=log)
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """The network of a finished checkpoint, in eval mode, and the checkpoint itself."""
+    _torch()
+    from qrdeploy.errors import CheckpointError
+    from qrdeploy.nets import build_net
+    from qrdeploy.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if ck.meta.get("kind") != "model":
+        raise CheckpointError(f"{path} is not a finished model checkpoint "
+                              f"(kind {ck.meta.get('kind')!r}); finish its training first")
+    config = TrainConfig.from_json(ck.meta["config"])
+    head = ck.tensors["model"]
+    model = build_net(config.net, num_classes=int(ck.meta.get("num_classes", 10)))
+    try:
+        model.load_state_dict(head)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {config.net}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.eval(), ck

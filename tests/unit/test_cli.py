@@ -1,0 +1,119 @@
+"""The command line: exit codes, one-line errors, and the deploy side without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qrdeploy.cli import main
+
+BLOCK_TORCH = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ImportError('torch is blocked in this test')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def _run_blocked(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert "qrdeploy" in capsys.readouterr().out
+    assert main(["eval", "--help"]) == 0
+
+
+@pytest.mark.parametrize("argv", [[], ["nonsense"], ["eval"], ["eval", "m.onnx", "--split", "x"]],
+                         ids=["none", "unknown", "missing-model", "bad-choice"])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    assert main(argv) == 2
+
+
+def test_eval_prints_accuracy_with_interval(tiny_onnx: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tiny_onnx), "-n", "200", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "samples: 200" in out and "accuracy:" in out and "95% Wilson" in out
+
+
+def test_eval_reference_agreement_with_itself(tiny_onnx: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tiny_onnx), "--reference", str(tiny_onnx), "-n", "50", "-q"]) == 0
+    assert "top-1 agreement with reference: 100.00%" in capsys.readouterr().out
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], match: str) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("qrdeploy: error:")
+    assert match in err
+
+
+def test_truncated_onnx(tiny_onnx: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(tiny_onnx.read_bytes()[: tiny_onnx.stat().st_size // 2])
+    _one_line_error(["eval", str(bad)], capsys, "cut.onnx")
+
+
+def test_missing_dataset_folder(tiny_onnx: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line_error(["eval", str(tiny_onnx), "--data", "mnist", "--data-root",
+                     str(tmp_path / "none")], capsys, "not found under")
+
+
+def test_npz_with_11_classes(tiny_onnx: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((11, 1, 28, 28), np.float32), y=np.arange(11))
+    _one_line_error(["eval", str(tiny_onnx), "--data", f"npz:{path}"], capsys, "11 classes")
+
+
+def test_cifar_pickle_payload(tiny_onnx: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    from tests.unit.data_builders import Payload, write_cifar_folder
+
+    write_cifar_folder(tmp_path)
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(Payload(marker)))
+    _one_line_error(["eval", str(tiny_onnx), "--data", "cifar10", "--data-root", str(tmp_path)],
+                    capsys, "refusing a pickle")
+    assert not marker.exists()
+
+
+def test_wrong_image_shape(tiny_onnx: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((2, 3, 32, 32), np.float32), y=np.arange(2))
+    _one_line_error(["eval", str(tiny_onnx), "--data", f"npz:{path}"], capsys, "expects images")
+
+
+def test_import_and_eval_without_torch(tiny_onnx: Path) -> None:
+    code = (
+        "import qrdeploy, sys\n"
+        "from qrdeploy.cli import main\n"
+        f"rc = main(['eval', {str(tiny_onnx)!r}, '-n', '100', '-q'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    proc = _run_blocked(code)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy:" in proc.stdout
+
+
+def test_train_without_torch_is_a_clean_error() -> None:
+    proc = _run_blocked("from qrdeploy.cli import main\n"
+                        "import sys; sys.exit(main(['train', '-o', '/nonexistent/x', '-q']))\n")
+    assert proc.returncode == 1
+    assert "pip install 'qrdeploy[train]'" in proc.stderr

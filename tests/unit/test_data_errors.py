@@ -1,0 +1,91 @@
+"""Every bad data input is a one-line DataError naming the problem."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qrdeploy.data import check_labels, load_dataset, parse_idx
+from qrdeploy.errors import DataError
+from tests.unit.data_builders import Payload, write_cifar_folder
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> str:
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(DataError, match="unknown data set 'imagenet'"):
+        load_dataset("imagenet")
+
+
+def test_bad_split() -> None:
+    with pytest.raises(DataError, match="split must be one of"):
+        load_dataset("mnist-5k", "dev")
+
+
+@pytest.mark.parametrize("name,what", [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_folder(tmp_path: Path, name: str, what: str) -> None:
+    with pytest.raises(DataError, match=f"{what}.*not found under .*--data-root"):
+        load_dataset(name, data_root=tmp_path / "nowhere")
+
+
+def test_cifar_pickle_calling_a_function_is_refused(tmp_path: Path) -> None:
+    write_cifar_folder(tmp_path)
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(DataError, match="refusing a pickle that calls"):
+        load_dataset("cifar10", data_root=tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar_wrong_shape(tmp_path: Path) -> None:
+    write_cifar_folder(tmp_path)
+    bad = {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(bad))
+    with pytest.raises(DataError, match=r"expected \(N, 3072\)"):
+        load_dataset("cifar10", data_root=tmp_path)
+
+
+def test_idx_bad_magic() -> None:
+    with pytest.raises(DataError, match="bad magic"):
+        parse_idx(b"\x01\x02\x03\x04")
+
+
+def test_idx_truncated() -> None:
+    with pytest.raises(DataError, match="does not match its dimensions"):
+        parse_idx(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
+
+
+@pytest.mark.parametrize(
+    "arrays,match",
+    [({"x": np.full((2, 1, 4, 4), np.nan, np.float32)}, "NaN"),
+     ({"x": np.full((2, 1, 4, 4), 3.0, np.float32)}, r"pixels must be in \[0, 1\]"),
+     ({"x": np.zeros((0, 1, 4, 4), np.float32)}, "is empty"),
+     ({"x": np.zeros((2, 4), np.float32)}, "must be \\(N, C, H, W\\)"),
+     ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.zeros(3, np.int64)}, "3 labels for 2"),
+     ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.array([0.5, 1.0])}, "integer labels"),
+     ({"x": np.zeros((2, 1, 4, 4), np.float32), "y": np.array([0, -1])}, "negative label"),
+     ({"y": np.zeros(2, np.int64)}, "no array named 'x'")],
+    ids=["nan", "range", "empty", "shape", "count", "float-y", "negative", "no-x"],
+)
+def test_bad_npz(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_dataset(_npz(tmp_path, **arrays))
+
+
+def test_npz_not_a_zip(tmp_path: Path) -> None:
+    (tmp_path / "d.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_labels_beyond_model_classes(tmp_path: Path) -> None:
+    ds = load_dataset(_npz(tmp_path, x=np.zeros((11, 1, 4, 4), np.float32), y=np.arange(11)))
+    with pytest.raises(DataError, match="label 10 \\(11 classes\\) but the model has 10 outputs"):
+        check_labels(ds, 10)

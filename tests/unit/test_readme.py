@@ -1,0 +1,41 @@
+"""The README's two commands cannot rot: CI runs the test command verbatim, and the main command is
+run here literally (it installs into .venv, trains, exports and evaluates; about 5 minutes)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_command(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- readme:{marker} -->\s*```bash\n(.+?)\n```", text, re.S)
+    assert m, f"README has no readme:{marker} block"
+    return m.group(1).strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert commands[-1] == readme_command("test")
+
+
+def test_readme_commands_are_single_lines() -> None:
+    for marker in ("main", "test"):
+        assert "\n" not in readme_command(marker)
+
+
+@pytest.mark.readme
+def test_readme_main_command(tmp_path: Path) -> None:
+    cmd = readme_command("main")
+    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r"accuracy: ([\d.]+)%", proc.stdout)
+    assert m, proc.stdout
+    assert float(m.group(1)) >= 96.0, proc.stdout
