@@ -21,9 +21,9 @@ from qrdeploy.train.loop import resume_path  # noqa: E402
 TINY = ["--n-train", "96", "--batch-size", "32", "--seed", "3", "-q"]
 
 
-def _train_cmd(out: Path, epochs: int) -> list[str]:
-    return [sys.executable, "-m", "qrdeploy", "train", "-o", str(out),
-            "--epochs", str(epochs), "--threads", "1", *TINY]
+def _train_cmd(out: Path, epochs: int, method: str = "standard") -> list[str]:
+    return [sys.executable, "-m", "qrdeploy", "train", "-o", str(out), "--method", method,
+            "--attack-steps", "2", "--epochs", str(epochs), "--threads", "1", *TINY]
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
@@ -44,10 +44,11 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     assert sha256_file(a) == sha256_file(b)
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["standard", "adversarial"])
+def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path, method: str) -> None:
     ref, out = tmp_path / "ref.safetensors", tmp_path / "out.safetensors"
-    subprocess.run(_train_cmd(ref, 3), check=True)
-    proc = subprocess.Popen(_train_cmd(out, 3))
+    subprocess.run(_train_cmd(ref, 3, method), check=True)
+    proc = subprocess.Popen(_train_cmd(out, 3, method))
     deadline = time.time() + 120
     while not resume_path(out).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -55,6 +56,26 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path) -> None:
     proc.wait()
     assert not out.exists(), "the final file must not appear before training ends"
     assert resume_path(out).exists(), "the run should have been killed after an epoch"
-    subprocess.run(_train_cmd(out, 3), check=True)
+    subprocess.run(_train_cmd(out, 3, method), check=True)
     assert sha256_file(out) == sha256_file(ref)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_adversarial_training_trains_on_pgd_examples(tmp_path: Path) -> None:
+    from qrdeploy.train import adversarial
+
+    cfg = TrainConfig(method="adversarial", eps=0.2, attack_steps=3, attack_step_size=0.1,
+                      eps_warmup=4)
+    assert adversarial.attack_for(cfg, 0).eps == pytest.approx(0.05)
+    assert adversarial.attack_for(cfg, 9).eps == pytest.approx(0.2)
+    perturb, _ = adversarial.hooks(cfg)
+    torch.manual_seed(0)
+    from qrdeploy.nets import build_net
+
+    net = build_net("mnist-cnn")
+    x = torch.rand(6, 1, 28, 28)
+    y = torch.arange(6)
+    x_adv = perturb(net, x, y, 9, torch.arange(6))
+    delta = (x_adv - x).abs().max().item()
+    assert 0 < delta <= 0.2 + 1e-6
+    assert net.training  # the hook restores the training mode

@@ -1,0 +1,45 @@
+"""`qrdeploy inspect`: weight layers of an ONNX model (op, shape, dtype, distinct levels per
+tensor and per channel, bits, encoding) and the provenance written by `qrdeploy harden`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from qrdeploy.graph import load_model
+from qrdeploy.passes import describe_model
+
+HELP = "list weight layers (levels, bits, encoding) and the hardening provenance"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=".onnx model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe_model(load_model(args.model))
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    _print_table(info)
+    return 0
+
+
+def _print_table(info: dict[str, Any]) -> None:
+    print(f"opset {info['opset']}, {len(info['layers'])} weight layers")
+    print(f"{'node':24} {'op':13} {'shape':18} {'dtype':8} {'enc':9} {'levels':>7} "
+          f"{'per-ch':>7} {'bits':>4} bn")
+    for r in info["layers"]:
+        shape = "x".join(map(str, r["shape"]))
+        print(f"{r['node'][:24]:24} {r['op']:13} {shape:18} {r['dtype']:8} {r['encoding']:9} "
+              f"{r['levels']:>7} {r['levels_per_channel']:>7} {r['bits'] or '-':>4} "
+              f"{'y' if r['folded_bn'] else '-'}")
+    prov = info["provenance"]
+    if prov["opset_conversion"]:
+        print(f"opset converted: {prov['opset_conversion']}")
+    for i, step in enumerate(prov["steps"], 1):
+        print(f"harden step {i}: {json.dumps(step, sort_keys=True)}")
+    if not prov["steps"]:
+        print("no hardening recorded")
