@@ -1,0 +1,70 @@
+"""The committed reference models: each card's numbers re-measured with onnxruntime, and the
+acceptance thresholds of the reference recipes (slow: PGD-40 on 1,000 digits per model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qrdeploy.io import sha256_file
+
+pytest.importorskip("mlxtend")
+MODELS = Path(__file__).resolve().parents[2] / "models"
+CARDS = sorted(MODELS.glob("*.json"))
+# minimum clean test accuracy and PGD-40 robust accuracy (issue acceptance thresholds)
+THRESHOLDS = {"mnist-standard": (0.970, None), "mnist-standard-seed1": (0.970, None),
+              "mnist-adversarial": (0.95, 0.55)}
+
+
+def _card(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def test_set():  # type: ignore[no-untyped-def]
+    from qrdeploy.data import load_dataset
+
+    return load_dataset("mnist-5k", "test")
+
+
+def test_every_model_has_a_card() -> None:
+    onnx_files = {p.stem for p in MODELS.glob("*.onnx")}
+    assert onnx_files == {p.stem for p in CARDS}
+    assert set(THRESHOLDS) <= onnx_files
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
+def test_card_clean_accuracy(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
+    from qrdeploy.evaluation import evaluate_onnx
+
+    card = _card(card_path)
+    model = MODELS / card["onnx"]
+    assert sha256_file(model) == card["sha256"]
+    acc = evaluate_onnx(model, test_set).accuracy
+    assert acc is not None
+    assert abs(acc.k - card["clean_test"]["k"]) <= 2  # exact here; kernels may differ elsewhere
+    assert acc.value >= THRESHOLDS[card["name"]][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
+def test_card_pgd40(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
+    from qrdeploy.attacks import PGD
+    from qrdeploy.ortmodel import OrtModel
+
+    card = _card(card_path)
+    victim = OrtModel(MODELS / card["onnx"])
+    attack = PGD(eps=0.3, step=0.01, steps=40)
+    robust = 0
+    for i in range(0, len(test_set), 250):
+        x, y = test_set.x[i:i + 250], test_set.y[i:i + 250]
+        res = attack(victim, x, y, seed=card["pgd40_test"]["seed"],
+                     indices=np.arange(i, i + len(x)))
+        robust += int((~res.fooled).sum())
+    assert abs(robust - card["pgd40_test"]["k"]) <= 5  # within 0.5 points of the card
+    minimum = THRESHOLDS[card["name"]][1]
+    if minimum is not None:
+        assert robust / len(test_set) >= minimum
