@@ -33,6 +33,7 @@ class SessionConfig:
 
     provider: str = "auto"
     threads: int = 0
+    deterministic: bool = True  # onnxruntime's use_deterministic_compute (same inputs, same bits)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -67,6 +68,7 @@ def make_session(model: bytes, config: SessionConfig | None = None) -> onnxrunti
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     if config.threads:
         opts.intra_op_num_threads = config.threads
+    opts.use_deterministic_compute = config.deterministic
     try:
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -1,0 +1,331 @@
+"""Each gradient rule against torch float64 autograd on the equivalent function, and that float64
+reference against central finite differences. Graphs are one op (plus a Flatten to (N, K))."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.grad_rules import GradOptions
+from qrdeploy.gradients import GRAD, X_COTANGENT, build_vjp, supported_ops
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+RTOL = 1e-4  # per-sample ||g - g_ref|| / ||g_ref||
+COS = 1 - 1e-6
+BATCH = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One op (or a few) from input x to y; the torch float64 twin maps (x, params) to y."""
+
+    nodes: list[onnx.NodeProto]
+    ref: Callable[[Any, dict[str, Any]], Any]
+    x_shape: tuple[int, ...]
+    inits: dict[str, np.ndarray] = field(default_factory=dict)
+    opset: int = 17
+    options: GradOptions | None = None
+
+
+def _w(*shape: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 0.5, shape).astype(np.float32)
+
+
+def _node(op: str, inputs: list[str], out: str = "y", **attrs: Any) -> onnx.NodeProto:
+    return helper.make_node(op, inputs, [out], name=f"{op}_{out}", **attrs)
+
+
+def _model(case: Case) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *case.x_shape])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+    nodes = [*case.nodes, _node("Flatten", ["y"], "logits", axis=1)]
+    inits = [numpy_helper.from_array(v, k) for k, v in case.inits.items()]
+    graph = helper.make_graph(nodes, "case", [x], [out], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
+
+
+def _torch_vjp(case: Case, x: np.ndarray, cot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    z = case.ref(xt, params).flatten(1)  # (N, K)
+    (z * torch.tensor(cot, dtype=torch.float64)).sum().backward()
+    return z.detach().numpy(), xt.grad.numpy()
+
+
+def _tie_free(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Distinct values in [0, 1] (a shuffled grid) so MaxPool windows have unique maxima."""
+    n = int(np.prod(shape))
+    grid = (np.arange(n) + 0.5) / n
+    return np.random.default_rng(seed).permutation(grid).reshape(shape).astype(np.float32)
+
+
+def _conv(p: dict[str, Any], x: Any, pads: tuple[int, ...] = (0, 0, 0, 0), **kw: Any) -> Any:
+    # ONNX pads are [top, left, bottom, right]; F.pad wants (left, right, top, bottom)
+    t, left, b, r = pads
+    return F.conv2d(F.pad(x, (left, r, t, b)), p["w"], p.get("b"), **kw)
+
+
+CASES: dict[str, Case] = {
+    "conv": Case([_node("Conv", ["x", "w", "b"], pads=[1, 1, 1, 1])],
+                 lambda x, p: _conv(p, x, (1, 1, 1, 1)), (3, 6, 6),
+                 {"w": _w(4, 3, 3, 3), "b": _w(4)}),
+    "conv_stride2_asym_pads": Case(
+        [_node("Conv", ["x", "w"], strides=[2, 2], pads=[1, 0, 2, 1])],
+        lambda x, p: _conv(p, x, (1, 0, 2, 1), stride=2), (2, 7, 8), {"w": _w(3, 2, 3, 3)}),
+    "conv_same_upper_s2": Case(
+        [_node("Conv", ["x", "w"], strides=[2, 2], auto_pad="SAME_UPPER")],
+        lambda x, p: _conv(p, x, (1, 1, 2, 2), stride=2),  # total 3: 1 before, 2 after
+        (2, 7, 7), {"w": _w(3, 2, 4, 4)}),
+    "conv_same_lower": Case(
+        [_node("Conv", ["x", "w"], auto_pad="SAME_LOWER")],
+        lambda x, p: _conv(p, x, (2, 2, 1, 1)), (2, 6, 6), {"w": _w(3, 2, 4, 4)}),  # 2 before
+    "conv_groups_dilations": Case(
+        [_node("Conv", ["x", "w"], group=2, dilations=[2, 2], pads=[2, 2, 2, 2])],
+        lambda x, p: _conv(p, x, (2, 2, 2, 2), groups=2, dilation=2), (4, 7, 7),
+        {"w": _w(6, 2, 3, 3)}),
+    "conv_16ch_as_conv": Case(
+        [_node("Conv", ["x", "w"], group=2, pads=[1, 2, 1, 0])],
+        lambda x, p: _conv(p, x, (1, 2, 1, 0), groups=2), (16, 5, 5), {"w": _w(8, 8, 3, 3)}),
+    "conv_16ch_transpose": Case(
+        [_node("Conv", ["x", "w"], group=2, pads=[1, 2, 1, 0])],
+        lambda x, p: _conv(p, x, (1, 2, 1, 0), groups=2), (16, 5, 5), {"w": _w(8, 8, 3, 3)},
+        options=GradOptions(conv_as_conv=False)),
+    "gemm_transB_alpha_beta": Case(
+        [_node("Gemm", ["x", "w", "c"], transB=1, alpha=0.7, beta=1.3)],
+        lambda x, p: 0.7 * x @ p["w"].T + 1.3 * p["c"], (6,), {"w": _w(4, 6), "c": _w(4)}),
+    "gemm_plain": Case([_node("Gemm", ["x", "w"])], lambda x, p: x @ p["w"], (6,),
+                       {"w": _w(6, 5)}),
+    "gemm_both_from_x": Case(
+        [_node("Gemm", ["x", "x", "c"], transB=1, alpha=0.5, beta=2.0)],
+        lambda x, p: 0.5 * x @ x.T + 2.0 * p["c"], (5,), {"c": _w(1)}),
+    "gemm_transA_both_from_x": Case(
+        [_node("Gemm", ["x", "x"], transA=1, alpha=1.5)],
+        lambda x, p: 1.5 * x.T @ x, (4,)),
+    "matmul_const": Case([_node("MatMul", ["x", "w"])], lambda x, p: x @ p["w"], (2, 3, 4),
+                         {"w": _w(4, 5)}),
+    "matmul_both_from_x": Case([_node("MatMul", ["x", "x"])], lambda x, p: x @ x, (2, 4, 4)),
+    "add_broadcast_const": Case([_node("Add", ["x", "c"])], lambda x, p: x + p["c"], (3, 4, 4),
+                                {"c": _w(3, 1, 1)}),
+    "add_both_from_x": Case(
+        [_node("ReduceMean", ["x"], "m", axes=[2, 3], keepdims=1), _node("Add", ["x", "m"])],
+        lambda x, p: x + x.mean(dim=(2, 3), keepdim=True), (3, 4, 4)),
+    "sub_both_from_x": Case(
+        [_node("ReduceMean", ["x"], "m", axes=[1], keepdims=1), _node("Sub", ["m", "x"])],
+        lambda x, p: x.mean(dim=1, keepdim=True) - x, (3, 4, 4)),
+    "mul_both_from_x": Case(
+        [_node("GlobalAveragePool", ["x"], "m"), _node("Mul", ["x", "m"])],
+        lambda x, p: x * x.mean(dim=(2, 3), keepdim=True), (3, 4, 4)),
+    "mul_square": Case([_node("Mul", ["x", "x"])], lambda x, p: x * x, (2, 3, 3)),
+    "div_both_from_x": Case(
+        [_node("GlobalAveragePool", ["x"], "m"), _node("Add", ["m", "one"], "d"),
+         _node("Div", ["x", "d"])],
+        lambda x, p: x / (x.mean(dim=(2, 3), keepdim=True) + 1.0), (3, 4, 4),
+        {"one": np.ones(1, np.float32)}),
+    "div_const": Case([_node("Div", ["c", "x"])], lambda x, p: p["c"] / x, (3, 2, 2),
+                      {"c": _w(3, 1, 1)}),
+    "sqrt": Case([_node("Sqrt", ["x"])], lambda x, p: x.sqrt(), (2, 3, 3)),
+    "pow_const": Case([_node("Pow", ["x", "p"])], lambda x, p: x ** p["p"], (2, 3, 3),
+                      {"p": np.array([2.0, 3.0, 0.5], np.float32)}),
+    "clip_min_max": Case([_node("Clip", ["x", "lo", "hi"])],
+                         lambda x, p: x.clamp(-0.3, 0.4), (2, 4, 4),
+                         {"lo": np.float32(-0.3), "hi": np.float32(0.4)}),
+    "clip_min_only": Case([_node("Clip", ["x", "lo"])], lambda x, p: x.clamp(min=0.1),
+                          (2, 4, 4), {"lo": np.float32(0.1)}),
+    "expand_from_x": Case(
+        [_node("ReduceMean", ["x"], "m", axes=[1, 3], keepdims=1),
+         _node("Expand", ["m", "s"], "e"), _node("Mul", ["e", "x"])],
+        lambda x, p: x.mean(dim=(1, 3), keepdim=True).expand(-1, 3, 4, 4) * x, (3, 4, 4),
+        {"s": np.array([1, 3, 1, 4], np.int64)}),
+    "cast_castlike": Case(
+        [_node("Cast", ["x"], "c", to=TensorProto.FLOAT), _node("CastLike", ["c", "x"], "d"),
+         _node("Mul", ["d", "d"])], lambda x, p: x * x, (2, 3, 3)),
+    "relu": Case([_node("Relu", ["x"])], lambda x, p: F.relu(x), (2, 4, 4)),
+    "leaky_relu": Case([_node("LeakyRelu", ["x"], alpha=0.2)],
+                       lambda x, p: F.leaky_relu(x, 0.2), (2, 4, 4)),
+    "maxpool_2x2_unpool": Case([_node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])],
+                               lambda x, p: F.max_pool2d(x, 2), (2, 6, 6)),
+    "maxpool_2x2_scatter": Case(
+        [_node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2])],
+        lambda x, p: F.max_pool2d(x, 2), (2, 6, 6), options=GradOptions(maxunpool=False)),
+    "maxpool_overlap_pads": Case(
+        [_node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])],
+        lambda x, p: F.max_pool2d(x, 3, 1, 1), (2, 5, 5)),
+    "maxpool_ceil_dilated": Case(
+        [_node("MaxPool", ["x"], kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2],
+               ceil_mode=1)],
+        lambda x, p: F.max_pool2d(x, 2, 2, dilation=2, ceil_mode=True), (2, 7, 7)),
+    "relu_maxpool_premasked": Case(
+        [_node("Relu", ["x"], "r"),
+         _node("MaxPool", ["r"], kernel_shape=[2, 2], strides=[2, 2])],
+        lambda x, p: F.max_pool2d(F.relu(x), 2), (2, 6, 6)),
+    "relu_maxpool_overlap_premasked": Case(
+        [_node("Relu", ["x"], "r"),
+         _node("MaxPool", ["r"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])],
+        lambda x, p: F.max_pool2d(F.relu(x), 3, 1, 1), (2, 5, 5)),
+    "relu_two_consumers": Case(
+        [_node("Relu", ["x"], "r"),
+         _node("MaxPool", ["r"], "m", kernel_shape=[2, 2], strides=[2, 2]),
+         _node("AveragePool", ["r"], "a", kernel_shape=[2, 2], strides=[2, 2]),
+         _node("Add", ["m", "a"])],
+        lambda x, p: F.max_pool2d(F.relu(x), 2) + F.avg_pool2d(F.relu(x), 2), (2, 4, 4)),
+    "avgpool_2x2": Case([_node("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2])],
+                        lambda x, p: F.avg_pool2d(x, 2), (2, 6, 6)),
+    "avgpool_pads_exclude": Case(
+        [_node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        lambda x, p: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), (2, 7, 7)),
+    "avgpool_pads_include": Case(
+        [_node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+               count_include_pad=1)],
+        lambda x, p: F.avg_pool2d(x, 3, 2, 1, count_include_pad=True), (2, 7, 7)),
+    "global_avgpool": Case([_node("GlobalAveragePool", ["x"])],
+                           lambda x, p: x.mean(dim=(2, 3), keepdim=True), (3, 4, 5)),
+    "reducemean_attr_nokeep": Case([_node("ReduceMean", ["x"], axes=[2, 3], keepdims=0)],
+                                   lambda x, p: x.mean(dim=(2, 3)), (3, 4, 5)),
+    "reducemean_input_opset18": Case(
+        [_node("ReduceMean", ["x", "axes"], keepdims=1)],
+        lambda x, p: x.mean(dim=(-1,), keepdim=True), (3, 4, 5),
+        {"axes": np.array([-1], np.int64)}, opset=18),
+    "batchnorm": Case(
+        [_node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
+        lambda x, p: F.batch_norm(x, p["m"], p["v"], p["s"], p["b"], False, 0.0, 1e-3),
+        (3, 4, 4), {"s": _w(3), "b": _w(3), "m": _w(3), "v": np.abs(_w(3)) + 0.1}),
+    "flatten": Case([_node("Flatten", ["x"], axis=1)], lambda x, p: x.flatten(1), (2, 3, 3)),
+    "reshape": Case([_node("Reshape", ["x", "s"])], lambda x, p: x.reshape(-1, 3, 6),
+                    (2, 3, 3), {"s": np.array([0, 3, 6], np.int64)}),
+    "pad_constant_crop": Case(
+        [_node("Pad", ["x", "pads", "v"], mode="constant")],
+        lambda x, p: F.pad(x, (2, -1, 1, 2), value=0.5), (2, 4, 4),
+        {"pads": np.array([0, 0, 1, 2, 0, 0, 2, -1], np.int64), "v": np.float32(0.5)}),
+    "pad_axes_opset18": Case(
+        [_node("Pad", ["x", "pads", "", "axes"], mode="constant")],
+        lambda x, p: F.pad(x, (1, 2)), (2, 3, 3),
+        {"pads": np.array([1, 2], np.int64), "axes": np.array([3], np.int64)}, opset=18),
+    "shape_chain_kept": Case(
+        [_node("Shape", ["x"], "s"), _node("Gather", ["s", "i0"], "n", axis=0),
+         _node("Unsqueeze", ["n", "a0"], "nu"), _node("Concat", ["nu", "m1"], "shp", axis=0),
+         _node("Reshape", ["x", "shp"])],
+        lambda x, p: x.reshape(x.shape[0], -1), (2, 3, 3),
+        {"i0": np.array(0, np.int64), "a0": np.array([0], np.int64),
+         "m1": np.array([-1], np.int64)}),
+    "folded_constant_and_transpose": Case(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(_w(4, 5))),
+         _node("Transpose", ["c"], "cT", perm=[1, 0]), _node("Mul", ["cT", "two"], "w2"),
+         _node("MatMul", ["x", "w2"])],
+        lambda x, p: x @ (2 * torch.tensor(_w(4, 5), dtype=torch.float64).T), (3, 5),
+        {"two": np.float32(2.0)}),
+    "identity_dropout": Case(
+        [_node("Identity", ["x"], "i"), _node("Dropout", ["i", "r"])],
+        lambda x, p: x, (2, 3, 3), {"r": np.float32(0.3)}),
+}
+
+
+def _ort_vjp(case: Case, x: np.ndarray, cot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gm = build_vjp(_model(case), options=case.options)
+    sess = ort.InferenceSession(gm.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    z, g = sess.run(list(gm.outputs), {"x": x, X_COTANGENT: cot})
+    return z, g
+
+
+def assert_close_per_sample(g: np.ndarray, ref: np.ndarray) -> None:
+    g64, r64 = g.reshape(len(g), -1).astype(np.float64), ref.reshape(len(ref), -1)
+    norms = np.linalg.norm(r64, axis=1)
+    assert np.all(norms > 0), "reference gradient is zero: the case tests nothing"
+    rel = np.linalg.norm(g64 - r64, axis=1) / norms
+    cos = (g64 * r64).sum(axis=1) / (np.linalg.norm(g64, axis=1) * norms)
+    assert rel.max() <= RTOL, f"relative error {rel.max():.2e}"
+    assert cos.min() >= COS, f"cosine {cos.min():.8f}"
+
+
+def _inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    x = _tie_free((BATCH, *case.x_shape)) * 2 - 1  # (N, ...) distinct values in [-1, 1]
+    if any(n.op_type in ("Div", "Sqrt", "Pow") for n in case.nodes):
+        x = np.abs(x) + 0.5  # away from 0: denominators, sqrt and fractional powers
+    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    with torch.no_grad():
+        out = case.ref(torch.tensor(x, dtype=torch.float64), params).flatten(1)  # (N, K)
+    cot = np.random.default_rng(7).normal(size=tuple(out.shape)).astype(np.float32)  # (N, K)
+    return x, cot
+
+
+@pytest.mark.parametrize("name", list(CASES), ids=list(CASES))
+def test_rule_matches_torch_float64(name: str) -> None:
+    case = CASES[name]
+    x, cot = _inputs(case)
+    z_ref, g_ref = _torch_vjp(case, x, cot)
+    z, g = _ort_vjp(case, x, cot)
+    np.testing.assert_allclose(z, z_ref, rtol=1e-5, atol=1e-5)
+    assert g.shape == x.shape
+    assert_close_per_sample(g, g_ref)
+
+
+@pytest.mark.parametrize("name", ["conv_stride2_asym_pads", "maxpool_overlap_pads",
+                                  "avgpool_pads_exclude", "div_both_from_x", "gemm_both_from_x"],
+                         ids=lambda n: n)
+def test_float64_reference_matches_finite_differences(name: str) -> None:
+    case = CASES[name]
+    x, cot = _inputs(case)
+    _, g_ref = _torch_vjp(case, x, cot)
+    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    cot_t = torch.tensor(cot, dtype=torch.float64)
+    h = 1e-6
+    for seed in range(3):
+        v = np.random.default_rng(seed).normal(size=x.shape)  # a random direction
+
+        def f(t: float, v: np.ndarray = v) -> float:
+            xt = torch.tensor(x + t * v, dtype=torch.float64)
+            with torch.no_grad():
+                return float((case.ref(xt, params).flatten(1) * cot_t).sum())
+
+        numeric = (f(h) - f(-h)) / (2 * h)
+        assert numeric == pytest.approx(float((g_ref * v).sum()), rel=1e-6, abs=1e-8)
+
+
+def test_every_registered_rule_has_a_case() -> None:
+    covered = {n.op_type for c in CASES.values() for n in c.nodes}
+    assert set(supported_ops()) <= covered
+
+
+@pytest.mark.parametrize("options", [GradOptions(), GradOptions(False, False)],
+                         ids=["fast", "generic"])
+def test_backward_kernels_follow_options(options: GradOptions) -> None:
+    case = Case([_node("Conv", ["x", "w"], "y0", pads=[1, 1, 1, 1]),
+                 _node("MaxPool", ["y0"], kernel_shape=[2, 2], strides=[2, 2])],
+                lambda x, p: x, (16, 4, 4), {"w": _w(4, 16, 3, 3)})
+    ops = {n.op_type for n in build_vjp(_model(case), options=options).model.graph.node}
+    fast = options.maxunpool
+    assert ("MaxUnpool" in ops) is fast and ("ScatterElements" in ops) is not fast
+    assert ("ConvTranspose" in ops) is not fast
+
+
+def test_constants_are_folded_and_shape_chains_kept() -> None:
+    folded = build_vjp(_model(CASES["folded_constant_and_transpose"]))
+    assert folded.info["folded_nodes"] == 3
+    assert not {"Constant", "Transpose"} & {n.op_type for n in folded.model.graph.node}
+    kept = build_vjp(_model(CASES["shape_chain_kept"])).model.graph.node
+    assert {"Shape", "Gather", "Concat"} <= {n.op_type for n in kept}
+
+
+def test_docs_list_the_registry() -> None:
+    doc = Path(__file__).parents[2] / "docs" / "gradients.md"
+    line = next(ln for ln in doc.read_text().splitlines() if ln.startswith("Supported ops:"))
+    assert line.removeprefix("Supported ops:").strip().split(", ") == supported_ops()
+
+
+def test_build_is_deterministic() -> None:
+    model = _model(CASES["relu_maxpool_premasked"])
+    assert build_vjp(model).model.SerializeToString() == build_vjp(model).model.SerializeToString()
+
+
+def test_grad_output_named() -> None:
+    gm = build_vjp(_model(CASES["relu"]))
+    assert gm.outputs == ("logits", GRAD) and gm.inputs == ("x", X_COTANGENT)

@@ -1,0 +1,125 @@
+"""Error paths of the gradient builder and OrtModel: one-line messages naming the op, the node
+or the expected value and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.errors import ConfigError, DataError, GraphError, UnsupportedOpError
+from qrdeploy.gradients import build_loss_grad, build_vjp
+from qrdeploy.losses import Loss
+from qrdeploy.ortmodel import OrtModel
+
+
+def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray] | None = None,
+           x_dims: list[Any] | None = None, outputs: tuple[str, ...] = ("logits",),
+           x_type: int = TensorProto.FLOAT, opset: int = 17) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", x_type, x_dims or ["N", 2, 4, 4])
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    graph = helper.make_graph(nodes, "err", [x], outs,
+                              [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _flat(src: str = "y") -> onnx.NodeProto:
+    return helper.make_node("Flatten", [src], ["logits"])
+
+
+W = {"w": np.ones((3, 2, 3, 3), np.float32)}
+CASES: dict[str, tuple[onnx.ModelProto, type[Exception], str]] = {
+    "op_without_rule": (
+        _model([helper.make_node("Sigmoid", ["x"], ["y"], name="sig1"), _flat()]),
+        UnsupportedOpError, r"op Sigmoid \(node 'sig1'\) has no gradient rule"),
+    "maxpool_storage_order": (
+        _model([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2],
+                                 storage_order=1), _flat()]),
+        UnsupportedOpError, r"MaxPool node 'mp': storage_order=1"),
+    "pad_reflect": (
+        _model([helper.make_node("Pad", ["x", "p"], ["y"], name="pd", mode="reflect"), _flat()],
+               {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}),
+        UnsupportedOpError, r"Pad node 'pd': mode 'reflect'"),
+    "conv_weight_from_input": (
+        _model([helper.make_node("Conv", ["x", "x"], ["y"], name="cv"), _flat()],
+               x_dims=["N", 2, 2, 2]),
+        UnsupportedOpError, r"Conv node 'cv': a weight or bias that depends on the input"),
+    "bn_training_mode": (
+        _model([helper.make_node("BatchNormalization", ["x", "s", "b", "s", "s"], ["y", "rm", "rv"],
+                                 name="bn", training_mode=1), _flat()],
+               {"s": np.ones(2, np.float32), "b": np.zeros(2, np.float32)}, opset=15),
+        UnsupportedOpError, r"BatchNormalization node 'bn': training mode"),
+    "dropout_training": (
+        _model([helper.make_node("Dropout", ["x", "", "t"], ["y"], name="dr"), _flat()],
+               {"t": np.array(True)}),
+        UnsupportedOpError, r"Dropout node 'dr': training_mode"),
+    "avgpool_ceil_past_input": (
+        _model([helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[3, 3],
+                                 strides=[2, 2], ceil_mode=1), _flat()], x_dims=["N", 2, 6, 6]),
+        UnsupportedOpError, r"AveragePool node 'ap': ceil_mode"),
+    "reducemean_over_batch": (
+        _model([helper.make_node("ReduceMean", ["x"], ["y"], name="rm", axes=[0, 1]), _flat()]),
+        UnsupportedOpError, r"ReduceMean node 'rm': a mean over the batch axis"),
+    "dynamic_spatial_shape": (
+        _model([_flat("x")], x_dims=["N", 2, "H", "W"]), GraphError,
+        r"pass input_shape=\(C, H, W\)"),
+    "two_outputs": (
+        _model([helper.make_node("Relu", ["x"], ["y"]), _flat()], outputs=("logits", "y")),
+        GraphError, r"expected a classifier with 1 input and 1 output, got 1 and 2"),
+    "int_input": (
+        _model([_flat("x")], x_type=TensorProto.INT64), GraphError,
+        r"expected a float32 input, got INT64"),
+    "logits_independent_of_x": (
+        _model([helper.make_node("Shape", ["x"], ["s"]),
+                helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT),
+                helper.make_node("Unsqueeze", ["y", "a"], ["logits"])],
+               {"a": np.array([0], np.int64)}),
+        GraphError, r"the logits do not depend on the input"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES), ids=list(CASES))
+def test_build_vjp_refuses(name: str) -> None:
+    model, exc, match = CASES[name]
+    with pytest.raises(exc, match=match):
+        build_vjp(model)
+
+
+def test_fused_loss_needs_2d_logits() -> None:
+    model = _model([helper.make_node("Relu", ["x"], ["logits"])])
+    with pytest.raises(GraphError, match=r"expected logits of shape \(N, K\)"):
+        build_loss_grad(model, Loss.CE)
+
+
+def _ok_model() -> onnx.ModelProto:
+    return _model([helper.make_node("Relu", ["x"], ["y"]), _flat()])
+
+
+OM_CASES = {
+    "x_wrong_shape": (lambda m: m.logits(np.zeros((2, 2, 5, 5))), DataError,
+                      r"expected inputs of shape \(N, 2, 4, 4\), got \(2, 2, 5, 5\)"),
+    "cotangent_wrong_shape": (lambda m: m.vjp(np.zeros((2, 2, 4, 4)), np.zeros((2, 3))),
+                              DataError, r"expected a cotangent of shape \(2, 32\)"),
+    "label_out_of_range": (lambda m: m.loss_and_grad(np.zeros((2, 2, 4, 4)), [0, 32], Loss.CE),
+                           DataError, r"expected 2 labels in \[0, 32\)"),
+    "label_count": (lambda m: m.loss_and_grad(np.zeros((2, 2, 4, 4)), [0], Loss.CE),
+                    DataError, r"expected 2 labels"),
+    "temperature_not_positive": (
+        lambda m: m.loss_and_grad(np.zeros((2, 2, 4, 4)), [0, 1], Loss.CE_T, 0.0),
+        ConfigError, r"temperature must be > 0"),
+}
+
+
+@pytest.mark.parametrize("name", list(OM_CASES), ids=list(OM_CASES))
+def test_ortmodel_refuses(name: str) -> None:
+    call, exc, match = OM_CASES[name]
+    with pytest.raises(exc, match=match):
+        call(OrtModel(_ok_model()))
+
+
+def test_ortmodel_batch_size_positive() -> None:
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        OrtModel(_ok_model(), batch_size=0)

@@ -1,0 +1,137 @@
+"""OrtModel: the protocol on onnxruntime, batching, session reuse, recorded settings, softmax cut,
+opset normalisation. Tiny models built with onnx.helper; no torch needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.gradients import supported_ops
+from qrdeploy.losses import Loss, loss_value_and_cotangent
+from qrdeploy.ortmodel import OrtModel
+from qrdeploy.runtime import SessionConfig
+
+K = 5
+
+
+def tiny(opset: int = 17, head: str | None = None, static_batch: bool = False) -> onnx.ModelProto:
+    """x (N, 2, 4, 4) -> Conv 3x3 -> Relu -> MaxPool 2 -> Flatten -> Gemm -> logits (N, 5)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (3, 2, 3, 3)).astype(np.float32)
+    fc = rng.normal(0, 0.5, (K, 12)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["z"], transB=1)]
+    out = "z"
+    if head:
+        nodes.append(helper.make_node(head, ["z"], ["prob"], axis=1))
+        out = "prob"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 if static_batch else "N", 2, 4,
+                                                               4])
+    graph = helper.make_graph(nodes, "tiny", [x],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _x(n: int = 7) -> np.ndarray:
+    return np.random.default_rng(1).random((n, 2, 4, 4)).astype(np.float32)  # (N, C, H, W)
+
+
+def test_num_classes_and_info_recorded() -> None:
+    om = OrtModel(tiny(), SessionConfig("cpu", threads=1), batch_size=4)
+    assert om.num_classes == K
+    assert om.info["providers"] == ["CPUExecutionProvider"]
+    assert om.info["threads_requested"] == 1 and om.info["intra_op_threads"] == 1
+    assert om.info["batch_size"] == 4 and om.info["softmax_cut"] is None
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100], ids=["b1", "b3", "b100"])
+def test_batching_gives_the_same_arrays(batch_size: int) -> None:
+    x = _x()
+    y = np.arange(len(x)) % K
+    ref = OrtModel(tiny(), batch_size=1000)
+    om = OrtModel(tiny(), batch_size=batch_size)
+    np.testing.assert_array_equal(om.logits(x), ref.logits(x))
+    for a, b in zip(om.loss_and_grad(x, y, Loss.CW), ref.loss_and_grad(x, y, Loss.CW),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert om.logits(x).shape == (len(x), K)
+
+
+def test_gradient_sessions_are_built_once() -> None:
+    om = OrtModel(tiny())
+    x = _x(2)
+    om.vjp(x, np.ones((2, K), np.float32))
+    first = om._grads["vjp"][1]
+    om.vjp(x, np.ones((2, K), np.float32))
+    assert om._grads["vjp"][1] is first
+    om.loss_and_grad(x, np.array([0, 1]), Loss.CE)
+    assert set(om._grads) == {"vjp", "ce"}
+
+
+def test_vjp_with_loss_cotangent_equals_fused_loss() -> None:
+    om = OrtModel(tiny())
+    x, y = _x(), np.arange(7) % K
+    for loss in Loss:
+        z, value, g = om.loss_and_grad(x, y, loss, 2.0)
+        ref_value, cot = loss_value_and_cotangent(z, y, loss, 2.0)
+        _, g_vjp = om.vjp(x, cot.astype(np.float32))
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g, g_vjp, rtol=1e-4, atol=1e-6)
+
+
+def test_scalar_temperature_equals_per_sample() -> None:
+    om = OrtModel(tiny())
+    x, y = _x(3), np.array([0, 1, 2])
+    a = om.loss_and_grad(x, y, Loss.CE_T, 4.0)
+    b = om.loss_and_grad(x, y, Loss.CE_T, np.full(3, 4.0))
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("head", ["Softmax", "LogSoftmax"], ids=["softmax", "logsoftmax"])
+def test_trailing_softmax_is_cut_and_reported(head: str) -> None:
+    om, plain = OrtModel(tiny(head=head)), OrtModel(tiny())
+    assert om.info["softmax_cut"] == head
+    np.testing.assert_array_equal(om.logits(_x()), plain.logits(_x()))
+
+
+@pytest.mark.parametrize("opset", [13, 17, 21], ids=["op13", "op17", "op21"])
+def test_opsets_are_normalised_into_range(opset: int) -> None:
+    om = OrtModel(tiny(opset))
+    assert om.info["source_opset"] == opset
+    assert om.info["opset"] == min(max(opset, 16), 21)
+    _, g = om.vjp(_x(2), np.ones((2, K), np.float32))
+    assert np.abs(g).sum() > 0
+
+
+def test_static_batch_becomes_dynamic() -> None:
+    om = OrtModel(tiny(static_batch=True))
+    assert om.logits(_x(5)).shape == (5, K)
+
+
+def test_supported_ops_lists_the_issue_rules() -> None:
+    assert set(supported_ops()) >= {
+        "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "MaxPool",
+        "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization", "Flatten",
+        "Reshape", "Pad", "Identity", "Dropout"}
+
+
+def test_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, qrdeploy.ortmodel, qrdeploy.gradients; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_satisfies_the_differentiable_protocol() -> None:
+    models = pytest.importorskip("qrdeploy.models")
+    om = OrtModel(tiny())
+    assert isinstance(om, models.Classifier) and isinstance(om, models.Differentiable)
