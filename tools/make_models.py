@@ -48,11 +48,12 @@ def commit() -> str:
 def pgd40(model_path: Path) -> dict[str, object]:
     """PGD-40 robust accuracy on the 1,000 test digits through onnxruntime (OrtModel)."""
     from qrdeploy.attacks import PGD
+    from qrdeploy.graph import load_model
     from qrdeploy.ortmodel import OrtModel
     from qrdeploy.stats import Proportion
 
     test = load_dataset("mnist-5k", "test")
-    victim = OrtModel(model_path)
+    victim = OrtModel(load_model(model_path))
     attack = PGD(eps=CARD_PGD["eps"], step=CARD_PGD["step"], steps=CARD_PGD["steps"])
     robust = 0
     for i in range(0, len(test), 250):

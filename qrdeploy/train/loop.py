@@ -78,6 +78,7 @@ def augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch
 @torch.no_grad()
 def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 500) -> float:
     model.eval()
+    assert ds.y is not None, "training data sets are labelled"
     correct = 0
     for i in range(0, len(ds), batch_size):
         logits = model(torch.from_numpy(ds.x[i:i + batch_size]))
@@ -96,7 +97,8 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb) 
     gen = epoch_generator(config.seed, st.epoch)
     order = torch.randperm(len(train), generator=gen)
     steps = math.ceil(len(train) / config.batch_size)
-    x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)  # type: ignore[arg-type]
+    assert train.y is not None, "training data sets are labelled"
+    x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
     total_loss, correct = 0.0, 0
     bar = _bar(steps, f"epoch {st.epoch + 1}/{config.epochs}")
     for b in range(steps):

@@ -53,10 +53,11 @@ def test_card_clean_accuracy(card_path: Path, test_set) -> None:  # type: ignore
 @pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
 def test_card_pgd40(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
     from qrdeploy.attacks import PGD
+    from qrdeploy.graph import load_model
     from qrdeploy.ortmodel import OrtModel
 
     card = _card(card_path)
-    victim = OrtModel(MODELS / card["onnx"])
+    victim = OrtModel(load_model(MODELS / card["onnx"]))
     attack = PGD(eps=0.3, step=0.01, steps=40)
     robust = 0
     for i in range(0, len(test_set), 250):
