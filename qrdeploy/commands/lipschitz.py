@@ -1,0 +1,125 @@
+"""`qrdeploy lipschitz`: per-layer ‖W‖₂ and ‖ΔW‖₂ (matrix, reshaped-kernel and conv operator
+norms) of a hardened model against its reference, optionally the measured error amplification on
+data, as a markdown table (or JSON), CSV and a bar chart.
+
+    qrdeploy lipschitz model.onnx hard.onnx --plot dw.png
+    qrdeploy lipschitz model.onnx --bits 3 --mulaw 255 --data mnist-5k -n 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from qrdeploy.encodings import Encoding
+from qrdeploy.errors import ConfigError
+from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
+from qrdeploy.lipschitz_render import PlotNorm, plot_reports, write_report
+from qrdeploy.passes import GraphPass, MuLawMap, Recipe, WeightQuant, load_recipe
+from qrdeploy.quant import Granularity, Quantizer, ScaleRule
+from qrdeploy.runtime import PROVIDERS, SessionConfig
+
+HELP = "spectral norms of W and dW per layer (Lipschitz analysis of the quantization error)"
+DEFAULT_PLOT = "lipschitz.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reference", metavar="REF", help="reference (unhardened) .onnx model")
+    p.add_argument("hardened", metavar="HARDENED", nargs="?",
+                   help="hardened .onnx model; omit it and give --bits/--mulaw/--recipe to "
+                        "analyse a hardening in memory")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    out.add_argument("-o", "--output", metavar="FILE.json", help="also write the JSON report")
+    out.add_argument("--csv", metavar="FILE.csv", help="also write the table as CSV")
+    out.add_argument("--markdown", metavar="FILE.md", help="also write the markdown table")
+    out.add_argument("--plot", metavar="FILE.png", nargs="?", const=DEFAULT_PLOT,
+                     help=f"bar chart of ||dW||_2 per layer (default file: {DEFAULT_PLOT})")
+    out.add_argument("--plot-norm", choices=[n.value for n in PlotNorm], default="matrix",
+                     help="bars: matrix/reshaped-kernel norm or conv operator norm")
+    _add_norm_options(p)
+    _add_data_options(p)
+    _add_harden_options(p)
+
+
+def _add_norm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("norms")
+    g.add_argument("--no-operator-norms", action="store_true",
+                   help="skip conv operator norms (Lanczos), keep reshaped-kernel norms")
+    g.add_argument("--no-fft-bound", action="store_true", help="skip the FFT upper bound")
+    g.add_argument("--fft-max-flops", type=float, default=1e10,
+                   help="skip FFT bounds estimated above this cost (default: %(default)g)")
+    g.add_argument("--tol", type=float, default=1e-5,
+                   help="Lanczos stop: relative change of the estimate (default: %(default)s)")
+    g.add_argument("--max-iter", type=int, default=300, help="default: %(default)s")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("measured amplification (needs data)")
+    g.add_argument("--data", default=None,
+                   help="mnist-5k, mnist, cifar10 or npz:PATH; omit for norms only")
+    g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
+    g.add_argument("--split", default="test", help="default: %(default)s")
+    g.add_argument("-n", type=int, default=100, help="samples (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    g.add_argument("--provider", choices=PROVIDERS, default="auto")
+    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
+
+
+def _add_harden_options(p: argparse.ArgumentParser) -> None:
+    # Same options and defaults as `qrdeploy harden` (commands/harden.py).
+    h = p.add_argument_group("hardening in memory (instead of HARDENED)")
+    h.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
+    h.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
+    h.add_argument("--mulaw-layers", default="last:1", metavar="SEL", help="default: %(default)s")
+    h.add_argument("--mulaw-rescale", action=argparse.BooleanOptionalAction, default=True,
+                   help="W' = s*F(W/s) (default) or F(W/s)")
+    h.add_argument("--bits", type=int, metavar="B", help="bit width 1..8 (paper: 3)")
+    h.add_argument("--granularity", choices=[g.value for g in Granularity], default="tensor")
+    h.add_argument("--scale", choices=[s.value for s in ScaleRule], default="max")
+    h.add_argument("--quantizer", choices=[s.value for s in Quantizer], default="uniform")
+    h.add_argument("--full-range", action="store_true", help="codes -2^(b-1)..2^(b-1)-1")
+    h.add_argument("--layers", default="all", metavar="SEL", help="default: %(default)s")
+    h.add_argument("--encoding", choices=[e.value for e in Encoding], default="float")
+
+
+def _recipe(args: argparse.Namespace) -> Recipe | None:
+    passes: list[GraphPass] = []
+    if args.mulaw is not None:
+        passes.append(MuLawMap(args.mulaw, args.mulaw_rescale, args.mulaw_layers))
+    if args.bits is not None:
+        passes.append(WeightQuant(args.bits, args.granularity, args.scale, args.quantizer,
+                                  args.layers, narrow=not args.full_range))
+    if args.recipe and passes:
+        raise ConfigError("--recipe cannot be combined with --mulaw/--bits; put them in it")
+    if args.hardened and (passes or args.recipe):
+        raise ConfigError("give either HARDENED or --bits/--mulaw/--recipe, not both")
+    if not args.hardened and not passes and not args.recipe:
+        raise ConfigError("nothing to compare: give HARDENED, or --bits B (and/or --mulaw MU)")
+    if args.recipe:
+        return load_recipe(args.recipe)
+    return Recipe(tuple(passes), Encoding(args.encoding)) if passes else None
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = _recipe(args)
+    config = LipschitzConfig(
+        operator_norms=not args.no_operator_norms, fft_bound=not args.no_fft_bound,
+        fft_max_flops=args.fft_max_flops,
+        tol=args.tol, max_iter=args.max_iter, seed=args.seed, batch_size=args.batch_size,
+        session=SessionConfig(args.provider, args.threads))
+    data = None
+    if args.data:
+        from qrdeploy.data import load_dataset
+
+        data = load_dataset(args.data, args.split, n=args.n, data_root=args.data_root).x
+    report = lipschitz_report(args.reference, args.hardened, data, recipe=recipe, config=config)
+    write_report(report, json_path=args.output, csv_path=args.csv, markdown_path=args.markdown)
+    print(json.dumps(report.to_json(), indent=2, sort_keys=True) if args.json
+          else report.to_markdown())
+    if args.plot:
+        path = plot_reports([report], args.plot, norm=args.plot_norm)
+        print(f"wrote {path}", file=sys.stderr)
+    print(f"{len(report.layers)} layers in {report.seconds:.2f} s", file=sys.stderr)
+    return 0
