@@ -55,6 +55,8 @@ class Emitter:
         self.consumers: dict[str, int] = {}
         # Relu outputs whose cotangent a MaxPool rule already masked (at pooled resolution)
         self.premasked: set[str] = set()
+        # element type per tensor (TensorProto enum), for casts between float types
+        self.dtypes: dict[str, int] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self._count = 0
@@ -109,14 +111,22 @@ class Rule:
 
     backward: Callable[[Emitter, onnx.NodeProto, Grads, list[bool]], Grads]
     patch: Callable[[onnx.NodeProto], None] | None = None
+    limits: str = ""  # what the rule refuses, for docs/ops.md
+
+
+def rule_limits() -> dict[str, str]:
+    """Per op type, what its rule refuses ("" when nothing beyond the general limits)."""
+    return {op: rule.limits for op, rule in sorted(RULES.items())}
 
 
 RULES: dict[str, Rule] = {}
 # inputs that never carry a gradient (they give only a dtype or a shape)
+# (integer and bool tensors never carry one: only float tensors are followed)
 NON_DIFFERENTIABLE: dict[str, set[int]] = {"CastLike": {1}, "Expand": {1}, "Reshape": {1}}
 
 
-def register(*op_types: str, patch: Callable[[onnx.NodeProto], None] | None = None) -> Callable[
+def register(*op_types: str, patch: Callable[[onnx.NodeProto], None] | None = None,
+             limits: str = "") -> Callable[
     [Callable[[Emitter, onnx.NodeProto, Grads, list[bool]], Grads]],
     Callable[[Emitter, onnx.NodeProto, Grads, list[bool]], Grads],
 ]:
@@ -124,7 +134,7 @@ def register(*op_types: str, patch: Callable[[onnx.NodeProto], None] | None = No
         fn: Callable[[Emitter, onnx.NodeProto, Grads, list[bool]], Grads],
     ) -> Callable[[Emitter, onnx.NodeProto, Grads, list[bool]], Grads]:
         for op_type in op_types:
-            RULES[op_type] = Rule(fn, patch)
+            RULES[op_type] = Rule(fn, patch, limits)
         return fn
 
     return deco
@@ -208,7 +218,7 @@ def like(e: Emitter, g: str, x: str) -> str:
 # --- elementwise -----------------------------------------------------------------------------
 
 
-@register("Identity", "Dropout")
+@register("Identity", "Dropout", limits="inference mode only (training_mode a constant False)")
 def _identity(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
         mode = e.value(node.input[2])
@@ -218,11 +228,16 @@ def _identity(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -
     return [gout[0]] + [None] * (len(node.input) - 1)
 
 
-@register("Cast", "CastLike")
+@register("Cast", "CastLike", limits="between float types only")
 def _cast(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     # reached only float -> float (other casts end the differentiable path); CastLike's second
-    # input gives only a dtype (see NON_DIFFERENTIABLE)
-    return [gout[0]] + [None] * (len(node.input) - 1)
+    # input gives only a dtype (see NON_DIFFERENTIABLE). The cotangent goes back to x's type.
+    g = gout[0]
+    assert g is not None
+    src, dst = e.dtypes.get(node.input[0]), e.dtypes.get(node.output[0])
+    if src is not None and dst is not None and src != dst:
+        g = e.op("Cast", [g], "cast_grad", to=src)
+    return [g] + [None] * (len(node.input) - 1)
 
 
 @register("Sqrt")
@@ -232,7 +247,7 @@ def _sqrt(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Gr
     return [e.op("Div", [e.op("Mul", [g, e.const(np.float32(0.5))]), node.output[0]], "sqrt_grad")]
 
 
-@register("Pow")
+@register("Pow", limits="constant exponent")
 def _pow(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -245,18 +260,20 @@ def _pow(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Gra
     return [unbroadcast(e, e.op("Mul", [g, slope]), e.shape(x), e.shape(node.output[0])), None]
 
 
-@register("Clip")
+@register("Clip", limits="constant bounds (opset < 11 attribute bounds are converted to inputs)")
 def _clip(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
     if any(need[1:]):
         raise refuse(node, "bounds that depend on the input", "use constant min and max")
     x = node.input[0]
+    # opset < 11 bounds are attributes; grad_prepare's opset conversion makes them inputs
+    bounds = [node.input[i] if len(node.input) > i and node.input[i] else None for i in (1, 2)]
     # as torch.clamp: the gradient passes where min <= x <= max, bounds included
     inside = None
-    for i, op in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
-        if len(node.input) > i and node.input[i]:
-            test = e.op(op, [x, node.input[i]], "clip_in")
+    for bound, op in zip(bounds, ("GreaterOrEqual", "LessOrEqual"), strict=True):
+        if bound is not None:
+            test = e.op(op, [x, bound], "clip_in")
             inside = test if inside is None else e.op("And", [inside, test])
     if inside is None:
         return [g] + [None] * (len(node.input) - 1)
@@ -352,7 +369,7 @@ def _swap_last(e: Emitter, name: str) -> str:
     return e.op("Transpose", [name], "T", perm=perm)
 
 
-@register("MatMul")
+@register("MatMul", limits="operands of rank >= 2 (batch dimensions broadcast)")
 def _matmul(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -370,7 +387,7 @@ def _matmul(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> 
     return [ga, gb]
 
 
-@register("Conv")
+@register("Conv", limits="constant weight and bias")
 def _conv(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -411,7 +428,7 @@ def _conv_as_conv(
                 dilations=d, pads=pads, strides=[1] * n)
 
 
-@register("BatchNormalization")
+@register("BatchNormalization", limits="inference mode, constant statistics")
 def _batchnorm(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -436,7 +453,7 @@ def _add_indices(node: onnx.NodeProto) -> None:
         node.output.append(f"qrd/{node.name or node.output[0]}/indices")
 
 
-@register("MaxPool", patch=_add_indices)
+@register("MaxPool", patch=_add_indices, limits="storage_order=0")
 def _maxpool(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -482,7 +499,7 @@ def _avg_counts(size: list[int], out: list[int], win: dict[str, list[int]]) -> n
     return counts.astype(np.float64)
 
 
-@register("AveragePool")
+@register("AveragePool", limits="no ceil_mode window past the padded input")
 def _avgpool(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None
@@ -515,27 +532,39 @@ def _global_avg(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool])
     return [e.op("Expand", [e.op("Mul", [g, inv]), e.op("Shape", [x])], "gap_grad")]
 
 
-@register("ReduceMean")
-def _reduce_mean(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
-    g = gout[0]
-    assert g is not None
+def reduce_axes(e: Emitter, node: onnx.NodeProto) -> list[int] | None:
+    """Sorted non-negative axes of a Reduce* node (attribute or input); None for a no-op."""
     a = attrs(node)
-    x = node.input[0]
-    shape = e.shape(x)
-    rank = len(shape)
-    axes_value = e.value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    if len(node.input) > 1 and node.input[1] and axes_value is None:
+    rank = len(e.shape(node.input[0]))
+    given = len(node.input) > 1 and bool(node.input[1])
+    axes_value = e.value(node.input[1]) if given else None
+    if given and axes_value is None:
         raise refuse(node, "axes computed at run time", "make the axes a constant")
     axes = list(a.get("axes", [])) if axes_value is None else [int(v) for v in axes_value]
     if not axes and int(a.get("noop_with_empty_axes", 0)):
+        return None
+    return sorted(ax % rank for ax in axes) if axes else list(range(rank))
+
+
+def keep_dims(e: Emitter, node: onnx.NodeProto, g: str, axes: list[int]) -> str:
+    """The reduced cotangent with the reduced axes restored as size 1 (keepdims=0 undone)."""
+    if int(attrs(node).get("keepdims", 1)):
+        return g
+    return e.op("Unsqueeze", [g, e.const(np.array(axes, np.int64))])
+
+
+@register("ReduceMean", limits="constant axes, not over the batch axis")
+def _reduce_mean(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
+    g = gout[0]
+    assert g is not None
+    x = node.input[0]
+    axes = reduce_axes(e, node)
+    if axes is None:
         return [g] + [None] * (len(node.input) - 1)
-    axes = sorted(ax % rank for ax in axes) if axes else list(range(rank))
-    dims = [int(d) for d in (shape[ax] for ax in axes) if d is not None]
+    dims = [int(d) for d in (e.shape(x)[ax] for ax in axes) if d is not None]
     if len(dims) < len(axes):
         raise refuse(node, "a mean over the batch axis", "reduce over C, H or W only")
-    if not int(a.get("keepdims", 1)):
-        g = e.op("Unsqueeze", [g, e.const(np.array(axes, np.int64))])
-    g = e.op("Mul", [g, e.const(np.float32(1.0 / np.prod(dims)))])
+    g = e.op("Mul", [keep_dims(e, node, g, axes), e.const(np.float32(1.0 / np.prod(dims)))])
     return [e.op("Expand", [g, e.op("Shape", [x])], "mean_grad")] + [None] * (len(node.input) - 1)
 
 
@@ -549,7 +578,7 @@ def _reshape(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) ->
     return [like(e, g, node.input[0])] + [None] * (len(node.input) - 1)
 
 
-@register("Pad")
+@register("Pad", limits="constant mode, constant pads")
 def _pad(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     g = gout[0]
     assert g is not None

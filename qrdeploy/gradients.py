@@ -15,10 +15,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from qrdeploy.errors import GraphError, UnsupportedOpError
+from qrdeploy import grad_rules_act, grad_rules_shape
+from qrdeploy.errors import GraphError, QrdeployError, UnsupportedOpError
 from qrdeploy.grad_prepare import BATCH, Prepared, prepare
 from qrdeploy.grad_rules import NON_DIFFERENTIABLE, RULES, Emitter, GradOptions, Shape
 from qrdeploy.losses import DLR_EPS, Loss
+
+_REGISTERED = (grad_rules_act, grad_rules_shape)  # imported for their rules
+_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 X_COTANGENT, Y, TEMPERATURE = "qrd_cotangent", "qrd_y", "qrd_temperature"
 LOSS, GRAD = "qrd_loss", "qrd_grad"
@@ -56,13 +60,33 @@ def _shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     return shapes
 
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
+def _dtypes(model: onnx.ModelProto) -> dict[str, int]:
     values = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
-    return {v.name for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    return {v.name: int(v.type.tensor_type.elem_type) for v in values}
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    return {name for name, t in _dtypes(model).items() if t in _FLOATS}
+
+
+def _check_logits(prep: Prepared) -> None:
+    """The output must be float logits (N, K); name what produces it when it is not."""
+    out = prep.model.graph.output[0]
+    rank = len(out.type.tensor_type.shape.dim)
+    dtype = out.type.tensor_type.elem_type
+    if dtype == TensorProto.FLOAT and rank == 2:
+        return
+    node = next((n for n in prep.model.graph.node if out.name in n.output), None)
+    op, name = (node.op_type, node.name or out.name) if node else ("(input)", out.name)
+    got = f"{TensorProto.DataType.Name(dtype)} of rank {rank}"
+    raise UnsupportedOpError(
+        f"op {op} (node {name!r}) gives the output {out.name!r} as {got}; expected logits of "
+        "shape (N, K) float32; supported: a classifier's logits, optionally then Softmax")
 
 
 def _paths(prep: Prepared) -> tuple[set[str], set[str]]:
     """Float tensors that depend on x, and those of them the logits depend on."""
+    _check_logits(prep)
     graph = prep.model.graph
     floats = _float_tensors(prep.model)
     depends = {prep.input_name}
@@ -80,12 +104,15 @@ def _paths(prep: Prepared) -> tuple[set[str], set[str]]:
     return depends, needed
 
 
+def _no_rule(node: onnx.NodeProto) -> str:
+    return (f"op {node.op_type} (node {node.name or node.output[0]!r}) has no gradient rule;"
+            f" supported: {', '.join(supported_ops())}")
+
+
 def _check_rules(prep: Prepared, needed: set[str]) -> None:
     for node in prep.model.graph.node:
         if any(o in needed for o in node.output) and node.op_type not in RULES:
-            raise UnsupportedOpError(
-                f"op {node.op_type} (node {node.name or node.output[0]!r}) has no gradient rule;"
-                f" supported: {', '.join(supported_ops())}")
+            raise UnsupportedOpError(_no_rule(node))
 
 
 def _backward(prep: Prepared, forward: onnx.ModelProto, e: Emitter, seed: str,
@@ -107,6 +134,7 @@ def _backward(prep: Prepared, forward: onnx.ModelProto, e: Emitter, seed: str,
 def _emitter(prep: Prepared, options: GradOptions | None) -> Emitter:
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in prep.model.graph.initializer}
     e = Emitter(_shapes(prep.model), consts, options, prep.opset)
+    e.dtypes = _dtypes(prep.model)
     e.index(prep.model.graph)
     return e
 
@@ -191,6 +219,50 @@ def build_loss_grad(model: onnx.ModelProto | Prepared, loss: Loss,
         extra.append(helper.make_tensor_value_info(TEMPERATURE, TensorProto.FLOAT, [BATCH]))
     return _assemble(prep, forward, e, loss.value, extra,
                      [(LOSS, [BATCH]), (GRAD, _x_dims(prep))])
+
+
+@dataclass(frozen=True)
+class Report:
+    """Whether qrdeploy can differentiate a model, and what blocks it: (op, node, reason)."""
+
+    ok: bool
+    blocking: list[tuple[str, str, str]]
+
+
+def differentiability(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None
+                      ) -> Report:
+    """Every reason `build_vjp` would refuse the model, at once (each rule is tried on its node)."""
+    try:
+        prep = prepare(model, input_shape)
+        _, needed = _paths(prep)
+    except QrdeployError as exc:
+        return Report(False, [("(graph)", model.graph.name, str(exc))])
+    blocking = []
+    scratch = _emitter(prep, None)
+    for node in prep.model.graph.node:
+        if not any(o in needed for o in node.output):
+            continue
+        reason = _try_rule(scratch, node, needed)
+        if reason is not None:
+            blocking.append((node.op_type, node.name or node.output[0], reason))
+    return Report(not blocking, blocking)
+
+
+def _try_rule(e: Emitter, node_in: onnx.NodeProto, needed: set[str]) -> str | None:
+    """None when the node's rule accepts it, else the refusal (nodes go to a scratch emitter)."""
+    rule = RULES.get(node_in.op_type)
+    if rule is None:  # short: the supported list is docs/ops.md, not every report line
+        return f"no gradient rule for {node_in.op_type}; supported ops: docs/ops.md"
+    node = onnx.NodeProto()
+    node.CopyFrom(node_in)
+    if rule.patch:
+        rule.patch(node)
+    gout: list[str | None] = [f"qrd_probe/{o}" if o in needed else None for o in node.output]
+    try:
+        rule.backward(e, node, gout, [i in needed for i in node.input])
+    except QrdeployError as exc:
+        return str(exc)
+    return None
 
 
 # --- loss heads: (emitter, logits, K) -> (per-sample loss (N,), dL/dlogits (N, K)) ------------

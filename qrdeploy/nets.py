@@ -96,8 +96,20 @@ class WideResNet32(nn.Module):
         return self.fc(h)
 
 
-def build_net(name: str, num_classes: int = 10) -> nn.Module:
-    """A fresh network by name: mnist-cnn or wrn-32-K."""
+def build_net(name: str, num_classes: int = 10, init: str = "madry") -> nn.Module:
+    """A fresh network by name: mnist-cnn or wrn-32-K. init "madry" keeps the constructors' init
+    (Madry's code); "torch" then re-initialises every layer with PyTorch's defaults."""
+    net = _construct(name, num_classes)
+    if init == "torch":
+        for module in net.modules():
+            if module is not net and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    elif init != "madry":
+        raise ConfigError(f"init must be madry or torch, got {init!r}")
+    return net
+
+
+def _construct(name: str, num_classes: int) -> nn.Module:
     if name == "mnist-cnn":
         return MnistCNN(num_classes)
     m = re.fullmatch(r"wrn-32-(\d+)", name)

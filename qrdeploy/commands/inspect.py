@@ -1,5 +1,6 @@
 """`qrdeploy inspect`: weight layers of an ONNX model (op, shape, dtype, distinct levels per
-tensor and per channel, bits, encoding) and the provenance written by `qrdeploy harden`."""
+tensor and per channel, bits, encoding), the provenance written by `qrdeploy harden`, and
+whether qrdeploy can differentiate the model (and which ops block it)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import argparse
 import json
 from typing import Any
 
+from qrdeploy.gradients import differentiability
 from qrdeploy.graph import load_model
 from qrdeploy.passes import describe_model
 
-HELP = "list weight layers (levels, bits, encoding) and the hardening provenance"
+HELP = "list weight layers (levels, bits, encoding), the hardening provenance, differentiability"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe_model(load_model(args.model))
+    model = load_model(args.model)
+    info = describe_model(model)
+    report = differentiability(model)
+    info["differentiable"] = {
+        "ok": report.ok,
+        "blocking": [{"op": op, "node": node, "reason": reason}
+                     for op, node, reason in report.blocking],
+    }
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
@@ -43,3 +52,8 @@ def _print_table(info: dict[str, Any]) -> None:
         print(f"harden step {i}: {json.dumps(step, sort_keys=True)}")
     if not prov["steps"]:
         print("no hardening recorded")
+    diff = info["differentiable"]
+    print("white-box gradients (qrdeploy.gradients): "
+          + ("supported" if diff["ok"] else f"blocked by {len(diff['blocking'])} node(s)"))
+    for b in diff["blocking"]:
+        print(f"  {b['op']} node {b['node']!r}: {b['reason']}")

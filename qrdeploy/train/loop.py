@@ -172,7 +172,7 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
     train = load_dataset(config.data, "train", n=config.n_train, data_root=config.data_root)
     val = load_dataset(config.data, "val", data_root=config.data_root)
     torch.manual_seed(config.seed)
-    model = build_net(config.net, num_classes=train.num_classes)
+    model = build_net(config.net, num_classes=train.num_classes, init=config.init)
     st = State(model, make_optimizer(model, config), history=[])
     rpath = resume_path(out)
     if rpath.exists() and not fresh:

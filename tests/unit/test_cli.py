@@ -117,3 +117,20 @@ def test_train_without_torch_is_a_clean_error() -> None:
                         "import sys; sys.exit(main(['train', '-o', '/nonexistent/x', '-q']))\n")
     assert proc.returncode == 1
     assert "pip install 'qrdeploy[train]'" in proc.stderr
+
+
+def test_inspect_reports_differentiability(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Sin", ["x"], ["s"], name="sin1"),
+         helper.make_node("Flatten", ["s"], ["logits"], name="flat")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])])
+    path = tmp_path / "sin.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["inspect", str(path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "blocked by 1 node(s)" in out and "Sin node 'sin1'" in out

@@ -226,6 +226,106 @@ CASES: dict[str, Case] = {
     "identity_dropout": Case(
         [_node("Identity", ["x"], "i"), _node("Dropout", ["i", "r"])],
         lambda x, p: x, (2, 3, 3), {"r": np.float32(0.3)}),
+    # --- part 2: the ops torchvision models and other exporters use ---------------------------
+    "conv_transpose_s2_outpad": Case(
+        [_node("ConvTranspose", ["x", "w", "b"], strides=[2, 2], pads=[1, 1, 1, 1],
+               output_padding=[1, 1])],
+        lambda x, p: F.conv_transpose2d(x, p["w"], p["b"], stride=2, padding=1,
+                                        output_padding=1), (2, 4, 4),
+        {"w": _w(2, 3, 3, 3), "b": _w(3)}),
+    "conv_transpose_groups_dilated": Case(
+        [_node("ConvTranspose", ["x", "w"], group=2, dilations=[2, 2])],
+        lambda x, p: F.conv_transpose2d(x, p["w"], groups=2, dilation=2), (4, 3, 3),
+        {"w": _w(4, 1, 3, 3)}),
+    "prelu_per_channel": Case([_node("PRelu", ["x", "s"])],
+                              lambda x, p: torch.where(x > 0, x, p["s"] * x), (3, 4, 4),
+                              {"s": _w(3, 1, 1)}),
+    "clip_attrs_opset10": Case([_node("Clip", ["x"], min=-0.3, max=0.4)],
+                               lambda x, p: x.clamp(-0.3, 0.4), (2, 4, 4), opset=10),
+    "clip_relu6_inputs": Case(
+        [_node("Mul", ["x", "k"], "xk"), _node("Clip", ["xk", "lo", "hi"])],
+        lambda x, p: F.relu6(8 * x), (2, 4, 4),
+        {"k": np.float32(8), "lo": np.float32(0), "hi": np.float32(6)}),
+    "sigmoid": Case([_node("Sigmoid", ["x"])], lambda x, p: torch.sigmoid(x), (2, 3, 3)),
+    "tanh": Case([_node("Tanh", ["x"])], lambda x, p: torch.tanh(x), (2, 3, 3)),
+    "hard_sigmoid_onnx_defaults": Case(
+        [_node("Mul", ["x", "k"], "xk"), _node("HardSigmoid", ["xk"])],
+        lambda x, p: (0.2 * 4 * x + 0.5).clamp(0, 1), (2, 4, 4), {"k": np.float32(4)}),
+    "hard_sigmoid_torch_form": Case(
+        [_node("Mul", ["x", "k"], "xk"), _node("HardSigmoid", ["xk"], alpha=1 / 6)],
+        lambda x, p: F.hardsigmoid(4 * x), (2, 4, 4), {"k": np.float32(4)}),
+    "hard_swish": Case([_node("Mul", ["x", "k"], "xk"), _node("HardSwish", ["xk"])],
+                       lambda x, p: F.hardswish(4 * x), (2, 4, 4), {"k": np.float32(4)}),
+    "erf_gelu": Case(
+        [_node("Div", ["x", "r2"], "xs"), _node("Erf", ["xs"], "ef"),
+         _node("Add", ["ef", "one"], "e1"), _node("Mul", ["x", "e1"], "xe"),
+         _node("Mul", ["xe", "half"])],
+        lambda x, p: F.gelu(x), (2, 3, 3),
+        {"r2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}),
+    "softmax_inside_axis1": Case([_node("Softmax", ["x"], axis=1)],
+                                 lambda x, p: F.softmax(x, dim=1), (4, 3, 3)),
+    "logsoftmax_inside_last": Case([_node("LogSoftmax", ["x"], axis=-1)],
+                                   lambda x, p: F.log_softmax(x, dim=-1), (2, 3, 4)),
+    "concat_x_relu_scaled": Case(
+        [_node("Relu", ["x"], "r"), _node("Mul", ["x", "c"], "xc"),
+         _node("Concat", ["x", "xc", "r"], axis=1)],
+        lambda x, p: torch.cat([x, x * p["c"], F.relu(x)], 1), (2, 3, 3), {"c": _w(1, 1, 3)}),
+    "split_input_one_output_used": Case(
+        [helper.make_node("Split", ["x", "sp"], ["s0", "s1"], axis=1, name="split"),
+         _node("Mul", ["s1", "s1"])],
+        lambda x, p: x[:, 1:] ** 2, (3, 3, 3), {"sp": np.array([1, 2], np.int64)}),
+    "split_attr_opset11": Case(
+        [helper.make_node("Split", ["x"], ["s0", "s1"], axis=2, split=[1, 3], name="split"),
+         _node("Concat", ["s1", "s0"], axis=2)],
+        lambda x, p: torch.cat([x[:, :, 1:], x[:, :, :1]], 2), (2, 4, 3), opset=11),
+    "split_num_outputs_opset18": Case(
+        [helper.make_node("Split", ["x"], ["s0", "s1"], axis=3, num_outputs=2, name="split"),
+         _node("Mul", ["s0", "s1"])],
+        lambda x, p: x[..., :2] * x[..., 2:], (2, 3, 4), opset=18),
+    "slice_steps_negative": Case(
+        [_node("Slice", ["x", "st", "en", "ax", "sp"])],
+        lambda x, p: x[:, :, 1:4:2][..., [4, 2, 0]], (2, 5, 5),
+        {"st": np.array([1, -1], np.int64), "en": np.array([4, -100], np.int64),
+         "ax": np.array([2, 3], np.int64), "sp": np.array([2, -2], np.int64)}),
+    "slice_no_axes": Case([_node("Slice", ["x", "st", "en"])],
+                          lambda x, p: x[:, 1:3, :, 1:], (4, 3, 3),
+                          {"st": np.array([0, 1, 0, 1], np.int64),
+                           "en": np.array([2**63 - 1, 3, 9, 9], np.int64)}),
+    "transpose_nhwc": Case([_node("Transpose", ["x"], perm=[0, 2, 3, 1]),],
+                           lambda x, p: x.permute(0, 2, 3, 1), (3, 2, 4)),
+    "unsqueeze_squeeze": Case(
+        [_node("Unsqueeze", ["x", "a"], "u"), _node("Mul", ["u", "u"], "uu"),
+         _node("Squeeze", ["uu", "a"])],
+        lambda x, p: x * x, (2, 3, 3), {"a": np.array([2], np.int64)}),
+    "where_both_branches": Case(
+        [_node("Greater", ["x", "z"], "cond"), _node("Mul", ["x", "x"], "sq"),
+         _node("ReduceMean", ["x"], "m", axes=[2, 3], keepdims=1),
+         _node("Where", ["cond", "sq", "m"])],
+        lambda x, p: torch.where(x > 0, x * x, x.mean(dim=(2, 3), keepdim=True)), (2, 3, 3),
+        {"z": np.float32(0)}),
+    "cast_double_roundtrip": Case(
+        [_node("Cast", ["x"], "d", to=TensorProto.DOUBLE), _node("Mul", ["d", "d"], "dd"),
+         _node("Cast", ["dd"], to=TensorProto.FLOAT)], lambda x, p: x * x, (2, 3, 3)),
+    "gather_repeated_indices": Case([_node("Gather", ["x", "i"], axis=1)],
+                                    lambda x, p: x[:, [2, 0, 2]], (3, 2, 2),
+                                    {"i": np.array([2, 0, 2], np.int64)}),
+    "gather_scalar_last_axis": Case([_node("Gather", ["x", "i"], axis=-1)],
+                                    lambda x, p: x[..., -1], (3, 2, 4),
+                                    {"i": np.array(-1, np.int64)}),
+    "reducesum_axes_input": Case([_node("ReduceSum", ["x", "ax"], keepdims=0)],
+                                 lambda x, p: x.sum(dim=(1, 3)), (3, 4, 5),
+                                 {"ax": np.array([1, 3], np.int64)}),
+    "reducemax_attr": Case([_node("ReduceMax", ["x"], axes=[1], keepdims=0)],
+                           lambda x, p: x.amax(dim=1), (3, 4, 5)),
+    "reducemax_ties_split_opset18": Case(
+        [_node("Concat", ["x", "x"], "xx", axis=1), _node("ReduceMax", ["xx", "ax"], keepdims=1)],
+        lambda x, p: torch.cat([x, x], 1).amax(dim=1, keepdim=True), (3, 4, 4),
+        {"ax": np.array([1], np.int64)}, opset=18),
+    "matmul_batch_broadcast_const": Case([_node("MatMul", ["x", "w"])],
+                                         lambda x, p: x @ p["w"], (2, 3, 4), {"w": _w(2, 4, 5)}),
+    "matmul_batch_both_from_x": Case(
+        [_node("Transpose", ["x"], "xt", perm=[0, 1, 3, 2]), _node("MatMul", ["x", "xt"])],
+        lambda x, p: x @ x.transpose(-1, -2), (2, 3, 4)),
 }
 
 

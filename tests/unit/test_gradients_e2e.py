@@ -4,6 +4,7 @@ Gather) run through OrtModel; vjp and every fused loss against torch float64 aut
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections.abc import Callable
@@ -196,9 +197,7 @@ MODELS = ["mnist_cnn", "resnet_bn_kept", "resnet_bn_folded", *(f"mnist_{e}" for 
 def _ref(module: Any, x: np.ndarray, cot_fn: Callable[[np.ndarray], np.ndarray]
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float64 torch: logits, the cotangent cot_fn(logits) and its input gradient."""
-    m64 = type(module)()
-    m64.load_state_dict(module.state_dict())
-    m64 = m64.double().eval()
+    m64 = copy.deepcopy(module).double().eval()
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     z = m64(xt)  # (N, K)
     cot = cot_fn(z.detach().numpy())

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.errors import ConfigError, DataError, GraphError, UnsupportedOpError
-from qrdeploy.gradients import build_loss_grad, build_vjp
+from qrdeploy.gradients import build_loss_grad, build_vjp, differentiability
 from qrdeploy.losses import Loss
 from qrdeploy.ortmodel import OrtModel
 
@@ -30,11 +30,18 @@ def _flat(src: str = "y") -> onnx.NodeProto:
     return helper.make_node("Flatten", [src], ["logits"])
 
 
+def _argmax_model() -> onnx.ModelProto:
+    model = _model([helper.make_node("Flatten", ["x"], ["f"]),
+                    helper.make_node("ArgMax", ["f"], ["logits"], name="am", axis=1)])
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    return model
+
+
 W = {"w": np.ones((3, 2, 3, 3), np.float32)}
 CASES: dict[str, tuple[onnx.ModelProto, type[Exception], str]] = {
     "op_without_rule": (
-        _model([helper.make_node("Sigmoid", ["x"], ["y"], name="sig1"), _flat()]),
-        UnsupportedOpError, r"op Sigmoid \(node 'sig1'\) has no gradient rule"),
+        _model([helper.make_node("Sin", ["x"], ["y"], name="sin1"), _flat()]),
+        UnsupportedOpError, r"op Sin \(node 'sin1'\) has no gradient rule; supported: Add, "),
     "maxpool_storage_order": (
         _model([helper.make_node("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2],
                                  storage_order=1), _flat()]),
@@ -78,6 +85,24 @@ CASES: dict[str, tuple[onnx.ModelProto, type[Exception], str]] = {
                 helper.make_node("Unsqueeze", ["y", "a"], ["logits"])],
                {"a": np.array([0], np.int64)}),
         GraphError, r"the logits do not depend on the input"),
+    "conv_transpose_output_shape": (
+        _model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="ct",
+                                 output_shape=[5, 5]), _flat()],
+               {"w": np.ones((2, 1, 2, 2), np.float32)}),
+        UnsupportedOpError, r"ConvTranspose node 'ct': output_shape or auto_pad=NOTSET has no "
+        r"gradient rule; supported: explicit pads"),
+    "gather_batch_axis": (
+        _model([helper.make_node("Gather", ["x", "i"], ["y"], name="ga", axis=0), _flat()],
+               {"i": np.array([0], np.int64)}),
+        UnsupportedOpError, r"Gather node 'ga': an axis of unknown size \(the batch axis\)"),
+    "slice_batch_axis": (
+        _model([helper.make_node("Slice", ["x", "s", "e"], ["y"], name="sl"), _flat()],
+               {"s": np.array([1], np.int64), "e": np.array([3], np.int64)}),
+        UnsupportedOpError, r"Slice node 'sl': slicing the batch axis"),
+    "output_not_logits": (
+        _argmax_model(),
+        UnsupportedOpError, r"op ArgMax \(node 'am'\) gives the output 'logits' as INT64 of "
+        r"rank 2; expected logits of shape \(N, K\)"),
 }
 
 
@@ -123,3 +148,26 @@ def test_ortmodel_refuses(name: str) -> None:
 def test_ortmodel_batch_size_positive() -> None:
     with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         OrtModel(_ok_model(), batch_size=0)
+
+
+REPORT_CASES: dict[str, tuple[onnx.ModelProto, list[tuple[str, str]]]] = {
+    "differentiable": (_ok_model(), []),
+    "two_blockers_listed": (
+        _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"),
+                helper.make_node("ConvTranspose", ["s", "w"], ["y"], name="ct",
+                                 output_shape=[5, 5]), _flat()],
+               {"w": np.ones((2, 1, 2, 2), np.float32)}),
+        [("Sin", "no gradient rule for Sin"), ("ConvTranspose", "output_shape")]),
+    "graph_level": (CASES["two_outputs"][0], [("(graph)", "1 input and 1 output")]),
+    "not_logits": (_argmax_model(), [("(graph)", "op ArgMax")]),
+}
+
+
+@pytest.mark.parametrize("name", list(REPORT_CASES), ids=list(REPORT_CASES))
+def test_differentiability_report(name: str) -> None:
+    model, expected = REPORT_CASES[name]
+    report = differentiability(model)
+    assert report.ok is (not expected)
+    assert len(report.blocking) == len(expected)
+    for (op, node, reason), (want_op, want_text) in zip(report.blocking, expected, strict=True):
+        assert op == want_op and want_text in reason and "\n" not in reason and node

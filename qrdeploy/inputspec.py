@@ -1,0 +1,443 @@
+"""The input contract of a deployed classifier, and the wrapper that makes it take pixels.
+
+qrdeploy attacks and evaluates float32 NCHW images in [0, 1] (design.md, decision 2), so eps and
+clipping are in pixel units. Models ship expecting other things: 0-255 values, per-channel
+mean/std normalisation, NHWC, uint8. `InputSpec` states what the model expects and
+`wrap_model(model, spec)` prepends the Mul / Sub / Div / Transpose nodes that turn pixels into
+it, keeps one chosen input and output, makes a static batch of 1 dynamic when that is safe, and
+refuses clearly what the gradient builder cannot differentiate.
+
+Conventions (qrdeploy's own [DEFAULT]s, the paper has no such models):
+- model input = (pixels * R - mean) / std with R = 1 for range 0-1 and 255 for 0-255: mean and
+  std are in the units of the declared range (torchvision: range=0-1,mean=0.485/...,
+  std=0.229/...; Caffe-style: range=0-255,mean=123.68/116.78/103.94).
+- dtype=uint8: the model's uint8 input must be read only by Casts to float (the usual first op).
+  Those Casts are fed pixels * 255 as float instead, so the gradient is taken w.r.t. the float
+  [0, 1] input; for 8-bit images (pixels k/255) the values equal what a uint8 input gives.
+  A uint8 model normalises inside itself, so mean/std are refused with dtype=uint8.
+- float16 models are refused unless `upcast_fp16=True`, which stores the fp16 weights as float32
+  (exact) and runs every op in float32: the attack then sees the fp32 twin, not fp16 rounding.
+- QOperator models (QLinearConv, MatMulNBits, ...) and quantized activations (QuantizeLinear on
+  a tensor computed from the input) are refused: their gradient is zero almost everywhere.
+
+>>> spec = InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8")
+>>> wrapped = wrap_model(onnx.load("model.onnx"), spec, output_name="logits")
+>>> one_by_one(wrapped)   # True: a hard-coded batch of 1 stayed, run samples one at a time
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
+
+PIXELS = "pixels"
+BATCH = "batch"
+META_SPEC, META_ONE_BY_ONE = "qrdeploy.input_spec", "qrdeploy.one_by_one"
+# ops that compute on quantized integers: no float path for a gradient
+QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
+                 "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
+                 "QLinearSigmoid", "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger",
+                 "MatMulNBits", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                 "MatMulIntegerToFloat", "QAttention"}
+_BATCH_AXIS_OPS = {"Concat", "Split", "Slice", "Gather"}
+
+
+class Range(StrEnum):
+    UNIT = "0-1"
+    BYTE = "0-255"
+
+
+class Layout(StrEnum):
+    NCHW = "nchw"
+    NHWC = "nhwc"
+
+
+class DType(StrEnum):
+    FLOAT32 = "float32"
+    UINT8 = "uint8"
+
+
+def _enum(cls: type[StrEnum], key: str, value: object) -> StrEnum:
+    try:
+        return cls(str(value).lower())
+    except ValueError:
+        choices = "|".join(m.value for m in cls)
+        raise ConfigError(f"input spec {key} must be one of {choices}, got {value!r}") from None
+
+
+def _floats(key: str, value: object) -> tuple[float, ...] | None:
+    if value is None or isinstance(value, tuple | list):
+        return None if value is None else tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in str(value).split("/"))
+    except ValueError:
+        raise ConfigError(f"input spec {key} must be numbers separated by '/', got {value!r}; "
+                          f"e.g. {key}=0.485/0.456/0.406") from None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model's input expects, given pixels in [0, 1] (see the module docstring)."""
+
+    range: Range = Range.UNIT
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    layout: Layout = Layout.NCHW
+    dtype: DType = DType.FLOAT32
+
+    def __post_init__(self) -> None:
+        for key, cls in (("range", Range), ("layout", Layout), ("dtype", DType)):
+            object.__setattr__(self, key, _enum(cls, key, getattr(self, key)))
+        for key in ("mean", "std"):
+            object.__setattr__(self, key, _floats(key, getattr(self, key)))
+        self._check()
+
+    def _check(self) -> None:
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise ConfigError(f"input spec std must be > 0, got {self.std}")
+        if self.mean and self.std and len(self.mean) != len(self.std) and \
+                1 not in (len(self.mean), len(self.std)):
+            raise ConfigError(f"input spec mean has {len(self.mean)} values and std "
+                              f"{len(self.std)}; give one per channel (or one for all)")
+        if self.dtype is DType.UINT8 and self.range is not Range.BYTE:
+            raise ConfigError("input spec dtype=uint8 holds 0-255 values; add range=0-255")
+        if self.dtype is DType.UINT8 and (self.mean or self.std):
+            raise ConfigError("input spec dtype=uint8 cannot carry mean/std: a uint8 input holds "
+                              "raw pixels and the model normalises inside; drop mean= and std=")
+
+    @classmethod
+    def parse(cls, text: str) -> InputSpec:
+        """From 'range=0-255,mean=0.485/0.456/0.406,std=...,layout=nhwc,dtype=uint8'."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in known:
+                raise ConfigError(f"input spec term {part!r} is not KEY=VALUE with KEY in "
+                                  f"{'|'.join(sorted(known))}; e.g. range=0-255,layout=nhwc")
+            values[key.strip()] = value.strip()
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        terms = [f"range={self.range.value}", f"layout={self.layout.value}",
+                 f"dtype={self.dtype.value}"]
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None:
+                terms.append(f"{key}={'/'.join(f'{v:g}' for v in value)}")
+        return ",".join(terms)
+
+    @property
+    def scale(self) -> float:
+        return 255.0 if self.range is Range.BYTE else 1.0
+
+
+# --- selecting one input and one output --------------------------------------------------------
+
+
+def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def _pick_input(graph: onnx.GraphProto, name: str | None) -> onnx.ValueInfoProto:
+    real = _real_inputs(graph)
+    names = [i.name for i in real]
+    if name is None and len(real) == 1:
+        return real[0]
+    if name is None:
+        raise GraphError(f"the model has inputs {', '.join(names)}; choose the image with "
+                         "--input NAME")
+    if name not in names:
+        raise GraphError(f"input {name!r} is not among the model's inputs ({', '.join(names)}); "
+                         "pass one of them to --input")
+    others = [n for n in names if n != name]
+    if others:
+        raise GraphError(f"inputs {', '.join(others)} have no default (initializer); qrdeploy "
+                         "feeds the image only: export the model with those inputs fixed")
+    return real[names.index(name)]
+
+
+def _keep_output(graph: onnx.GraphProto, name: str | None) -> None:
+    names = [o.name for o in graph.output]
+    if name is None and len(names) == 1:
+        return
+    if name is None or name not in names:
+        what = "has outputs" if name is None else f"has no output {name!r}; its outputs are"
+        raise GraphError(f"the model {what} {', '.join(names)}; choose the logits with "
+                         "--output NAME")
+    keep = graph.output[names.index(name)]
+    chosen = onnx.ValueInfoProto()
+    chosen.CopyFrom(keep)
+    del graph.output[:]
+    graph.output.append(chosen)
+
+
+def _drop_dead(graph: onnx.GraphProto) -> None:
+    live = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in live for o in node.output):
+            keep.append(node)
+            live.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in live]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [i for i in graph.input if i.name in live and i.name not in
+              {t.name for t in inits}]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+# --- refusing what has no gradient -------------------------------------------------------------
+
+
+def _depends_on(graph: onnx.GraphProto, source: str) -> set[str]:
+    seen = {source}
+    for node in graph.node:
+        if any(i in seen for i in node.input):
+            seen.update(node.output)
+    return seen
+
+
+def _check_quantized(graph: onnx.GraphProto, source: str) -> None:
+    for node in graph.node:
+        if node.op_type in QOPERATOR_OPS:
+            raise UnsupportedOpError(
+                f"op {node.op_type} (node {node.name or node.output[0]!r}) computes on quantized "
+                "integers (QOperator format) and has no gradient; supported: float models and "
+                "QDQ weights (DequantizeLinear on initializers): harden the float model instead")
+    dependent = _depends_on(graph, source)
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in dependent:
+            raise UnsupportedOpError(
+                f"op QuantizeLinear (node {node.name or node.output[0]!r}) quantizes the "
+                f"activation {node.input[0]!r}, whose gradient is zero almost everywhere; "
+                "supported: quantized weights only (export without activation QDQ)")
+
+
+def _upcast_fp16(model: onnx.ModelProto) -> None:
+    """Every float16 initializer, Constant, Cast target and declared type becomes float32."""
+    graph = model.graph
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(t).astype(np.float32), t.name))
+    for node in graph.node:
+        for a in node.attribute:
+            if a.name == "to" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.FLOAT
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                a.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec,
+                 upcast_fp16: bool) -> None:
+    elem = x.type.tensor_type.elem_type
+    if elem == TensorProto.FLOAT16 and not upcast_fp16:
+        raise UnsupportedOpError(
+            f"input {x.name!r} is float16 and the gradient rules are float32; pass "
+            "upcast_fp16=True (--upcast-fp16) to attack the model's float32 twin, or export "
+            "a float32 model")
+    if elem == TensorProto.FLOAT16:
+        _upcast_fp16(model)
+        return
+    want = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
+    if elem != want:
+        got = TensorProto.DataType.Name(elem)
+        raise ConfigError(f"input {x.name!r} is {got} but the input spec says dtype="
+                          f"{spec.dtype.value}; fix --input-spec dtype=")
+
+
+# --- the preprocessing nodes -------------------------------------------------------------------
+
+
+def _chw(x: onnx.ValueInfoProto, spec: InputSpec) -> tuple[int | None, list[int]]:
+    """(batch dim or None, [C, H, W]) of the model input, read through the layout."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
+    if len(dims) != 4 or any(d is None for d in dims[1:]):
+        raise GraphError(f"input {x.name!r} has shape {dims}; expected 4 dims with static "
+                         f"{spec.layout.value.upper()[1:]} (re-export with a fixed image size)")
+    body = [int(d or 0) for d in dims[1:]]
+    chw = body if spec.layout is Layout.NCHW else [body[2], body[0], body[1]]
+    for key in ("mean", "std"):
+        value = getattr(spec, key)
+        if value is not None and len(value) not in (1, chw[0]):
+            raise ConfigError(f"input spec {key} has {len(value)} values for {chw[0]} channels "
+                              f"of input {x.name!r}; give one per channel")
+    return dims[0], chw
+
+
+def _per_channel(values: tuple[float, ...], scale: float = 1.0) -> np.ndarray:
+    return (np.asarray(values, np.float32) * scale).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
+
+
+def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.NodeProto],
+                                                                       list[onnx.TensorProto]]:
+    """Nodes pixels (N, C, H, W) in [0, 1] -> `target` as the model expects it (float)."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    steps: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
+    if spec.scale != 1.0:
+        steps.append(("Mul", np.asarray(spec.scale, np.float32), {}))
+    if spec.mean is not None:
+        steps.append(("Sub", _per_channel(spec.mean), {}))
+    if spec.std is not None:
+        steps.append(("Div", _per_channel(spec.std), {}))
+    if spec.layout is Layout.NHWC:
+        steps.append(("Transpose", None, {"perm": [0, 2, 3, 1]}))
+    if not steps:
+        steps.append(("Identity", None, {}))
+    current = PIXELS
+    for k, (op, const, attrs) in enumerate(steps):
+        out = target if k == len(steps) - 1 else _unique(f"{PIXELS}_{op.lower()}", names)
+        inputs = [current]
+        if const is not None:
+            inputs.append(_unique(f"{PIXELS}_{op.lower()}_c", names))
+            inits.append(numpy_helper.from_array(const, inputs[1]))
+        nodes.append(helper.make_node(op, inputs, [out], name=_unique(f"{PIXELS}/{op}", names),
+                                      **attrs))
+        current = out
+    return nodes, inits
+
+
+def _unique(base: str, names: set[str]) -> str:
+    name, k = base, 0
+    while name in names:
+        k += 1
+        name = f"{base}_{k}"
+    names.add(name)
+    return name
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str) -> None:
+    """Feed the float pixel values to the Casts that read the uint8 input."""
+    readers = [n for n in graph.node if x in n.input]
+    for node in readers:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type != "Cast" or to not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            raise UnsupportedOpError(
+                f"op {node.op_type} (node {node.name or node.output[0]!r}) reads the uint8 "
+                f"input {x!r}; supported: uint8 inputs read only by a Cast to float")
+        node.input[0] = float_in
+
+
+# --- batch -------------------------------------------------------------------------------------
+
+
+def _hard_coded_batch(graph: onnx.GraphProto) -> str | None:
+    """The first node that fixes the batch size (a Reshape to a constant (1, ...), an op along
+    axis 0), or None when a symbolic batch is safe."""
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+        if node.op_type == "Reshape" and node.input[1] in consts:
+            shape = consts[node.input[1]].reshape(-1)
+            if len(shape) and int(shape[0]) not in (0, -1):
+                return f"Reshape {node.name or node.output[0]!r} to {shape.tolist()}"
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if node.op_type in _BATCH_AXIS_OPS and axis == 0:
+            return f"{node.op_type} {node.name or node.output[0]!r} along axis 0"
+    return None
+
+
+def _dynamic_output(graph: onnx.GraphProto) -> None:
+    """The output's leading dim symbolic too (it followed the input's static 1)."""
+    dims = graph.output[0].type.tensor_type.shape.dim
+    if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+        dims[0].Clear()
+        dims[0].dim_param = BATCH
+
+
+# --- the wrapper -------------------------------------------------------------------------------
+
+
+def wrap_model(model: onnx.ModelProto, spec: InputSpec, input_name: str | None = None,
+               output_name: str | None = None, upcast_fp16: bool = False) -> onnx.ModelProto:
+    """A copy of `model` that takes float32 NCHW pixels in [0, 1] (input 'pixels') and returns
+    only the chosen output. See the module docstring for the conventions and refusals."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    _keep_output(graph, output_name)
+    _drop_dead(graph)
+    x = _pick_input(graph, input_name)
+    _check_dtype(out, x, spec, upcast_fp16)
+    _check_quantized(graph, x.name)
+    batch, chw = _chw(x, spec)
+    names = _all_names(graph)
+    float_in = _unique(f"{x.name}_float", names) if spec.dtype is DType.UINT8 else x.name
+    if spec.dtype is DType.UINT8:
+        _bypass_uint8(graph, x.name, float_in)
+    nodes, inits = _prelude(spec, float_in, names)
+    fixed = _hard_coded_batch(graph) if batch == 1 else None
+    pixels = helper.make_tensor_value_info(
+        PIXELS, TensorProto.FLOAT, [BATCH if fixed is None else 1, *chw])
+    _finish(out, x.name, pixels, nodes, inits)
+    if batch == 1 and fixed is None:
+        _dynamic_output(graph)
+    meta = {META_SPEC: str(spec), META_ONE_BY_ONE: "1" if fixed else "0"}
+    for key, value in meta.items():
+        out.metadata_props.add(key=key, value=value)
+    return out
+
+
+def _finish(model: onnx.ModelProto, x: str, pixels: onnx.ValueInfoProto,
+            nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> None:
+    graph = model.graph
+    kept = [i for i in graph.input if i.name != x]
+    del graph.input[:]
+    graph.input.extend([pixels, *kept])
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    graph.initializer.extend(inits)
+    del graph.value_info[:]  # stale once the input's shape or type changed
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """The CLI's --input-spec / --input-name / --output-name / --upcast-fp16, as one value."""
+
+    spec: InputSpec = InputSpec()
+    input_name: str | None = None
+    output_name: str | None = None
+    upcast_fp16: bool = False
+
+    @classmethod
+    def from_options(cls, spec: str | None, input_name: str | None = None,
+                     output_name: str | None = None, upcast_fp16: bool = False) -> InputContract:
+        return cls(InputSpec.parse(spec or ""), input_name, output_name, upcast_fp16)
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        return wrap_model(model, self.spec, self.input_name, self.output_name, self.upcast_fp16)
+
+
+def one_by_one(model: onnx.ModelProto) -> bool:
+    """True when wrap_model kept a hard-coded batch of 1: run samples one at a time."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    return meta.get(META_ONE_BY_ONE) == "1"

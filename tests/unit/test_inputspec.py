@@ -1,0 +1,151 @@
+"""InputSpec parsing and wrap_model: a wrapped deployed model (normalised, 0-255, NHWC, uint8)
+gives the logits of its pixel-space twin and the gradient of torch float64 autograd w.r.t. the
+[0, 1] pixels; one input and one output are chosen; a static batch of 1 is made dynamic when
+safe; float16 models are upcast on request."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.inputspec import (
+    PIXELS,
+    DType,
+    InputContract,
+    InputSpec,
+    Layout,
+    Range,
+    one_by_one,
+    wrap_model,
+)
+from qrdeploy.ortmodel import OrtModel
+from tests.unit.inputspec_models import (
+    WEIGHTS,
+    as_deployed,
+    base_nodes,
+    pixels,
+    torch_base,
+    twin,
+)
+from tests.unit.test_gradients import assert_close_per_sample
+
+IMAGENET = "mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
+SPECS = {
+    "pixels_identity": "",
+    "torchvision_mean_std": f"range=0-1,{IMAGENET}",
+    "caffe_0_255_mean": "range=0-255,mean=123.68/116.78/103.94",
+    "nhwc": "layout=nhwc",
+    "nhwc_0_255_mean_std": "range=0-255,mean=120/115/100,std=58/57/57,layout=NHWC",
+    "uint8_nhwc": "range=0-255,layout=nhwc,dtype=uint8",
+    "uint8_nchw": "range=0-255,dtype=uint8",
+}
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", InputSpec()),
+    (f"range=0-1,{IMAGENET}", InputSpec(Range.UNIT, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ("range=0-255, layout=NHWC ,dtype=uint8", InputSpec(Range.BYTE, layout=Layout.NHWC,
+                                                        dtype=DType.UINT8)),
+    ("std=255", InputSpec(std=(255.0,))),
+], ids=["empty", "torchvision", "uint8_nhwc_spaces_case", "std_only"])
+def test_parse(text: str, expected: InputSpec) -> None:
+    spec = InputSpec.parse(text)
+    assert spec == expected
+    assert InputSpec.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize("name", list(SPECS), ids=list(SPECS))
+def test_wrapped_gives_pixel_twin_logits(name: str) -> None:
+    spec = InputSpec.parse(SPECS[name])
+    p = pixels()
+    deployed = twin(spec)
+    ref = _run(twin(InputSpec()), p)  # (N, K)
+    # the twin is what it claims: fed the user's preprocessing, it gives the pixel logits
+    np.testing.assert_allclose(_run(deployed, as_deployed(spec, p)), ref, rtol=1e-4, atol=1e-4)
+    wrapped = wrap_model(deployed, spec)
+    assert [i.name for i in wrapped.graph.input] == [PIXELS]
+    np.testing.assert_allclose(_run(wrapped, p), ref, rtol=1e-4, atol=1e-4)
+    assert not one_by_one(wrapped)
+
+
+@pytest.mark.parametrize("name", list(SPECS), ids=list(SPECS))
+def test_gradient_through_wrapped_matches_torch(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    spec = InputSpec.parse(SPECS[name])
+    p = pixels(seed=1)
+    cot = np.random.default_rng(2).normal(size=(len(p), 5)).astype(np.float32)  # (N, K)
+    xt = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    (torch_base(torch, xt) * torch.tensor(cot, dtype=torch.float64)).sum().backward()
+    _, g = OrtModel(wrap_model(twin(spec), spec)).vjp(p, cot)
+    assert g.shape == p.shape
+    assert_close_per_sample(g, xt.grad.numpy())
+
+
+@pytest.mark.parametrize(("flatten", "expect_one_by_one"), [
+    (None, False),
+    (helper.make_node("Reshape", ["feat", "shape"], ["flat"], name="rs"), True),
+], ids=["flatten_made_dynamic", "reshape_batch_1_kept"])
+def test_static_batch_of_one(flatten: onnx.NodeProto | None, expect_one_by_one: bool) -> None:
+    spec = InputSpec.parse("layout=nhwc")
+    model = twin(spec, batch=1, flatten=flatten)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    wrapped = wrap_model(model, spec)
+    assert one_by_one(wrapped) is expect_one_by_one
+    dim0 = wrapped.graph.input[0].type.tensor_type.shape.dim[0]
+    assert (dim0.dim_value == 1) is expect_one_by_one
+    n = 1 if expect_one_by_one else 3
+    p = pixels(n)
+    np.testing.assert_allclose(_run(wrapped, p), _run(twin(InputSpec()), p), rtol=1e-4, atol=1e-4)
+
+
+def test_choose_input_and_output() -> None:
+    spec = InputSpec.parse("layout=nhwc")
+    model = twin(spec, extra_outputs=("feat",))
+    # a second input with an initializer default is allowed (not fed)
+    model.graph.input.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [4]))
+    wrapped = wrap_model(model, spec, input_name="in", output_name="logits")
+    assert [o.name for o in wrapped.graph.output] == ["logits"]
+    assert [i.name for i in wrapped.graph.input] == [PIXELS]
+    p = pixels()
+    np.testing.assert_allclose(_run(wrapped, p), _run(twin(InputSpec()), p), rtol=1e-4, atol=1e-4)
+
+
+def test_float16_model_upcast() -> None:
+    spec = InputSpec()
+    model = twin(spec)
+    half = {k: v.astype(np.float16) for k, v in WEIGHTS.items()}
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in half.items())
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    wrapped = wrap_model(model, spec, upcast_fp16=True)
+    ref = twin(spec)
+    del ref.graph.initializer[:]
+    ref.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k)
+                                 for k, v in half.items())
+    p = pixels()
+    np.testing.assert_allclose(_run(wrapped, p), _run(ref, p), rtol=1e-5, atol=1e-5)
+
+
+def test_base_nodes_are_the_pixel_model() -> None:
+    # guards the fixture: the pixel twin is the base graph behind an Identity
+    ops = [n.op_type for n in twin(InputSpec()).graph.node]
+    assert ops == ["Identity", *(n.op_type for n in base_nodes("img"))]
+
+
+def test_contract_is_wrap_model() -> None:
+    spec = "range=0-255,layout=nhwc,dtype=uint8"
+    model = twin(InputSpec.parse(spec), extra_outputs=("feat",))
+    contract = InputContract.from_options(spec, "in", "logits")
+    wrapped = contract.apply(model)
+    assert wrapped == wrap_model(model, InputSpec.parse(spec), "in", "logits")
+    assert {p.key: p.value for p in wrapped.metadata_props}["qrdeploy.input_spec"] == \
+        "range=0-255,layout=nhwc,dtype=uint8"
