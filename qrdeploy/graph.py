@@ -1,12 +1,14 @@
 """ONNX files in and out, and the weight layers inside them. This is the one module that reads and
-writes ONNX files: validated loads (checker, clean errors for truncated or garbage files, external
-data only inside the model's folder, opset 13–21 with recorded conversions), atomic deterministic
+writes ONNX files: validated loads (qrdeploy.prevalidate before any C++ code, then the checker;
+clean errors for truncated, garbage or hostile files; external data only inside the model's
+folder; opset 13–21 with recorded conversions), atomic deterministic
 saves (external data above 2 GB), metadata, and discovery of weight layers (Conv, ConvTranspose,
 Gemm, MatMul with a constant weight, also behind Transpose / Identity / Cast / DequantizeLinear /
 codebook chains) with the float32 weight each consumer actually sees."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -17,10 +19,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 from qrdeploy.errors import GraphError
 from qrdeploy.io import atomic_write, atomic_write_bytes
+from qrdeploy.prevalidate import Limits, prevalidate_file
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +34,25 @@ EXTERNAL_MIN_BYTES = 1024  # tensors below this stay inside the .onnx file
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PASS_THROUGH = ("Transpose", "Identity", "Cast")
 META_OPSET = "qrdeploy.opset_conversion"
+# provenance written by qrdeploy.passes: key -> JSON type (a list holds objects)
+PROVENANCE_JSON: dict[str, type] = {"qrdeploy.harden": list, "qrdeploy.records": list,
+                                    "qrdeploy.bits": dict}
 
 
 # ---------------------------------------------------------------- loading
 
 
-def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.ModelProto:
-    """Load and validate an ONNX model; external data must lie inside the model's folder.
+def load_model(path: str | os.PathLike[str], *, check: bool = True,
+               limits: Limits | None = None) -> onnx.ModelProto:
+    """Load and validate an ONNX model. Before any C++ code sees it, qrdeploy.prevalidate checks
+    declared sizes against `limits` and that external data lies inside the model's folder.
     A model outside opset 13–21 is converted (recorded in metadata) or refused."""
     path = Path(path)
     if not path.is_file():
         raise GraphError(f"model file {path} does not exist; pass the path of an .onnx file")
-    model = _parse(path)
-    has_external = _check_external_data(model, path.parent)
+    model = prevalidate_file(path, limits)
+    _check_provenance(model, path)
+    has_external = bool(_external_tensors(model))
     if has_external:
         _load_external(model, path)
     if not model.graph.node:
@@ -52,36 +62,27 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True) -> onnx.Mode
     return _supported_opset(model, path)
 
 
-def _parse(path: Path) -> onnx.ModelProto:
-    try:
-        return onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning or others
-        raise GraphError(
-            f"{path} is not a readable ONNX file ({type(exc).__name__}); it may be truncated or "
-            "not ONNX: export it again") from exc
+def _check_provenance(model: onnx.ModelProto, path: Path) -> None:
+    """The JSON that qrdeploy.passes writes into metadata must parse to the expected shape;
+    an edited or corrupted value would otherwise fail deep inside inspect or harden."""
+    meta = get_metadata(model)
+    for key, kind in PROVENANCE_JSON.items():
+        if key not in meta:
+            continue
+        try:
+            value = json.loads(meta[key])
+        except ValueError:
+            value = None
+        items_ok = kind is dict or all(isinstance(v, dict) for v in value or [])
+        if not isinstance(value, kind) or not items_ok:
+            raise GraphError(f"{path}: metadata {key!r} is not the JSON {kind.__name__} qrdeploy "
+                             "writes; the file was edited or corrupted: harden the original again")
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     return [t for t in _get_all_tensors(model) if uses_external_data(t)]
-
-
-def _check_external_data(model: onnx.ModelProto, folder: Path) -> bool:
-    """Refuse external-data locations that leave the model's folder (design decision 8)."""
-    base = folder.resolve()
-    tensors = _external_tensors(model)
-    for t in tensors:
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if not loc or Path(loc).is_absolute() or not target.is_relative_to(base):
-            raise GraphError(
-                f"tensor {t.name!r} points to external data {loc!r} outside the model's folder "
-                f"{folder}; keep the data file beside the .onnx file")
-        if not target.is_file():
-            raise GraphError(f"external data file {loc!r} of tensor {t.name!r} is missing; "
-                             "copy it beside the .onnx file")
-    return bool(tensors)
 
 
 def _load_external(model: onnx.ModelProto, path: Path) -> None:
@@ -148,9 +149,17 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
+def _over_limit(model: onnx.ModelProto) -> bool:
+    """Above protobuf's 2 GB? upb's ByteSize itself raises EncodeError past the limit."""
+    try:
+        return model.ByteSize() > PROTO_LIMIT
+    except EncodeError:
+        return True
+
+
 def model_to_bytes(model: onnx.ModelProto) -> bytes:
     """Deterministic serialization; models above 2 GB must be saved with save_model."""
-    if model.ByteSize() > PROTO_LIMIT:
+    if _over_limit(model):
         raise GraphError("the model is above 2 GB and cannot be serialized in one piece; "
                          "save it with save_model (external data)")
     return model.SerializeToString(deterministic=True)
@@ -162,7 +171,7 @@ def save_model(
     """Write atomically (temporary file + rename). external_data None: only above 2 GB; the data
     then goes to '<name>.data' beside the model (written and renamed before the model itself)."""
     path = Path(path)
-    big = model.ByteSize() > PROTO_LIMIT if external_data is None else external_data
+    big = _over_limit(model) if external_data is None else external_data
     if not big:
         return atomic_write_bytes(path, model_to_bytes(model))
     data_name = f"{path.name}.data"
@@ -344,9 +353,17 @@ def consumer_channel_axis(op_type: str, ndim: int, attrs: Mapping[str, Any]) -> 
 def _stored_axis(axis: int, ndim: int, chain: list[onnx.NodeProto]) -> int:
     for node in chain:  # consumer-first: map the consumer's axis back to the stored tensor
         if node.op_type == "Transpose":
-            perm = _attrs(node).get("perm") or list(reversed(range(ndim)))
-            axis = int(perm[axis])
+            axis = _perm(node, ndim)[axis]
     return axis
+
+
+def _perm(node: onnx.NodeProto, ndim: int) -> list[int]:
+    """The Transpose's permutation, checked: a hostile file may declare any list."""
+    perm = [int(p) for p in _attrs(node).get("perm") or reversed(range(ndim))]
+    if sorted(perm) != list(range(ndim)):
+        raise GraphError(f"Transpose {node.name!r} has perm {perm[:8]} for a rank-{ndim} weight; "
+                         f"expected a permutation of 0..{ndim - 1}: export the model again")
+    return perm
 
 
 def _encoding(chain: list[onnx.NodeProto], root: onnx.TensorProto) -> str:
@@ -390,6 +407,7 @@ def _make_layer(index: int, i: int, node: onnx.NodeProto,
     root = inits[root_name]
     attrs = _attrs(node)
     view = _view_shape(tuple(root.dims), chain)
+    _check_rank(node, view)
     axis = consumer_channel_axis(node.op_type, len(view), attrs)
     tensors = [root_name, *(n.output[0] for n in chain)]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
@@ -403,12 +421,23 @@ def _make_layer(index: int, i: int, node: onnx.NodeProto,
         chain=tuple(n.op_type for n in chain), attrs=attrs)
 
 
+_MIN_RANK = {"Conv": 3, "ConvTranspose": 3, "Gemm": 2, "MatMul": 1}
+
+
+def _check_rank(node: onnx.NodeProto, view: tuple[int, ...]) -> None:
+    """A weight the consumer cannot use (e.g. a 1-D Conv kernel) is a malformed file."""
+    low = _MIN_RANK[node.op_type]
+    if len(view) < low or (node.op_type == "Gemm" and len(view) != 2):
+        want = "rank 2" if node.op_type == "Gemm" else f"rank >= {low}"
+        raise GraphError(f"{node.op_type} node {node.name!r} has a weight of shape {view}; "
+                         f"expected {want}: the model is malformed, export it again")
+
+
 def _view_shape(dims: tuple[int, ...], chain: list[onnx.NodeProto]) -> tuple[int, ...]:
     shape = dims
     for node in reversed(chain):  # stored-first
         if node.op_type == "Transpose":
-            perm = _attrs(node).get("perm") or list(reversed(range(len(shape))))
-            shape = tuple(shape[p] for p in perm)
+            shape = tuple(shape[p] for p in _perm(node, len(shape)))
     return shape
 
 
@@ -431,6 +460,16 @@ def _evaluate(name: str, prod: dict[str, onnx.NodeProto],
 
 
 def _eval_node(node: onnx.NodeProto, args: list[Any]) -> np.ndarray:
+    try:
+        return _eval_op(node, args)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:  # numpy's AxisError included
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise GraphError(f"cannot evaluate the weight chain at {node.op_type} node "
+                         f"{node.name!r} ({first}); the model is malformed: export it again"
+                         ) from None
+
+
+def _eval_op(node: onnx.NodeProto, args: list[Any]) -> np.ndarray:
     attrs = _attrs(node)
     op = node.op_type
     if op == "Identity":

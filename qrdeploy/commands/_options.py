@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qrdeploy.data import SPLITS, Dataset, load_dataset
+from qrdeploy.inputspec import InputContract
 from qrdeploy.runtime import PROVIDERS, SessionConfig
 
 
@@ -33,3 +34,26 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
 
 def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(provider=args.provider, threads=args.threads)
+
+
+def add_input_contract(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model input contract (docs/input-spec.md)")
+    g.add_argument("--input-spec", default=None, metavar="SPEC",
+                   help="what the model's input expects, e.g. range=0-255,layout=nhwc or "
+                        "mean=0.485/0.456/0.406,std=0.229/0.224/0.225 (default: float32 NCHW "
+                        "in [0, 1])")
+    g.add_argument("--input-name", default=None, metavar="NAME",
+                   help="the image input, when the model has several")
+    g.add_argument("--output-name", default=None, metavar="NAME",
+                   help="the logits output, when the model has several")
+    g.add_argument("--upcast-fp16", action="store_true",
+                   help="run a float16 model as its float32 twin")
+
+
+def input_contract(args: argparse.Namespace) -> InputContract | None:
+    """The contract the options ask for, or None for a float32 NCHW [0, 1] model."""
+    if (args.input_spec, args.input_name, args.output_name) == (None, None, None) \
+            and not args.upcast_fp16:
+        return None
+    return InputContract.from_options(args.input_spec, args.input_name, args.output_name,
+                                      args.upcast_fp16)

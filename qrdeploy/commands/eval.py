@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
+from qrdeploy.commands._options import (
+    add_data,
+    add_input_contract,
+    add_runtime,
+    input_contract,
+    load_data,
+    session_config,
+)
 from qrdeploy.evaluation import evaluate_onnx
 
 HELP = "accuracy of an ONNX classifier on onnxruntime (and agreement with a reference)"
@@ -17,11 +24,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data(p)
     add_runtime(p)
+    add_input_contract(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_onnx(args.model, load_data(args), reference=args.reference,
-                           config=session_config(args), batch_size=args.batch_size)
+    contract = input_contract(args)
+    model, batch_size = args.model, args.batch_size
+    if contract is not None:
+        from qrdeploy.graph import load_model
+        from qrdeploy.inputspec import one_by_one
+
+        model = contract.apply(load_model(args.model))
+        batch_size = 1 if one_by_one(model) else batch_size
+    result = evaluate_onnx(model, load_data(args), reference=args.reference,
+                           config=session_config(args), batch_size=batch_size)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
