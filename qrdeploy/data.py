@@ -111,7 +111,7 @@ def load_mnist5k(split: str) -> Dataset:
     x, y = _mnist5k_arrays()
     idx = mnist5k_indices(y)[split]
     images = (x[idx] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)  # (N, 1, 28, 28)
-    return _checked(Dataset("mnist-5k", split, images, y[idx], 10))
+    return validate_dataset(Dataset("mnist-5k", split, images, y[idx], 10))
 
 
 # ---------------------------------------------------------------------- torchvision folders
@@ -152,7 +152,7 @@ def load_mnist_folder(root: Path, split: str) -> Dataset:
         raise _missing(root, f"MNIST/raw/{prefix}-images-idx3-ubyte") from None
     x = (images.astype(np.float32) / 255.0)[:, None]  # (N, 1, 28, 28)
     x, y = _train_val(x, labels.astype(np.int64), split)
-    return _checked(Dataset("mnist", split, x, y, 10))
+    return validate_dataset(Dataset("mnist", split, x, y, 10))
 
 
 def _train_val(x: np.ndarray, y: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +208,7 @@ def load_cifar_folder(root: Path, split: str) -> Dataset:
     x = np.concatenate([b[0] for b in batches]).astype(np.float32) / 255.0  # (N, 3, 32, 32)
     y = np.concatenate([b[1] for b in batches])
     x, y = _train_val(x, y, split)
-    return _checked(Dataset("cifar10", split, x, y, 10))
+    return validate_dataset(Dataset("cifar10", split, x, y, 10))
 
 
 def _download(name: str, root: Path) -> None:
@@ -244,7 +244,7 @@ def load_npz(path: Path) -> Dataset:
             raise DataError(f"{path}: y must hold integer labels, found dtype {y.dtype}")
         y = y.astype(np.int64).reshape(-1)
     k = int(y.max()) + 1 if y is not None and y.size else 0
-    return _checked(Dataset(f"npz:{path}", "test", x, y, k))
+    return validate_dataset(Dataset(f"npz:{path}", "test", x, y, k))
 
 
 def _to_nchw_unit(x: np.ndarray, path: Path) -> np.ndarray:
@@ -264,7 +264,13 @@ def _to_nchw_unit(x: np.ndarray, path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- validation
 
 
-def _checked(ds: Dataset) -> Dataset:
+def validate_dataset(ds: Dataset) -> Dataset:
+    """The data set itself, or a DataError naming what is wrong with it."""
+    if ds.x.ndim != 4:
+        raise DataError(f"data set {ds.name}: images must be (N, C, H, W), found {ds.x.shape}")
+    if ds.x.dtype != np.float32:
+        raise DataError(f"data set {ds.name}: images must be float32 in [0, 1], "
+                        f"found {ds.x.dtype}")
     if len(ds) == 0:
         raise DataError(f"data set {ds.name} ({ds.split}) is empty")
     if not np.isfinite(ds.x).all():

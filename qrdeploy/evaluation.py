@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qrdeploy.data import Dataset, check_labels
+from qrdeploy.data import Dataset, check_labels, validate_dataset
 from qrdeploy.errors import DataError, GraphError
 from qrdeploy.runtime import SessionConfig, make_session
 from qrdeploy.stats import Proportion
@@ -54,13 +54,19 @@ class Predictor:
 
     def logits(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
         self.check_input(x)
-        outs = [self.session.run([self.output.name], {self.input.name: x[i:i + batch_size]})[0]
-                for i in range(0, len(x), batch_size)]
-        out = np.concatenate(outs).astype(np.float32, copy=False)
-        if out.ndim != 2:
-            raise GraphError(f"the model's output {self.output.name!r} has shape "
-                             f"{out.shape[1:]}; expected (N, classes) logits")
-        return out
+        outs = [self._run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            out = np.asarray(self.session.run([self.output.name], {self.input.name: x})[0])
+        except Exception as exc:  # onnxruntime's own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GraphError(f"onnxruntime failed to run the model: {first}") from None
+        if out.ndim != 2 or out.shape[0] != len(x):
+            raise GraphError(f"the model's output {self.output.name!r} has shape {out.shape} "
+                             f"for {len(x)} inputs; expected ({len(x)}, classes) logits")
+        return out.astype(np.float32, copy=False)
 
 
 def predict_logits(model: ModelLike, x: np.ndarray, config: SessionConfig | None = None,
@@ -98,6 +104,7 @@ class EvalResult:
 def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | None = None,
                   config: SessionConfig | None = None, batch_size: int = 500) -> EvalResult:
     """Accuracy of `model` on a data set; with `reference`, also top-1 agreement with it."""
+    validate_dataset(dataset)
     pred = Predictor(model, config)
     pred_y = pred.logits(dataset.x, batch_size).argmax(1)
     accuracy = None

@@ -14,6 +14,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     """Call write(tmp) on a temporary path beside `path`, then rename it onto `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # left by a writer that was killed (SIGKILL)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -49,6 +49,9 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     if ck.meta.get("kind") != "model":
         raise CheckpointError(f"{path} is not a finished model checkpoint "
                               f"(kind {ck.meta.get('kind')!r}); finish its training first")
+    if not isinstance(ck.meta.get("config"), dict):
+        raise CheckpointError(f"{path} has no training recipe in its metadata; "
+                              "it was not written by qrdeploy train")
     config = TrainConfig.from_json(ck.meta["config"])
     head = ck.tensors["model"]
     model = build_net(config.net, num_classes=int(ck.meta.get("num_classes", 10)))

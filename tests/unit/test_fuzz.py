@@ -24,8 +24,6 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 # module of the deepest qrdeploy frame -> why it is not fixed here (reported, owner's module)
 REPORTED = {
-    "evaluation.py": "session.run errors (bad input dims, kernel failures) and an output batch "
-                     "that differs from the input batch escape as onnxruntime / numpy errors",
     "grad_prepare.py": "onnxruntime errors while folding constants are not wrapped",
     "ortmodel.py": "onnxruntime run errors of the gradient sessions are not wrapped",
     "grad_rules.py": "zip(strict=True) ValueError on a node with fewer outputs than expected",
@@ -106,9 +104,7 @@ def _segfault() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
-@pytest.mark.xfail(strict=True, reason="reported: evaluate_onnx lets onnxruntime's "
-                                       "InvalidArgument escape (evaluation.py, REPORTED)")
-def test_reported_eval_finding_reproduces() -> None:
+def test_reported_eval_finding_is_fixed() -> None:
     from qrdeploy.data import Dataset
     from qrdeploy.errors import QrdeployError
     from qrdeploy.evaluation import evaluate_onnx

@@ -196,8 +196,6 @@ def test_torch_pickle_checkpoint_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="reported: load_trained reads ck.meta['config'] unchecked "
-                                       "(KeyError instead of CheckpointError)")
 def test_checkpoint_without_config_is_a_checkpoint_error(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from qrdeploy.train import load_trained
@@ -265,8 +263,6 @@ def test_evaluate_onnx_validates(x: np.ndarray, y: np.ndarray, match: str) -> No
         evaluate_onnx(cnn(0), Dataset("t", "test", x, y, 10))
 
 
-@pytest.mark.xfail(strict=True, reason="reported: evaluate_onnx / Dataset do not validate dtype, "
-                                       "range, emptiness, negative labels or label count")
 @pytest.mark.parametrize(("x", "y"), [
     ((_X * 255).astype(np.uint8), _Y), (_X.astype(np.float64), _Y), (_X * 255, _Y),
     (_X[:0], _Y[:0]), (_X, np.array([-1, 0, 1, 2])), (_X, _Y[:2]), (_X * np.nan, _Y),
