@@ -57,3 +57,24 @@ def input_contract(args: argparse.Namespace) -> InputContract | None:
         return None
     return InputContract.from_options(args.input_spec, args.input_name, args.output_name,
                                       args.upcast_fp16)
+
+
+def add_isolate(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("untrusted models (docs/reliability.md)")
+    g.add_argument("--isolate", action="store_true",
+                   help="open each model first in a subprocess, so a crash or hang of the C++ "
+                        "libraries becomes a clean error")
+    g.add_argument("--isolate-timeout", type=float, default=120.0, metavar="S",
+                   help="seconds the isolated check may take (default: %(default)s)")
+
+
+def check_isolated(args: argparse.Namespace, *models: str | None, probe: bool) -> None:
+    """With --isolate, open every given model in a subprocess first (qrdeploy.isolate)."""
+    if not args.isolate:
+        return
+    from qrdeploy.isolate import Isolation, open_isolated
+
+    config = session_config(args) if hasattr(args, "provider") else None
+    for model in models:
+        if model is not None:
+            open_isolated(model, config, Isolation(args.isolate_timeout, probe=probe))

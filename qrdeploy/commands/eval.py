@@ -8,7 +8,9 @@ import json
 from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
+    add_isolate,
     add_runtime,
+    check_isolated,
     input_contract,
     load_data,
     session_config,
@@ -25,9 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data(p)
     add_runtime(p)
     add_input_contract(p)
+    add_isolate(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.model, args.reference, probe=True)
     contract = input_contract(args)
     model, batch_size = args.model, args.batch_size
     if contract is not None:

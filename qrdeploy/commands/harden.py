@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.encodings import Encoding
 from qrdeploy.errors import ConfigError
 from qrdeploy.passes import GraphPass, MuLawMap, Recipe, WeightQuant, harden_file, load_recipe
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="IN", help="input .onnx model")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx path")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
+    add_isolate(p)
     p.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
     m = p.add_argument_group("mu-law mapping (paper: post-training, last few layers)")
     m.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
@@ -50,6 +52,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.model, probe=False)
     result = harden_file(args.model, args.output, recipe_from_args(args), in_place=args.in_place)
     for r in result.records:
         bits = f"{r.bits} bits" if r.bits else f"mu={r.mu:g}"

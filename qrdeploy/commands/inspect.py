@@ -8,6 +8,7 @@ import argparse
 import json
 from typing import Any
 
+from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.gradients import differentiability
 from qrdeploy.graph import load_model
 from qrdeploy.passes import describe_model
@@ -18,9 +19,11 @@ HELP = "list weight layers (levels, bits, encoding), the hardening provenance, d
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=".onnx model")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_isolate(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.model, probe=False)
     model = load_model(args.model)
     info = describe_model(model)
     report = differentiability(model)

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.encodings import Encoding
 from qrdeploy.errors import ConfigError
 from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
@@ -25,6 +26,7 @@ DEFAULT_PLOT = "lipschitz.png"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_isolate(p)
     p.add_argument("reference", metavar="REF", help="reference (unhardened) .onnx model")
     p.add_argument("hardened", metavar="HARDENED", nargs="?",
                    help="hardened .onnx model; omit it and give --bits/--mulaw/--recipe to "
@@ -103,6 +105,7 @@ def _recipe(args: argparse.Namespace) -> Recipe | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.reference, args.hardened, probe=True)
     recipe = _recipe(args)
     config = LipschitzConfig(
         operator_norms=not args.no_operator_norms, fft_bound=not args.no_fft_bound,

@@ -1,0 +1,27 @@
+"""`qrdeploy report`: markdown and CSV tables (and eps-curve PNGs) of results JSON files."""
+
+from __future__ import annotations
+
+import argparse
+
+from qrdeploy.report import write_report
+
+HELP = "report of results JSON files: markdown + CSV tables with intervals, eps-curve plots"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", help="results JSON files of qrdeploy attack")
+    p.add_argument("-o", "--output", default="report.md",
+                   help="markdown file; the CSV and PNGs go beside it (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    files = write_report(args.results, args.output)
+    if not args.quiet:
+        print(f"report: {files.markdown}")
+        print(f"table: {files.csv}")
+        for p in files.plots:
+            print(f"plot: {p}")
+        if files.plot_note:
+            print(files.plot_note)
+    return 0

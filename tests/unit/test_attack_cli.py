@@ -1,0 +1,156 @@
+"""`qrdeploy attack` and `qrdeploy report` end to end on tiny ONNX classifiers run by
+onnxruntime (OrtModel): white-box, transfer, noise, sweeps, no-labels mode, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from qrdeploy.cli import main
+from qrdeploy.io import sha256_file
+from qrdeploy.passes import MuLawMap, WeightQuant, harden
+from qrdeploy.schema import errors, load_schema
+from tests.unit.onnx_builders import cnn, ort_logits
+
+SCHEMA = load_schema("results.schema.json")
+ROOT = Path(__file__).resolve().parents[2]
+NO_TORCH = """
+import sys
+class Block:  # importing torch fails, as on a deploy machine without it
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("torch is blocked")
+sys.meta_path.insert(0, Block())
+from qrdeploy.cli import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    victim, _ = harden(cnn(seed=0, c=1, hw=8), [MuLawMap(mu=255), WeightQuant(bits=3)])
+    onnx.save(victim, d / "v.onnx")
+    onnx.save(cnn(seed=1, c=1, hw=8), d / "s.onnx")
+    x = np.random.default_rng(0).uniform(size=(24, 1, 8, 8)).astype(np.float32)  # (N, 1, 8, 8)
+    y = ort_logits(victim, x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    np.savez(d / "d.npz", x=x, y=y)
+    np.savez(d / "nolabels.npz", x=x)
+    return {"v": d / "v.onnx", "s": d / "s.onnx", "d": d / "d.npz", "nl": d / "nolabels.npz"}
+
+
+def attack(files: dict[str, Path], out: Path, *extra: str, data: str = "d") -> int:
+    return main(["attack", str(files["v"]), "--data", f"npz:{files[data]}", "--batch-size", "8",
+                 "-o", str(out), *extra])
+
+
+def load(path: Path) -> dict[str, Any]:
+    doc = json.loads(path.read_text())
+    assert errors(doc, SCHEMA, SCHEMA) == []
+    return dict(doc)
+
+
+def test_white_black_noise_and_sweep(files: dict[str, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    rc = attack(files, out, "--source", str(files["s"]), "--attacks",
+                "clean,fgsm-s,pgd,black/fgsm-s,normal", "--eps", "0.05,0.1")
+    assert rc == 0
+    doc = load(out)
+    assert [c["key"] for c in doc["columns"]] == ["clean", "white/fgsm-s", "white/pgd",
+                                                  "black/fgsm-s", "noise/normal"]
+    (recipe,) = doc["victim"]["harden"]  # one harden call, read back from the model's metadata
+    assert [p["kind"] for p in recipe["passes"]] == ["mulaw", "quant"]
+    assert doc["victim"]["sha256"] == sha256_file(files["v"])
+    assert doc["source"]["sha256"] == sha256_file(files["s"])
+    assert doc["clean"]["k"] == 21 and doc["data"]["family"] == "mnist"
+    assert [s["kind"] for s in doc["sweeps"]] == ["fgsm", "pgd"]
+    assert "onnxruntime" in doc["runtime"]["packages"]
+    assert (tmp_path / ".qrdeploy-transfer").is_dir()
+    assert not (tmp_path / "r.json.state.npz").exists()
+    printed = capsys.readouterr().out
+    assert "white/pgd" in printed and "results written to" in printed
+
+
+def test_paper_suite_without_source_skips_black(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--attacks", "clean,fgsm-w,normal", "-q") == 0
+    assert {c["mode"] for c in load(out)["columns"]} == {"clean", "white", "noise"}
+
+
+@pytest.mark.parametrize(("data", "extra", "agree_all"), [
+    ("d", ["--labels", "none"], True),
+    ("nl", [], True),
+    ("d", ["--labels", "none", "--reference", "s"], False),
+], ids=["labels-none-self", "npz-without-y", "reference"])
+def test_no_labels_mode(files: dict[str, Path], tmp_path: Path, data: str, extra: list[str],
+                        agree_all: bool) -> None:
+    extra = [str(files["s"]) if e == "s" else e for e in extra]
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--suite", "white", "--attacks", "clean,fgsm-s", "--eps", "none",
+                  "-q", *extra, data=data) == 0
+    doc = load(out)
+    assert doc["data"]["labels"] == "reference"
+    assert (doc["clean"]["value"] == 1.0) == agree_all  # agreement with itself is 100 %
+    if not agree_all:
+        assert doc["reference"]["sha256"] == sha256_file(files["s"])
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--suite", "black"], "need --source SRC.onnx"),
+    (["--attacks", "square"], "'square' is not a column"),
+    (["--eps", "0.1,x"], "'x' is not a number"),
+], ids=["black-without-source", "unknown-attack", "bad-eps"])
+def test_cli_errors_are_one_line(files: dict[str, Path], tmp_path: Path, extra: list[str],
+                                 match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert attack(files, tmp_path / "r.json", "-q", *extra) == 1
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+def test_report_command(files: dict[str, Path], tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    common = ["--suite", "white", "--attacks", "clean,fgsm-s,pgd", "--eps", "0.05,0.1", "-q"]
+    assert attack(files, a, *common) == 0
+    assert main(["attack", str(files["s"]), "--data", f"npz:{files['d']}", "-o", str(b),
+                 *common]) == 0
+    assert main(["report", str(a), str(b), "-o", str(tmp_path / "rep" / "report.md"), "-q"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| v.onnx |" in md and "| s.onnx |" in md
+    assert (tmp_path / "rep" / "report.csv").exists()
+
+
+def test_tiny_trained_model_on_mnist_5k(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    rc = main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "16", "--suite", "white",
+               "--attacks", "clean,fgsm-s,pgd", "--eps", "none", "-q", "-o", str(out)])
+    assert rc == 0
+    doc = load(out)
+    assert doc["data"]["name"] == "mnist-5k" and doc["data"]["n"] == 16
+    pgd = next(c for c in doc["columns"] if c["key"] == "white/pgd")
+    assert pgd["robust"]["k"] <= doc["clean"]["k"]
+
+
+def test_deploy_side_runs_with_torch_blocked(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    attack_cmd = ["attack", str(files["v"]), "--data", f"npz:{files['d']}", "--source",
+                  str(files["s"]), "--attacks", "clean,fgsm-s,mim,black/fgsm-s,uniform",
+                  "--eps", "0.1", "-q", "-o", str(out)]
+    for cmd in (attack_cmd, ["report", str(out), "-o", str(tmp_path / "report.md"), "-q"]):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, *cmd], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert load(out)["columns"][1]["key"] == "white/fgsm-s"
+    assert (tmp_path / "report.csv").exists()
