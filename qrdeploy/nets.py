@@ -102,8 +102,9 @@ def build_net(name: str, num_classes: int = 10, init: str = "madry") -> nn.Modul
     net = _construct(name, num_classes)
     if init == "torch":
         for module in net.modules():
-            if module is not net and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if module is not net and callable(reset):
+                reset()
     elif init != "madry":
         raise ConfigError(f"init must be madry or torch, got {init!r}")
     return net

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from qrdeploy.train.config import Method, Optim, TrainConfig
+from qrdeploy.train.config import FeedbackConfig, Method, Optim, TrainConfig
 
-HELP = "train mnist-cnn or wrn-32-K (standard or PGD adversarial training)"
+HELP = "train mnist-cnn or wrn-32-K (standard, PGD adversarial or feedback learning)"
 _D = TrainConfig()
+_F = FeedbackConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs over which eps ramps up linearly")
     g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _add_feedback(p)
+
+
+def _add_feedback(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("feedback learning (--method feedback; see docs/feedback.md)")
+    g.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
+                   help="the trained (standard) checkpoint that feedback learning starts from")
+    g.add_argument("--fl-rounds", type=int, default=_F.rounds)
+    g.add_argument("--fl-directions", type=int, default=_F.directions,
+                   help="random directions per sample (default: %(default)s)")
+    g.add_argument("--fl-top", type=int, default=_F.top, help="paper: 40 smallest margins")
+    g.add_argument("--fl-rank-per-class", type=int, default=_F.rank_per_class,
+                   help="samples per class used for ranking (default: %(default)s)")
+    g.add_argument("--fl-seeds", type=int, nargs=3, default=list(_F.seeds),
+                   metavar=("HIGH", "MEDIUM", "LOW"), help="paper: 20 100 150 for 60,000 digits")
+    g.add_argument("--fl-reference-size", type=int, default=_F.reference_size)
+    g.add_argument("--fl-max-ratio", type=float, default=_F.max_ratio,
+                   help="most generated examples per real one (default: %(default)s)")
+    g.add_argument("--fl-alpha", type=float, nargs=2, default=list(_F.alpha), metavar=("LO", "HI"))
+    g.add_argument("--fl-t0", type=float, default=_F.t0)
+    g.add_argument("--fl-t-max", type=float, default=_F.t_max)
+    g.add_argument("--fl-bisect-steps", type=int, default=_F.bisect_steps)
+    g.add_argument("--fl-epochs", type=int, default=_F.epochs)
+    g.add_argument("--fl-lr", type=float, default=_F.lr)
+    g.add_argument("--fl-max-drop", type=float, default=_F.max_drop,
+                   help="stop when val accuracy falls more than this (default: %(default)s)")
+    g.add_argument("--fl-diag-samples", type=int, default=_F.diag_samples)
+
+
+def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
+    return FeedbackConfig(
+        rounds=args.fl_rounds, directions=args.fl_directions, top=args.fl_top,
+        rank_per_class=args.fl_rank_per_class, seeds=tuple(args.fl_seeds),
+        reference_size=args.fl_reference_size, max_ratio=args.fl_max_ratio,
+        alpha=tuple(args.fl_alpha), t0=args.fl_t0, t_max=args.fl_t_max,
+        bisect_steps=args.fl_bisect_steps, epochs=args.fl_epochs, lr=args.fl_lr,
+        max_drop=args.fl_max_drop, diag_samples=args.fl_diag_samples,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -43,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, weight_decay=args.weight_decay, shift=args.shift, flip=args.flip,
         eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size,
         eps_warmup=args.eps_warmup, n_train=args.n_train, threads=args.threads,
-        data_root=args.data_root,
+        data_root=args.data_root, from_checkpoint=args.from_checkpoint,
+        feedback=feedback_from_args(args),
     )
 
 
@@ -51,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     from qrdeploy.train import train
 
     log = logging.getLogger("qrdeploy.train").info
-    ck = train(config_from_args(args), args.output, fresh=args.fresh, log=log)
+    config = config_from_args(args)
+    ck = train(config, args.output, fresh=args.fresh, log=log)
+    if config.method is Method.FEEDBACK:
+        print(f"wrote {args.output}: {ck.meta['accepted_rounds']} of {len(ck.meta['rounds'])} "
+              f"rounds accepted, val accuracy {ck.meta['source']['val_accuracy']:.4f} -> "
+              f"{ck.meta['val_accuracy']:.4f}")
+        return 0
     print(f"wrote {args.output}: best epoch {ck.meta['best_epoch']}, "
           f"val accuracy {ck.meta['val_accuracy']:.4f}")
     return 0

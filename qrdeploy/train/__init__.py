@@ -31,6 +31,10 @@ def train(config: TrainConfig, out: str | Path, fresh: bool = False,
           log: Callable[[str], None] = print) -> Checkpoint:
     """Train a network by recipe and write the selected weights to `out` (safetensors)."""
     _torch()
+    if config.method is Method.FEEDBACK:
+        from qrdeploy.train.feedback import train_feedback
+
+        return train_feedback(config, out, fresh=fresh, log=log)
     from qrdeploy.train import methods
     from qrdeploy.train.loop import fit
 

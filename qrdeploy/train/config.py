@@ -7,19 +7,72 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from qrdeploy.errors import ConfigError
+
+INITS = ("madry", "torch")
 
 
 class Method(StrEnum):
     STANDARD = "standard"
     ADVERSARIAL = "adversarial"
+    FEEDBACK = "feedback"
 
 
 class Optim(StrEnum):
     ADAM = "adam"
     SGD = "sgd"
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Feedback learning (F.L., method.md section 1; docs/feedback.md). Paper: the class levels
+    (top 20 % high, bottom 50 % low), the seed counts 20 / 100 / 150 per class on MNIST's 60,000
+    training digits, the 40 smallest-margin directions and alpha in [1.5, 2.0]. Everything else is
+    ours (method.md [DEFAULT], narrowed by issue 10 to fit a CPU)."""
+
+    rounds: int = 3  # ours (method.md: R = 3)
+    directions: int = 64  # ours (issue 10; method.md: 200) random unit directions per sample
+    top: int = 40  # paper: "direction with top-40 minimum margins"
+    rank_per_class: int = 150  # ours: correctly classified samples per class used for ranking
+    seeds: tuple[int, int, int] = (20, 100, 150)  # paper: high / medium / low, for 60,000 digits
+    reference_size: int = 60000  # ours: seed counts scale by n_train / reference_size
+    max_ratio: float = 1.0  # ours: generated : real examples at most 1 : 1
+    alpha: tuple[float, float] = (1.5, 2.0)  # paper: 1.5x-2.0x the margin
+    t0: float = 0.5  # ours: first step of the doubling search (L2, [0, 1] pixel units)
+    t_max: float = 10.0  # ours (method.md MNIST cap); beyond it a direction is "not reached"
+    bisect_steps: int = 6  # ours: ~12 forward passes per direction with the doubling
+    epochs: int = 5  # ours (method.md step 6: Adam 1e-4, 5 epochs per round)
+    lr: float = 1e-4  # ours (method.md step 6), cosine decay within each round
+    max_drop: float = 0.005  # method.md: stop when validation accuracy drops > 0.5 points
+    diag_samples: int = 50  # ours: samples whose gradient-direction margins are measured
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "alpha", tuple(float(a) for a in self.alpha))
+        checks = [
+            (self.rounds >= 1, f"feedback rounds must be >= 1, got {self.rounds}"),
+            (1 <= self.top <= self.directions,
+             f"top must be in [1, directions={self.directions}], got {self.top}"),
+            (self.rank_per_class >= 1, f"rank_per_class must be >= 1, got {self.rank_per_class}"),
+            (len(self.seeds) == 3 and min(self.seeds) >= 0,
+             f"seeds must be 3 counts >= 0 (high, medium, low), got {self.seeds}"),
+            (self.reference_size >= 1, f"reference_size must be >= 1, got {self.reference_size}"),
+            (self.max_ratio > 0, f"max_ratio must be > 0, got {self.max_ratio}"),
+            (len(self.alpha) == 2 and 1.0 <= self.alpha[0] <= self.alpha[1],
+             f"alpha must be (lo, hi) with 1 <= lo <= hi, got {self.alpha}"),
+            (0 < self.t0 <= self.t_max, f"need 0 < t0 <= t_max, got {self.t0}, {self.t_max}"),
+            (self.bisect_steps >= 0, f"bisect_steps must be >= 0, got {self.bisect_steps}"),
+            (self.epochs >= 1, f"feedback epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"feedback learning rate must be > 0, got {self.lr}"),
+            (0 <= self.max_drop <= 1, f"max_drop must be in [0, 1], got {self.max_drop}"),
+            (self.diag_samples >= 0, f"diag_samples must be >= 0, got {self.diag_samples}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -48,11 +101,26 @@ class TrainConfig:
     n_train: int | None = None  # use only the first n training samples (tests, smoke runs)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     data_root: str | None = None
+    # "madry": Madry's init (truncated normal std 0.1, biases 0.1; the paper's network as Madry
+    # coded it); "torch": PyTorch's default init (ours, for PGD training: with Madry's init our
+    # short adversarial schedule collapsed to chance, loss stuck at ln 10). Recorded only when not
+    # "madry", so older recipes serialise exactly as before.
+    init: str = "madry"
+    # Feedback learning: the standard checkpoint to start from, and the F.L. settings. Recorded
+    # only for method "feedback", so other recipes serialise exactly as before.
+    from_checkpoint: str | None = None
+    feedback: FeedbackConfig = FeedbackConfig()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "optimizer", Optim(self.optimizer))
+        if isinstance(self.feedback, dict):
+            object.__setattr__(self, "feedback", FeedbackConfig(**self.feedback))
+        if self.method is Method.FEEDBACK and not self.from_checkpoint:
+            raise ConfigError("method feedback fine-tunes a trained model: give the standard "
+                              "model's checkpoint, e.g. --from runs/mnist-standard.safetensors")
         checks = [
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
@@ -72,6 +140,15 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["method"], d["optimizer"] = self.method.value, self.optimizer.value
         d.pop("data_root")  # a local path: not part of the recipe, never recorded
+        if self.init == "madry":
+            d.pop("init")
+        if self.method is Method.FEEDBACK:
+            # the file name only: a local folder is not part of the recipe
+            d["from_checkpoint"] = Path(str(self.from_checkpoint)).name
+            d["feedback"] = {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in d["feedback"].items()}
+        else:
+            d.pop("from_checkpoint"), d.pop("feedback")
         return d
 
     @classmethod

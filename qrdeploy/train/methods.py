@@ -1,4 +1,7 @@
-"""What each training method trains on and how it selects its model on the validation split."""
+"""What each training method trains on and how it selects its model on the validation split.
+
+Feedback learning is not a hook of the one training loop: it fine-tunes a trained model in rounds
+(qrdeploy.train.feedback.train_feedback), whose epochs reuse `clean` through loop.run_epoch."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import torch
 from torch import nn
 
 from qrdeploy.data import Dataset
+from qrdeploy.errors import ConfigError
 from qrdeploy.train.config import Method, TrainConfig
 from qrdeploy.train.loop import Perturb, Score, accuracy
 
@@ -22,6 +26,9 @@ def clean_accuracy(model: nn.Module, ds: Dataset) -> float:
 def hooks(config: TrainConfig) -> tuple[Perturb, Score]:
     if config.method is Method.STANDARD:
         return clean, clean_accuracy
-    from qrdeploy.train import adversarial
+    if config.method is Method.FEEDBACK:
+        raise ConfigError("feedback learning runs in rounds from a trained model, not as hooks of "
+                          "the training loop: call qrdeploy.train.feedback.train_feedback")
+    from qrdeploy.train.adversarial import hooks as adversarial_hooks
 
-    return adversarial.hooks(config)
+    return adversarial_hooks(config)

@@ -1,0 +1,69 @@
+"""`qrdeploy margins`: the F.L. paper's distance-based criteria per class and overall (minimal L2
+adversarial distance, top-k random-direction margin, noise accuracy; qrdeploy.margin_criteria).
+
+    qrdeploy margins models/mnist-standard.onnx --data mnist-5k -n 200 --plot margins.png
+    qrdeploy margins runs/std.safetensors runs/fl.safetensors -n 200   # checkpoints, via torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
+from qrdeploy.margin_criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
+from qrdeploy.margins import NumpyModel, SearchConfig, VjpClassifier
+
+HELP = "per-class margins: minimal L2 adversarial distance, top-k directional margin, noise"
+_D = CriteriaConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="ONNX classifier(s), or qrdeploy .safetensors checkpoints; several are "
+                        "measured on the same samples and directions and plotted side by side")
+    g = p.add_argument_group("criteria (defaults are qrdeploy's own; see docs/feedback.md)")
+    g.add_argument("--directions", type=int, default=_D.directions,
+                   help="random unit directions per sample (default: %(default)s)")
+    g.add_argument("--top", type=int, default=_D.top, help="smallest margins averaged (40)")
+    g.add_argument("--t-max", type=float, default=_D.search.t_max, help="L2 search cap")
+    g.add_argument("--l2-attack", choices=[a.value for a in L2Attack], default=_D.l2_attack.value)
+    g.add_argument("--sigma", type=float, default=_D.sigma, help="Gaussian noise sigma")
+    g.add_argument("--bound", type=float, default=_D.bound, help="uniform noise bound")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="per-class bar chart (needs matplotlib)")
+    add_data(p)
+    add_runtime(p)
+
+
+def load_model(path: str, args: argparse.Namespace) -> VjpClassifier:
+    if path.endswith(".safetensors"):
+        from qrdeploy.models import TorchModel
+        from qrdeploy.train import load_trained
+
+        module, ck = load_trained(path)
+        return NumpyModel(TorchModel(module, int(ck.meta.get("num_classes", 10))))
+    import onnx
+
+    from qrdeploy.ortmodel import OrtModel
+
+    return OrtModel(onnx.load(path), session_config(args), batch_size=args.batch_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = CriteriaConfig(directions=args.directions, top=args.top,
+                            search=SearchConfig(t_max=args.t_max, t0=min(0.5, args.t_max)),
+                            l2_attack=L2Attack(args.l2_attack), sigma=args.sigma,
+                            bound=args.bound)
+    data = load_data(args)
+    reports = {Path(m).name: margin_criteria(load_model(m, args), data, config, seed=args.seed)
+               for m in args.models}
+    if args.json:
+        print(json.dumps({k: r.to_json() for k, r in reports.items()}, indent=2))
+    else:
+        for name, report in reports.items():
+            print("\n".join([f"## {name}", "", *report.lines(), ""]))
+    if args.plot:
+        print(f"wrote {plot_criteria(reports, args.plot)}")
+    return 0
