@@ -30,6 +30,9 @@ _API = {
     "train": "qrdeploy.train",
     "TrainConfig": "qrdeploy.train",
     "export_onnx": "qrdeploy.export",
+    "check": "qrdeploy.gate",
+    "Policy": "qrdeploy.gate",
+    "CheckResult": "qrdeploy.gate",
 }
 
 __all__ = ["__version__", "HAS_RUNTIME", *_API]

@@ -1,0 +1,48 @@
+"""`qrdeploy check`: gate a model on a policy of thresholds; exit 0 when all are met, 3 when one
+fails (one line per failure), 1 on an error, 2 on bad usage. See docs/check.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from qrdeploy.gate import check, write_summary
+from qrdeploy.commands._options import (
+    add_data,
+    add_input_contract,
+    add_runtime,
+    input_contract,
+    load_data,
+    session_config,
+)
+from qrdeploy.junit import write_junit
+
+HELP = "gate a model on a policy of thresholds (exit 0 pass, 3 a threshold failed)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="the ONNX model to gate (e.g. the hardened one)")
+    p.add_argument("--reference", required=True, help="the ONNX model it is compared with")
+    p.add_argument("--policy", required=True, metavar="TOML",
+                   help="thresholds (see examples/qrdeploy.toml and docs/check.md)")
+    p.add_argument("-o", "--output", default=None, metavar="JSON",
+                   help="write the JSON summary (qrdeploy/schemas/summary.schema.json)")
+    p.add_argument("--junit", default=None, metavar="XML",
+                   help="write a JUnit XML report, one testcase per threshold")
+    add_data(p, default=None)
+    add_runtime(p)
+    add_input_contract(p)
+    p.set_defaults(batch_size=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = check(args.model, args.reference, load_data(args), args.policy,
+                   session=session_config(args), seed=args.seed, batch_size=args.batch_size,
+                   contract=input_contract(args))
+    if args.output:
+        write_summary(args.output, result)
+    if args.junit:
+        write_junit(args.junit, result)
+    # --quiet keeps what a pipeline log needs: one line per failed threshold and the outcome
+    quiet = [*(t.line() for t in result.failures), result.outcome()]
+    print("\n".join(quiet if args.quiet else result.lines()))
+    return result.exit_code
