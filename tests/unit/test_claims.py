@@ -1,0 +1,213 @@
+"""The paper's claims as rules (qrdeploy.claims) on constructed per-sample scores: each rule
+held / not held / not significant, the paper's tables and the headline arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qrdeploy import claims as cl
+from qrdeploy.claims import Observations, Outcome, Row, View
+
+N = 400
+
+
+def flags(k: int, n: int = N, offset: int = 0) -> np.ndarray:
+    """n samples, the k from `offset` correct (wrapping), as float scores."""
+    out = np.zeros(n)
+    out[(np.arange(k) + offset) % n] = 1.0
+    return out
+
+
+def row(acc: dict[str, int] | int, adaptive: int | None = None) -> Row:
+    """A row whose every column has `acc` correct samples (or per-column counts)."""
+    per = acc if isinstance(acc, dict) else {}
+    cols = {k: flags(per.get(k, acc if isinstance(acc, int) else N)) for k in cl.ALL_COLUMNS}
+    return Row(cols, None if adaptive is None else flags(adaptive))
+
+
+def result(obs: Observations, claim: str, view: View = View.PAPER) -> cl.ClaimResult:
+    return next(r for r in cl.evaluate_claims(obs) if r.claim == claim and r.view is view)
+
+
+# ------------------------------------------------------------------------------ paired_diff
+
+
+def test_paired_diff_pins_mean_and_interval() -> None:
+    a, b = flags(200), flags(300)  # b is right on 100 more samples, a never alone
+    d = cl.paired_diff(a, b)
+    assert d.estimate == pytest.approx(25.0)
+    half = cl.Z95 * 100 * np.std(b - a, ddof=1) / np.sqrt(N)
+    assert (d.lo, d.hi) == pytest.approx((25.0 - half, 25.0 + half))
+
+
+# ------------------------------------------------------------------------------ each claim
+
+
+COLLAPSE = [
+    pytest.param(380, 200, Outcome.HELD, id="drop-45-points"),
+    pytest.param(380, 340, Outcome.NOT_HELD, id="drop-10-points"),
+    pytest.param(380, 379, Outcome.NOT_SIGNIFICANT, id="drop-one-sample"),
+]
+
+
+@pytest.mark.parametrize(("plain", "quant", "want"), COLLAPSE)
+def test_adv_collapses(plain: int, quant: int, want: Outcome) -> None:
+    obs = Observations("mnist", {"adv:plain": row({"clean": plain}),
+                                 "adv:q": row({"clean": quant})})
+    assert result(obs, "adv-collapses-3bit").outcome is want
+
+
+WB = {k: 0 for k in cl.WHITE_COLUMNS[1:]}
+MU_GAIN = [
+    pytest.param(100, 300, None, Outcome.HELD, id="gain"),
+    pytest.param(300, 100, None, Outcome.NOT_HELD, id="loss"),
+    pytest.param(100, 102, None, Outcome.NOT_SIGNIFICANT, id="tiny"),
+]
+
+
+@pytest.mark.parametrize(("plain", "mu", "_", "want"), MU_GAIN)
+def test_mu_raises_white_box(plain: int, mu: int, _: None, want: Outcome) -> None:
+    obs = Observations("mnist", {"fl:plain": row({k: plain for k in WB} | {"clean": N}),
+                                 "fl:mu": row({k: mu for k in WB} | {"clean": N})})
+    assert result(obs, "mu-raises-white-box").outcome is want
+
+
+def test_mu_gain_vanishes_under_adaptive_view() -> None:
+    """The paper's gain held, but the adaptive worst case is equal: the L-inf columns are
+    bounded by it, and only CW-L2 remains (equal here), so no significant gain."""
+    plain = row({k: 100 for k in WB} | {"clean": N}, adaptive=50)
+    mu = row({k: 300 for k in WB} | {"clean": N, "white/cw-l2": 100}, adaptive=50)
+    obs = Observations("mnist", {"fl:plain": plain, "fl:mu": mu})
+    assert result(obs, "mu-raises-white-box", View.PAPER).outcome is Outcome.HELD
+    assert result(obs, "mu-raises-white-box", View.ADAPTIVE).outcome is Outcome.NOT_SIGNIFICANT
+
+
+BB = {k: 0 for k in cl.BLACK_COLUMNS}
+BB_EQUAL = [
+    pytest.param(390, 390, Outcome.HELD, id="identical"),
+    pytest.param(390, 200, Outcome.NOT_HELD, id="drop-47-points"),
+    pytest.param(390, 370, Outcome.NOT_SIGNIFICANT, id="drop-5-points-wide-interval"),
+]
+
+
+@pytest.mark.parametrize(("plain", "mu", "want"), BB_EQUAL)
+def test_black_box_unchanged(plain: int, mu: int, want: Outcome) -> None:
+    obs = Observations("mnist", {"fl:plain": row({k: plain for k in BB}),
+                                 "fl:mu": row({k: mu for k in BB})})
+    assert result(obs, "bb-unchanged-by-mu").outcome is want
+
+
+TOLERATES = [
+    pytest.param(N, N, Outcome.HELD, id="no-loss"),
+    pytest.param(N, 100, Outcome.NOT_HELD, id="collapse"),
+    pytest.param(N, 388, Outcome.NOT_SIGNIFICANT, id="loss-3-points-straddles-margin"),
+]
+
+
+@pytest.mark.parametrize(("plain", "quant", "want"), TOLERATES)
+def test_fl_tolerates_3bit(plain: int, quant: int, want: Outcome) -> None:
+    obs = Observations("mnist", {"fl:plain": row(plain), "fl:q": row(quant)})
+    assert result(obs, "fl-tolerates-3bit").outcome is want
+
+
+DW = [
+    pytest.param({"orig": 1.0, "orig-seed1": 1.05, "adv": 2.0}, Outcome.HELD, id="adv-largest"),
+    pytest.param({"orig": 2.0, "orig-seed1": 2.05, "adv": 1.0}, Outcome.NOT_HELD,
+                 id="adv-smallest"),
+    pytest.param({"orig": 1.0, "orig-seed1": 1.5, "adv": 1.2}, Outcome.NOT_SIGNIFICANT,
+                 id="within-seed-floor"),
+]
+
+
+@pytest.mark.parametrize(("dw", "want"), DW)
+def test_dw_largest_adv(dw: dict[str, float], want: Outcome) -> None:
+    assert result(Observations("mnist", {}, dw), "dw-largest-adv").outcome is want
+
+
+def curve(*ks: int) -> list[tuple[float, np.ndarray]]:
+    return [(mu, flags(k)) for mu, k in zip((0.0, 10.0, 255.0, 1000.0), ks, strict=False)]
+
+
+MONOTONE = [
+    pytest.param(curve(100, 200, 300), Outcome.HELD, id="rising"),
+    pytest.param(curve(100, 300, 150), Outcome.NOT_HELD, id="significant-fall"),
+    pytest.param(curve(100, 101, 102), Outcome.NOT_SIGNIFICANT, id="flat"),
+]
+
+
+@pytest.mark.parametrize(("points", "want"), MONOTONE)
+def test_mu_ablation_monotone(points: list[tuple[float, np.ndarray]], want: Outcome) -> None:
+    obs = Observations("mnist", {}, ablation={View.PAPER: {"orig": points}})
+    assert result(obs, "mu-ablation-monotone").outcome is want
+
+
+HEADLINE = [
+    pytest.param(200, 300, Outcome.HELD, id="gain"),
+    pytest.param(300, 200, Outcome.NOT_HELD, id="loss"),
+    pytest.param(200, 201, Outcome.NOT_SIGNIFICANT, id="equal"),
+]
+
+
+@pytest.mark.parametrize(("q", "muq", "want"), HEADLINE)
+def test_headline(q: int, muq: int, want: Outcome) -> None:
+    obs = Observations("mnist", {"fl:q": row(q), "fl:mu-q": row(muq)})
+    res = result(obs, "headline-mean-13")
+    assert res.outcome is want
+    d = cl.headline(obs, View.PAPER, "fl")
+    assert isinstance(d, cl.Diff) and d.estimate == pytest.approx(100 * (muq - q) / N)
+
+
+# ------------------------------------------------------------------------------ not run
+
+
+NOT_RUN = [
+    pytest.param("adv-collapses-3bit", View.PAPER, "model missing", id="no-adv"),
+    pytest.param("mu-raises-white-box", View.ADAPTIVE, "model missing", id="no-fl"),
+    pytest.param("dw-largest-adv", View.PAPER, "model missing", id="no-dw"),
+    pytest.param("mu-ablation-monotone", View.ADAPTIVE, "no ablation", id="no-ablation"),
+]
+
+
+@pytest.mark.parametrize(("claim", "view", "why"), NOT_RUN)
+def test_missing_models_are_not_run(claim: str, view: View, why: str) -> None:
+    res = result(Observations("mnist", {"orig:plain": row(N)}), claim, view)
+    assert res.outcome is Outcome.NOT_RUN and why in res.detail
+
+
+def test_adaptive_view_without_adaptive_run_is_not_run() -> None:
+    obs = Observations("mnist", {"fl:plain": row(N), "fl:mu": row(N)})
+    res = result(obs, "mu-raises-white-box", View.ADAPTIVE)
+    assert res.outcome is Outcome.NOT_RUN and "adaptive attacks not run" in res.detail
+
+
+# ------------------------------------------------------------------------------ paper data
+
+
+HEADLINES = [
+    pytest.param("cifar10", 27.84, id="cifar10-matches-slides"),
+    pytest.param("mnist", 7.67, id="mnist-tables-give-7.67-not-7.55"),
+]
+
+
+@pytest.mark.parametrize(("family", "want"), HEADLINES)
+def test_paper_headline_from_tables(family: str, want: float) -> None:
+    assert cl.paper_headline(family) == pytest.approx(want, abs=0.005)
+
+
+CELLS = [
+    pytest.param("mnist", "adv:q", "clean", 42.69, id="mnist-adv-q-clean"),
+    pytest.param("mnist", "fl:mu-q", "noise/uniform", 98.21, id="mnist-fl-mu-q-uniform"),
+    pytest.param("cifar10", "orig:mu", "white/fgsm-w", 95.30, id="cifar-orig-mu-fgsm-w"),
+    pytest.param("cifar10", "adv:mu-q", "black/cw-l2", 15.74, id="cifar-adv-mu-q-bb-cw"),
+]
+
+
+@pytest.mark.parametrize(("family", "row_name", "column", "want"), CELLS)
+def test_paper_cells(family: str, row_name: str, column: str, want: float) -> None:
+    assert cl.paper_cell(family, row_name, column) == want
+
+
+def test_every_paper_row_has_13_columns() -> None:
+    assert all(len(v) == 13 for fam in cl.PAPER.values() for v in fam.values())
+    assert all(len(fam) == 12 for fam in cl.PAPER.values())
