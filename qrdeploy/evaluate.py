@@ -11,7 +11,15 @@ the same numbers: per-sample randomness is counter-based (qrdeploy.attacks.rng),
 Transfer (black-box) examples are crafted once on the source model with the labels of the run and
 cached per column under a key of the source's sha256 and the settings, then reused for every
 victim. The numbers computed from the recorded flags are in qrdeploy.metrics; see
-docs/evaluation.md."""
+docs/evaluation.md.
+
+Adaptive columns (Mode.ADAPTIVE, issue 11) run after every paper column and sweep point. The
+gradient entries run only on the samples that survive the cheaper attacks of at most their eps
+(`survivors`): a sample already fooled is recorded as fooled without running the entry, which is
+exact for a per-sample worst case and saves most of the cost. Square and transfer run on every
+sample, since the masking checks compare them with the paper columns. With adaptive columns the
+runner also keeps a `Probe` of the clean points (logits, CE input gradients) for the checks of
+qrdeploy.masking (assembled in qrdeploy.verdict)."""
 
 from __future__ import annotations
 
@@ -26,12 +34,14 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.attacks import NoiseResult
+from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.attacks.arrays import to_numpy
 from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.losses import Loss
 from qrdeploy.models import Classifier, Differentiable
 from qrdeploy.progress import progress
 from qrdeploy.runstate import Layout, StateFile, settings_key
-from qrdeploy.suites import Attack, Column, Mode, Suite
+from qrdeploy.suites import Column, ColumnAttack, Mode, Suite, restricted
 
 STATE_FORMAT = 1
 
@@ -114,7 +124,7 @@ class Job:
 
     id: str
     mode: Mode
-    attack: Attack | None
+    attack: ColumnAttack | None
 
     @property
     def draws(self) -> int | None:
@@ -132,6 +142,15 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """The victim at the clean points, for the masking checks: logits (N, K) and the CE input
+    gradients (N, C, H, W) (None when the victim gives no gradients)."""
+
+    logits: np.ndarray
+    grads: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Everything a run measured; results.py turns it into the results JSON."""
 
@@ -145,6 +164,9 @@ class Evaluation:
     transfer: Transfer | None
     reference: Subject | None
     timings: dict[str, float]
+    probe: Probe | None = None  # with adaptive columns: the clean points, for the checks
+    adaptive_source: Subject | None = None  # what the adaptive `transfer` column crafts on
+    survivor_keys: tuple[str, ...] = ()  # the cheaper columns that restricted ones ran after
 
     @property
     def n(self) -> int:
@@ -171,16 +193,21 @@ def predict(model: Classifier, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64)
 
 
-def job_id(mode: Mode, attack: Attack | None) -> str:
+def job_id(mode: Mode, attack: ColumnAttack | None) -> str:
     return "clean" if attack is None else f"{mode.value}:{attack!r}"
 
 
 def plan(suite: Suite) -> tuple[list[Job], dict[str, str]]:
-    """The distinct jobs of a suite (clean first) and the job id of every column and sweep key."""
+    """The distinct jobs of a suite (clean first, adaptive columns last, after everything they
+    may be restricted by) and the job id of every column, sweep and check key."""
     jobs: dict[str, Job] = {"clean": Job("clean", Mode.CLEAN, None)}
     of: dict[str, str] = {"clean": "clean"}
-    entries = [(c.key, c.mode, c.attack) for c in suite.columns]
+    entries: list[tuple[str, Mode, ColumnAttack | None]] = [
+        (c.key, c.mode, c.attack) for c in suite.columns if c.mode is not Mode.ADAPTIVE]
     entries += [(p.key, Mode.WHITE, p.attack) for p in suite.sweep]
+    if suite.unbounded is not None:
+        entries.append((suite.unbounded.key, Mode.WHITE, suite.unbounded.attack))
+    entries += [(c.key, c.mode, c.attack) for c in suite.by_mode(Mode.ADAPTIVE)]
     for key, mode, attack in entries:
         jid = job_id(mode, attack)
         jobs.setdefault(jid, Job(jid, mode, attack))
@@ -216,7 +243,9 @@ def _attack_batch(job: Job, model: Classifier, x: np.ndarray, y: np.ndarray, sl:
 
 def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                 transfer: Transfer | None, of: dict[str, str], cfg: RunConfig,
-                settings: dict[str, Any], timings: dict[str, float]) -> dict[str, Record]:
+                settings: dict[str, Any], timings: dict[str, float],
+                suite: Suite | None = None, adaptive_source: Subject | None = None
+                ) -> dict[str, Record]:
     n = len(y)
     records = {j.id: Record.empty(n, j.draws) for j in jobs}
     state = StateFile(cfg.state_path, settings)
@@ -230,13 +259,23 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
 
     black = {of[k]: k for k in (transfer.x_adv if transfer else {})}
     label = {jid: k for k, jid in reversed(of.items())}  # a job is named by its first key
+    source_model = None if adaptive_source is None else adaptive_source.model
+    alive: np.ndarray | None = None
     for j in jobs:
         rec, t0 = records[j.id], time.perf_counter()
+        if isinstance(j.attack, AdaptiveAttack) and alive is None and suite is not None:
+            # every job an adaptive one can be restricted by is complete here (plan order)
+            alive = survivors(suite, {k: records[jid] for k, jid in of.items()})
+        keep = alive if suite is not None and _is_restricted(suite, label[j.id]) else None
 
-        def step(sl: slice, j: Job = j, rec: Record = rec) -> None:
+        def step(sl: slice, j: Job = j, rec: Record = rec, keep: np.ndarray | None = keep
+                 ) -> None:
             if j.mode is Mode.BLACK and transfer is not None:
                 xa = transfer.x_adv[black[j.id]][sl]
                 fooled, draws = predict(victim.model, xa, len(xa)) != y[sl], None
+            elif isinstance(j.attack, AdaptiveAttack):
+                (fooled, xa), draws = _adaptive_batch(j.attack, victim.model, source_model,
+                                                      x, y, sl, cfg.seed, keep), None
             else:
                 fooled, xa, draws = _attack_batch(j, victim.model, x, y, sl, cfg.seed)
             rec.put(sl, fooled, xa - x[sl])
@@ -246,6 +285,63 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
         _loop(rec, n, cfg, label[j.id], step, save)
         timings[label[j.id]] = time.perf_counter() - t0
     return records
+
+
+def _is_restricted(suite: Suite, key: str) -> bool:
+    return any(c.key == key and restricted(c) for c in suite.by_mode(Mode.ADAPTIVE))
+
+
+def survivor_keys(suite: Suite) -> tuple[str, ...]:
+    """The cheaper columns and sweep points (L-inf, eps at most the adaptive eps) whose
+    survivors the restricted adaptive columns run on; () without adaptive columns."""
+    eps = suite.adaptive_eps
+    if eps is None:
+        return ()
+    keys = [c.key for c in suite.columns if c.bounded and c.eps is not None
+            and c.eps <= eps + 1e-12]
+    return tuple(keys + [p.key for p in suite.sweep if p.eps <= eps + 1e-12])
+
+
+def survivors(suite: Suite, records: dict[str, Record]) -> np.ndarray:
+    """(N,) bool: correct on the clean input and not fooled by any of `survivor_keys`."""
+    alive = ~records["clean"].fooled
+    for k in survivor_keys(suite):
+        alive = alive & ~records[k].fooled
+    return alive
+
+
+def _adaptive_batch(entry: AdaptiveAttack, model: Classifier, source: Classifier | None,
+                    x: np.ndarray, y: np.ndarray, sl: slice, seed: int,
+                    keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(fooled (B,), x_adv (B, C, H, W)) of an adaptive entry on one batch. With `keep` (N,) the
+    entry runs only on the kept samples; the others are recorded as fooled (by a cheaper attack)
+    with their clean input."""
+    xb, yb = x[sl], y[sl]
+    run = np.ones(len(yb), bool) if keep is None else keep[sl]  # (B,)
+    fooled, xa = ~run, xb.copy()
+    if entry.role is Role.WHITE and not isinstance(model, Differentiable):
+        raise ConfigError(f"adaptive/{entry.name} needs input gradients, and "
+                          f"{type(model).__name__} gives none; evaluate an OrtModel")
+    if run.any():
+        idx = np.arange(sl.start, sl.stop, dtype=np.int64)[run]
+        res = entry(model, xb[run], yb[run], seed=seed, indices=idx, source=source)
+        fooled[run] = np.asarray(res.fooled, bool)
+        xa[run] = to_numpy(res.x_adv)
+    return fooled, xa
+
+
+def probe(model: Classifier, x: np.ndarray, y: np.ndarray, batch: int) -> Probe:
+    """Logits and CE input gradients of the victim at the clean points, in batches."""
+    logits, grads = [], []
+    for s in range(0, len(x), batch):
+        xb, yb = x[s:s + batch], y[s:s + batch]
+        if isinstance(model, Differentiable):
+            z, _, g = model.loss_and_grad(xb, yb, Loss.CE)
+            grads.append(to_numpy(g))
+        else:
+            z = model.logits(xb)
+        logits.append(to_numpy(z).astype(np.float32))
+    return Probe(np.concatenate(logits), np.concatenate(grads) if grads else None)
 
 
 def _layout(records: dict[str, Record]) -> Layout:
@@ -311,8 +407,11 @@ def resolve_labels(x: np.ndarray, y: np.ndarray | None, labels: Labels,
 
 def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite, *,
              source: Subject | None = None, reference: Subject | None = None,
-             labels: Labels = Labels.TRUE, config: RunConfig | None = None) -> Evaluation:
-    """Run `suite` on `victim` over x (N, C, H, W) float32 in [0, 1]; see the module docstring."""
+             labels: Labels = Labels.TRUE, config: RunConfig | None = None,
+             adaptive_source: Subject | None = None) -> Evaluation:
+    """Run `suite` on `victim` over x (N, C, H, W) float32 in [0, 1]; see the module docstring.
+    `adaptive_source` is the model the adaptive `transfer` column crafts on (the model before
+    hardening); that column needs one."""
     cfg = config or RunConfig()
     x = np.ascontiguousarray(x, np.float32)
     if x.ndim != 4 or len(x) == 0:
@@ -331,6 +430,23 @@ def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
     settings = {"format": STATE_FORMAT, "victim": victim.sha256, "data": data_fp,
                 "seed": cfg.seed, "jobs": [j.id for j in jobs],
                 "source": source.sha256 if source else None}
-    by_job = _run_victim(victim, x, yy, jobs, transfer, of, cfg, settings, timings)
+    if suite.checks:
+        _check_adaptive_source(suite, adaptive_source)
+        settings["adaptive_source"] = adaptive_source.sha256 if adaptive_source else None
+    by_job = _run_victim(victim, x, yy, jobs, transfer, of, cfg, settings, timings, suite,
+                         adaptive_source)
     records = {k: by_job[jid] for k, jid in of.items()}
-    return Evaluation(suite, victim, mode, yy, data_fp, cfg, records, transfer, ref, timings)
+    t0 = time.perf_counter()
+    pr = probe(victim.model, x, yy, cfg.batch_size) if suite.checks else None
+    if pr is not None:
+        timings["masking probe"] = time.perf_counter() - t0
+    return Evaluation(suite, victim, mode, yy, data_fp, cfg, records, transfer, ref, timings,
+                      pr, adaptive_source, survivor_keys(suite))
+
+
+def _check_adaptive_source(suite: Suite, adaptive_source: Subject | None) -> None:
+    needs = [c.key for c in suite.by_mode(Mode.ADAPTIVE)
+             if isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.TRANSFER]
+    if needs and adaptive_source is None:
+        raise ConfigError(f"{needs[0]} crafts on the model before hardening and none was given; "
+                          "pass --unhardened MODEL.onnx (or --source), or drop it with --attacks")

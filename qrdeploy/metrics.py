@@ -40,6 +40,18 @@ def worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
     return keys, flags
 
 
+def adaptive_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
+    """The per-sample worst case at the adaptive eps (N,): correct on the clean input, robust to
+    every paper L-inf column and sweep point of at most that eps, and to every adaptive column.
+    Exact although the gradient entries ran only on the survivors of those cheaper columns (a
+    sample they skipped is recorded as fooled). ([], clean flags) without adaptive columns."""
+    keys = [*ev.survivor_keys, *(c.key for c in ev.suite.by_mode(Mode.ADAPTIVE))]
+    flags = ev.clean_correct.copy()
+    for k in keys:
+        flags &= ~ev.records[k].fooled
+    return keys, flags
+
+
 @dataclass(frozen=True)
 class CurvePoint:
     eps: float

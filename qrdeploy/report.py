@@ -17,6 +17,7 @@ import numpy as np
 
 from qrdeploy.io import atomic_write, atomic_write_text
 from qrdeploy.metrics import paired_test
+from qrdeploy.report_masking import adaptive_columns, checks_section, side_by_side
 from qrdeploy.results import label_note, load_results, paired_json
 
 Doc = dict[str, Any]
@@ -85,13 +86,22 @@ def fmt_column(c: Doc | None) -> str:
     return fmt_noise(c["noise"]) if c["noise"] else fmt_cell(c["robust"], c["attacked"])
 
 
+def _adaptive_wc(d: Doc) -> str:
+    return "—" if d["adaptive"] is None else fmt_cell(d["adaptive"]["worst_case"]["robust"])
+
+
 def main_table(docs: Sequence[Doc], names: Sequence[str]) -> list[str]:
-    keys = [k for k in column_keys(docs) if k != "clean"]
+    """The paper's columns (adaptive ones have their own table), its worst case and, when any
+    model ran the adaptive suite, the adaptive worst case beside it."""
+    keys = [k for k in column_keys(docs) if k != "clean" and not k.startswith("adaptive/")]
+    extra = any(d["adaptive"] is not None for d in docs)
     rows = []
     for name, d in zip(names, docs, strict=True):
         cells = [fmt_column(_col(d, k)) for k in keys]
-        rows.append([name, fmt_cell(d["clean"]), *cells, fmt_cell(d["worst_case"]["robust"])])
-    return _table(["model", "clean", *keys, "worst case"], rows)
+        rows.append([name, fmt_cell(d["clean"]), *cells, fmt_cell(d["worst_case"]["robust"]),
+                     *([_adaptive_wc(d)] if extra else [])])
+    return _table(["model", "clean", *keys, "worst case",
+                   *(["adaptive worst case"] if extra else [])], rows)
 
 
 def _pass_text(p: Doc) -> str:
@@ -172,6 +182,8 @@ def _robust(doc: Doc, key: str) -> np.ndarray:
     correct = _flags(doc["per_sample"]["clean_correct"])
     if key == "worst case":
         return _flags(doc["per_sample"]["worst_case"])
+    if key == "adaptive worst case":
+        return _flags(doc["adaptive"]["per_sample_worst_case"])
     if key == "clean":
         return correct
     return correct & ~_flags(_col(doc, key)["per_sample"]["fooled"])  # type: ignore[index]
@@ -187,6 +199,8 @@ def model_pairs(docs: Sequence[Doc], names: Sequence[str]) -> list[str]:
             skipped.append(f"- {name}: not compared with {names[0]} (different samples or labels)")
             continue
         shared = [k for k in column_keys([base]) if _col(d, k) is not None] + ["worst case"]
+        if base["adaptive"] is not None and d["adaptive"] is not None:
+            shared.append("adaptive worst case")
         for k in shared:
             t = paired_test(_robust(d, k), _robust(base, k), name, names[0])
             noisy = (c := _col(d, k)) is not None and c["noise"] is not None
@@ -244,7 +258,9 @@ def render_markdown(docs: Sequence[Doc], plots: Sequence[str], plot_note: str | 
              "With --labels none the measure is top-1 agreement with the reference. Definitions: "
              "docs/evaluation.md.", "", "## Models", "", *models_table(docs, names), "",
              "## Robust accuracy (models as rows, attacks as columns)", "",
-             *main_table(docs, names), "", *cw_table(docs, names), *noise_table(docs, names),
+             *main_table(docs, names), "", *side_by_side(docs, names, fmt_cell, _table),
+             *checks_section(docs, names, _table), *adaptive_columns(docs, names, fmt_cell, _table),
+             *cw_table(docs, names), *noise_table(docs, names),
              *model_pairs(docs, names), *attack_pairs_table(docs, names)]
     sweeps = sweep_table(docs, names)
     if sweeps:
@@ -289,6 +305,9 @@ def _csv_rows(d: Doc) -> list[list[Any]]:
             rows.append(_csv_cell(c["key"], c["mode"], c["eps"], c["origin"], c["robust"],
                                   c["attacked"]))
     rows.append(_csv_cell("worst case", "worst", None, "default", d["worst_case"]["robust"], None))
+    if (ad := d["adaptive"]) is not None:
+        rows.append(_csv_cell("adaptive worst case", "worst", ad["eps"], "default",
+                              ad["worst_case"]["robust"], None))
     return rows
 
 

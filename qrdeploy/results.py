@@ -3,13 +3,20 @@ versioned schema shipped as qrdeploy/schemas/results.schema.json, written atomic
 
 Everything but `timings` is a deterministic function of the inputs, the settings and the seed: a
 run killed and resumed writes the same file as an uninterrupted one, apart from `timings`.
-Accuracies are fractions; every cell is {k, n, value, ci95} with a 95 % Wilson interval."""
+Accuracies are fractions; every cell is {k, n, value, ci95} with a 95 % Wilson interval.
+
+Version 2 (issue 11) adds the adaptive columns (mode `adaptive`, `restricted` when run only on the
+survivors of the cheaper attacks), `adaptive` (eps, the transfer column's source, the adaptive
+per-sample worst case), `masking` (the verdict, every check with its statistic, threshold and
+docs link, the clean logit-gap histogram), `settings.cw_budget`, `source.origin` (`default` when
+qrdeploy chose the transfer source) and `notes`. Version 1 files are refused with a hint."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ from qrdeploy.metrics import (
     ALPHA,
     BOOTSTRAP_RESAMPLES,
     PairedTest,
+    adaptive_worst_case,
     attack_pairs,
     attacked_flags,
     cw_summary,
@@ -35,10 +43,11 @@ from qrdeploy.metrics import (
 from qrdeploy.runtime import SessionConfig
 from qrdeploy.schema import errors, load_schema
 from qrdeploy.stats import Proportion
-from qrdeploy.suites import Column, Mode
+from qrdeploy.suites import Column, Mode, restricted
+from qrdeploy.verdict import Masking, masking
 
 SCHEMA_NAME = "results.schema.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "array-api-compat")
 
 
@@ -88,6 +97,7 @@ def _column(ev: Evaluation, c: Column) -> dict[str, Any]:
             "origin": c.origin.value, "attack": None if c.attack is None else repr(c.attack),
             "robust": cell(_prop(robust_flags(ev, c.key))),
             "attacked": cell(_prop(attacked_flags(ev, c.key))), "cw": cw, "noise": noise,
+            "restricted": restricted(c),
             "per_sample": {"fooled": flags(rec.fooled), "linf": _norms(rec.linf),
                            "l2": _norms(rec.l2)}}
 
@@ -98,12 +108,45 @@ def paired_json(t: PairedTest) -> dict[str, Any]:
             "p_value": t.p_value, "significant": t.significant}
 
 
-def _source(ev: Evaluation) -> dict[str, Any] | None:
+def _source(ev: Evaluation, origin: str) -> dict[str, Any] | None:
     if ev.transfer is None:
         return None
     t = ev.transfer
     cols = {k: cell(_prop(t.source_correct & ~r.fooled)) for k, r in t.records.items()}
-    return {**_model(t.source), "clean": cell(_prop(t.source_correct)), "columns": cols}
+    return {**_model(t.source), "clean": cell(_prop(t.source_correct)), "columns": cols,
+            "origin": origin}
+
+
+def _adaptive(ev: Evaluation, source_role: str) -> dict[str, Any] | None:
+    """The adaptive block: eps, the transfer column's source and the adaptive worst case."""
+    if ev.suite.adaptive_eps is None:
+        return None
+    keys, worst = adaptive_worst_case(ev)
+    src = None if ev.adaptive_source is None else {**_model(ev.adaptive_source),
+                                                   "role": source_role}
+    return {"eps": ev.suite.adaptive_eps, "source": src,
+            "survivor_columns": list(ev.survivor_keys),
+            "restricted": [c.key for c in ev.suite.by_mode(Mode.ADAPTIVE) if restricted(c)],
+            "worst_case": {"columns": keys, "robust": cell(_prop(worst))},
+            "per_sample_worst_case": flags(worst)}
+
+
+def _finite(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def masking_json(m: Masking | None) -> dict[str, Any] | None:
+    """The verdict, every check (statistic/threshold null when not run) and the histogram."""
+    if m is None:
+        return None
+    v = m.verdict
+    checks = [{"name": c.name.value, "fired": c.fired, "ran": c.ran,
+               "statistic": _finite(c.statistic), "threshold": _finite(c.threshold),
+               "detail": c.detail, "doc": c.doc} for c in v.checks]
+    return {"verdict": v.text, "suspected": v.suspected, "worst_case": v.worst_case,
+            "checks": checks,
+            "gap_histogram": {"edges": [_finite(e) for e in m.gap_edges],
+                              "counts": list(m.gap_counts)}}
 
 
 def _sweeps(ev: Evaluation) -> list[dict[str, Any]]:
@@ -118,19 +161,25 @@ def _sweeps(ev: Evaluation) -> list[dict[str, Any]]:
 
 
 def build_results(ev: Evaluation, *, data_name: str, split: str,
-                  session: SessionConfig | None = None) -> dict[str, Any]:
-    """The results document of an Evaluation (validated before it is returned)."""
+                  session: SessionConfig | None = None, source_origin: str = "user",
+                  adaptive_source_role: str = "unhardened",
+                  notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The results document of an Evaluation (validated before it is returned). source_origin:
+    'user' or 'default' (qrdeploy chose the transfer source); adaptive_source_role: what the
+    adaptive transfer column crafted on ('unhardened' or 'black-box source'); notes: lines the
+    report prints (what was chosen or dropped for the user)."""
     session = session or SessionConfig()
     wc_keys, wc = worst_case(ev)
     doc = {
         "schema": "qrdeploy/results", "schema_version": SCHEMA_VERSION,
         "qrdeploy_version": __version__,
-        "victim": _model(ev.victim), "source": _source(ev),
+        "victim": _model(ev.victim), "source": _source(ev, source_origin),
         "reference": None if ev.reference is None else _model(ev.reference),
         "data": {"name": data_name, "split": split, "n": ev.n, "fingerprint": ev.data_fingerprint,
                  "labels": ev.labels.value, "family": ev.suite.family.value},
         "settings": {
             "suite": ev.suite.name, "seed": ev.config.seed, "batch_size": ev.config.batch_size,
+            "cw_budget": ev.suite.cw_budget.value,
             "attacks": [{"key": c.key, "attack": None if c.attack is None else repr(c.attack),
                          "eps": c.eps, "origin": c.origin.value} for c in ev.suite.columns],
             "sweep_eps": sorted({p.eps for p in ev.suite.sweep}),
@@ -143,6 +192,9 @@ def build_results(ev: Evaluation, *, data_name: str, split: str,
         "clean": cell(_prop(ev.clean_correct)),
         "columns": [_column(ev, c) for c in ev.suite.columns],
         "worst_case": {"columns": wc_keys, "robust": cell(_prop(wc))},
+        "adaptive": _adaptive(ev, adaptive_source_role),
+        "masking": masking_json(masking(ev)),
+        "notes": list(notes),
         "sweeps": _sweeps(ev),
         "comparisons": [paired_json(paired_test(robust_flags(ev, a), robust_flags(ev, b), a, b))
                         for a, b in attack_pairs(ev.suite)],

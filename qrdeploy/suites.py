@@ -21,9 +21,18 @@ mim) is run at every listed eps, with the step scaled by eps / table eps ([DEFAU
 explicit list the paper suite sweeps FGSM and PGD over `Params.sweep_eps` ([DEFAULT]: up to eps 1
 on MNIST, 64/255 on CIFAR, where accuracy must reach 0, method.md section 10).
 
-Room for later suites: a suite is a builder registered in `_BUILDERS` under a `SuiteName`; an
-`adaptive` suite (CW-margin PGD, CE with temperature, APGD, Square) adds a member to `SuiteName`
-and a builder returning its columns, with `Mode.WHITE` (or a new mode) and nothing else changes.
+CW-L2's budget: cleverhans v3's 5 binary-search steps x 1,000 Adam iterations (`--cw-budget
+paper`, origin `cleverhans`) cannot finish 10 MNIST digits in 300 s on a 2-core CPU, so
+`qrdeploy attack` (campaign.AttackOptions) defaults to qrdeploy's own `quick` budget,
+`Params.cw_quick` ([DEFAULT], origin `default`; docs/evaluation.md has the measurement).
+`build_suite` itself keeps cleverhans' budget unless given `cw_budget="quick"`, so library callers
+that set their own CW iterations keep cleverhans' learning rate.
+
+The `adaptive` suite (issue 11, docs/masking.md) has one `Mode.ADAPTIVE` column per entry of
+`qrdeploy.attacks.adaptive.ADAPTIVE[family]` (pgd-cw, apgd-ce, apgd-dlr, apgd-t-dlr, pgd-ce-t10,
+pgd-ce-t100, pgd-njs, pgd-f64, square, transfer), at the family's iterative eps. Suites combine
+as a comma list (`paper,adaptive`); a suite with adaptive columns also carries `unbounded`, the
+PGD at eps = 1 of the masking check `unbounded-below-100`.
 
 >>> suite = build_suite("white", Family.MNIST, attacks="pgd=0.2,fgsm-s")
 >>> [c.key for c in suite.columns]
@@ -33,14 +42,17 @@ and a builder returning its columns, with `Mode.WHITE` (or a new mode) and nothi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeAlias
 
 from qrdeploy.attacks import BIM, CWL2, FGSM, L2PGD, MIM, PGD, GaussianNoise, UniformNoise
+from qrdeploy.attacks.adaptive import ADAPTIVE, AdaptiveAttack, Role, adaptive_suite
 from qrdeploy.errors import ConfigError
 
 Attack: TypeAlias = FGSM | BIM | PGD | MIM | L2PGD | CWL2 | GaussianNoise | UniformNoise
+#: What a column runs: a paper attack config or an entry of the adaptive suite.
+ColumnAttack: TypeAlias = Attack | AdaptiveAttack
 
 
 class Family(StrEnum):
@@ -57,6 +69,7 @@ class Mode(StrEnum):
     WHITE = "white"
     BLACK = "black"
     NOISE = "noise"
+    ADAPTIVE = "adaptive"
 
 
 class Origin(StrEnum):
@@ -73,11 +86,26 @@ class SuiteName(StrEnum):
     BLACK = "black"
     NOISE = "noise"
     PAPER = "paper"
+    ADAPTIVE = "adaptive"
+
+
+class CWBudget(StrEnum):
+    """CW-L2's budget: qrdeploy's quick [DEFAULT] or cleverhans v3's (the paper's likely one)."""
+
+    QUICK = "quick"
+    PAPER = "paper"
+
+
+#: qrdeploy [DEFAULT] CW-L2 budget: 5 binary-search steps x 100 Adam iterations at lr 0.1, the
+#: rest as cleverhans v3 (5 x 1,000 at lr 5e-3); measured in docs/evaluation.md (at lr 0.01 the
+#: 100 iterations found only 9 of 20 examples).
+CW_QUICK = CWL2(learning_rate=0.1, binary_search_steps=5, max_iterations=100)
 
 
 @dataclass(frozen=True)
 class Params:
-    """The per-dataset parameters of the paper's columns (all [DEFAULT] but CW-L2's)."""
+    """The per-dataset parameters of the paper's columns (all [DEFAULT] but CW-L2's paper
+    budget, which is cleverhans v3's)."""
 
     fgsm_eps: tuple[float, float, float]  # w, m, s
     iter_eps: float
@@ -87,6 +115,7 @@ class Params:
     noise_draws: int
     cw_radii: tuple[float, ...]  # report accuracy at L2 <= r for each r
     sweep_eps: tuple[float, ...]  # the paper suite's default sweep, up to where accuracy is 0
+    cw_quick: CWL2 = field(default=CW_QUICK)  # the quick CW-L2 budget ([DEFAULT])
 
 
 PARAMS = {
@@ -109,7 +138,7 @@ class Column:
 
     name: str
     mode: Mode
-    attack: Attack | None
+    attack: ColumnAttack | None
     eps: float | None  # the L-inf budget; None for clean, CW-L2 (unbounded) and noise
     origin: Origin
 
@@ -143,9 +172,34 @@ class Suite:
     columns: tuple[Column, ...]
     sweep: tuple[SweepPoint, ...]
     cw_radii: tuple[float, ...]
+    cw_budget: CWBudget = CWBudget.PAPER  # what build_suite gave the CW-L2 columns
+    unbounded: Column | None = None  # PGD at eps = 1 for the masking checks (adaptive suites)
 
     def by_mode(self, mode: Mode) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.mode is mode)
+
+    @property
+    def adaptive_eps(self) -> float | None:
+        """The L-inf budget of the adaptive columns (None: no adaptive column)."""
+        eps = [c.eps for c in self.by_mode(Mode.ADAPTIVE) if c.eps is not None]
+        return max(eps) if eps else None
+
+    @property
+    def checks(self) -> bool:
+        """Masking checks and a verdict come with the adaptive suite."""
+        return bool(self.by_mode(Mode.ADAPTIVE))
+
+
+def kind_of(name: str) -> str:
+    """The attack kind of a paper column name: 'fgsm' for fgsm-w/m/s, else the name itself."""
+    return "fgsm" if name in _FGSM_SIZES else name
+
+
+def restricted(column: Column) -> bool:
+    """An adaptive column run only on the samples that survive the cheaper attacks: the gradient
+    entries. Square and transfer run on every sample, since the masking checks compare them with
+    the paper's columns sample by sample."""
+    return isinstance(column.attack, AdaptiveAttack) and column.attack.role is Role.WHITE
 
 
 def family_of(data_name: str, channels: int | None = None) -> Family:
@@ -207,7 +261,29 @@ def _make(name: str, mode: Mode, p: Params, value: float | None) -> Column:
         return Column("cw-l2", mode, CWL2(), None, Origin.CLEVERHANS)
     if mode is Mode.NOISE:
         return _noise(name, p, value)
+    if mode is Mode.ADAPTIVE and value is not None:
+        return _adaptive(name, value)
     return _bounded(name, mode, p, value)
+
+
+def _adaptive(name: str, eps: float) -> Column:
+    """The adaptive entry `name` rebuilt at another eps (set by the user)."""
+    entry = next(e for e in adaptive_suite(eps) if e.name == name)
+    return Column(name, Mode.ADAPTIVE, entry, eps, Origin.USER)
+
+
+def _adaptive_columns(family: Family) -> tuple[Column, ...]:
+    return tuple(Column(e.name, Mode.ADAPTIVE, e, e.eps, Origin.DEFAULT)
+                 for e in ADAPTIVE[family.value])
+
+
+def _with_cw_budget(columns: tuple[Column, ...], p: Params, budget: CWBudget
+                    ) -> tuple[Column, ...]:
+    """CW-L2 columns at the chosen budget: cleverhans v3's (paper) or qrdeploy's quick one."""
+    if budget is CWBudget.PAPER:
+        return columns
+    return tuple(replace(c, attack=p.cw_quick, origin=Origin.DEFAULT) if c.name == "cw-l2"
+                 else c for c in columns)
 
 
 _NAMES: dict[Mode, tuple[str, ...]] = {
@@ -217,18 +293,19 @@ _NAMES: dict[Mode, tuple[str, ...]] = {
 }
 
 
-def _columns(modes: Sequence[Mode]) -> Callable[[Params], tuple[Column, ...]]:
-    def build(p: Params) -> tuple[Column, ...]:
+def _columns(modes: Sequence[Mode]) -> Callable[[Params, Family], tuple[Column, ...]]:
+    def build(p: Params, family: Family) -> tuple[Column, ...]:
         return tuple(_make(n, m, p, None) for m in modes for n in _NAMES[m])
 
     return build
 
 
-_BUILDERS: dict[SuiteName, Callable[[Params], tuple[Column, ...]]] = {
+_BUILDERS: dict[SuiteName, Callable[[Params, Family], tuple[Column, ...]]] = {
     SuiteName.WHITE: _columns([Mode.WHITE]),
     SuiteName.BLACK: _columns([Mode.BLACK]),
     SuiteName.NOISE: _columns([Mode.NOISE]),
     SuiteName.PAPER: _columns([Mode.WHITE, Mode.BLACK, Mode.NOISE]),
+    SuiteName.ADAPTIVE: lambda p, family: _adaptive_columns(family),
 }
 
 
@@ -299,32 +376,63 @@ def parse_eps(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def suite_names(name: SuiteName | str) -> tuple[SuiteName, ...]:
+    """'paper,adaptive' -> (PAPER, ADAPTIVE): a comma list of suites, duplicates dropped."""
+    parts = [s.strip() for s in str(name.value if isinstance(name, SuiteName) else name)
+             .split(",")]
+    known = {s.value for s in SuiteName}
+    bad = next((s for s in parts if s not in known), None)
+    if bad is not None:
+        raise ConfigError(f"unknown suite {bad!r}; suites: {', '.join(SuiteName)}, comma "
+                          "separated, e.g. --suite paper,adaptive")
+    return tuple(dict.fromkeys(SuiteName(s) for s in parts))
+
+
+def _union(names: Sequence[SuiteName], p: Params, fam: Family) -> tuple[Column, ...]:
+    """The columns of every named suite, in order, each key once."""
+    out: dict[str, Column] = {}
+    for n in names:
+        for c in _BUILDERS[n](p, fam):
+            out.setdefault(c.key, c)
+    return tuple(out.values())
+
+
 def build_suite(
     name: SuiteName | str,
     family: Family | str,
     attacks: str | None = None,
     eps: Sequence[float] | None = (),
+    cw_budget: CWBudget | str = CWBudget.PAPER,
 ) -> Suite:
-    """The suite `name` for a data-set family, narrowed to `attacks` ('[mode/]name[=value]', comma
-    separated; value overrides eps or the noise scale) and with an eps sweep over `eps` (None:
-    the paper suite's [DEFAULT] sweep of FGSM and PGD, `Params.sweep_eps`; other suites none)."""
+    """The suite `name` (one name or a comma list, e.g. 'paper,adaptive') for a data-set family,
+    narrowed to `attacks` ('[mode/]name[=value]', comma separated; value overrides eps or the
+    noise scale) and with an eps sweep over `eps` (None: the paper suite's [DEFAULT] sweep of
+    FGSM and PGD, `Params.sweep_eps`; other suites none). CW-L2 runs at `cw_budget`: the
+    library keeps cleverhans v3's budget unless asked (callers such as reproduce set their own
+    iterations); `qrdeploy attack` and `AttackOptions` default to the quick [DEFAULT]."""
+    names = suite_names(name)
     try:
-        sname, fam = SuiteName(name), Family(family)
+        fam, budget = Family(family), CWBudget(cw_budget)
     except ValueError:
         raise ConfigError(
-            f"unknown suite {name!r} or family {family!r}; suites: "
-            f"{', '.join(SuiteName)}; families: {', '.join(Family)}"
+            f"unknown family {family!r} or CW budget {cw_budget!r}; families: "
+            f"{', '.join(Family)}; budgets: {', '.join(CWBudget)}"
         ) from None
     p = PARAMS[fam]
-    columns = _BUILDERS[sname](p)
+    columns = _union(names, p, fam)
     if attacks is not None:
         columns = _select(columns, attacks, p)
+    columns = _with_cw_budget(columns, p, budget)
     if eps is None:
-        paper = sname is SuiteName.PAPER
+        paper = SuiteName.PAPER in names
         sweep = _sweep(columns, p.sweep_eps, p, DEFAULT_SWEEP_KINDS) if paper else ()
     else:
         sweep = _sweep(columns, eps, p)
-    return Suite(sname.value, fam, columns, sweep, p.cw_radii)
+    has_adaptive = any(c.mode is Mode.ADAPTIVE for c in columns)
+    unbounded = Column("pgd@1", Mode.WHITE, _linf("pgd", p, 1.0), 1.0, Origin.DEFAULT) \
+        if has_adaptive else None
+    return Suite(",".join(n.value for n in names), fam, columns, sweep, p.cw_radii, budget,
+                 unbounded)
 
 
 def without_mode(suite: Suite, mode: Mode) -> Suite:

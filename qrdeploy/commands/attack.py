@@ -5,21 +5,41 @@ from __future__ import annotations
 import argparse
 
 from qrdeploy.campaign import AttackOptions, attack_files
-from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
+from qrdeploy.commands._options import (
+    add_data,
+    add_input_contract,
+    add_isolate,
+    add_runtime,
+    check_isolated,
+    input_contract,
+    load_data,
+    session_config,
+)
+from qrdeploy.errors import ConfigError
 from qrdeploy.evaluate import Labels, RunConfig
 from qrdeploy.report import fmt_cell, fmt_column
 from qrdeploy.results import label_note
-from qrdeploy.suites import Family, SuiteName, parse_eps
+from qrdeploy.suites import CWBudget, Family, SuiteName, parse_eps, suite_names
 
-HELP = "white-box, transfer and noise attacks on an ONNX classifier (results JSON)"
+HELP = "white-box, transfer, noise and adaptive attacks on an ONNX classifier (results JSON)"
+
+
+def _suite(text: str) -> str:
+    """argparse type of --suite: one name or a comma list, checked here (exit 2 when wrong)."""
+    try:
+        return ",".join(s.value for s in suite_names(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX classifier to attack (the victim)")
     p.add_argument("-o", "--output", required=True, help="results JSON to write")
     g = p.add_argument_group("attacks")
-    g.add_argument("--suite", choices=[s.value for s in SuiteName], default=SuiteName.PAPER.value,
-                   help="named columns (default: %(default)s = white + black + noise)")
+    g.add_argument("--suite", type=_suite, default=SuiteName.PAPER.value, metavar="LIST",
+                   help=f"named columns, comma separated: {', '.join(SuiteName)} (default: "
+                        "%(default)s = white + black + noise; paper,adaptive adds the adaptive "
+                        "attacks, the masking checks and a verdict, docs/masking.md)")
     g.add_argument("--attacks", default=None, metavar="LIST",
                    help="only these columns, '[mode/]name[=eps]' comma separated, e.g. "
                         "'fgsm-s,pgd=0.2,black/fgsm-w'")
@@ -27,8 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="eps sweep of the white-box L-inf attacks, e.g. 0,0.05,0.1,0.2 or 8/255; "
                         "'none': no sweep (default: the paper suite sweeps FGSM and PGD)")
     g.add_argument("--source", default=None,
-                   help="ONNX model to craft transfer (black-box) examples on (default: none, "
-                        "black-box columns are skipped)")
+                   help="ONNX model to craft transfer (black-box) examples on (default: for "
+                        "mnist, models/mnist-standard-seed1.onnx when present; otherwise none, "
+                        "and black-box columns are skipped)")
+    g.add_argument("--unhardened", default=None, metavar="MODEL",
+                   help="the model before hardening: the adaptive 'transfer' column crafts on it "
+                        "(default: the transfer source)")
+    g.add_argument("--cw-budget", choices=[b.value for b in CWBudget], default=CWBudget.QUICK,
+                   help="CW-L2 budget: quick = qrdeploy [DEFAULT] 5 x 100 iterations at lr 0.1; "
+                        "paper = cleverhans v3's 5 x 1,000 at lr 5e-3 (default: %(default)s)")
     g.add_argument("--reference", default=None,
                    help="ONNX model whose predictions are the labels with --labels none")
     g.add_argument("--labels", choices=["true", "none"], default="true",
@@ -37,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-dataset attack parameters (default: from --data)")
     add_data(p)
     add_runtime(p)
+    add_input_contract(p)
+    add_isolate(p)
     p.set_defaults(batch_size=100)
 
 
@@ -45,18 +74,28 @@ def options(args: argparse.Namespace) -> AttackOptions:
     eps = None if args.eps is None else () if args.eps == "none" else parse_eps(args.eps)
     family = Family(args.family) if args.family else None
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
-    return AttackOptions(args.suite, args.attacks, eps, labels, family, run)
+    return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
+                         CWBudget(args.cw_budget))
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.model, args.source, args.reference, args.unhardened, probe=True)
     doc = attack_files(args.model, load_data(args), options(args), out=args.output,
                        source=args.source, reference=args.reference,
-                       session=session_config(args))
+                       session=session_config(args), unhardened=args.unhardened,
+                       contract=input_contract(args))
     if not args.quiet:
         print(f"{doc['victim']['name']}: {label_note(doc)} in % on {doc['data']['n']} samples "
               "(95% intervals; noise: mean over draws, then the worst of k)")
         for c in doc["columns"]:
-            print(f"  {c['key']:<16} {fmt_column(c)}")
-        print(f"  {'worst case':<16} {fmt_cell(doc['worst_case']['robust'])}")
+            print(f"  {c['key']:<22} {fmt_column(c)}")
+        print(f"  {'worst case':<22} {fmt_cell(doc['worst_case']['robust'])}")
+        if doc["adaptive"] is not None:
+            print(f"  {'adaptive worst case':<22} "
+                  f"{fmt_cell(doc['adaptive']['worst_case']['robust'])}")
+        for note in doc["notes"]:
+            print(f"note: {note}")
+        if doc["masking"] is not None:
+            print(f"verdict: {doc['masking']['verdict']}")
         print(f"results written to {args.output}")
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from qrdeploy.cli import main
 from qrdeploy.io import sha256_file
@@ -117,6 +118,59 @@ def test_cli_errors_are_one_line(files: dict[str, Path], tmp_path: Path, extra: 
     assert attack(files, tmp_path / "r.json", "-q", *extra) == 1
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def _byte_twin(src: Path, out: Path) -> Path:
+    """The same CNN taking pixels in 0-255: conv1's weight divided by 255."""
+    m = onnx.load(src)
+    for i, t in enumerate(m.graph.initializer):
+        if t.name == "conv1.weight":
+            w = numpy_helper.to_array(t) / np.float32(255)
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(w.astype(np.float32),
+                                                                    t.name))
+    onnx.save(m, out)
+    return out
+
+
+def test_input_contract_keeps_pixel_units(files: dict[str, Path], tmp_path: Path) -> None:
+    twin = _byte_twin(files["s"], tmp_path / "s255.onnx")
+    common = ["--data", f"npz:{files['d']}", "--suite", "white", "--attacks", "clean,fgsm-s",
+              "--eps", "none", "-q"]
+    assert main(["attack", str(files["s"]), "-o", str(tmp_path / "a.json"), *common]) == 0
+    assert main(["attack", str(twin), "--input-spec", "range=0-255", "-o",
+                 str(tmp_path / "b.json"), *common]) == 0
+    a, b = load(tmp_path / "a.json"), load(tmp_path / "b.json")
+    assert a["per_sample"]["clean_correct"] == b["per_sample"]["clean_correct"]
+    fa, fb = (d["columns"][1]["per_sample"]["fooled"] for d in (a, b))
+    assert sum(x != y for x, y in zip(fa, fb, strict=True)) <= 1
+    assert max(b["columns"][1]["per_sample"]["linf"]) <= 0.3 + 1e-6  # eps in [0, 1] pixels
+
+
+def test_isolate_opens_models_first(files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--isolate", "--suite", "white", "--attacks", "clean",
+                  "--eps", "none", "-q") == 0
+    assert load(out)["clean"]["k"] == 21
+
+
+def test_default_source_and_cw_budget(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "8", "--attacks",
+                 "clean,black/fgsm-s", "--eps", "none", "--cw-budget", "paper", "-q", "-o",
+                 str(out)]) == 0
+    doc = load(out)
+    seed1 = ROOT / "models" / "mnist-standard-seed1.onnx"
+    assert doc["source"]["origin"] == "default" and doc["source"]["name"] == seed1.name
+    assert doc["source"]["sha256"] == sha256_file(seed1)
+    assert any(seed1.name in n for n in doc["notes"])
+    assert doc["settings"]["cw_budget"] == "paper"
+
+
+@pytest.mark.parametrize("suite", ["paper,grey", "paper;adaptive"], ids=["unknown", "separator"])
+def test_bad_suite_list_is_usage_error(files: dict[str, Path], tmp_path: Path, suite: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert attack(files, tmp_path / "r.json", "--suite", suite) == 2
+    assert "unknown suite" in capsys.readouterr().err
 
 
 def test_report_command(files: dict[str, Path], tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from qrdeploy.metrics import (
     worst_case,
 )
 from qrdeploy.stats import Proportion
-from qrdeploy.suites import Column, Family, Mode, Origin, Suite, build_suite
+from qrdeploy.suites import Column, Family, Mode, Origin, Suite, build_suite, restricted
 from tests.unit.attack_models import NumpyLinear
 
 st = pytest.importorskip("scipy.stats")
@@ -263,7 +263,29 @@ def test_white_suite_defaults(family: str, fgsm: tuple[float, float], pgd_eps: f
     assert (by["fgsm-w"].eps, by["fgsm-s"].eps) == pytest.approx(fgsm)
     assert by["pgd"].attack.eps == pytest.approx(pgd_eps)  # type: ignore[union-attr]
     assert by["pgd"].attack.step == pytest.approx(pgd_step)  # type: ignore[union-attr]
-    assert by["pgd"].origin is Origin.DEFAULT and by["cw-l2"].origin is Origin.CLEVERHANS
+    assert by["pgd"].origin is Origin.DEFAULT
+
+
+@pytest.mark.parametrize(("budget", "steps", "iterations", "lr", "origin"), [
+    ("quick", 5, 100, 0.1, Origin.DEFAULT),
+    ("paper", 5, 1000, 5e-3, Origin.CLEVERHANS),
+], ids=["quick-default", "paper-cleverhans"])
+def test_cw_budget(budget: str, steps: int, iterations: int, lr: float, origin: Origin) -> None:
+    by = {c.key: c for c in build_suite("paper", "mnist", cw_budget=budget).columns}
+    for key in ("white/cw-l2", "black/cw-l2"):
+        cw = by[key].attack
+        assert isinstance(cw, CWL2) and by[key].origin is origin
+        assert (cw.binary_search_steps, cw.max_iterations) == (steps, iterations)
+        assert cw.learning_rate == pytest.approx(lr) and cw.initial_const == pytest.approx(1e-2)
+    assert build_suite("white", "mnist", cw_budget=budget).cw_budget.value == budget
+
+
+def test_cw_budget_defaults() -> None:
+    """The CLI's options default to the quick budget; the library keeps cleverhans' budget."""
+    from qrdeploy.campaign import AttackOptions
+
+    assert AttackOptions().cw_budget.value == "quick"
+    assert build_suite("white", "mnist").cw_budget.value == "paper"
 
 
 @pytest.mark.parametrize(("suite", "attacks", "keys"), [
@@ -272,7 +294,15 @@ def test_white_suite_defaults(family: str, fgsm: tuple[float, float], pgd_eps: f
     ("paper", "black/fgsm-s,pgd", ["white/pgd", "black/fgsm-s"]),
     ("paper", "fgsm-w,black/fgsm-w,cw-l2", ["white/cw-l2", "white/fgsm-w", "black/fgsm-w"]),
     ("black", "fgsm-w", ["black/fgsm-w"]),
-], ids=["black", "noise", "qualified", "bare-name-first-mode", "bare-name-black-suite"])
+    ("adaptive", None, ["adaptive/pgd-cw", "adaptive/apgd-ce", "adaptive/apgd-dlr",
+                        "adaptive/apgd-t-dlr", "adaptive/pgd-ce-t10", "adaptive/pgd-ce-t100",
+                        "adaptive/pgd-njs", "adaptive/pgd-f64", "adaptive/square",
+                        "adaptive/transfer"]),
+    ("paper,adaptive", "clean,pgd,pgd-cw,square", ["clean", "white/pgd", "adaptive/pgd-cw",
+                                                   "adaptive/square"]),
+    ("white,noise,white", "pgd,normal", ["white/pgd", "noise/normal"]),
+], ids=["black", "noise", "qualified", "bare-name-first-mode", "bare-name-black-suite",
+        "adaptive", "comma-list", "comma-list-duplicate"])
 def test_suite_columns(suite: str, attacks: str | None, keys: list[str]) -> None:
     assert [c.key for c in build_suite(suite, "mnist", attacks).columns] == keys
 
@@ -281,6 +311,20 @@ def test_attacks_override_is_labelled_user() -> None:
     (col,) = build_suite("white", "mnist", "pgd=0.2").columns
     assert col.eps == 0.2 and col.origin is Origin.USER
     assert col.attack.step == pytest.approx(0.02)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("family", "eps"), [("mnist", 0.1), ("cifar10", 4 / 255)],
+                         ids=["mnist", "cifar10"])
+def test_adaptive_suite_eps_unbounded_and_restriction(family: str, eps: float) -> None:
+    s = build_suite("paper,adaptive", family)
+    assert s.name == "paper,adaptive" and s.checks and s.adaptive_eps == pytest.approx(eps)
+    assert s.unbounded is not None and s.unbounded.eps == 1.0
+    assert {c.name for c in s.by_mode(Mode.ADAPTIVE) if not restricted(c)} == {"square",
+                                                                              "transfer"}
+    assert not build_suite("paper", family).checks
+    (user,) = build_suite("adaptive", family, "pgd-cw=0.2").columns
+    assert user.eps == 0.2 and user.origin is Origin.USER
+    assert user.attack.attack.eps == 0.2  # type: ignore[union-attr]
 
 
 def test_paper_suite_default_sweep_is_fgsm_and_pgd() -> None:

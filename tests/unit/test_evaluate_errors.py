@@ -50,9 +50,13 @@ Y = np.zeros(6, np.int64)
     (lambda: parse_eps("2"), "outside \\[0, 1\\]"),
     (lambda: parse_eps(","), "got no values"),
     (lambda: family_of("npz:x.npz"), "pass --family"),
+    (lambda: build_suite("paper,grey", "mnist"), "unknown suite 'grey'; .* paper,adaptive"),
+    (lambda: build_suite("white", "mnist", cw_budget="huge"), "CW budget 'huge'"),
+    (lambda: build_suite("adaptive", "mnist", "pgd-cw=2"), "eps must be a number in"),
+    (lambda: build_suite("adaptive", "mnist", "adaptive/pgd"), "not a column of this suite"),
 ], ids=["suite", "family", "unknown-attack", "wrong-mode", "bad-value", "cw-eps", "clean-eps",
         "eps-range", "empty", "sweep-without-linf", "eps-text", "eps-range-sweep", "eps-empty",
-        "npz-family"])
+        "npz-family", "suite-in-list", "cw-budget", "adaptive-eps", "adaptive-name"])
 def test_suite_errors(call: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         call()
@@ -73,7 +77,12 @@ def test_run_config_errors(kwargs: dict[str, Any], match: str) -> None:
      "needs input gradients"),
     (linear(), build_suite("white", "mnist", "clean"), X[0], DataError, "\\(N, C, H, W\\)"),
     (linear(), build_suite("white", "mnist", "clean"), X[:0], DataError, "non-empty"),
-], ids=["black-no-source", "white-no-gradients", "3d-input", "empty"])
+    (linear(), build_suite("adaptive", "mnist", "pgd-cw,transfer"), X, ConfigError,
+     "crafts on the model before hardening and none was given; pass --unhardened"),
+    (LogitsOnly(), build_suite("adaptive", "mnist", "square,pgd-cw"), X, ConfigError,
+     "needs input gradients, and LogitsOnly gives none"),
+], ids=["black-no-source", "white-no-gradients", "3d-input", "empty", "adaptive-no-source",
+        "adaptive-no-gradients"])
 def test_runner_errors(model: Any, suite: Any, x: np.ndarray, err: type, match: str) -> None:
     with pytest.raises(err, match=match):
         evaluate(Subject("m", "a" * 64, model), x, Y[: len(x)], suite)
@@ -93,9 +102,11 @@ def _write(tmp: Path, text: str) -> Path:
 @pytest.mark.parametrize(("text", "match"), [
     ("{not json", "is not JSON"),
     (json.dumps({"schema": "qrdeploy/results", "schema_version": 99}), "schema_version 99"),
-    (json.dumps({"schema": "qrdeploy/results", "schema_version": 1}), "missing key 'victim'"),
+    (json.dumps({"schema": "qrdeploy/results", "schema_version": 2}), "missing key 'victim'"),
+    (json.dumps({"schema": "qrdeploy/results", "schema_version": 1}),
+     "schema_version 1; this qrdeploy reads version 2: rerun qrdeploy attack"),
     (json.dumps([1, 2]), "expected object"),
-], ids=["not-json", "future-version", "missing-keys", "not-object"])
+], ids=["not-json", "future-version", "missing-keys", "version-1", "not-object"])
 def test_load_results_errors(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(DataError, match=match):
         load_results(_write(tmp_path, text))

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from qrdeploy.attacks import CWL2
+from qrdeploy.attacks.adaptive import adaptive_suite
 from qrdeploy.evaluate import RunConfig, Subject, evaluate
 from qrdeploy.results import build_results, dumps, load_results, write_results
 from qrdeploy.schema import errors, load_schema
-from qrdeploy.suites import build_suite
+from qrdeploy.suites import Mode, Suite, build_suite
 from tests.unit.attack_models import NumpyLinear
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -42,10 +43,55 @@ def doc() -> dict[str, Any]:
     return build_results(ev, data_name="toy", split="test")
 
 
-def test_real_output_validates_with_jsonschema(doc: dict[str, Any]) -> None:
+def small_adaptive(suite: Suite) -> Suite:
+    """The suite with the adaptive entries at a small budget (10 steps, 200 queries)."""
+    entries = {e.name: e for e in adaptive_suite(0.1, steps=10, queries=200, targets=2)}
+    cols = tuple(dataclasses.replace(c, attack=entries[c.name]) if c.mode is Mode.ADAPTIVE
+                 else c for c in suite.columns)
+    return dataclasses.replace(suite, columns=cols)
+
+
+@pytest.fixture(scope="module")
+def adoc() -> dict[str, Any]:
+    """paper,adaptive on a linear model (no CW, no noise), with masking checks."""
+    x = np.random.default_rng(1).uniform(size=(20, 1, 4, 4)).astype(np.float32)
+    y = linear(0).logits(x).argmax(1)
+    suite = small_adaptive(build_suite("paper,adaptive", "mnist", eps=(0.05, 0.3),
+                                       attacks="clean,fgsm-s,pgd,black/fgsm-s,pgd-cw,apgd-dlr,"
+                                               "square,transfer"))
+    src = Subject("s.onnx", "b" * 64, linear(1))
+    ev = evaluate(Subject("v.onnx", "a" * 64, linear(0)), x, y, suite, source=src,
+                  adaptive_source=src, config=RunConfig(batch_size=8))
+    return build_results(ev, data_name="toy", split="test", notes=["a note"])
+
+
+@pytest.mark.parametrize("which", ["doc", "adoc"], ids=["paper", "paper-adaptive"])
+def test_real_output_validates_with_jsonschema(which: str, request: pytest.FixtureRequest
+                                               ) -> None:
+    d = request.getfixturevalue(which)
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    jsonschema.validate(doc, SCHEMA)
-    assert errors(doc, SCHEMA, SCHEMA) == []
+    jsonschema.validate(d, SCHEMA)
+    assert errors(d, SCHEMA, SCHEMA) == []
+    assert (d["masking"] is None) == (which == "doc")
+
+
+def test_adaptive_output_carries_checks_and_worst_case(adoc: dict[str, Any]) -> None:
+    m, ad = adoc["masking"], adoc["adaptive"]
+    assert {c["name"] for c in m["checks"]} == {
+        "zero-gradient", "logit-gap", "probability-outputs", "black-box-stronger",
+        "one-step-stronger", "square-stronger", "unbounded-below-100", "eps-no-effect"}
+    assert all(c["doc"] == f"docs/masking.md#{c['name']}" for c in m["checks"])
+    assert m["verdict"].startswith(("no masking signs detected", "masking suspected"))
+    assert f"adaptive worst case {100 * ad['worst_case']['robust']['value']:.1f}%" in m["verdict"]
+    assert ad["restricted"] == ["adaptive/pgd-cw", "adaptive/apgd-dlr"]
+    # L-inf columns and sweep points of eps <= 0.1 (black/fgsm-s has 0.3, fgsm-s too)
+    assert ad["survivor_columns"] == ["white/pgd", "sweep/fgsm@0.05", "sweep/pgd@0.05"]
+    # the adaptive worst case never exceeds any of its columns, and counts clean errors
+    wc = ad["worst_case"]["robust"]["value"]
+    by = {c["key"]: c["robust"]["value"] for c in adoc["columns"]}
+    assert all(wc <= by[k] + 1e-12 for k in ad["worst_case"]["columns"] if k in by)
+    assert ad["source"]["role"] == "unhardened" and adoc["notes"] == ["a note"]
+    assert sum(m["gap_histogram"]["counts"]) == 20 and m["gap_histogram"]["edges"][-1] is None
 
 
 def test_output_carries_what_issue_8_lists(doc: dict[str, Any]) -> None:
@@ -78,7 +124,7 @@ def _drop(path: list[Any]) -> Any:
 
 
 @pytest.mark.parametrize("mutate", [
-    _set(["schema_version"], 2),
+    _set(["schema_version"], 1),
     _drop(["victim", "sha256"]),
     _set(["victim", "sha256"], "XYZ"),
     _set(["clean", "value"], 1.5),
@@ -91,10 +137,19 @@ def _drop(path: list[Any]) -> Any:
     _set(["source"], {"name": "s"}),
     _set(["settings", "seed"], True),
     _set(["timings", "clean"], -1),
+    _set(["masking", "checks", 0, "name"], "vibes"),
+    _set(["masking", "checks", 0, "doc"], "http://elsewhere"),
+    _drop(["masking", "verdict"]),
+    _set(["adaptive", "worst_case", "robust", "value"], 2.0),
+    _set(["adaptive", "source", "role"], "guess"),
+    _drop(["notes"]),
+    _set(["settings", "cw_budget"], "huge"),
+    _drop(["columns", 1, "restricted"]),
 ], ids=["version", "no-sha", "bad-sha", "value", "interval", "mode", "flags", "labels",
-        "bool", "extra-key", "source", "bool-seed", "timing"])
-def test_both_validators_reject_broken_documents(doc: dict[str, Any], mutate: Any) -> None:
-    bad = copy.deepcopy(doc)
+        "bool", "extra-key", "source", "bool-seed", "timing", "check-name", "check-doc",
+        "no-verdict", "adaptive-wc", "adaptive-role", "no-notes", "cw-budget", "restricted"])
+def test_both_validators_reject_broken_documents(adoc: dict[str, Any], mutate: Any) -> None:
+    bad = copy.deepcopy(adoc)
     mutate(bad)
     assert not jsonschema.Draft202012Validator(SCHEMA).is_valid(bad)
     assert errors(bad, SCHEMA, SCHEMA) != []

@@ -4,6 +4,7 @@ detected and the run restarts cleanly instead of mixing numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,8 +19,9 @@ import numpy as np
 import onnx
 import pytest
 
+from qrdeploy.attacks.adaptive import adaptive_suite
 from qrdeploy.evaluate import Evaluation, RunConfig, Subject, evaluate
-from qrdeploy.suites import build_suite
+from qrdeploy.suites import Mode, build_suite
 from tests.unit.attack_models import NumpyLinear
 from tests.unit.onnx_builders import cnn, ort_logits
 
@@ -120,6 +122,21 @@ def run(model: NumpyLinear, state: Path | None, seed: int = 0) -> Evaluation:
                     config=RunConfig(seed=seed, batch_size=6, state_path=state))
 
 
+def run_adaptive(model: NumpyLinear, state: Path | None) -> Evaluation:
+    """white + adaptive at a small budget: restricted columns run after the survivors are known,
+    so a resume must restore the cheaper columns first."""
+    x = np.random.default_rng(1).uniform(size=(24, 1, 4, 4)).astype(np.float32)
+    y = linear().logits(x).argmax(1)
+    suite = build_suite("white,adaptive", "mnist", attacks="clean,fgsm-s,pgd,pgd-cw,apgd-dlr,"
+                        "pgd-f64,square", eps=())
+    small = {e.name: e for e in adaptive_suite(0.1, steps=8, queries=50)}
+    suite = dataclasses.replace(suite, columns=tuple(
+        dataclasses.replace(c, attack=small[c.name]) if c.mode is Mode.ADAPTIVE else c
+        for c in suite.columns))
+    return evaluate(Subject("m.onnx", "a" * 64, model), x, y, suite,
+                    config=RunConfig(batch_size=6, state_path=state))
+
+
 def same(a: Evaluation, b: Evaluation) -> None:
     for key in a.records:
         np.testing.assert_array_equal(a.records[key].fooled, b.records[key].fooled, key)
@@ -133,6 +150,20 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path: Path, after: int)
         run(Breaks(linear(), after), state)
     assert state.exists()
     same(run(linear(), state), run(linear(), None))
+
+
+@pytest.mark.parametrize("after", [40, 120, 160], ids=lambda a: f"after{a}")
+# 178 loss_and_grad calls in all, about 100 before the first adaptive column
+def test_interrupted_adaptive_run_resumes_to_the_same_numbers(tmp_path: Path,
+                                                               after: int) -> None:
+    state = tmp_path / "s.npz"
+    with pytest.raises(KeyboardInterrupt):
+        run_adaptive(Breaks(linear(), after), state)
+    assert state.exists()
+    resumed, fresh = run_adaptive(linear(), state), run_adaptive(linear(), None)
+    same(resumed, fresh)
+    assert resumed.probe is not None and fresh.probe is not None
+    np.testing.assert_array_equal(resumed.probe.grads, fresh.probe.grads)
 
 
 def _partial_state(tmp_path: Path, seed: int) -> Path:

@@ -1,0 +1,133 @@
+"""`qrdeploy attack --suite paper,adaptive` end to end (issue 11): the masking checks fire on a
+model whose logits are multiplied by 1e4 and not on the same model unscaled, the adaptive worst
+case brings the scaled model back to the unscaled one, and the report shows the verdict.
+
+The victims are softmax regressions on mnist-5k pixels (Flatten -> Gemm [-> Mul 1e4]), trained
+here with numpy in a fraction of a second, run by onnxruntime through `qrdeploy attack`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from qrdeploy.cli import main
+from qrdeploy.data import load_dataset
+from qrdeploy.schema import errors, load_schema
+from tests.unit.onnx_builders import Builder
+
+SCHEMA = load_schema("results.schema.json")
+N = 40
+# a short sweep that reaches eps where a linear MNIST model is at 0 %
+COMMON = ["--data", "mnist-5k", "-n", str(N), "--suite", "paper,adaptive", "--eps", "0.05,0.5",
+          "--attacks", "clean,fgsm-w,fgsm-s,pgd,bim,black/fgsm-s,normal,pgd-cw,apgd-ce,apgd-dlr,"
+          "apgd-t-dlr,pgd-ce-t10,pgd-njs,pgd-f64,square,transfer", "-q"]
+
+
+def softmax_regression(steps: int = 60, lr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """W (10, 784), b (10,) by full-batch gradient descent on 1,000 mnist-5k training digits."""
+    d = load_dataset("mnist-5k", "train", n=1000)
+    x = d.x.reshape(len(d.x), -1).astype(np.float64)  # (N, 784)
+    onehot = np.eye(10)[d.y]  # (N, 10)
+    w, b = np.zeros((10, x.shape[1])), np.zeros(10)
+    for _ in range(steps):
+        z = x @ w.T + b  # (N, 10)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        g = (p - onehot) / len(x)  # (N, 10)
+        w -= lr * g.T @ x
+        b -= lr * g.sum(axis=0)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def linear_onnx(w: np.ndarray, b: np.ndarray, scale: float | None) -> onnx.ModelProto:
+    bd = Builder(0)
+    h = bd.node("Flatten", ["input"], axis=1)
+    z = bd.node("Gemm", [h, bd.init("fc.weight", w), bd.init("fc.bias", b)], name="fc", transB=1)
+    if scale is not None:  # inflates the logit scale: float32 softmax saturates
+        z = bd.node("Mul", [z, bd.init("scale", np.array(scale, np.float32))], name="scale")
+    return bd.model(["N", 1, 28, 28], z, 10)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    d = tmp_path_factory.mktemp("masking")
+    w, b = softmax_regression()
+    out: dict[str, dict[str, Any]] = {}
+    onnx.save(linear_onnx(w, b, None), d / "plain.onnx")
+    for name, scale in [("plain", None), ("scaled", 1e4)]:
+        onnx.save(linear_onnx(w, b, scale), d / f"{name}.onnx")
+        path = d / f"{name}.json"
+        rc = main(["attack", str(d / f"{name}.onnx"), "--unhardened", str(d / "plain.onnx"),
+                   "-o", str(path), *COMMON])
+        assert rc == 0
+        doc = json.loads(path.read_text())
+        assert errors(doc, SCHEMA, SCHEMA) == []
+        out[name] = {"doc": doc, "path": path}
+    return out
+
+
+def _check(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return dict(next(c for c in doc["masking"]["checks"] if c["name"] == name))
+
+
+@pytest.mark.parametrize(("model", "verdict", "zero_fires"), [
+    ("plain", "no masking signs detected", False),
+    ("scaled", "masking suspected", True),
+], ids=["plain", "logits-x1e4"])
+def test_verdict(runs: dict[str, dict[str, Any]], model: str, verdict: str,
+                 zero_fires: bool) -> None:
+    doc = runs[model]["doc"]
+    assert doc["masking"]["verdict"].startswith(verdict)
+    assert doc["masking"]["suspected"] is zero_fires
+    zero = _check(doc, "zero-gradient")
+    assert zero["fired"] is zero_fires and zero["ran"]
+    if zero_fires:  # every correctly classified digit has an exactly zero CE gradient
+        assert zero["statistic"] >= doc["clean"]["value"] - 1e-9
+        assert "zero-gradient" in doc["masking"]["verdict"]
+    else:
+        assert not any(c["fired"] for c in doc["masking"]["checks"])
+
+
+def test_scaled_model_fires_strength_checks(runs: dict[str, dict[str, Any]]) -> None:
+    doc = runs["scaled"]["doc"]
+    fired = {c["name"] for c in doc["masking"]["checks"] if c["fired"]}
+    assert {"zero-gradient", "logit-gap", "unbounded-below-100"} <= fired
+    assert fired & {"black-box-stronger", "square-stronger", "eps-no-effect"}
+
+
+def test_adaptive_worst_case_matches_unscaled(runs: dict[str, dict[str, Any]]) -> None:
+    plain, scaled = (runs[m]["doc"] for m in ("plain", "scaled"))
+    wc = [d["adaptive"]["worst_case"]["robust"]["k"] for d in (plain, scaled)]
+    assert abs(wc[0] - wc[1]) <= 1  # one digit of 40
+    # while the paper's CE white-box columns look robust on the scaled model only
+    pgd = [next(c for c in d["columns"] if c["key"] == "white/pgd")["robust"]["k"]
+           for d in (plain, scaled)]
+    assert pgd[1] > pgd[0] + 5
+    assert scaled["adaptive"]["source"]["role"] == "unhardened"
+
+
+def test_restricted_columns_run_after_cheaper_attacks(runs: dict[str, dict[str, Any]]) -> None:
+    doc = runs["plain"]["doc"]
+    by = {c["key"]: c for c in doc["columns"]}
+    assert not by["adaptive/square"]["restricted"] and by["adaptive/pgd-cw"]["restricted"]
+    cheaper = np.array([c == "1" for c in by["white/pgd"]["per_sample"]["fooled"]])
+    cw = np.array([c == "1" for c in by["adaptive/pgd-cw"]["per_sample"]["fooled"]])
+    assert cw[cheaper].all()  # a sample PGD fooled is not attacked again and counts as fooled
+
+
+def test_report_shows_verdict_and_checks(runs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    assert main(["report", str(runs["plain"]["path"]), str(runs["scaled"]["path"]), "-o",
+                 str(out), "-q"]) == 0
+    md = out.read_text()
+    for d in (runs["plain"]["doc"], runs["scaled"]["doc"]):
+        assert f"**Verdict:** {d['masking']['verdict']}" in md
+    assert "[zero-gradient](docs/masking.md#zero-gradient) | **fired**" in md
+    assert "| worst case | adaptive worst case |" in md  # side by side in the main table
+    assert "| adaptive worst case | scaled.onnx " in md  # paired against the first model
+    assert "## Adaptive attacks" in md and "pgd-cw" in md
