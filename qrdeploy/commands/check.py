@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from qrdeploy.gate import check, write_summary
 from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
@@ -14,6 +13,7 @@ from qrdeploy.commands._options import (
     load_data,
     session_config,
 )
+from qrdeploy.gate import check, write_summary
 from qrdeploy.junit import write_junit
 
 HELP = "gate a model on a policy of thresholds (exit 0 pass, 3 a threshold failed)"

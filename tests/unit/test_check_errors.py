@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from qrdeploy.gate import check
 from qrdeploy.data import Dataset
 from qrdeploy.errors import ConfigError, DataError, QrdeployError
+from qrdeploy.gate import check
 from qrdeploy.policy import Policy, load_policy
 from tests.unit.onnx_builders import cnn, inputs
 
