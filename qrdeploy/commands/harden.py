@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx path")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
     add_isolate(p)
+    add_recipe_options(p)
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The hardening options, shared with `qrdeploy lipschitz` (hardening in memory)."""
     p.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
     m = p.add_argument_group("mu-law mapping (paper: post-training, last few layers)")
     m.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
@@ -37,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--encoding", choices=[e.value for e in Encoding], default="float")
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
+def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
+    """The recipe the options ask for; None when they ask for no pass at all."""
     passes: list[GraphPass] = []
     if args.mulaw is not None:
         passes.append(MuLawMap(args.mulaw, args.mulaw_rescale, args.mulaw_layers))
@@ -48,12 +54,13 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         if passes:
             raise ConfigError("--recipe cannot be combined with --mulaw/--bits; put them in it")
         return load_recipe(args.recipe)
-    return Recipe(tuple(passes), Encoding(args.encoding))
+    return Recipe(tuple(passes), Encoding(args.encoding)) if passes else None
 
 
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
-    result = harden_file(args.model, args.output, recipe_from_args(args), in_place=args.in_place)
+    recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding))
+    result = harden_file(args.model, args.output, recipe, in_place=args.in_place)
     for r in result.records:
         bits = f"{r.bits} bits" if r.bits else f"mu={r.mu:g}"
         print(f"{r.pass_kind:6} {r.tensor:32} {r.op_type:13} {bits:8} levels={r.levels:<6} "

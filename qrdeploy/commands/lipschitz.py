@@ -13,12 +13,11 @@ import json
 import sys
 
 from qrdeploy.commands._options import add_isolate, check_isolated
-from qrdeploy.encodings import Encoding
+from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
 from qrdeploy.errors import ConfigError
 from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
 from qrdeploy.lipschitz_render import PlotNorm, plot_reports, write_report
-from qrdeploy.passes import GraphPass, MuLawMap, Recipe, WeightQuant, load_recipe
-from qrdeploy.quant import Granularity, Quantizer, ScaleRule
+from qrdeploy.passes import Recipe
 from qrdeploy.runtime import PROVIDERS, SessionConfig
 
 HELP = "spectral norms of W and dW per layer (Lipschitz analysis of the quantization error)"
@@ -42,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="bars: matrix/reshaped-kernel norm or conv operator norm")
     _add_norm_options(p)
     _add_data_options(p)
-    _add_harden_options(p)
+    add_recipe_options(p)
 
 
 def _add_norm_options(p: argparse.ArgumentParser) -> None:
@@ -69,39 +68,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
 
 
-def _add_harden_options(p: argparse.ArgumentParser) -> None:
-    # Same options and defaults as `qrdeploy harden` (commands/harden.py).
-    h = p.add_argument_group("hardening in memory (instead of HARDENED)")
-    h.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
-    h.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
-    h.add_argument("--mulaw-layers", default="last:1", metavar="SEL", help="default: %(default)s")
-    h.add_argument("--mulaw-rescale", action=argparse.BooleanOptionalAction, default=True,
-                   help="W' = s*F(W/s) (default) or F(W/s)")
-    h.add_argument("--bits", type=int, metavar="B", help="bit width 1..8 (paper: 3)")
-    h.add_argument("--granularity", choices=[g.value for g in Granularity], default="tensor")
-    h.add_argument("--scale", choices=[s.value for s in ScaleRule], default="max")
-    h.add_argument("--quantizer", choices=[s.value for s in Quantizer], default="uniform")
-    h.add_argument("--full-range", action="store_true", help="codes -2^(b-1)..2^(b-1)-1")
-    h.add_argument("--layers", default="all", metavar="SEL", help="default: %(default)s")
-    h.add_argument("--encoding", choices=[e.value for e in Encoding], default="float")
-
-
 def _recipe(args: argparse.Namespace) -> Recipe | None:
-    passes: list[GraphPass] = []
-    if args.mulaw is not None:
-        passes.append(MuLawMap(args.mulaw, args.mulaw_rescale, args.mulaw_layers))
-    if args.bits is not None:
-        passes.append(WeightQuant(args.bits, args.granularity, args.scale, args.quantizer,
-                                  args.layers, narrow=not args.full_range))
-    if args.recipe and passes:
-        raise ConfigError("--recipe cannot be combined with --mulaw/--bits; put them in it")
-    if args.hardened and (passes or args.recipe):
+    recipe = recipe_from_args(args)  # the same options as `qrdeploy harden`
+    if args.hardened and recipe is not None:
         raise ConfigError("give either HARDENED or --bits/--mulaw/--recipe, not both")
-    if not args.hardened and not passes and not args.recipe:
+    if not args.hardened and recipe is None:
         raise ConfigError("nothing to compare: give HARDENED, or --bits B (and/or --mulaw MU)")
-    if args.recipe:
-        return load_recipe(args.recipe)
-    return Recipe(tuple(passes), Encoding(args.encoding)) if passes else None
+    return recipe
 
 
 def run(args: argparse.Namespace) -> int:
