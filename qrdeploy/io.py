@@ -14,9 +14,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     """Call write(tmp) on a temporary path beside `path`, then rename it onto `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        stale.unlink(missing_ok=True)  # left by a writer that was killed (SIGKILL)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _remove_orphans(target)
+    prefix = f".{target.name}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -29,6 +29,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete temporary files of `target` left by writers that were killed (SIGKILL). The writer's
+    pid is in the name, so a temporary file of a live writer (another process writing the same
+    target at the same time) is never touched."""
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -302,3 +302,21 @@ def test_model_above_2gb_is_sent_to_external_data() -> None:
     """tools/big_model_roundtrip.py does the real 2.25 GiB round trip (docs/reliability.md)."""
     with pytest.raises(GraphError, match="above 2 GB .* save it with save_model"):
         graph.model_to_bytes(_Above2GB())  # type: ignore[arg-type]
+
+
+def test_atomic_write_removes_only_orphaned_temp_files(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from qrdeploy.io import atomic_write_bytes
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = tmp_path / f".out.bin.{dead}.abc.tmp"
+    live = tmp_path / f".out.bin.{os.getpid()}.def.tmp"  # a concurrent writer of the same file
+    orphan.write_bytes(b"x")
+    live.write_bytes(b"y")
+    atomic_write_bytes(tmp_path / "out.bin", b"data")
+    assert (tmp_path / "out.bin").read_bytes() == b"data"
+    assert not orphan.exists() and live.exists()
