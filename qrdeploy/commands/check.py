@@ -8,7 +8,9 @@ import argparse
 from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
+    add_isolate,
     add_runtime,
+    check_isolated,
     input_contract,
     load_data,
     session_config,
@@ -31,10 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data(p, default=None)
     add_runtime(p)
     add_input_contract(p)
+    add_isolate(p)
     p.set_defaults(batch_size=256)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_isolated(args, args.model, args.reference, probe=True)
     result = check(args.model, args.reference, load_data(args), args.policy,
                    session=session_config(args), seed=args.seed, batch_size=args.batch_size,
                    contract=input_contract(args))

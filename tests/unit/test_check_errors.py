@@ -121,3 +121,18 @@ def test_wrong_input_shape_is_a_data_error(tiny: tuple[Path, Dataset]) -> None:
     wrong = Dataset("tiny", "test", inputs(0, (4, 1, 9, 9)), np.zeros(4, np.int64), 10)
     with pytest.raises(DataError, match=r"expects images of shape"):
         check(root / "a.onnx", root / "a.onnx", wrong, Policy())
+
+
+def test_isolate_turns_a_garbage_model_into_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qrdeploy.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    policy = tmp_path / "p.toml"
+    policy.write_text("version = 1\n[clean]\nmin_accuracy = 0.5\n")
+    rc = main(["check", str(bad), "--reference", str(bad), "--policy", str(policy),
+               "--data", "mnist-5k", "-n", "10", "--isolate", "-q"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.onnx" in err
