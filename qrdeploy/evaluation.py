@@ -12,7 +12,7 @@ import onnx
 
 from qrdeploy.data import Dataset, check_labels, validate_dataset
 from qrdeploy.errors import DataError, GraphError
-from qrdeploy.runtime import SessionConfig, make_session
+from qrdeploy.runtime import SessionConfig, make_session, run_session
 from qrdeploy.stats import Proportion
 
 ModelLike = onnx.ModelProto | bytes | str | Path
@@ -58,11 +58,7 @@ class Predictor:
         return np.concatenate(outs)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        try:
-            out = np.asarray(self.session.run([self.output.name], {self.input.name: x})[0])
-        except Exception as exc:  # onnxruntime's own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GraphError(f"onnxruntime failed to run the model: {first}") from None
+        out = np.asarray(run_session(self.session, [self.output.name], {self.input.name: x})[0])
         if out.ndim != 2 or out.shape[0] != len(x):
             raise GraphError(f"the model's output {self.output.name!r} has shape {out.shape} "
                              f"for {len(x)} inputs; expected ({len(x)}, classes) logits")

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from qrdeploy.errors import GraphError
-from qrdeploy.runtime import make_session
+from qrdeploy.runtime import make_session, run_session
 
 MIN_OPSET, MAX_OPSET = 16, 21
 BATCH = "batch"
@@ -139,7 +139,8 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], wanted: list[
     sub = onnx.helper.make_model(graph, opset_imports=model.opset_import,
                                  ir_version=model.ir_version)
     session = make_session(sub.SerializeToString())
-    return dict(zip(wanted, session.run(wanted, {}), strict=True))
+    values = run_session(session, wanted, {}, what="fold the model's constant subgraphs")
+    return dict(zip(wanted, values, strict=True))
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

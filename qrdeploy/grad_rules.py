@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.errors import UnsupportedOpError
+from qrdeploy.errors import GraphError, UnsupportedOpError
 
 Shape = tuple[int | None, ...]
 Grads = list[str | None]
@@ -185,6 +185,10 @@ def window_attrs(node: onnx.NodeProto, e: Emitter, k: list[int]) -> dict[str, li
     n = len(k)
     s = list(a.get("strides", [1] * n))
     d = list(a.get("dilations", [1] * n))
+    pads = list(a.get("pads", [0] * 2 * n))
+    if len(s) != n or len(d) != n or len(pads) != 2 * n:
+        raise refuse(node, f"strides {s}, dilations {d} or pads {pads} that do not match a "
+                     f"{n}-D kernel", "re-export the model")
     pads = resolve_pads(a, _spatial(node, e, node.input[0]), k, s, d)
     return {"kernel_shape": k, "strides": s, "dilations": d, "pads": pads}
 
@@ -200,6 +204,9 @@ def output_padding(size: list[int], out: list[int], w: dict[str, list[int]]) -> 
 def unbroadcast(e: Emitter, g: str, in_shape: Shape, out_shape: Shape) -> str:
     """Sum g over the axes where the input was broadcast, giving the input's shape."""
     lead = len(out_shape) - len(in_shape)
+    if lead < 0:
+        raise GraphError(f"an input of shape {tuple(in_shape)} has more axes than the broadcast "
+                         f"output {tuple(out_shape)}; the model's shapes are inconsistent")
     padded = (1,) * lead + tuple(in_shape)
     axes = [i for i, (a, b) in enumerate(zip(padded, out_shape, strict=True))
             if a == 1 and b != 1]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qrdeploy.errors import ConfigError, GraphError, QrdeployError
-from qrdeploy.runtime import SessionConfig
+from qrdeploy.runtime import SessionConfig, run_session
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # so the child imports this qrdeploy
 _STDIN = "-"
@@ -160,11 +160,7 @@ def _probe(sess: Any) -> None:
             raise GraphError(f"input {v.name!r} is {v.type}; qrdeploy needs float image inputs")
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape)
         feed[v.name] = np.zeros(shape, np.float32)
-    try:
-        sess.run(None, feed)
-    except Exception as exc:  # onnxruntime's own exception types
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise GraphError(f"onnxruntime cannot run the model on zeros: {first}") from None
+    run_session(sess, None, feed, what="run the model on zeros")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

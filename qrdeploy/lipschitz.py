@@ -36,7 +36,7 @@ from onnx import helper
 from qrdeploy import graph, passes, spectral
 from qrdeploy.errors import ConfigError, GraphError
 from qrdeploy.graph import WeightLayer
-from qrdeploy.runtime import SessionConfig, make_session
+from qrdeploy.runtime import SessionConfig, make_session, run_session
 from qrdeploy.spectral import ConvGeometry, SpectralResult
 
 ModelLike = onnx.ModelProto | str | os.PathLike[str]
@@ -334,6 +334,15 @@ def _layer_geometry(
 def tensor_norms(weight: np.ndarray, geometry: ConvGeometry | None, config: LipschitzConfig
                  ) -> TensorNorms:
     """Matrix / reshaped norm always; operator norm and FFT bound for convs with a geometry."""
+    try:
+        return _tensor_norms(weight, geometry, config)
+    except np.linalg.LinAlgError as exc:  # e.g. "SVD did not converge" on extreme values
+        raise GraphError(f"the spectral norm of a {weight.shape} weight failed: {exc}; "
+                         "check the weight's values") from None
+
+
+def _tensor_norms(weight: np.ndarray, geometry: ConvGeometry | None, config: LipschitzConfig
+                  ) -> TensorNorms:
     matrix = spectral.reshaped_kernel_norm(weight) if weight.ndim > 2 else \
         spectral.largest_singular_value(weight)
     if geometry is None:
@@ -365,6 +374,10 @@ def _layer_norms(
     geometry: ConvGeometry | None, config: LipschitzConfig,
 ) -> tuple[TensorNorms, TensorNorms, TensorNorms | None]:
     base = w if w_prime is None else w_prime
+    for what, t in (("weight", w), ("deployed weight", w_hat)):
+        if not np.isfinite(t).all():
+            raise GraphError(f"layer {layer.node_name!r}: the {what} holds NaN or infinite values; "
+                             "its spectral norm is undefined")
     w_n = tensor_norms(_matrix_view(w, layer), geometry, config)
     dw_n = tensor_norms(_matrix_view(w_hat - base, layer), geometry, config)
     total = None if w_prime is None else tensor_norms(_matrix_view(w_hat - w, layer), geometry,
@@ -465,12 +478,8 @@ def measure_amplification(
 
 def _run(session: Any, feed: str, xb: np.ndarray) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
-    try:
-        values = session.run(names, {feed: xb})
-    except Exception as exc:  # onnxruntime raises its own types, e.g. for a wrong input shape
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphError(f"onnxruntime cannot run the model on data of shape {xb.shape}: "
-                         f"{first}; pass data the model accepts") from exc
+    values = run_session(session, names, {feed: xb}, what=f"run the model on data of shape "
+                         f"{xb.shape}", fix="pass data the model accepts")
     return dict(zip(names, values, strict=True))
 
 

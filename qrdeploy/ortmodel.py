@@ -25,7 +25,7 @@ from qrdeploy.gradients import (
     build_vjp,
 )
 from qrdeploy.losses import Loss
-from qrdeploy.runtime import SessionConfig, make_session
+from qrdeploy.runtime import SessionConfig, make_session, run_session
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -81,8 +81,8 @@ class OrtModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) float32 in [0, 1] -> logits (N, K)."""
         x = self._check_x(x)
-        return self._batched(lambda s: self._forward.run(None, {self.prepared.input_name: x[s]}),
-                             len(x))[0]
+        name = self.prepared.input_name
+        return self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x))[0]
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits (N, K), cotangent^T . dlogits/dx (N, C, H, W)) for a cotangent (N, K)."""
@@ -93,7 +93,8 @@ class OrtModel:
                             f"{cot.shape}; pass one row of dL/dlogits per sample")
         gm, sess = self._session("vjp")
         z, g = self._batched(
-            lambda s: sess.run(list(gm.outputs), {gm.input_name: x[s], X_COTANGENT: cot[s]}),
+            lambda s: run_session(sess, list(gm.outputs),
+                                  {gm.input_name: x[s], X_COTANGENT: cot[s]}),
             len(x))
         return z, g
 
@@ -113,8 +114,8 @@ class OrtModel:
             feeds[TEMPERATURE] = self._temperature(temperature, len(x))
         gm, sess = self._session(loss.value)
         z, value, g = self._batched(
-            lambda s: sess.run(list(gm.outputs),
-                               {gm.input_name: x[s], **{k: v[s] for k, v in feeds.items()}}),
+            lambda s: run_session(sess, list(gm.outputs),
+                                  {gm.input_name: x[s], **{k: v[s] for k, v in feeds.items()}}),
             len(x))
         return z, value, g
 

@@ -10,6 +10,8 @@ transferred from <prefix>-standard-seed1, noise, eps sweep), the adaptive suite 
 that survive the paper's iterative attacks, the ‖ΔW‖₂ analysis, the bits sweep and the μ
 ablation; the second standard model (plain and (Q), no black-box columns) is the seed-variance
 floor. A missing model or data folder leaves its cells "not run (...)"; nothing crashes.
+With `retrain=True` the four models are first trained from qrdeploy.recipes (the profile's
+overrides applied) as cached `train.*` steps, and those replace the committed files.
 
 Steps and their cache: qrdeploy.reproduce_cache; step bodies: qrdeploy.reproduce_steps;
 profiles: qrdeploy.reproduce_profiles; the claims: qrdeploy.claims; the report:
@@ -151,9 +153,28 @@ def _sufficiency(cache: StepCache, c: Collected, all_paths: dict[str, dict[str, 
                               for k in ("budget", "doubled")}
 
 
-def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequence[str]) -> None:
+def retrain_models(cache: StepCache, p: Profile, data_root: Path | None) -> dict[str, Path | None]:
+    """Train the four reference recipes (F.L. from the fresh standard checkpoint)."""
+    from qrdeploy.recipes import ORDER
+
+    folders: dict[str, Path] = {}
+    for recipe in ORDER:
+        standard = folders["standard"] / "model.safetensors" if recipe == "feedback" else None
+        folders[recipe] = cache.run(steps.train_step(f"train.{_regime(recipe)}", p, recipe,
+                                                     data_root, standard))
+    return {_regime(k): f / "model.onnx" for k, f in folders.items()}
+
+
+def _regime(recipe: str) -> str:
+    return next(r for r, stem in REGIME_FILES.items() if stem == recipe)
+
+
+def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequence[str],
+                 retrain: bool = False) -> None:
     """Every step of the profile, in order; fills `c`."""
     cache = StepCache(out, force)
+    if retrain:
+        c.models, c.missing = retrain_models(cache, c.profile, data_root), {}
     data, c.data_note = _load_data(c.profile, data_root)
     if data is not None:
         from qrdeploy.evaluate import fingerprint
@@ -173,18 +194,21 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
 def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path = "models",
               models: Mapping[str, str | Path] | None = None,
               data_root: str | Path | None = None, force: Sequence[str] = (),
-              seed: int = 0) -> ReproduceResult:
-    """Run (or reuse) every step of `profile` and write the report into `out`."""
+              seed: int = 0, retrain: bool = False) -> ReproduceResult:
+    """Run (or reuse) every step of `profile` and write the report into `out`; `retrain`
+    trains the models from qrdeploy.recipes instead of reading the committed files."""
     from qrdeploy.reproduce_report import write_report
 
     t0 = time.perf_counter()
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     force = check_force(force)
     out = Path(out)
+    if retrain and models:
+        raise ConfigError("--retrain trains every model; drop --model (or --retrain)")
     found, missing = resolve_models(p, Path(models_dir),
                                     {k: Path(v) for k, v in (models or {}).items()})
     c = Collected(p, seed, found, missing)
-    run_pipeline(c, out, Path(data_root) if data_root else None, force)
+    run_pipeline(c, out, Path(data_root) if data_root else None, force, retrain)
     c.wall_seconds = time.perf_counter() - t0
     files = write_report(c, out)
     return ReproduceResult(out, out / "report.md", files, tuple(c.events), c.wall_seconds)

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from qrdeploy.errors import ConfigError
-from qrdeploy.io import atomic_write_text, sha256_file
+from qrdeploy.io import alive, atomic_write_text, sha256_file
 
 STEPS = "steps"
 MANIFEST = "manifest.json"
 LOG = "steps.log"
 #: The kinds of step a --force pattern may name (its part before the first dot).
-KINDS = ("harden", "attack", "adaptive", "lipschitz", "bits", "ablation", "sufficiency")
+KINDS = ("train", "harden", "attack", "adaptive", "lipschitz", "bits", "ablation", "sufficiency")
 FORMAT = 1
 
 
@@ -110,6 +110,7 @@ class StepCache:
     def _compute(self, step: Step, key: str, final: Path) -> None:
         work = self.steps / ".work" / final.name
         tmp = self.steps / f".tmp-{final.name}-{os.getpid()}"
+        _remove_dead_tmp(self.steps, final.name)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         work.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,16 @@ class StepCache:
                            "seconds": round(seconds, 3)})
         with open(self.root / LOG, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+
+def _remove_dead_tmp(steps: Path, name: str) -> None:
+    """Remove the unfinished output folders of `name` left by killed runs (the writer's pid is in
+    the folder name; a live writer's folder is left alone)."""
+    prefix = f".tmp-{name}-"
+    for tmp in steps.glob(f"{prefix}*") if steps.is_dir() else ():
+        pid = tmp.name[len(prefix):]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def verify(folder: Path) -> str:

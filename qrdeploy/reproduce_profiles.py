@@ -93,11 +93,17 @@ class Profile:
     target_minutes: float | None = None
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # --retrain: overrides of every reference recipe (qrdeploy.recipes) and of its F.L. settings
+    retrain: Mapping[str, Any] = field(default_factory=dict)
+    retrain_feedback: Mapping[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """The profile as JSON (part of every step key)."""
         d = asdict(self)
-        d["extra"] = dict(self.extra)
+        for k in ("extra", "retrain", "retrain_feedback"):
+            d[k] = dict(getattr(self, k))
+        if not self.retrain and not self.retrain_feedback:  # keys of runs made before --retrain
+            del d["retrain"], d["retrain_feedback"]
         return d
 
     def rows(self) -> list[tuple[str, str]]:
@@ -115,7 +121,10 @@ _SMOKE = Profile(
     "mnist", ablation_mu=(0.0, 255.0), ablation_n=8, bit_widths=(1, 3, 8), bits_n=50,
     sufficiency_n=8, lipschitz_n=8, operator_norms=False, target_minutes=2.0,
     note="CI only: a few samples and steps so that every artefact is produced; its numbers "
-         "mean nothing.")
+         "mean nothing.",
+    retrain={"n_train": 96, "epochs": 1, "batch_size": 32, "attack_steps": 2, "eps_warmup": 0},
+    retrain_feedback={"directions": 6, "top": 3, "rank_per_class": 2, "epochs": 1,
+                      "diag_samples": 2, "bisect_steps": 2})
 
 _QUICK = Profile(
     "quick", "mnist", "mnist-5k", "test", 500, 100,
@@ -131,14 +140,22 @@ _QUICK = Profile(
 _PAPER_MNIST = Profile(
     "paper-mnist", "mnist", "mnist", "test", None, 200, Budget(), "mnist",
     ablation_n=1000, note="full MNIST test set from a torchvision folder (--data-root); the "
-    "paper's budgets (cleverhans CW-L2 defaults) and our [DEFAULT] eps.")
+    "paper's budgets (cleverhans CW-L2 defaults) and our [DEFAULT] eps.",
+    retrain={"data": "mnist"})
 
 _PAPER_CIFAR = Profile(
     "paper-cifar", "cifar10", "cifar10", "test", 1000, 100, Budget(), "cifar10",
     mu_layers="last:3", ablation_n=1000,
     note="CIFAR-10 WRN-32-10 (BN kept), paper budgets, 1,000 test images (the paper's WB "
          "columns are multiples of 0.1 %); meant for a GPU. The μ ablation maps the last layer "
-         "only, as the paper's.")
+         "only, as the paper's.",
+    # Madry's CIFAR-10 recipe shape (method.md section 6; epochs ours, never run here) and
+    # method.md step 6's F.L. fine-tuning (SGD 0.01, 10 epochs, t_max 5)
+    retrain={"net": "wrn-32-10", "data": "cifar10", "optimizer": "sgd", "lr": 0.1,
+             "weight_decay": 2e-4, "momentum": 0.9, "batch_size": 128, "shift": 4, "flip": True,
+             "epochs": 100, "eps": 8 / 255, "attack_steps": 7, "attack_step_size": 2 / 255,
+             "eps_warmup": 0, "init": "madry", "threads": 0},
+    retrain_feedback={"t_max": 5.0, "lr": 0.01, "epochs": 10})
 
 #: The four profiles (the one documented place).
 PROFILES: dict[ProfileName, Profile] = {

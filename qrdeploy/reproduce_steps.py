@@ -4,6 +4,7 @@ qrdeploy.evaluate / results touches this file only.
 
 | step             | output                     | what                                          |
 |------------------|----------------------------|-----------------------------------------------|
+| train.R          | model.onnx, .safetensors   | --retrain: regime R's reference recipe        |
 | harden.R.F       | model.onnx                 | form F of regime R (μ-law, 3-bit, both)       |
 | attack.R.F       | results.json               | the paper's 13 columns + eps sweep (runner)   |
 | adaptive.R.F     | adaptive.json              | adaptive suite on the paper's survivors       |
@@ -169,6 +170,35 @@ def harden_step(name: str, p: Profile, src: Path, form: str) -> Step:
 
     return Step(name, {"passes": [repr(x) for x in passes], "encoding": "float"},
                 {"model": src}, body)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
+               standard: Path | None = None) -> Step:
+    """Train one reference recipe (qrdeploy.recipes, with the profile's overrides) and export it;
+    the training resumes from the step's work folder after a kill."""
+    from qrdeploy.recipes import for_profile
+
+    config = for_profile(recipe, p.retrain, p.retrain_feedback,
+                         None if standard is None else str(standard))
+    config = replace(config, data_root=None if data_root is None else str(data_root))
+
+    def body(out: Path, work: Path) -> None:
+        import shutil
+
+        from qrdeploy.export import export_onnx
+        from qrdeploy.train import train
+
+        ckpt = work / "model.safetensors"
+        if not ckpt.exists():
+            train(config, ckpt, log=lambda s: None)
+        export_onnx(ckpt, out / "model.onnx", data_root=config.data_root)
+        shutil.copyfile(ckpt, out / "model.safetensors")
+
+    inputs = {} if standard is None else {"standard": standard}
+    return Step(name, {"recipe": config.to_json()}, inputs, body)
 
 
 # ---------------------------------------------------------------------------- attack

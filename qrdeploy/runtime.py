@@ -72,5 +72,22 @@ def make_session(model: bytes, config: SessionConfig | None = None) -> onnxrunti
     try:
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraphError(f"onnxruntime cannot load the model: {msg}") from exc
+        raise GraphError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), at most `limit`
+    characters: onnxruntime's messages run over many lines."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def run_session(session: Any, outputs: list[str] | None, feeds: dict[str, Any],
+                what: str = "run the model", fix: str = "") -> list[Any]:
+    """session.run with onnxruntime's failures (its own exception types) as one-line GraphErrors:
+    "onnxruntime failed to <what>: <its first line>[; <fix>]"."""
+    try:
+        return list(session.run(outputs, feeds))
+    except Exception as exc:
+        hint = f"; {fix}" if fix else ""
+        raise GraphError(f"onnxruntime failed to {what}: {first_line(exc)}{hint}") from None

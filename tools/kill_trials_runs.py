@@ -1,10 +1,12 @@
-"""SIGKILL trials of `qrdeploy train` and `qrdeploy attack` (issue 14, item 5): kill each command at
-a random moment of an uninterrupted run's duration, check that no output file exists unless it is
-complete (identical to the uninterrupted run's), that no temporary file of a dead writer is left
-after the rerun, and that rerunning the same command finishes with the same result
-(train: the same sha256; attack: the same results JSON apart from timings).
+"""SIGKILL trials of `qrdeploy train`, `attack` and `reproduce` (issue 14, item 5): kill each
+command at a random moment of an uninterrupted run's duration, check that no output file exists
+unless it is complete (identical to the uninterrupted run's), that no temporary file of a dead
+writer is left after the rerun, and that rerunning the same command finishes with the same result
+(train: the same sha256; attack: the same results JSON apart from timings; reproduce, smoke
+profile: every finished step folder matches its manifest after the kill, and the rerun's
+results.json equals the uninterrupted run's apart from step timings and wall time).
 
-Usage: python tools/kill_trials_runs.py [--trials 20] [--seed 0] [--only train|attack]
+Usage: python tools/kill_trials_runs.py [--trials 20] [--seed 0] [--only train|attack|reproduce]
 """
 
 from __future__ import annotations
@@ -25,15 +27,42 @@ COMMANDS = {
               "--threads", "1", "--seed", "3", "-q", "-o"],
     "attack": ["attack", str(ROOT / "models" / "mnist-standard.onnx"), "--data", "mnist-5k",
                "-n", "40", "--batch-size", "8", "--suite", "white", "--eps", "none", "-q", "-o"],
+    "reproduce": ["reproduce", "--profile", "smoke", "-o"],
 }
+VOLATILE = {"attack": ("timings",), "reproduce": ("steps", "wall_seconds")}
 
 
 def result_of(kind: str, path: Path) -> object:
     if kind == "train":
         return path.read_bytes()
-    doc = json.loads(path.read_text())
-    doc.pop("timings", None)
+    doc = json.loads((path / "results.json" if kind == "reproduce" else path).read_text())
+    for key in VOLATILE[kind]:
+        doc.pop(key, None)
     return doc
+
+
+def output_state(kind: str, out: Path, reference: object) -> str:
+    """'absent', 'identical' or 'PARTIAL-OR-DIFFERENT' for the output after a kill."""
+    if kind != "reproduce":
+        if not out.exists():
+            return "absent"
+        return "identical" if result_of(kind, out) == reference else "PARTIAL-OR-DIFFERENT"
+    from qrdeploy.reproduce_cache import verify
+
+    steps = out / "steps"
+    folders = [f for f in steps.iterdir() if not f.name.startswith(".")] if steps.is_dir() else []
+    if any(verify(f) != "ok" for f in folders):
+        return "PARTIAL-OR-DIFFERENT"
+    if not (out / "results.json").exists():
+        return f"{len(folders)} complete steps" if folders else "absent"
+    return "identical" if result_of(kind, out) == reference else "PARTIAL-OR-DIFFERENT"
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary files and unfinished step folders still there after the rerun."""
+    root = out if out.is_dir() else out.parent
+    return sorted(p.name for p in root.rglob("*")
+                  if p.name.endswith(".tmp") or p.name.startswith(".tmp-"))
 
 
 def run(kind: str, out: Path) -> float:
@@ -50,11 +79,9 @@ def trial(kind: str, out: Path, reference: object, delay: float) -> dict[str, ob
     finished = proc.poll() is not None
     proc.kill()
     proc.wait()
-    state = "absent"
-    if out.exists():
-        state = "identical" if result_of(kind, out) == reference else "PARTIAL-OR-DIFFERENT"
+    state = output_state(kind, out, reference)
     run(kind, out)
-    tmp_left = [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    tmp_left = leftovers(out)
     rerun_ok = result_of(kind, out) == reference
     ok = state != "PARTIAL-OR-DIFFERENT" and rerun_ok and not tmp_left
     return {"delay_s": round(delay, 2), "finished_before_kill": finished, "output": state,

@@ -4,8 +4,11 @@
 
 Each model: a resumable training run (checkpoint under --work), an ONNX export (parity-checked)
 to models/<name>.onnx, and a card models/<name>.json with the recipe, seed, qrdeploy commit, clean
-accuracy on val and test (onnxruntime, 95% Wilson intervals), PGD-40 robust accuracy at eps 0.3
-(step 0.01, random start) on the 1,000 test digits, and the file's sha256.
+accuracy on val and test (onnxruntime, 95% Wilson intervals), clean test accuracy after 3-bit
+post-training quantization (the paper's (Q) form), PGD-40 robust accuracy at eps 0.3 (step 0.01,
+random start) on the 1,000 test digits, and the file's sha256. The F.L. card also holds the
+per-class margin criteria (`qrdeploy margins`, 200 test digits) of the standard model and of the
+F.L. model, measured on the same digits and directions.
 tests/regression/test_reference_models.py re-measures every card."""
 
 from __future__ import annotations
@@ -19,31 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
+from qrdeploy import recipes
 from qrdeploy.data import load_dataset
 from qrdeploy.evaluation import evaluate_onnx
 from qrdeploy.io import atomic_write_text, sha256_file
 from qrdeploy.train import TrainConfig, train
-from qrdeploy.train.config import FeedbackConfig
+from qrdeploy.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD_PGD = {"eps": 0.3, "step": 0.01, "steps": 40, "restarts": 1, "seed": 0}
+MARGINS_N = 200
 
+# models/mnist-<name>.onnx from qrdeploy.recipes (one place for tools and `reproduce --retrain`)
+WORK = "runs/make_models"
 RECIPES: dict[str, TrainConfig] = {
-    # threads=1: the same bytes on any machine with the same instruction set, whatever its cores
-    "mnist-standard": TrainConfig(seed=0, threads=1),
-    # a second standard model: the default black-box source and a seed-variance floor
-    "mnist-standard-seed1": TrainConfig(seed=1, threads=1),
-    # PGD training from PyTorch's default init with eps ramped 0 -> 0.3 over the first half
-    # (ours): with Madry's init this short schedule collapsed to chance, also from a warm start
-    "mnist-adversarial": TrainConfig(method="adversarial", seed=0, epochs=12, threads=1,
-                                     attack_steps=7, attack_step_size=0.05, eps_warmup=6,
-                                     init="torch"),
-    # F.L. from the standard model; one round (ours: the paper's method.md default is 3 rounds,
-    # about 22 minutes each on this loaded 2-core machine)
-    "mnist-feedback": TrainConfig(method="feedback", seed=0, threads=1,
-                                  from_checkpoint="runs/make_models/mnist-standard.safetensors",
-                                  feedback=FeedbackConfig(rounds=1)),
-}
+    f"mnist-{k}": recipes.for_profile(k, {}, {}, f"{WORK}/mnist-standard.safetensors")
+    for k in recipes.ORDER}
 
 
 def commit() -> str:
@@ -63,7 +57,7 @@ def pgd40(model_path: Path) -> dict[str, object]:
 
     test = load_dataset("mnist-5k", "test")
     victim = OrtModel(load_model(model_path))
-    attack = PGD(eps=CARD_PGD["eps"], step=CARD_PGD["step"], steps=CARD_PGD["steps"])
+    attack = PGD(eps=CARD_PGD["eps"], step=CARD_PGD["step"], steps=int(CARD_PGD["steps"]))
     robust = 0
     for i in range(0, len(test), 250):
         x, y = test.x[i:i + 250], test.y[i:i + 250]  # type: ignore[index]
@@ -72,6 +66,35 @@ def pgd40(model_path: Path) -> dict[str, object]:
     p = Proportion(robust, len(test))
     return {"attack": repr(attack), "seed": CARD_PGD["seed"], "k": p.k, "n": p.n,
             "value": p.value, "ci95": list(p.interval), "path": "onnxruntime (OrtModel)"}
+
+
+def _proportion(k: int, n: int) -> dict[str, object]:
+    from qrdeploy.stats import Proportion
+
+    p = Proportion(k, n)
+    return {"k": p.k, "n": p.n, "value": p.value, "ci95": list(p.interval)}
+
+
+def q3_clean(model_path: Path) -> dict[str, object]:
+    """Clean test accuracy of the (Q) form: 3-bit per-tensor weights (qrdeploy reproduce's)."""
+    from qrdeploy.graph import load_model
+    from qrdeploy.passes import WeightQuant, harden
+
+    hardened, _ = harden(load_model(model_path), [WeightQuant(3)], "float")
+    acc = evaluate_onnx(hardened, load_dataset("mnist-5k", "test")).accuracy
+    assert acc is not None
+    return {"passes": "WeightQuant(3), per tensor, max scale, narrow", **_proportion(acc.k, acc.n)}
+
+
+def margins_of(paths: dict[str, Path]) -> dict[str, object]:
+    """`qrdeploy margins` criteria per class on the first MARGINS_N test digits, seed 0."""
+    from qrdeploy.graph import load_model
+    from qrdeploy.margin_criteria import margin_criteria
+    from qrdeploy.ortmodel import OrtModel
+
+    test = load_dataset("mnist-5k", "test", n=MARGINS_N)
+    return {name: margin_criteria(OrtModel(load_model(p)), test, seed=0).to_json()
+            for name, p in paths.items()}
 
 
 def make(name: str, work: Path) -> dict[str, object]:
@@ -94,7 +117,14 @@ def make(name: str, work: Path) -> dict[str, object]:
         assert acc is not None
         card[f"clean_{split}"] = {"k": acc.k, "n": acc.n, "value": acc.value,
                                   "ci95": list(acc.interval)}
+    card["q3_clean_test"] = q3_clean(onnx_path)
     card["pgd40_test"] = pgd40(onnx_path)
+    if config.method.value == "feedback":
+        ck = load_checkpoint(ckpt)
+        card["feedback_rounds"] = ck.meta["rounds"]
+        card["source_val_accuracy"] = ck.meta["source"]["val_accuracy"]
+        card["margins_test"] = margins_of({"mnist-standard": ROOT / "models/mnist-standard.onnx",
+                                           name: onnx_path})
     card["machine"] = "2-core CPU sandbox (no GPU)"
     card["wall_seconds"] = round(time.time() - t0, 1)
     atomic_write_text(ROOT / "models" / f"{name}.json", json.dumps(card, indent=2) + "\n")
@@ -104,7 +134,7 @@ def make(name: str, work: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", choices=sorted(RECIPES), default=sorted(RECIPES))
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "make_models")
+    p.add_argument("--work", type=Path, default=ROOT / WORK)
     args = p.parse_args(argv)
     for name in args.only:
         card = make(name, args.work)

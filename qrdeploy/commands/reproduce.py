@@ -3,6 +3,7 @@
     qrdeploy reproduce --profile smoke -o runs/smoke
     qrdeploy reproduce --profile quick -o runs/quick            # about 45 min on 2 CPU cores
     qrdeploy reproduce --profile quick -o runs/quick --force 'attack.orig.*'
+    qrdeploy reproduce --profile quick -o runs/quick-retrain --retrain   # train the models too
 
 Profiles and their budgets: qrdeploy/reproduce_profiles.py and docs/reproduce.md.
 """
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="rerun the steps matching this name or pattern (e.g. attack.orig.q, "
                         "'ablation.*'); repeatable")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the four models from the reference recipes (qrdeploy/recipes.py) "
+                        "as cached steps instead of reading --models")
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
@@ -50,7 +54,7 @@ def parse_models(items: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     result = reproduce(args.profile, args.output, models_dir=args.models,
                        models=parse_models(args.model), data_root=args.data_root,
-                       force=args.force, seed=args.seed)
+                       force=args.force, seed=args.seed, retrain=args.retrain)
     counts: dict[str, int] = {}
     for e in result.events:
         counts[e.status.value] = counts.get(e.status.value, 0) + 1

@@ -62,6 +62,8 @@ def _add_feedback(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fl-max-drop", type=float, default=_F.max_drop,
                    help="stop when val accuracy falls more than this (default: %(default)s)")
     g.add_argument("--fl-diag-samples", type=int, default=_F.diag_samples)
+    g.add_argument("--fl-no-augment", dest="fl_augment_real", action="store_false",
+                   help="fine-tune the real digits without the recipe's shifts / flips")
 
 
 def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
@@ -72,6 +74,7 @@ def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
         alpha=tuple(args.fl_alpha), t0=args.fl_t0, t_max=args.fl_t_max,
         bisect_steps=args.fl_bisect_steps, epochs=args.fl_epochs, lr=args.fl_lr,
         max_drop=args.fl_max_drop, diag_samples=args.fl_diag_samples,
+        augment_real=args.fl_augment_real,
     )
 
 

@@ -48,6 +48,9 @@ class FeedbackConfig:
     lr: float = 1e-4  # ours (method.md step 6), cosine decay within each round
     max_drop: float = 0.005  # method.md: stop when validation accuracy drops > 0.5 points
     diag_samples: int = 50  # ours: samples whose gradient-direction margins are measured
+    # ours: fine-tune the real digits with the recipe's shifts / flips, as the source model was
+    # trained; generated examples are never augmented (each sits at a measured distance)
+    augment_real: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))

@@ -10,7 +10,8 @@ retraining of a trained model, in rounds. Each round (docs/feedback.md):
    alpha ~ U[alpha] (paper 1.5-2.0), labelled with the true class; an example the model does not
    misclassify is discarded and counted;
 4. fine-tunes on the training set plus the generated examples with the project's training loop
-   (qrdeploy.train.loop.run_epoch; Adam 1e-4, 5 epochs, no shifts: ours), and stops when the
+   (qrdeploy.train.loop.run_epoch; Adam 1e-4, 5 epochs; the real digits shifted as in the
+   recipe, the generated ones never: ours), and stops when the
    validation accuracy falls more than `max_drop` below the starting model's (the round is then
    rejected and the previous weights kept).
 
@@ -181,12 +182,14 @@ def diagnostics(model: mg.VjpClassifier, train: Dataset, config: TrainConfig, r:
 # --- retraining --------------------------------------------------------------------------------
 
 def fine_tune_config(config: TrainConfig, rnd: int) -> TrainConfig:
-    """The recipe of one round's fine-tuning, run by the project's epoch function (ours: no
-    shifts or flips, since a generated example sits at a measured distance from the boundary)."""
+    """The recipe of one round's fine-tuning, run by the project's epoch function: the recipe's
+    shifts / flips apply to the real digits only (`augment_real`, ours), never to a generated
+    example, which sits at a measured distance from the boundary (see fine_tune)."""
     fl = config.feedback
     return dataclasses.replace(config, method=Method.STANDARD, from_checkpoint=None,
-                               epochs=fl.epochs, lr=fl.lr, shift=0, flip=False,
-                               seed=round_seed(config.seed, rnd))
+                               epochs=fl.epochs, lr=fl.lr, seed=round_seed(config.seed, rnd),
+                               shift=config.shift if fl.augment_real else 0,
+                               flip=config.flip and fl.augment_real)
 
 
 def fine_tune(module: nn.Module, train: Dataset, gen: mg.BoundaryExamples, config: TrainConfig,
@@ -196,10 +199,11 @@ def fine_tune(module: nn.Module, train: Dataset, gen: mg.BoundaryExamples, confi
     ft = fine_tune_config(config, rnd)
     data = Dataset(train.name, "train+generated", np.concatenate([train.x, gen.x]),
                    np.concatenate([train.y, gen.y]), train.num_classes)
+    fixed = np.arange(len(data)) >= len(train)  # the generated examples
     st = State(module, make_optimizer(module, ft))
     history = []
     while st.epoch < ft.epochs:
-        history.append(run_epoch(st, data, ft, clean))
+        history.append(run_epoch(st, data, ft, clean, fixed))
         st.epoch += 1
     return history
 

@@ -61,16 +61,22 @@ def lr_at(config: TrainConfig, step: int, total: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
-def augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to config.shift pixels (zero padding) and optional flips."""
+def augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
+            keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Random shifts of up to config.shift pixels (zero padding) and optional flips; samples
+    where `keep` is True are left as they are (the random draws are the same either way)."""
     n, _, h, w = x.shape
     if config.shift:
         s = config.shift
         padded = F.pad(x, (s, s, s, s))  # (N, C, H+2s, W+2s)
         off = torch.randint(0, 2 * s + 1, (n, 2), generator=gen)
+        if keep is not None:
+            off[keep] = s  # the centred crop: the sample itself
         x = torch.stack([padded[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(off.tolist())])
     if config.flip:
         mask = torch.rand(n, generator=gen) < 0.5
+        if keep is not None:
+            mask &= ~keep
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -93,7 +99,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                            weight_decay=config.weight_decay, nesterov=False)
 
 
-def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb) -> dict[str, float]:
+def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb,
+              fixed: np.ndarray | None = None) -> dict[str, float]:
+    """One epoch; `fixed` (a boolean mask over `train`) marks samples never augmented."""
+    keep_all = None if fixed is None else torch.from_numpy(np.asarray(fixed, dtype=bool))
     gen = epoch_generator(config.seed, st.epoch)
     order = torch.randperm(len(train), generator=gen)
     steps = math.ceil(len(train) / config.batch_size)
@@ -103,7 +112,8 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb) 
     bar = _bar(steps, f"epoch {st.epoch + 1}/{config.epochs}")
     for b in range(steps):
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-        x, y = augment(x_all[idx], config, gen), y_all[idx]
+        keep = None if keep_all is None else keep_all[idx]
+        x, y = augment(x_all[idx], config, gen, keep), y_all[idx]
         x = perturb(st.model, x, y, st.epoch, idx)
         for g in st.opt.param_groups:
             g["lr"] = lr_at(config, st.epoch * steps + b, config.epochs * steps)

@@ -3,6 +3,7 @@ stop rule, the CLI, and a resumed run ending with the same bytes as an uninterru
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,22 @@ def test_generated_directions_do_not_depend_on_the_batch() -> None:
     c = directions_for(cfg, 2, np.array([9]), (1, 28, 28))
     np.testing.assert_array_equal(a[1], b[0])
     assert not np.allclose(b, c), "each round draws new directions"
+
+
+def test_fine_tuning_shifts_real_digits_only() -> None:
+    from qrdeploy.train.feedback import fine_tune_config
+    from qrdeploy.train.loop import augment
+
+    base = TrainConfig(method=Method.FEEDBACK, from_checkpoint="s.safetensors", shift=2)
+    ft = fine_tune_config(base, 0)
+    assert ft.shift == 2 and ft.method is Method.STANDARD
+    off = fine_tune_config(dataclasses.replace(
+        base, feedback=FeedbackConfig(augment_real=False)), 0)
+    assert off.shift == 0 and not off.flip
+    x = torch.rand(64, 1, 28, 28)
+    keep = torch.arange(64) >= 32  # the "generated" half
+    out = augment(x, ft, torch.Generator().manual_seed(0), keep)
+    assert torch.equal(out[32:], x[32:])
+    assert not torch.equal(out[:32], x[:32])  # 32 draws of 25 offsets: some sample moved
+    same = augment(x, ft, torch.Generator().manual_seed(0))
+    assert torch.equal(same[:32], out[:32])  # the mask does not change the other draws

@@ -116,7 +116,8 @@ def test_bad_config(kwargs: dict[str, float], message: str) -> None:
 
 @pytest.mark.parametrize(
     ("x", "error", "message"),
-    [(ob.inputs(0, (3, 2, 8, 8)), GraphError, "onnxruntime cannot run the model on data of shape"),
+    [(ob.inputs(0, (3, 2, 8, 8)), GraphError,
+      "failed to run the model on data of shape .*; pass data the model accepts"),
      (np.zeros((0, 1, 8, 8), np.float32), ConfigError, "data must be a non-empty batch"),
      (np.zeros(5, np.float32), ConfigError, "data must be a non-empty batch")],
     ids=["wrong-channels", "empty", "1-d"],

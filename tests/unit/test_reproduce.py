@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from qrdeploy.cli import main
+from qrdeploy.errors import ConfigError
 from qrdeploy.reproduce import reproduce
 from qrdeploy.reproduce_cache import MANIFEST, Status, Step, StepCache, verify
 
@@ -195,3 +196,29 @@ def test_corrupted_output_is_detected_and_rerun(smoke: tuple[Path, Path]) -> Non
     assert statuses.pop("bits.orig") is Status.CORRUPT
     assert set(statuses.values()) == {Status.REUSED}
     assert verify(folder) == "ok" and json.loads((folder / "bits.json").read_text())["points"]
+
+
+# ------------------------------------------------------------------------------ --retrain
+
+
+def test_retrain_trains_every_regime_then_reuses(tmp_path: Path) -> None:
+    """--retrain on the smoke profile: the four recipes (qrdeploy.recipes with the profile's tiny
+    overrides) are trained as cached steps, F.L. from the fresh standard checkpoint, and every
+    regime's rows are filled; the rerun reuses everything."""
+    out = tmp_path / "run"
+    res = reproduce("smoke", out, models_dir=tmp_path / "no-models", retrain=True)
+    trained = {e.name: e.status for e in res.events if e.name.startswith("train.")}
+    assert trained == {f"train.{r}": Status.RAN for r in ("orig", "orig-seed1", "adv", "fl")}
+    fl = next(f for f in (out / "steps").iterdir() if f.name.startswith("train.fl-"))
+    manifest = json.loads((fl / MANIFEST).read_text())
+    assert manifest["settings"]["recipe"]["method"] == "feedback"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["missing"] == {}
+    assert {c["row"].split(":")[0] for c in doc["cells"]} >= {"orig", "adv", "fl"}
+    again = reproduce("smoke", out, models_dir=tmp_path / "no-models", retrain=True)
+    assert {e.status for e in again.events} == {Status.REUSED}
+
+
+def test_retrain_and_model_files_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--retrain trains every model"):
+        reproduce("smoke", tmp_path, models={"fl": tmp_path / "fl.onnx"}, retrain=True)
