@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,8 @@ COMMANDS = {
               "--threads", "1", "--seed", "3", "-q", "-o"],
     "attack": ["attack", str(ROOT / "models" / "mnist-standard.onnx"), "--data", "mnist-5k",
                "-n", "40", "--batch-size", "8", "--suite", "white", "--eps", "none", "-q", "-o"],
-    "reproduce": ["reproduce", "--profile", "smoke", "-o"],
+    # a private copy of models/ (set in main): a model written there meanwhile changes nothing
+    "reproduce": ["reproduce", "--profile", "smoke", "--models", "MODELS", "-o"],
 }
 VOLATILE = {"attack": ("timings",), "reproduce": ("steps", "wall_seconds")}
 
@@ -65,22 +67,26 @@ def leftovers(out: Path) -> list[str]:
                   if p.name.endswith(".tmp") or p.name.startswith(".tmp-"))
 
 
-def run(kind: str, out: Path) -> float:
+def command(kind: str, out: Path, models: Path) -> list[str]:
+    return QRD + [str(models) if a == "MODELS" else a for a in COMMANDS[kind]] + [str(out)]
+
+
+def run(kind: str, out: Path, models: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run(QRD + COMMANDS[kind] + [str(out)], check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(command(kind, out, models), check=True, cwd=ROOT, capture_output=True)
     return time.perf_counter() - t0
 
 
-def trial(kind: str, out: Path, reference: object, delay: float) -> dict[str, object]:
-    proc = subprocess.Popen(QRD + COMMANDS[kind] + [str(out)], cwd=ROOT,
+def trial(kind: str, out: Path, reference: object, delay: float, models: Path
+          ) -> dict[str, object]:
+    proc = subprocess.Popen(command(kind, out, models), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
     finished = proc.poll() is not None
     proc.kill()
     proc.wait()
     state = output_state(kind, out, reference)
-    run(kind, out)
+    run(kind, out, models)
     tmp_left = leftovers(out)
     rerun_ok = result_of(kind, out) == reference
     ok = state != "PARTIAL-OR-DIFFERENT" and rerun_ok and not tmp_left
@@ -97,15 +103,19 @@ def main() -> int:
     rng, summary = random.Random(args.seed), {}
     for kind in [args.only] if args.only else sorted(COMMANDS):
         with tempfile.TemporaryDirectory() as tmp:
+            models = Path(tmp) / "models"
+            models.mkdir()
+            for m in (ROOT / "models").glob("*.onnx"):
+                shutil.copy(m, models)
             ref_path = Path(tmp) / "reference" / "out"
             ref_path.parent.mkdir()
-            seconds = run(kind, ref_path)
+            seconds = run(kind, ref_path, models)
             reference = result_of(kind, ref_path)
             trials = []
             for i in range(args.trials):
                 out = Path(tmp) / f"t{i}" / "out"
                 out.parent.mkdir()
-                t = trial(kind, out, reference, rng.uniform(0.2, seconds * 1.05))
+                t = trial(kind, out, reference, rng.uniform(0.2, seconds * 1.05), models)
                 trials.append(t)
                 print(kind, i, json.dumps(t), flush=True)
             summary[kind] = {"trials": len(trials), "uninterrupted_s": round(seconds, 1),
