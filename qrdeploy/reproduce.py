@@ -59,6 +59,7 @@ class Collected:
     sufficiency: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     events: list[StepEvent] = field(default_factory=list)
     wall_seconds: float = 0.0
+    retrained: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
     cache = StepCache(out, force)
     if retrain:
         c.models, c.missing = retrain_models(cache, c.profile, data_root), {}
+        c.retrained = True
     data, c.data_note = _load_data(c.profile, data_root)
     if data is not None:
         from qrdeploy.evaluate import fingerprint

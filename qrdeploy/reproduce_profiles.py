@@ -108,8 +108,11 @@ class Profile:
 
     def rows(self) -> list[tuple[str, str]]:
         """(field, value) pairs for the report's budget table."""
-        out = [(k, str(v)) for k, v in asdict(self).items() if k not in ("budget", "extra")]
+        skip = ("budget", "extra", "retrain", "retrain_feedback")
+        out = [(k, str(v)) for k, v in asdict(self).items() if k not in skip]
         out += [(f"budget.{k}", str(v)) for k, v in asdict(self.budget).items()]
+        out += [(f"{k} (--retrain only)", str(dict(getattr(self, k))))
+                for k in ("retrain", "retrain_feedback")]
         return out
 
 

@@ -309,6 +309,22 @@ def steps_table(c: Collected) -> list[str]:
             *_table(["step", "status", "seconds"], rows)]
 
 
+def model_files(c: Collected) -> dict[str, dict[str, str] | None]:
+    """Regime -> the model file that ran (path and sha256), None when missing."""
+    from qrdeploy.io import sha256_file
+
+    return {r: None if m is None else {"path": str(m), "sha256": sha256_file(m)}
+            for r, m in c.models.items()}
+
+
+def models_table(c: Collected) -> list[str]:
+    source = "trained by `train.*` steps (--retrain)" if c.retrained else "files read from disk"
+    rows = [[cl.REGIME_LABEL.get(r, r), "missing" if f is None else f"`{f['path']}`",
+             "" if f is None else f["sha256"][:16]] for r, f in model_files(c).items()]
+    return ["## Models", "", f"Model files: {source}.", "", *_table(["regime", "file", "sha256 "
+            "(first 16)"], rows)]
+
+
 def header(c: Collected) -> list[str]:
     p = c.profile
     budget = _table(["setting", "value"], p.rows())
@@ -322,6 +338,7 @@ def header(c: Collected) -> list[str]:
             "no eps, step counts, noise scales, μ value, layer choice or quantizer details: "
             "those are qrdeploy's [DEFAULT]s (method.md, qrdeploy/suites.py, "
             "qrdeploy/reproduce_profiles.py), as are all reduced budgets below.", "",
+            *models_table(c),
             "## Profile and budgets", "", *budget, "## Not run", "",
             *(notes or ["- everything ran"]), ""]
 
@@ -375,7 +392,8 @@ def summary(c: Collected, results: Sequence[cl.ClaimResult], obs: cl.Observation
     head = {f"{r}|{v.value}": str(cl.headline(obs, v, r)) for r in cl.REGIMES for v in cl.View}
     return {
         "schema": "qrdeploy/reproduce", "schema_version": 1, "profile": c.profile.settings(),
-        "seed": c.seed, "n": c.n, "missing": c.missing, "data_note": c.data_note,
+        "seed": c.seed, "n": c.n, "models": model_files(c), "retrained": c.retrained,
+        "missing": c.missing, "data_note": c.data_note,
         "cells": [dict(zip(("row", "label", "column", "value", "lo", "hi", "paper"), r,
                            strict=True)) for r in table_rows(c)],
         "claims": [dict(zip(("claim", "view", "outcome", "statistic", "detail"), r, strict=True))

@@ -1,4 +1,4 @@
-"""Feedback learning on mnist-5k (slow: one default round, about 15-20 minutes on 2 CPU cores).
+"""Feedback learning on mnist-5k (slow: one default round, 320 s on the idle 2-core sandbox).
 
 From the standard reference model's training checkpoint (runs/make_models/mnist-standard
 .safetensors, written by tools/make_models.py; skipped when absent), one F.L. round with the

@@ -142,12 +142,15 @@ def _csv(p: Path) -> None:
 def _json(p: Path) -> None:
     doc = json.loads(p.read_text())
     assert doc["schema"] == "qrdeploy/reproduce" and doc["claims"] and doc["cells"]
+    assert len(doc["models"]["orig"]["sha256"]) == 64 and doc["models"]["fl"] is None
+    assert doc["retrained"] is False
 
 
 def _md(p: Path) -> None:
     text = p.read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "## Claims",
-                    "## Adaptive attacks", "## Headline", "## μ ablation", "## Budget"):
+                    "## Adaptive attacks", "## Headline", "## μ ablation", "## Budget",
+                    "## Models"):
         assert heading in text
     assert "not run (model missing" in text  # F.L.
     assert "not run (no CIFAR-10 folder" in text
@@ -213,7 +216,8 @@ def test_retrain_trains_every_regime_then_reuses(tmp_path: Path) -> None:
     manifest = json.loads((fl / MANIFEST).read_text())
     assert manifest["settings"]["recipe"]["method"] == "feedback"
     doc = json.loads((out / "results.json").read_text())
-    assert doc["missing"] == {}
+    assert doc["missing"] == {} and doc["retrained"] is True
+    assert doc["models"]["fl"]["path"].startswith(str(out / "steps" / "train.fl-"))
     assert {c["row"].split(":")[0] for c in doc["cells"]} >= {"orig", "adv", "fl"}
     again = reproduce("smoke", out, models_dir=tmp_path / "no-models", retrain=True)
     assert {e.status for e in again.events} == {Status.REUSED}
@@ -222,3 +226,47 @@ def test_retrain_trains_every_regime_then_reuses(tmp_path: Path) -> None:
 def test_retrain_and_model_files_exclude_each_other(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--retrain trains every model"):
         reproduce("smoke", tmp_path, models={"fl": tmp_path / "fl.onnx"}, retrain=True)
+
+
+# ------------------------------------------------------------------------------ SIGKILL
+
+
+def _stable(path: Path) -> dict[str, object]:
+    doc = json.loads(path.read_text())
+    doc.pop("steps"), doc.pop("wall_seconds")  # timings of this run only
+    return doc
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_same_results(smoke: tuple[Path, Path],
+                                                            tmp_path: Path) -> None:
+    """Issue 14 item 5 in CI (tools/kill_trials_runs.py runs 20 trials at random moments): kill
+    a run after its 8th step, check that every finished step folder is complete and that nothing
+    else is there, then rerun: it reuses those steps and ends with the uninterrupted results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, models = smoke
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "qrdeploy", "reproduce", "--profile", "smoke",
+                             "-o", str(run), "--models", str(models), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "steps.log"
+        if log.exists() and len(log.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [f for f in (run / "steps").iterdir() if not f.name.startswith(".")]
+    assert len(finished) >= 8 and all(verify(f) == "ok" for f in finished)
+    assert not (run / "results.json").exists() and not (run / "report.md").exists()
+    statuses = rerun(run, models)
+    assert sum(s is Status.REUSED for s in statuses.values()) >= len(finished)
+    assert _stable(run / "results.json") == _stable(out / "results.json")
+    assert not [p for p in run.rglob("*") if p.name.startswith(".tmp-") or
+                p.name.endswith(".tmp")]
