@@ -58,9 +58,11 @@ class Budget:
                 raise ConfigError(f"budget {name} must be >= 1, got {getattr(self, name)}")
 
     def doubled(self) -> Budget:
-        """Twice the iterations and restarts (the sufficiency check)."""
+        """Twice the iterations and restarts (the sufficiency check). CW-L2's binary-search
+        steps count as its restarts: each one multiplies the constant c by 10 until a success,
+        so a search cut too short never reaches a c that fools the model."""
         steps = None if self.iter_steps is None else 2 * self.iter_steps
-        return Budget(steps, 2 * self.pgd_restarts, self.cw_binary_steps,
+        return Budget(steps, 2 * self.pgd_restarts, 2 * self.cw_binary_steps,
                       2 * self.cw_iterations, self.noise_draws, self.sweep_eps,
                       self.sweep_steps, self.adaptive, 2 * self.adaptive_steps,
                       2 * self.adaptive_queries, self.adaptive_names)

@@ -45,3 +45,12 @@ def test_missing_models_and_data_give_a_report_not_a_crash(tmp_path: Path) -> No
     text = res.report.read_text()
     assert res.events == ()
     assert "not run (model missing" in text and "not run (no CIFAR-10 folder" in text
+
+
+def test_the_sufficiency_budget_doubles_iterations_restarts_and_cw_search() -> None:
+    b = get_profile("quick").budget
+    d = b.doubled()
+    assert (d.iter_steps, d.pgd_restarts) == (2 * b.iter_steps, 2 * b.pgd_restarts)
+    assert (d.cw_binary_steps, d.cw_iterations) == (2 * b.cw_binary_steps, 2 * b.cw_iterations)
+    assert (d.adaptive_steps, d.adaptive_queries) == (2 * b.adaptive_steps,
+                                                      2 * b.adaptive_queries)
