@@ -58,7 +58,8 @@ class StepEvent:
     name: str
     key: str
     status: Status
-    seconds: float
+    seconds: float  # in this run (0 when reused)
+    computed_seconds: float | None = None  # what computing the step took (from its manifest)
 
 
 def check_force(patterns: Sequence[str], kinds: Sequence[str] = KINDS) -> tuple[str, ...]:
@@ -98,13 +99,14 @@ class StepCache:
         forced = any(fnmatch.fnmatch(step.name, p) for p in self.force)
         state = verify(final)
         if state == "ok" and not forced:
-            self._log(step.name, key, Status.REUSED, 0.0)
+            self._log(step.name, key, Status.REUSED, 0.0, _computed_seconds(final))
             return final
         status = Status.FORCED if forced else (Status.CORRUPT if state == "corrupt" else
                                                Status.RAN)
         t0 = time.perf_counter()
         self._compute(step, key, final)
-        self._log(step.name, key, status, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._log(step.name, key, status, seconds, seconds)
         return final
 
     def _compute(self, step: Step, key: str, final: Path) -> None:
@@ -114,24 +116,37 @@ class StepCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         step.body(tmp, work)
+        seconds = round(time.perf_counter() - t0, 3)
         files = {p.relative_to(tmp).as_posix(): sha256_file(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, "step": step.name, "key": key,
-                    "settings": json.loads(_canonical(step.settings)), "files": files}
+                    "settings": json.loads(_canonical(step.settings)), "files": files,
+                    "seconds": seconds}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         shutil.rmtree(work, ignore_errors=True)
 
-    def _log(self, name: str, key: str, status: Status, seconds: float) -> None:
-        ev = StepEvent(name, key, status, seconds)
+    def _log(self, name: str, key: str, status: Status, seconds: float,
+             computed: float | None) -> None:
+        ev = StepEvent(name, key, status, seconds, computed)
         self.events.append(ev)
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"step": name, "key": key, "status": status.value,
                            "seconds": round(seconds, 3)})
         with open(self.root / LOG, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+
+def _computed_seconds(folder: Path) -> float | None:
+    """The compute time a finished step's manifest records (None for older manifests)."""
+    try:
+        value = json.loads((folder / MANIFEST).read_text("utf-8")).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _remove_dead_tmp(steps: Path, name: str) -> None:

@@ -304,9 +304,12 @@ def sufficiency_table(c: Collected) -> list[str]:
 
 
 def steps_table(c: Collected) -> list[str]:
-    rows = [[e.name, e.status.value, f"{e.seconds:.1f}"] for e in c.events]
-    return ["## Steps", "", f"Wall time {c.wall_seconds:.0f} s.", "",
-            *_table(["step", "status", "seconds"], rows)]
+    rows = [[e.name, e.status.value, f"{e.seconds:.1f}",
+             "" if e.computed_seconds is None else f"{e.computed_seconds:.1f}"] for e in c.events]
+    total = sum(e.computed_seconds or 0.0 for e in c.events)
+    return ["## Steps", "", f"Wall time {c.wall_seconds:.0f} s; computing the steps took "
+            f"{total:.0f} s in all when they ran (a reused step records its own).", "",
+            *_table(["step", "status", "seconds (this run)", "seconds (when computed)"], rows)]
 
 
 def model_files(c: Collected) -> dict[str, dict[str, str] | None]:
@@ -403,8 +406,8 @@ def summary(c: Collected, results: Sequence[cl.ClaimResult], obs: cl.Observation
             f: cl.paper_headline(f) for f in cl.PAPER}},
         "masking": {row: verdict(doc, c.adaptive.get(row)).text for row, doc in c.results.items()},
         "sufficiency": sufficiency_rows(c),
-        "steps": [{"step": e.name, "status": e.status.value, "seconds": round(e.seconds, 3)}
-                  for e in c.events],
+        "steps": [{"step": e.name, "status": e.status.value, "seconds": round(e.seconds, 3),
+                   "computed_seconds": e.computed_seconds} for e in c.events],
         "wall_seconds": round(c.wall_seconds, 1),
     }
 

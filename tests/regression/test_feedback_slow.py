@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
 pytest.importorskip("mlxtend")
 
 from qrdeploy import margins as mg  # noqa: E402
 from qrdeploy.data import load_dataset  # noqa: E402
 from qrdeploy.margin_criteria import EVAL_STREAM  # noqa: E402
-from qrdeploy.models import TorchModel  # noqa: E402
 from qrdeploy.recipes import RECIPES, for_profile  # noqa: E402
 from qrdeploy.train import load_trained, train  # noqa: E402
 from qrdeploy.train.config import Method  # noqa: E402
@@ -46,8 +46,15 @@ def test_mean_margin_rises_without_costing_accuracy(tmp_path: Path) -> None:
 
 
 def _mean_margin(path: Path) -> float:
+    """On the exported graph through onnxruntime, as F.L. itself searches (torch at one thread,
+    as the recipe leaves it, took about a minute per model here)."""
+    from qrdeploy.export import export_module
+    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.runtime import SessionConfig
+
     module, _ = load_trained(path)
-    model = mg.NumpyModel(TorchModel(module, num_classes=10))
+    model = OrtModel(export_module(module.eval(), (1, 28, 28)), SessionConfig("cpu", threads=2),
+                     batch_size=1024)
     test = load_dataset("mnist-5k", "test", n=N_TEST)
     assert test.y is not None
     ok = np.flatnonzero(mg.predict(model, test.x) == test.y)

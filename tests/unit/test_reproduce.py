@@ -178,10 +178,15 @@ def test_artefact_exists_and_parses(smoke: tuple[Path, Path], name: str, check: 
 
 def test_rerun_reuses_every_step(smoke: tuple[Path, Path]) -> None:
     out, models = smoke
-    first = [e["step"] for e in log_of(out)]
-    statuses = rerun(out, models)
-    assert sorted(statuses) == sorted(first)
-    assert set(statuses.values()) == {Status.REUSED}
+    first = {e["step"]: float(e["seconds"]) for e in log_of(out)}
+    events = reproduce("smoke", out, models_dir=models).events
+    assert sorted(e.name for e in events) == sorted(first)
+    assert {e.status for e in events} == {Status.REUSED}
+    # a reused step reports what computing it took, from its manifest
+    for e in events:
+        assert e.seconds == 0.0 and e.computed_seconds is not None
+        assert 0 <= e.computed_seconds <= first[e.name] + 1e-3
+    assert "seconds (when computed)" in (out / "report.md").read_text()
 
 
 def test_force_reruns_one_step(smoke: tuple[Path, Path]) -> None:
