@@ -34,3 +34,10 @@ class RuntimeMissingError(QrdeployError):
 
 class ConfigError(QrdeployError):
     """A setting (CLI option, recipe, policy) is out of range."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), at most `limit`
+    characters (None: the whole line): onnx's and onnxruntime's messages run over many lines."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

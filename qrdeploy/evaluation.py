@@ -90,8 +90,7 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         def cell(p: Proportion | None) -> dict[str, Any] | None:
-            return None if p is None else {"k": p.k, "n": p.n, "value": p.value,
-                                           "ci95": list(p.interval)}
+            return None if p is None else p.to_json()
 
         return {"n": self.n, "accuracy": cell(self.accuracy),
                 "agreement": cell(self.agreement), "providers": self.providers}

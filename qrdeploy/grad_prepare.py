@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qrdeploy.errors import GraphError
+from qrdeploy.errors import GraphError, first_line
 from qrdeploy.runtime import make_session, run_session
 
 MIN_OPSET, MAX_OPSET = 16, 21
@@ -60,7 +60,7 @@ def normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(model, target)
     except Exception as exc:  # the converter raises its own C++ error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise GraphError(f"cannot convert the model from opset {source} to {target}: {first}; "
                          f"re-export it at an opset in {MIN_OPSET}..{MAX_OPSET}") from exc
 
@@ -182,7 +182,7 @@ def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) 
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises InferenceError and C++ errors
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc, None)
         raise GraphError(f"shape inference failed on the prepared model: {first}") from exc
     return Prepared(work, _real_inputs(work.graph)[0].name, work.graph.output[0].name, chw,
                     _opset(work), source, cut, folded)

@@ -185,9 +185,9 @@ def window_attrs(node: onnx.NodeProto, e: Emitter, k: list[int]) -> dict[str, li
     n = len(k)
     s = list(a.get("strides", [1] * n))
     d = list(a.get("dilations", [1] * n))
-    pads = list(a.get("pads", [0] * 2 * n))
-    if len(s) != n or len(d) != n or len(pads) != 2 * n:
-        raise refuse(node, f"strides {s}, dilations {d} or pads {pads} that do not match a "
+    given = list(a.get("pads", [0] * 2 * n))
+    if len(s) != n or len(d) != n or len(given) != 2 * n:
+        raise refuse(node, f"strides {s}, dilations {d} or pads {given} that do not match a "
                      f"{n}-D kernel", "re-export the model")
     pads = resolve_pads(a, _spatial(node, e, node.input[0]), k, s, d)
     return {"kernel_shape": k, "strides": s, "dilations": d, "pads": pads}

@@ -22,7 +22,7 @@ import onnx
 from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
-from qrdeploy.errors import GraphError
+from qrdeploy.errors import GraphError, first_line
 from qrdeploy.io import atomic_write, atomic_write_bytes
 from qrdeploy.prevalidate import Limits, prevalidate_file
 
@@ -101,7 +101,7 @@ def _check(model: onnx.ModelProto, path: Path | None) -> None:
         else:
             onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise GraphError(f"the ONNX checker rejects the model: {first}; export it again") from exc
 
 
@@ -132,7 +132,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         converted = onnx.version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise GraphError(
             f"cannot convert the model from opset {version} to {target} ({first}); export it "
             f"at an opset in {MIN_OPSET}-{MAX_OPSET}") from exc
@@ -463,7 +463,7 @@ def _eval_node(node: onnx.NodeProto, args: list[Any]) -> np.ndarray:
     try:
         return _eval_op(node, args)
     except (ValueError, IndexError, KeyError, TypeError) as exc:  # numpy's AxisError included
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise GraphError(f"cannot evaluate the weight chain at {node.op_type} node "
                          f"{node.name!r} ({first}); the model is malformed: export it again"
                          ) from None

@@ -18,7 +18,7 @@ import numpy as np
 from qrdeploy.io import atomic_write, atomic_write_text
 from qrdeploy.metrics import paired_test
 from qrdeploy.report_masking import adaptive_columns, checks_section, side_by_side
-from qrdeploy.results import label_note, load_results, paired_json
+from qrdeploy.results import label_note, load_results, paired_json, unflag
 
 Doc = dict[str, Any]
 PLOTS_HINT = ("eps-curve plots need matplotlib: pip install 'qrdeploy[plots]' and rerun "
@@ -174,19 +174,15 @@ def _paired_row(t: Doc, column: str) -> list[str]:
             f"{t['a_only']} / {t['b_only']}", f"{t['p_value']:.3g}", _verdict(t)]
 
 
-def _flags(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode("ascii"), np.uint8) == ord("1")
-
-
 def _robust(doc: Doc, key: str) -> np.ndarray:
-    correct = _flags(doc["per_sample"]["clean_correct"])
+    correct = unflag(doc["per_sample"]["clean_correct"])
     if key == "worst case":
-        return _flags(doc["per_sample"]["worst_case"])
+        return unflag(doc["per_sample"]["worst_case"])
     if key == "adaptive worst case":
-        return _flags(doc["adaptive"]["per_sample_worst_case"])
+        return unflag(doc["adaptive"]["per_sample_worst_case"])
     if key == "clean":
         return correct
-    return correct & ~_flags(_col(doc, key)["per_sample"]["fooled"])  # type: ignore[index]
+    return correct & ~unflag(_col(doc, key)["per_sample"]["fooled"])  # type: ignore[index]
 
 
 def model_pairs(docs: Sequence[Doc], names: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 from qrdeploy import claims as cl
 from qrdeploy.io import atomic_write
 from qrdeploy.reproduce import Collected
-from qrdeploy.reproduce_steps import unflag
+from qrdeploy.results import unflag
 
 
 def _pyplot() -> Any:

@@ -32,7 +32,7 @@ from qrdeploy.masking import (
     paired,
 )
 from qrdeploy.reproduce import Collected
-from qrdeploy.reproduce_steps import unflag
+from qrdeploy.results import unflag
 
 Doc = dict[str, Any]
 PAPER_ROWS = ("orig:plain", "orig:q", "adv:plain", "adv:q", "fl:plain", "fl:q", "orig:mu",
@@ -312,7 +312,10 @@ def steps_table(c: Collected) -> list[str]:
             *_table(["step", "status", "seconds (this run)", "seconds (when computed)"], rows)]
 
 
-def model_files(c: Collected) -> dict[str, dict[str, str] | None]:
+ModelFiles = dict[str, dict[str, str] | None]
+
+
+def model_files(c: Collected) -> ModelFiles:
     """Regime -> the model file that ran (path and sha256), None when missing."""
     from qrdeploy.io import sha256_file
 
@@ -320,15 +323,15 @@ def model_files(c: Collected) -> dict[str, dict[str, str] | None]:
             for r, m in c.models.items()}
 
 
-def models_table(c: Collected) -> list[str]:
+def models_table(c: Collected, files: ModelFiles) -> list[str]:
     source = "trained by `train.*` steps (--retrain)" if c.retrained else "files read from disk"
     rows = [[cl.REGIME_LABEL.get(r, r), "missing" if f is None else f"`{f['path']}`",
-             "" if f is None else f["sha256"][:16]] for r, f in model_files(c).items()]
+             "" if f is None else f["sha256"][:16]] for r, f in files.items()]
     return ["## Models", "", f"Model files: {source}.", "", *_table(["regime", "file", "sha256 "
             "(first 16)"], rows)]
 
 
-def header(c: Collected) -> list[str]:
+def header(c: Collected, files: ModelFiles) -> list[str]:
     p = c.profile
     budget = _table(["setting", "value"], p.rows())
     notes = [f"- {cl.REGIME_LABEL[r]}: {why}" for r, why in c.missing.items()]
@@ -341,14 +344,15 @@ def header(c: Collected) -> list[str]:
             "no eps, step counts, noise scales, μ value, layer choice or quantizer details: "
             "those are qrdeploy's [DEFAULT]s (method.md, qrdeploy/suites.py, "
             "qrdeploy/reproduce_profiles.py), as are all reduced budgets below.", "",
-            *models_table(c),
+            *models_table(c, files),
             "## Profile and budgets", "", *budget, "## Not run", "",
             *(notes or ["- everything ran"]), ""]
 
 
 def render_markdown(c: Collected, claim_results: Sequence[cl.ClaimResult],
-                    obs: cl.Observations) -> str:
-    lines = [*header(c),
+                    obs: cl.Observations, files: ModelFiles) -> str:
+    """report.md; `files` are the model files as summary() recorded them (hashed once)."""
+    lines = [*header(c, files),
              "## Tables 1–4", "",
              *paper_table(c, "Table 1: MNIST white-box", "mnist", cl.WHITE_COLUMNS),
              *paper_table(c, "Table 2: MNIST black-box and noise", "mnist",
@@ -423,9 +427,10 @@ def write_report(c: Collected, out: Path) -> tuple[Path, ...]:
     out.mkdir(parents=True, exist_ok=True)
     obs = observations(c)
     results = cl.evaluate_claims(obs)
+    doc = summary(c, results, obs)
     files = [
-        _text(out / "report.md", render_markdown(c, results, obs)),
-        _text(out / "results.json", json.dumps(summary(c, results, obs), indent=1,
+        _text(out / "report.md", render_markdown(c, results, obs, doc["models"])),
+        _text(out / "results.json", json.dumps(doc, indent=1,
                                                allow_nan=False, default=_nan_safe) + "\n"),
         _text(out / "tables.csv", _csv(["row", "label", "column", "ours", "lo", "hi", "paper"],
                                        table_rows(c))),

@@ -31,6 +31,7 @@ from qrdeploy.data import Dataset
 from qrdeploy.io import atomic_write_text
 from qrdeploy.reproduce_cache import Step
 from qrdeploy.reproduce_profiles import Budget, Profile
+from qrdeploy.results import flags, unflag
 from qrdeploy.suites import (
     DEFAULT_SWEEP_KINDS,
     PARAMS,
@@ -52,14 +53,6 @@ AttackT = TypeVar("AttackT")
 
 def _write_json(path: Path, doc: Any) -> None:
     atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
-
-
-def flags(a: np.ndarray) -> str:
-    return "".join(np.where(np.asarray(a, bool), "1", "0").tolist())
-
-
-def unflag(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode("ascii"), np.uint8) == ord("1")
 
 
 # ---------------------------------------------------------------------------- the runner adapter
@@ -320,9 +313,7 @@ def bits_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: str) -
 
         points = []
         for bits, value in bits_sweep(load_model(plain), p.bit_widths, evaluate=accuracy):
-            prop = Proportion(round(value * n), n)
-            points.append({"bits": bits, "k": prop.k, "n": n, "value": prop.value,
-                           "ci95": list(prop.interval)})
+            points.append({"bits": bits, **Proportion(round(value * n), n).to_json()})
         _write_json(out / "bits.json", {"n": n, "points": points,
                                         "scheme": "per tensor, max scale, narrow"})
 

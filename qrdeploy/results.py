@@ -52,13 +52,17 @@ PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "array-api-compat
 
 
 def cell(p: Proportion) -> dict[str, Any]:
-    lo, hi = p.interval
-    return {"k": p.k, "n": p.n, "value": p.value, "ci95": [lo, hi]}
+    return p.to_json()
 
 
 def flags(a: np.ndarray) -> str:
     """Bool flags (N,) as a '0'/'1' string."""
     return "".join(np.where(np.asarray(a, bool).reshape(-1), "1", "0").tolist())
+
+
+def unflag(s: str) -> np.ndarray:
+    """The inverse of `flags`: a '0'/'1' string as bool flags (N,)."""
+    return np.frombuffer(s.encode("ascii"), np.uint8) == ord("1")
 
 
 def _prop(a: np.ndarray) -> Proportion:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qrdeploy.errors import ConfigError, GraphError, RuntimeMissingError
+from qrdeploy.errors import ConfigError, GraphError, RuntimeMissingError, first_line
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -73,13 +73,6 @@ def make_session(model: bytes, config: SessionConfig | None = None) -> onnxrunti
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise GraphError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type's name when empty), at most `limit`
-    characters: onnxruntime's messages run over many lines."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def run_session(session: Any, outputs: list[str] | None, feeds: dict[str, Any],

@@ -24,6 +24,10 @@ class Proportion:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.k, self.n)
 
+    def to_json(self) -> dict[str, int | float | list[float]]:
+        """{"k", "n", "value", "ci95": [lo, hi]}: how results, cards and reports store it."""
+        return {"k": self.k, "n": self.n, "value": self.value, "ci95": list(self.interval)}
+
     def __str__(self) -> str:
         lo, hi = self.interval
         return f"{100 * self.value:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"

@@ -63,16 +63,8 @@ def pgd40(model_path: Path) -> dict[str, object]:
         x, y = test.x[i:i + 250], test.y[i:i + 250]  # type: ignore[index]
         res = attack(victim, x, y, seed=int(CARD_PGD["seed"]), indices=np.arange(i, i + len(x)))
         robust += int((~res.fooled).sum())
-    p = Proportion(robust, len(test))
-    return {"attack": repr(attack), "seed": CARD_PGD["seed"], "k": p.k, "n": p.n,
-            "value": p.value, "ci95": list(p.interval), "path": "onnxruntime (OrtModel)"}
-
-
-def _proportion(k: int, n: int) -> dict[str, object]:
-    from qrdeploy.stats import Proportion
-
-    p = Proportion(k, n)
-    return {"k": p.k, "n": p.n, "value": p.value, "ci95": list(p.interval)}
+    return {"attack": repr(attack), "seed": CARD_PGD["seed"],
+            **Proportion(robust, len(test)).to_json(), "path": "onnxruntime (OrtModel)"}
 
 
 def q3_clean(model_path: Path) -> dict[str, object]:
@@ -83,7 +75,7 @@ def q3_clean(model_path: Path) -> dict[str, object]:
     hardened, _ = harden(load_model(model_path), [WeightQuant(3)], "float")
     acc = evaluate_onnx(hardened, load_dataset("mnist-5k", "test")).accuracy
     assert acc is not None
-    return {"passes": "WeightQuant(3), per tensor, max scale, narrow", **_proportion(acc.k, acc.n)}
+    return {"passes": "WeightQuant(3), per tensor, max scale, narrow", **acc.to_json()}
 
 
 def margins_of(paths: dict[str, Path]) -> dict[str, object]:
@@ -115,8 +107,7 @@ def make(name: str, work: Path) -> dict[str, object]:
     for split in ("val", "test"):
         acc = evaluate_onnx(onnx_path, load_dataset("mnist-5k", split)).accuracy
         assert acc is not None
-        card[f"clean_{split}"] = {"k": acc.k, "n": acc.n, "value": acc.value,
-                                  "ci95": list(acc.interval)}
+        card[f"clean_{split}"] = acc.to_json()
     card["q3_clean_test"] = q3_clean(onnx_path)
     card["pgd40_test"] = pgd40(onnx_path)
     if config.method.value == "feedback":

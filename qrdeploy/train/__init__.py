@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qrdeploy.errors import RuntimeMissingError
+from qrdeploy.errors import RuntimeMissingError, first_line
 from qrdeploy.train.config import Method, Optim, TrainConfig
 
 if TYPE_CHECKING:
@@ -63,5 +63,5 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
         model.load_state_dict(head)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {config.net}: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{first_line(exc, None)}") from None
     return model.eval(), ck
