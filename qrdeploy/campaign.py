@@ -27,7 +27,7 @@ from qrdeploy.data import Dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluate import Labels, RunConfig, Subject, evaluate
 from qrdeploy.graph import get_metadata, load_model
-from qrdeploy.inputspec import InputContract, one_by_one
+from qrdeploy.inputspec import InputContract, contracted
 from qrdeploy.io import sha256_file
 from qrdeploy.results import build_results, write_results
 from qrdeploy.runtime import SessionConfig
@@ -81,9 +81,7 @@ def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
 
     proto = load_model(path)
     meta = get_metadata(proto)
-    if contract is not None:
-        proto = contract.apply(proto)
-        batch_size = 1 if one_by_one(proto) else batch_size
+    proto, batch_size = contracted(proto, contract, batch_size)
     model = OrtModel(proto, session, batch_size=batch_size)
     return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
                    dict(model.info))

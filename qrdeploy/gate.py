@@ -40,7 +40,7 @@ from qrdeploy.io import sha256_file
 from qrdeploy.masking import Verdict
 from qrdeploy.policy import Bound, Policy, RobustKind, load_policy
 from qrdeploy.runtime import SessionConfig
-from qrdeploy.stats import Proportion
+from qrdeploy.stats import PairedCounts, Proportion, mcnemar_exact, newcombe_paired_interval
 
 __all__ = ["CheckResult", "Policy", "ThresholdResult", "check", "load_policy"]
 
@@ -141,19 +141,20 @@ class Subject:
     sha256: str
     size_bytes: int
     proto: onnx.ModelProto
+    batch_size: int  # the check's batch size, or 1 for a model that runs one sample at a time
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.path.name, "sha256": self.sha256, "size_bytes": self.size_bytes}
 
 
-def open_subject(path: str | Path, contract: Any = None) -> Subject:
+def open_subject(path: str | Path, contract: Any = None, batch_size: int = 256) -> Subject:
     from qrdeploy.graph import load_model
+    from qrdeploy.inputspec import contracted
 
     p = Path(path)
     proto = load_model(p)  # validates; raises a one-line GraphError for a missing or bad file
-    if contract is not None:
-        proto = contract.apply(proto)
-    return Subject(p, sha256_file(p), file_bytes(p), proto)
+    proto, batch = contracted(proto, contract, batch_size)
+    return Subject(p, sha256_file(p), file_bytes(p), proto, batch)
 
 
 # ----------------------------------------------------------------------------------- result
@@ -231,7 +232,6 @@ class _Run:
     reference: Subject
     data: Dataset
     session: SessionConfig
-    batch_size: int
     seed: int
     results: list[ThresholdResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -245,7 +245,8 @@ def _clean(run: _Run, pm: Predictor, pr: Predictor) -> np.ndarray:
     predictions)."""
     t0, cp, bound = time.perf_counter(), run.policy.clean, run.policy.use_bound
     x, y = run.data.x, run.data.y
-    ym, yr = predictions(pm, x, run.batch_size), predictions(pr, x, run.batch_size)  # (N,)
+    ym = predictions(pm, x, run.model.batch_size)  # (N,)
+    yr = predictions(pr, x, run.reference.batch_size)  # (N,)
     if y is None and (cp.min_accuracy is not None or cp.max_drop is not None):
         raise DataError(f"{run.data.name} has no labels, and the policy sets [clean] "
                         "min_accuracy or max_drop; use labelled data or only min_agreement")
@@ -266,15 +267,15 @@ def _prop(flags: np.ndarray) -> Proportion:
 
 def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
           bound: Bound) -> ThresholdResult:
-    """Reference accuracy - model accuracy on the same samples: paired bootstrap interval and
-    McNemar's exact test on the discordant pairs (qrdeploy.metrics.paired_test)."""
-    from qrdeploy.metrics import paired_test
-
-    t = paired_test(ref_ok, model_ok, "reference", "model")
-    detail = (f"reference {100 * t.acc_a:.2f}%, model {100 * t.acc_b:.2f}%, discordant "
-              f"{t.a_only}/{t.b_only}, McNemar p = {t.p_value:.3g}")
-    return judge("clean.drop", t.diff, t.ci95, max_drop, Direction.MAX, Unit.POINTS, bound,
-                 detail)
+    """Reference accuracy - model accuracy on the same samples, with its 95 % Newcombe hybrid
+    score interval (the interval of qrdeploy.stats.non_inferiority at the two-sided 95 % level:
+    its pessimistic end is a one-sided 97.5 % non-inferiority bound) and McNemar's exact p."""
+    c = PairedCounts.from_flags(ref_ok, model_ok)
+    detail = (f"reference {100 * float(np.mean(ref_ok)):.2f}%, model "
+              f"{100 * float(np.mean(model_ok)):.2f}%, discordant {c.gains}/{c.losses}, "
+              f"McNemar p = {mcnemar_exact(c.gains, c.losses):.3g}")
+    return judge("clean.drop", c.difference, newcombe_paired_interval(c), max_drop,
+                 Direction.MAX, Unit.POINTS, bound, detail)
 
 
 def _robust(run: _Run, labels: np.ndarray) -> Verdict | None:
@@ -288,8 +289,8 @@ def _robust(run: _Run, labels: np.ndarray) -> Verdict | None:
     t0 = time.perf_counter()
     n = min(rp.n or len(labels), len(labels))
     x, y = run.data.x[:n], labels[:n]
-    victim = OrtModel(run.model.proto, run.session, batch_size=run.batch_size)
-    source = OrtModel(run.reference.proto, run.session, batch_size=run.batch_size)
+    victim = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size)
+    source = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size)
     clean_ok = victim.logits(x).argmax(axis=1) == y  # (n,)
     family = family_of(run.data.name, int(x.shape[1])).value
     attempts: list[Attempt] = []
@@ -350,8 +351,9 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
-    run = _Run(pol, open_subject(model, contract), open_subject(reference, contract), ds,
-               session or SessionConfig(), batch_size, seed)
+    run = _Run(pol, open_subject(model, contract, batch_size),
+               open_subject(reference, contract, batch_size), ds, session or SessionConfig(),
+               seed)
     pm, pr = Predictor(run.model.proto, run.session), Predictor(run.reference.proto, run.session)
     labels = _clean(run, pm, pr)
     verdict = _robust(run, labels)

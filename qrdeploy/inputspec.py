@@ -441,3 +441,14 @@ def one_by_one(model: onnx.ModelProto) -> bool:
     """True when wrap_model kept a hard-coded batch of 1: run samples one at a time."""
     meta = {p.key: p.value for p in model.metadata_props}
     return meta.get(META_ONE_BY_ONE) == "1"
+
+
+def contracted(model: onnx.ModelProto, contract: InputContract | None, batch_size: int
+               ) -> tuple[onnx.ModelProto, int]:
+    """The model with the contract's input conversion prepended (unchanged without a contract)
+    and the batch size to run it at: 1 when the conversion kept a hard-coded batch of 1. The one
+    place `eval`, `attack` and `check` adapt a model to its input contract."""
+    if contract is None:
+        return model, batch_size
+    wrapped = contract.apply(model)
+    return wrapped, 1 if one_by_one(wrapped) else batch_size

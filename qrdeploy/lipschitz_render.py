@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.errors import ConfigError, RuntimeMissingError
-from qrdeploy.io import atomic_write, atomic_write_text
+from qrdeploy.errors import ConfigError
+from qrdeploy.io import atomic_write_text
 from qrdeploy.lipschitz import AMPLIFICATION_NOTE, LayerReport, LipschitzReport
+from qrdeploy.plotting import pyplot, save_png
 
 
 class PlotNorm(StrEnum):
@@ -146,19 +147,6 @@ def write_report(report: LipschitzReport, *, json_path: str | None = None,
 # ---------------------------------------------------------------- plot
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise RuntimeMissingError(
-            "plots need matplotlib, which is not installed; pip install 'qrdeploy[plots]' or "
-            "leave out --plot") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bar_value(layer: LayerReport, norm: PlotNorm) -> float:
     if norm is PlotNorm.OPERATOR and layer.dw.operator is not None:
         return layer.dw.operator.value
@@ -179,7 +167,7 @@ def plot_reports(
     named = dict(reports) if isinstance(reports, Mapping) else {r.label: r for r in reports}
     if not named:
         raise ConfigError("plot_reports needs at least one report")
-    plt = _pyplot()
+    plt = pyplot()
     n_layers = max(len(r.layers) for r in named.values())
     first = max(0, n_layers - last) if last else 0
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * (n_layers - first) * len(named) + 2), 4))
@@ -197,11 +185,4 @@ def plot_reports(
     ax.set_title(title or "‖ΔW‖₂ per layer")
     ax.legend(fontsize=8)
     fig.tight_layout()
-
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
-
-    try:
-        return atomic_write(path, save)
-    finally:
-        plt.close(fig)
+    return save_png(fig, path, dpi=120)

@@ -27,7 +27,6 @@ from qrdeploy import margins as mg
 from qrdeploy.attacks import CWL2, GaussianNoise, UniformNoise
 from qrdeploy.data import Dataset
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.io import atomic_write
 
 EVAL_STREAM = "margins-eval"
 
@@ -204,12 +203,9 @@ def margin_criteria(model: mg.VjpClassifier, ds: Dataset, config: CriteriaConfig
 
 def plot_criteria(reports: dict[str, CriteriaReport], path: str | Path) -> Path:
     """Per-class bars of the L2 distance and the top-k margin, one bar group per model."""
-    import matplotlib
+    from qrdeploy.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 3.8))
     width = 0.8 / max(len(reports), 1)
     for i, (name, rep) in enumerate(reports.items()):
         rows = [r for r in rep.rows if r.label != "all"]
@@ -222,7 +218,4 @@ def plot_criteria(reports: dict[str, CriteriaReport], path: str | Path) -> Path:
         ax.set_xlabel("class")
         ax.legend()
     fig.tight_layout()
-    out = Path(path)
-    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=110, metadata={"Software": None}))
-    plt.close(fig)
-    return out
+    return save_png(fig, path, dpi=110)

@@ -2,27 +2,30 @@
 (95 % intervals in every cell), CW-L2 and noise details, paired tests between models and between
 attacks, a settings table that labels qrdeploy's own defaults, a CSV of every cell, and PNG plots
 of the accuracy-vs-eps curves. matplotlib (the `plots` extra) is imported only to draw the
-plots; without it the report says how to get them and still writes the tables."""
+plots (qrdeploy.plotting); without it `report` stops with one line naming the extra, before it
+writes anything, unless plots are left out (--no-plots)."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qrdeploy.io import atomic_write, atomic_write_text
+from qrdeploy.io import atomic_write_text
 from qrdeploy.metrics import paired_test
+from qrdeploy.plotting import pyplot, require, save_png
 from qrdeploy.report_masking import adaptive_columns, checks_section, side_by_side
 from qrdeploy.results import label_note, load_results, paired_json, unflag
 
 Doc = dict[str, Any]
-PLOTS_HINT = ("eps-curve plots need matplotlib: pip install 'qrdeploy[plots]' and rerun "
-              "qrdeploy report")
+NO_PLOTS = "qrdeploy report --no-plots"
+PLOTS_HINT = ("eps-curve plots were left out (--no-plots); with the plots extra "
+              "(pip install 'qrdeploy[plots]') rerun qrdeploy report without it")
 ORIGIN = {"paper": "paper", "cleverhans": "cleverhans v3 (paper's likely library)",
           "default": "qrdeploy [DEFAULT]", "user": "set by the user"}
 
@@ -308,13 +311,8 @@ def _csv_rows(d: Doc) -> list[list[Any]]:
 
 
 def plot_curves(docs: Sequence[Doc], folder: Path, stem: str) -> tuple[Path, ...]:
-    """One PNG per sweep kind (lines per model, 95 % interval bands); ImportError without
-    matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One PNG per sweep kind (lines per model, 95 % interval bands)."""
+    plt = pyplot(NO_PLOTS)
     kinds = dict.fromkeys(s["kind"] for d in docs for s in d["sweeps"])
     out = []
     for kind in kinds:
@@ -329,33 +327,25 @@ def plot_curves(docs: Sequence[Doc], folder: Path, stem: str) -> tuple[Path, ...
         ax.set(xlabel="eps (L-inf, [0, 1] pixel units)", ylabel="robust accuracy (%)",
                title=f"white-box {kind}", ylim=(0, 100))
         ax.legend(fontsize=7)
-        path = folder / f"{stem}-eps-{kind}.png"
-        atomic_write(path, _saver(fig))
-        plt.close(fig)
-        out.append(path)
+        out.append(save_png(fig, folder / f"{stem}-eps-{kind}.png", dpi=100))
     return tuple(out)
 
 
-def _saver(fig: Any) -> Callable[[Path], None]:
-    def save(tmp: Path) -> None:  # no Software tag: the PNG depends only on the data
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-
-    return save
-
-
-def write_report(results: Sequence[str | Path], out: str | Path) -> ReportFiles:
-    """Load and validate the results files, write report.md, report.csv and eps-curve PNGs."""
+def write_report(results: Sequence[str | Path], out: str | Path, plots: bool = True
+                 ) -> ReportFiles:
+    """Load and validate the results files, write report.md, report.csv and eps-curve PNGs
+    (`plots=False`: none, and the report says so; without matplotlib a one-line
+    RuntimeMissingError before anything is written)."""
     docs = [load_results(p) for p in results]
     md = Path(out)
-    plots: tuple[Path, ...] = ()
-    note = None
-    if any(d["sweeps"] for d in docs):
-        try:
-            plots = plot_curves(docs, md.parent, md.stem)
-        except ImportError:
-            note = PLOTS_HINT
-    rel = [p.name for p in plots]
+    wanted = plots and any(d["sweeps"] for d in docs)
+    if wanted:
+        require(NO_PLOTS)
+    files: tuple[Path, ...] = plot_curves(docs, md.parent, md.stem) if wanted else ()
+    note = None if files or not any(d["sweeps"] for d in docs) else PLOTS_HINT
+    plots_ = files
+    rel = [p.name for p in plots_]
     atomic_write_text(md, render_markdown(docs, rel, note))
     csv_path = md.with_suffix(".csv")
     atomic_write_text(csv_path, render_csv(docs))
-    return ReportFiles(md, csv_path, plots, note)
+    return ReportFiles(md, csv_path, plots_, note)

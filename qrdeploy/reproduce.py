@@ -30,6 +30,7 @@ from typing import Any
 from qrdeploy import reproduce_steps as steps
 from qrdeploy.data import Dataset, load_dataset
 from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.plotting import require
 from qrdeploy.reproduce_cache import StepCache, StepEvent, check_force
 from qrdeploy.reproduce_profiles import Profile, get_profile
 
@@ -53,7 +54,6 @@ class Collected:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     adaptive: dict[str, dict[str, Any]] = field(default_factory=dict)
     lipschitz: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    dw_plots: dict[str, Path] = field(default_factory=dict)
     bits: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
     sufficiency: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -130,7 +130,6 @@ def _regime_steps(cache: StepCache, c: Collected, regime: str, paths: dict[str, 
     forms: dict[str, Path] = {f: paths[f] for f in ("q", "mu-q") if f in paths}
     lip = cache.run(steps.lipschitz_step(f"lipschitz.{regime}", p, paths["plain"], forms, data))
     c.lipschitz[regime] = {f: json.loads((lip / f"{f}.json").read_text("utf-8")) for f in forms}
-    c.dw_plots[regime] = lip / "dw.png"
     if regime == "orig-seed1":
         return
     bits = _one(cache, steps.bits_step(f"bits.{regime}", p, paths["plain"], data, fp),
@@ -196,11 +195,16 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
 def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path = "models",
               models: Mapping[str, str | Path] | None = None,
               data_root: str | Path | None = None, force: Sequence[str] = (),
-              seed: int = 0, retrain: bool = False) -> ReproduceResult:
+              seed: int = 0, retrain: bool = False, plots: bool = True) -> ReproduceResult:
     """Run (or reuse) every step of `profile` and write the report into `out`; `retrain`
-    trains the models from qrdeploy.recipes instead of reading the committed files."""
+    trains the models from qrdeploy.recipes instead of reading the committed files; `plots`
+    False leaves out the PNG figures (no matplotlib needed; without it and with `plots`, a
+    one-line RuntimeMissingError before any step runs)."""
+    from qrdeploy.reproduce_plots import NO_PLOTS
     from qrdeploy.reproduce_report import write_report
 
+    if plots:
+        require(NO_PLOTS)
     t0 = time.perf_counter()
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     force = check_force(force)
@@ -212,5 +216,5 @@ def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path
     c = Collected(p, seed, found, missing)
     run_pipeline(c, out, Path(data_root) if data_root else None, force, retrain)
     c.wall_seconds = time.perf_counter() - t0
-    files = write_report(c, out)
+    files = write_report(c, out, plots)
     return ReproduceResult(out, out / "report.md", files, tuple(c.events), c.wall_seconds)

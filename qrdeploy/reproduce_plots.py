@@ -11,33 +11,16 @@ from typing import Any
 import numpy as np
 
 from qrdeploy import claims as cl
-from qrdeploy.io import atomic_write
+from qrdeploy.plotting import pyplot, save_png
 from qrdeploy.reproduce import Collected
 from qrdeploy.results import unflag
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
-
-    try:
-        return atomic_write(path, save)
-    finally:
-        _pyplot().close(fig)
+NO_PLOTS = "qrdeploy reproduce --no-plots"
 
 
 def _figure(draw: Callable[[Any], None], path: Path, xlabel: str, ylabel: str, title: str
             ) -> Path:
-    fig, ax = _pyplot().subplots(figsize=(6, 3.8))
+    fig, ax = pyplot(NO_PLOTS).subplots(figsize=(6, 3.8))
     draw(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ax.get_legend_handles_labels()[0]:
@@ -45,7 +28,7 @@ def _figure(draw: Callable[[Any], None], path: Path, xlabel: str, ylabel: str, t
     else:
         ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path, dpi=90)
 
 
 def plot_ablation(c: Collected, path: Path) -> Path:

@@ -420,8 +420,9 @@ def _text(path: Path, text: str) -> Path:
     return atomic_write_text(path, text)
 
 
-def write_report(c: Collected, out: Path) -> tuple[Path, ...]:
-    """report.md, results.json, tables.csv, claims.csv, bits.csv and the PNGs; their paths."""
+def write_report(c: Collected, out: Path, plots: bool = True) -> tuple[Path, ...]:
+    """report.md, results.json, tables.csv, claims.csv, bits.csv and the PNGs (unless `plots`
+    is False); their paths."""
     from qrdeploy.reproduce_plots import write_plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -440,7 +441,7 @@ def write_report(c: Collected, out: Path) -> tuple[Path, ...]:
                                      [[r, p["bits"], p["k"], p["n"], p["value"]]
                                       for r, b in c.bits.items() for p in b["points"]])),
     ]
-    return (*files, *write_plots(c, out))
+    return (*files, *write_plots(c, out)) if plots else tuple(files)
 
 
 def _nan_safe(value: Any) -> Any:

@@ -8,7 +8,7 @@ qrdeploy.evaluate / results touches this file only.
 | harden.R.F       | model.onnx                 | form F of regime R (μ-law, 3-bit, both)       |
 | attack.R.F       | results.json               | the paper's 13 columns + eps sweep (runner)   |
 | adaptive.R.F     | adaptive.json              | adaptive suite on the paper's survivors       |
-| lipschitz.R      | q.json, mu-q.json, dw.png  | ‖ΔW‖₂ per layer and amplification             |
+| lipschitz.R      | q.json, mu-q.json          | ‖ΔW‖₂ per layer and amplification             |
 | bits.R           | bits.json                  | clean accuracy at 1–8 bits                    |
 | ablation.R       | ablation.json              | μ sweep, last layer, fp32 and (Q)             |
 | sufficiency.R.F  | budget.json, doubled.json  | 2x iterations and restarts on a few samples   |
@@ -278,16 +278,12 @@ def lipschitz_step(name: str, p: Profile, plain: Path, forms: dict[str, Path],
 
     def body(out: Path, work: Path) -> None:
         from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
-        from qrdeploy.lipschitz_render import plot_reports
 
         cfg = LipschitzConfig(operator_norms=p.operator_norms, fft_bound=p.operator_norms)
-        reports = {}
         for form, path in forms.items():
             rep = lipschitz_report(plain, path, data.x[:n] if n else None, config=cfg,
                                    label=form)
             _write_json(out / f"{form}.json", rep.to_json())
-            reports[form] = rep
-        plot_reports(reports, out / "dw.png", title=f"‖ΔW‖₂ per layer: {name}")
 
     settings = {"n": n, "operator_norms": p.operator_norms}
     return Step(name, settings, {"plain": plain, **forms}, body)

@@ -36,10 +36,9 @@ def run(args: argparse.Namespace) -> int:
     model, batch_size = args.model, args.batch_size
     if contract is not None:
         from qrdeploy.graph import load_model
-        from qrdeploy.inputspec import one_by_one
+        from qrdeploy.inputspec import contracted
 
-        model = contract.apply(load_model(args.model))
-        batch_size = 1 if one_by_one(model) else batch_size
+        model, batch_size = contracted(load_model(args.model), contract, batch_size)
     result = evaluate_onnx(model, load_data(args), reference=args.reference,
                            config=session_config(args), batch_size=batch_size)
     if args.json:

@@ -18,6 +18,7 @@ from qrdeploy.errors import ConfigError
 from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
 from qrdeploy.lipschitz_render import PlotNorm, plot_reports, write_report
 from qrdeploy.passes import Recipe
+from qrdeploy.plotting import require
 from qrdeploy.runtime import PROVIDERS, SessionConfig
 
 HELP = "spectral norms of W and dW per layer (Lipschitz analysis of the quantization error)"
@@ -78,6 +79,8 @@ def _recipe(args: argparse.Namespace) -> Recipe | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        require()  # before any work: a missing plots extra costs no compute
     check_isolated(args, args.reference, args.hardened, probe=True)
     recipe = _recipe(args)
     config = LipschitzConfig(

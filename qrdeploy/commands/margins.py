@@ -14,6 +14,7 @@ from pathlib import Path
 from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
 from qrdeploy.margin_criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
 from qrdeploy.margins import NumpyModel, SearchConfig, VjpClassifier
+from qrdeploy.plotting import require
 
 HELP = "per-class margins: minimal L2 adversarial distance, top-k directional margin, noise"
 _D = CriteriaConfig()
@@ -52,6 +53,8 @@ def load_model(path: str, args: argparse.Namespace) -> VjpClassifier:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        require()  # before any work: a missing plots extra costs no compute
     config = CriteriaConfig(directions=args.directions, top=args.top,
                             search=SearchConfig(t_max=args.t_max, t0=min(0.5, args.t_max)),
                             l2_attack=L2Attack(args.l2_attack), sigma=args.sigma,

@@ -13,10 +13,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results JSON files of qrdeploy attack")
     p.add_argument("-o", "--output", default="report.md",
                    help="markdown file; the CSV and PNGs go beside it (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="leave out the eps-curve PNGs (no matplotlib needed)")
 
 
 def run(args: argparse.Namespace) -> int:
-    files = write_report(args.results, args.output)
+    files = write_report(args.results, args.output, plots=not args.no_plots)
     if not args.quiet:
         print(f"report: {files.markdown}")
         print(f"table: {files.csv}")

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train the four models from the reference recipes (qrdeploy/recipes.py) "
                         "as cached steps instead of reading --models")
+    p.add_argument("--no-plots", action="store_true",
+                   help="leave out the PNG figures (no matplotlib needed)")
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
@@ -54,7 +56,8 @@ def parse_models(items: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     result = reproduce(args.profile, args.output, models_dir=args.models,
                        models=parse_models(args.model), data_root=args.data_root,
-                       force=args.force, seed=args.seed, retrain=args.retrain)
+                       force=args.force, seed=args.seed, retrain=args.retrain,
+                       plots=not args.no_plots)
     counts: dict[str, int] = {}
     for e in result.events:
         counts[e.status.value] = counts.get(e.status.value, 0) + 1

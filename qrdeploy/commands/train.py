@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from qrdeploy.train.config import FeedbackConfig, Method, Optim, TrainConfig
+from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 
 HELP = "train mnist-cnn or wrn-32-K (standard, PGD adversarial or feedback learning)"
 _D = TrainConfig()
@@ -59,8 +59,18 @@ def _add_feedback(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fl-bisect-steps", type=int, default=_F.bisect_steps)
     g.add_argument("--fl-epochs", type=int, default=_F.epochs)
     g.add_argument("--fl-lr", type=float, default=_F.lr)
+    g.add_argument("--fl-acceptance", choices=[a.value for a in Acceptance],
+                   default=_F.acceptance.value,
+                   help="noninferiority: keep a round when its val accuracy is non-inferior to "
+                        "the starting model's (paired, one-sided bound > -margin); drop: the old "
+                        "point-estimate rule with --fl-max-drop (default: %(default)s)")
+    g.add_argument("--fl-margin", type=float, default=_F.margin,
+                   help="non-inferiority margin, a fraction (default: %(default)s = 2 points)")
+    g.add_argument("--fl-confidence", type=float, default=_F.confidence,
+                   help="one-sided confidence of the non-inferiority bound (default: %(default)s)")
     g.add_argument("--fl-max-drop", type=float, default=_F.max_drop,
-                   help="stop when val accuracy falls more than this (default: %(default)s)")
+                   help="with --fl-acceptance drop: the largest val accuracy drop kept "
+                        "(default: %(default)s)")
     g.add_argument("--fl-diag-samples", type=int, default=_F.diag_samples)
     g.add_argument("--fl-no-augment", dest="fl_augment_real", action="store_false",
                    help="fine-tune the real digits without the recipe's shifts / flips")
@@ -73,7 +83,9 @@ def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
         reference_size=args.fl_reference_size, max_ratio=args.fl_max_ratio,
         alpha=tuple(args.fl_alpha), t0=args.fl_t0, t_max=args.fl_t_max,
         bisect_steps=args.fl_bisect_steps, epochs=args.fl_epochs, lr=args.fl_lr,
-        max_drop=args.fl_max_drop, diag_samples=args.fl_diag_samples,
+        acceptance=Acceptance(args.fl_acceptance), margin=args.fl_margin,
+        confidence=args.fl_confidence, max_drop=args.fl_max_drop,
+        diag_samples=args.fl_diag_samples,
         augment_real=args.fl_augment_real,
     )
 

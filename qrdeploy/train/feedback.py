@@ -11,9 +11,11 @@ retraining of a trained model, in rounds. Each round (docs/feedback.md):
    misclassify is discarded and counted;
 4. fine-tunes on the training set plus the generated examples with the project's training loop
    (qrdeploy.train.loop.run_epoch; Adam 1e-4, 5 epochs; the real digits shifted as in the
-   recipe, the generated ones never: ours), and stops when the
-   validation accuracy falls more than `max_drop` below the starting model's (the round is then
-   rejected and the previous weights kept).
+   recipe, the generated ones never: ours);
+5. accepts the round when it is non-inferior to the starting model on the validation digits
+   (a paired decision, qrdeploy.stats.non_inferiority: the one-sided 95 % lower bound of the
+   accuracy difference above -margin; ours). A rejected round keeps the previous weights and
+   ends the run (the early stop). The statistic is recorded with every round.
 
 All randomness is counter-based, keyed by (seed, round), and after every round the state goes
 atomically to `<out>.resume`, so a killed run resumes at the last finished round and ends with the
@@ -40,9 +42,10 @@ from qrdeploy.data import Dataset, load_dataset
 from qrdeploy.errors import CheckpointError, ConfigError
 from qrdeploy.io import sha256_file
 from qrdeploy.models import TorchModel
+from qrdeploy.stats import non_inferiority
 from qrdeploy.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from qrdeploy.train.config import FeedbackConfig, Method, TrainConfig
-from qrdeploy.train.loop import State, accuracy, make_optimizer, resume_path, run_epoch
+from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, TrainConfig
+from qrdeploy.train.loop import State, correct, make_optimizer, resume_path, run_epoch
 from qrdeploy.train.methods import clean
 
 RANK_STREAM, ALPHA_STREAM = "fl-rank", "fl-alpha"
@@ -209,8 +212,9 @@ def fine_tune(module: nn.Module, train: Dataset, gen: mg.BoundaryExamples, confi
 
 
 def run_round(module: nn.Module, train: Dataset, val: Dataset, config: TrainConfig, rnd: int,
-              log: Callable[[str], None]) -> dict[str, Any]:
-    """One feedback round on `module` (changed in place); returns the round's diagnostics."""
+              log: Callable[[str], None], base_ok: np.ndarray) -> dict[str, Any]:
+    """One feedback round on `module` (changed in place); returns the round's diagnostics with
+    the acceptance decision against the starting model's validation flags `base_ok` (N,)."""
     start = time.perf_counter()
     victim = deployed(module, config, train)
     r = rank(victim, train, config, rnd)
@@ -219,10 +223,29 @@ def run_round(module: nn.Module, train: Dataset, val: Dataset, config: TrainConf
     log(f"round {rnd + 1}: ranked {len(r.pos)} samples ({time.perf_counter() - start:.0f} s), "
         f"levels {diag['levels']}, {diag['generated']} generated, {diag['discarded']} discarded")
     diag["fine_tune"] = fine_tune(module, train, gen, config, rnd)
-    diag["val_accuracy"] = accuracy(module, val)
+    ok = correct(module, val)
+    diag["val_accuracy"] = float(ok.mean())
+    diag.update(decide(ok, base_ok, config.feedback))
     log(f"round {rnd + 1}: val accuracy {diag['val_accuracy']:.4f} "
-        f"({time.perf_counter() - start:.0f} s)")
+        f"({time.perf_counter() - start:.0f} s); {diag['acceptance']['summary']}")
     return diag
+
+
+def decide(ok: np.ndarray, base_ok: np.ndarray, fl: FeedbackConfig) -> dict[str, Any]:
+    """{"accepted", "acceptance"}: the round's validation flags (N,) against the starting
+    model's. The non-inferiority statistic is recorded under either rule."""
+    ni = non_inferiority(ok, base_ok, fl.margin, fl.confidence)
+    drop = float(base_ok.mean() - ok.mean())
+    if fl.acceptance is Acceptance.DROP:
+        accepted = drop <= fl.max_drop
+        summary = (f"val accuracy drop {100 * drop:+.2f} points "
+                   f"{'<=' if accepted else '>'} {100 * fl.max_drop:g} (rule 'drop')")
+    else:
+        accepted = ni.non_inferior
+        summary = f"non-inferiority on the val split: {ni}"
+    return {"accepted": bool(accepted),
+            "acceptance": {"rule": fl.acceptance.value, **ni.to_json(), "drop": drop,
+                           "summary": summary}}
 
 
 def deployed(module: nn.Module, config: TrainConfig, train: Dataset) -> mg.VjpClassifier:
@@ -291,21 +314,21 @@ def train_feedback(config: TrainConfig, out: str | Path, fresh: bool = False,
     source_sha = sha256_file(str(config.from_checkpoint))
     train = load_dataset(config.data, "train", n=config.n_train, data_root=config.data_root)
     val = load_dataset(config.data, "val", data_root=config.data_root)
-    base = accuracy(module, val)
+    base_ok = correct(module, val)  # (N,) the starting model's validation flags
+    base = float(base_ok.mean())
     prog, rpath = Progress(_clone(module)), resume_path(out)
     if rpath.exists() and not fresh:
         prog = _restore(rpath, config, source_sha)
         log(f"resuming from {rpath} after round {prog.round}")
     while prog.round < fl.rounds and not prog.stopped:
         module.load_state_dict(prog.weights)
-        diag = run_round(module, train, val, config, prog.round, log)
-        diag["accepted"] = base - diag["val_accuracy"] <= fl.max_drop
+        diag = run_round(module, train, val, config, prog.round, log, base_ok)
         if diag["accepted"]:
             prog.weights = _clone(module)
         else:
             prog.stopped = True
-            log(f"round {prog.round + 1} rejected: val accuracy fell more than "
-                f"{100 * fl.max_drop:.1f} points below {base:.4f}; keeping the previous weights")
+            log(f"round {prog.round + 1} rejected ({diag['acceptance']['decision']} against "
+                f"the starting model, val {base:.4f}); keeping the previous weights")
         prog.rounds.append(diag)
         prog.round += 1
         _save(rpath, prog, config, source_sha)
@@ -315,7 +338,7 @@ def train_feedback(config: TrainConfig, out: str | Path, fresh: bool = False,
 def _finish(out: Path, rpath: Path, module: nn.Module, prog: Progress, config: TrainConfig,
             val: Dataset, base: float, source_sha: str) -> Checkpoint:
     module.load_state_dict(prog.weights)
-    acc = accuracy(module, val)
+    acc = float(correct(module, val).mean())
     meta = {"kind": "model", "config": config.to_json(), "qrdeploy_version": __version__,
             "num_classes": val.num_classes, "val_score": acc, "val_accuracy": acc,
             "source": {"file": Path(str(config.from_checkpoint)).name, "sha256": source_sha,

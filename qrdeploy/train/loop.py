@@ -82,14 +82,17 @@ def augment(x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 500) -> float:
+def correct(model: nn.Module, ds: Dataset, batch_size: int = 500) -> np.ndarray:
+    """Per-sample correctness (N,) bool of the model in eval mode."""
     model.eval()
     assert ds.y is not None, "training data sets are labelled"
-    correct = 0
-    for i in range(0, len(ds), batch_size):
-        logits = model(torch.from_numpy(ds.x[i:i + batch_size]))
-        correct += int((logits.argmax(1).numpy() == ds.y[i:i + batch_size]).sum())
-    return correct / len(ds)
+    pred = [model(torch.from_numpy(ds.x[i:i + batch_size])).argmax(1).numpy()
+            for i in range(0, len(ds), batch_size)]
+    return np.concatenate(pred) == ds.y
+
+
+def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 500) -> float:
+    return float(correct(model, ds, batch_size).mean())
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

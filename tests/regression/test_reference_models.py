@@ -84,28 +84,39 @@ def test_card_3bit_clean_accuracy(card_path: Path, test_set) -> None:  # type: i
     assert abs(acc.k - card["q3_clean_test"]["k"]) <= 2
 
 
-def test_feedback_card_keeps_accuracy_and_widens_margins() -> None:
-    """Issue 10: the F.L. model's round was accepted (validation within 0.5 points of the
-    source's), and its mean top-40 random-direction margin on test digits, with directions from
-    the evaluation stream (independent of training), exceeds the standard model's: re-measured
-    here on the card's first 100 digits, and recorded on 200 in the card."""
+def test_feedback_card_records_its_acceptance_and_widens_margins() -> None:
+    """The F.L. model's one round was accepted by the paired non-inferiority decision on the
+    validation digits (recorded on the card, recomputed here from the committed models through
+    onnxruntime), and its mean top-40 random-direction margin on test digits, with directions
+    from the evaluation stream (independent of training), exceeds the standard model's:
+    re-measured here on the first 100 test digits, and recorded on 200 in the card."""
     from qrdeploy import margins as mg
     from qrdeploy.data import load_dataset
     from qrdeploy.graph import load_model
     from qrdeploy.margin_criteria import EVAL_STREAM
     from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.stats import non_inferiority
 
     card = _card(MODELS / "mnist-feedback.json")
-    assert any(r["accepted"] for r in card["feedback_rounds"])
-    assert card["clean_val"]["value"] >= card["source_val_accuracy"] - 0.005
+    (r,) = card["feedback_rounds"]
+    a = r["acceptance"]
+    assert r["accepted"] and a["decision"] == "non-inferior" and a["lower"] > -a["margin"]
+    models = {n: OrtModel(load_model(MODELS / f"{n}.onnx"))
+              for n in ("mnist-standard", "mnist-feedback")}
+    val = load_dataset("mnist-5k", "val")
+    ok = {n: mg.predict(m, val.x) == val.y for n, m in models.items()}
+    ni = non_inferiority(ok["mnist-feedback"], ok["mnist-standard"], a["margin"],
+                         a["confidence"])
+    # the card was decided with torch on the training machine; onnxruntime may differ on a
+    # near-tie digit or two
+    assert abs(ni.estimate - a["estimate"]) <= 2 / len(val) and ni.non_inferior
     rows = {name: r["rows"][-1] for name, r in card["margins_test"].items()}
     assert rows["mnist-feedback"]["margin_top_mean"] > rows["mnist-standard"]["margin_top_mean"]
     test = load_dataset("mnist-5k", "test", n=100)
     means = {}
-    for name in ("mnist-standard", "mnist-feedback"):
-        model = OrtModel(load_model(MODELS / f"{name}.onnx"))
-        ok = np.flatnonzero(mg.predict(model, test.x) == test.y)
-        d = mg.random_directions(0, EVAL_STREAM, ok, 64, (1, 28, 28))
-        m = mg.directional_margins(model, test.x[ok], test.y[ok], d)
+    for name, model in models.items():
+        hit = np.flatnonzero(mg.predict(model, test.x) == test.y)
+        d = mg.random_directions(0, EVAL_STREAM, hit, 64, (1, 28, 28))
+        m = mg.directional_margins(model, test.x[hit], test.y[hit], d)
         means[name] = float(mg.top_mean(m, 40, mg.SearchConfig().t_max).mean())
     assert means["mnist-feedback"] > means["mnist-standard"], means

@@ -21,6 +21,7 @@ from qrdeploy.gate import CheckResult, check, write_summary
 from qrdeploy.junit import junit_xml
 from qrdeploy.policy import Policy
 from qrdeploy.schema import load_schema
+from qrdeploy.stats import PairedCounts, newcombe_paired_interval
 from tests.unit.onnx_builders import cnn, inputs, ort_logits
 
 N = 40
@@ -51,7 +52,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     y = ort_logits(models["a"], x).argmax(1).astype(np.int64)  # (N,)
     y[:FLIPPED] = (y[:FLIPPED] + 1) % 10
     np.savez(root / "data.npz", x=x, y=y)
-    return {"root": root, "paths": paths, "data": Dataset("tiny", "test", x, y, 10)}
+    return {"root": root, "paths": paths, "models": models,
+            "data": Dataset("tiny", "test", x, y, 10)}
 
 
 def _policy(**sections: Any) -> Policy:
@@ -80,7 +82,12 @@ CASES = [
      "clean.accuracy", False),
     ("accuracy-point-passes", "a", "a", {"use_bound": "point", "clean": {"min_accuracy": 0.85}},
      "clean.accuracy", True),
-    ("drop-same-model-pass", "a", "a", {"clean": {"max_drop": 0.0}}, "clean.drop", True),
+    # the same model: no discordant pair, yet 40 samples bound the drop only to about 7 points
+    ("drop-same-model-pass", "a", "a", {"clean": {"max_drop": 0.08}}, "clean.drop", True),
+    ("drop-same-model-zero-margin-fails", "a", "a", {"clean": {"max_drop": 0.0}}, "clean.drop",
+     False),
+    ("drop-same-model-zero-margin-point-passes", "a", "a",
+     {"use_bound": "point", "clean": {"max_drop": 0.0}}, "clean.drop", True),
     ("drop-other-model-fail", "b", "a", {"clean": {"max_drop": 0.1}}, "clean.drop", False),
     ("agreement-pass", "a", "a", {"clean": {"min_agreement": 0.9}}, "clean.agreement", True),
     ("agreement-fail", "b", "a", {"clean": {"min_agreement": 0.5}}, "clean.agreement", False),
@@ -137,6 +144,11 @@ def test_drop_is_paired_and_compares_its_upper_bound(world: dict[str, Any]) -> N
     assert t.basis == "upper bound" and t.interval is not None
     assert t.interval[0] <= t.value <= t.interval[1] == t.compared
     assert "McNemar p" in t.detail
+    x, y = world["data"].x, world["data"].y
+    model_ok, ref_ok = (ort_logits(world["models"][m], x).argmax(1) == y for m in ("b", "a"))
+    c = PairedCounts.from_flags(ref_ok, model_ok)  # the drop: reference minus model
+    assert t.value == pytest.approx(c.difference)
+    assert t.interval == pytest.approx(newcombe_paired_interval(c))
 
 
 def test_failure_line_names_metric_value_interval_and_threshold(world: dict[str, Any]) -> None:
@@ -195,8 +207,15 @@ def test_junit_has_one_testcase_per_threshold_and_the_failures(full: CheckResult
     assert suite is not None and suite.get("failures") == root.get("failures") == str(len(failed))
 
 
-def test_same_inputs_write_the_same_junit(full: CheckResult) -> None:
-    assert junit_xml(full) == junit_xml(full)
+def test_two_runs_write_the_same_junit(world: dict[str, Any]) -> None:
+    """No timestamp, hostname or run-dependent value: two separate checks of the same files
+    (latency thresholds left out: their measured times differ) write identical bytes."""
+    policy = Policy.from_dict({k: v for k, v in EVERYTHING.items() if k != "latency"})
+    first, second = (junit_xml(_run(world, "b", policy)) for _ in range(2))
+    assert first == second
+    root = ET.fromstring(first)
+    assert not {"timestamp", "hostname", "time"} & set(root.find("testsuite").attrib)  # type: ignore[union-attr]
+    assert root.findall("./testsuite/testcase")
 
 
 def test_public_api_check_is_the_function(world: dict[str, Any]) -> None:

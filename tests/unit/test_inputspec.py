@@ -5,6 +5,8 @@ safe; float16 models are upcast on request."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -149,3 +151,39 @@ def test_contract_is_wrap_model() -> None:
     assert wrapped == wrap_model(model, InputSpec.parse(spec), "in", "logits")
     assert {p.key: p.value for p in wrapped.metadata_props}["qrdeploy.input_spec"] == \
         "range=0-255,layout=nhwc,dtype=uint8"
+
+
+def test_eval_attack_and_check_run_a_batch_of_one_model_sample_by_sample(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deployed model with a hard-coded batch of 1 (kept by the wrapper): `eval`, `attack` and
+    `check` all run it one sample at a time through the same helper, and agree on its clean
+    accuracy (12 samples, labels = the pixel twin's predictions, 3 of them flipped)."""
+    import json
+
+    from qrdeploy.cli import main
+
+    spec = InputSpec.parse("layout=nhwc")
+    model = twin(spec, batch=1, flatten=helper.make_node("Reshape", ["feat", "shape"], ["flat"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                 [1, 5]))
+    onnx.save(model, tmp_path / "b1.onnx")
+    p = pixels(12, seed=3)
+    y = _run(twin(InputSpec()), p).argmax(1).astype(np.int64)
+    y[:3] = (y[:3] + 1) % 5  # K = 5 classes
+    np.savez(tmp_path / "d.npz", x=p, y=y)
+    common = ["--data", f"npz:{tmp_path / 'd.npz'}", "--input-spec", "layout=nhwc", "-q"]
+    assert main(["eval", str(tmp_path / "b1.onnx"), "--json", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["value"] == pytest.approx(9 / 12)
+    assert main(["attack", str(tmp_path / "b1.onnx"), "--attacks", "clean,fgsm-s", "--eps",
+                 "none", "--family", "cifar10", "-o", str(tmp_path / "r.json"), *common]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    (tmp_path / "policy.toml").write_text("[clean]\nmin_accuracy = 0.3\n[latency]\nrepeats = 2\n"
+                                          "warmup = 0\nbatch_sizes = [1]\n")
+    assert main(["check", str(tmp_path / "b1.onnx"), "--reference", str(tmp_path / "b1.onnx"),
+                 "--policy", str(tmp_path / "policy.toml"), "-o", str(tmp_path / "s.json"),
+                 *common]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    (acc,) = [t for t in summary["thresholds"] if t["metric"] == "clean.accuracy"]
+    assert acc["value"] == pytest.approx(9 / 12)
+    assert doc["clean"]["value"] == pytest.approx(9 / 12)

@@ -33,13 +33,28 @@ def test_readme_commands_are_single_lines() -> None:
 
 @pytest.mark.readme
 def test_readme_main_command(tmp_path: Path) -> None:
+    """The main command from the README, literally. What must hold on any machine: the 3-bit
+    mu-law model keeps its clean accuracy (the card: about 97 % on 1,000 digits), white-box
+    attacks still fool nearly every digit of this standard (not adversarially trained) model,
+    and the verdict, the JSON and the report say the same thing."""
     cmd = readme_command("main")
     proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"^verdict: (no masking signs detected|masking suspected)", proc.stdout, re.M)
     from qrdeploy.results import load_results  # validates against the shipped schema
 
     doc = load_results(ROOT / "runs" / "demo" / "results.json")
     assert doc["schema_version"] == 2
-    assert (ROOT / "runs" / "demo" / "report.md").read_text().count("|") > 20
+    clean = doc["clean"]
+    assert clean["n"] == 100 and clean["value"] >= 0.90, clean
+    paper = doc["worst_case"]["robust"]["value"]
+    adaptive = doc["adaptive"]["worst_case"]["robust"]["value"]
+    assert paper <= 0.25 and adaptive <= 0.25, (paper, adaptive)
+    masking = doc["masking"]
+    fired = [c["name"] for c in masking["checks"] if c["fired"]]
+    assert masking["suspected"] == bool(fired)
+    assert masking["verdict"].startswith("masking suspected" if fired else
+                                         "no masking signs detected")
+    assert f"verdict: {masking['verdict']}" in proc.stdout
+    report = (ROOT / "runs" / "demo" / "report.md").read_text()
+    assert f"{100 * clean['value']:.2f}" in report and masking["verdict"] in report

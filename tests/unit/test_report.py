@@ -1,6 +1,6 @@
 """Reports: markdown and CSV tables with intervals (models as rows, attacks as columns), paired
-tests that say when a difference is not significant, eps-curve PNGs with matplotlib, and a note
-plus the tables without it."""
+tests that say when a difference is not significant, eps-curve PNGs with matplotlib, the tables
+and a note with --no-plots, and one error without matplotlib in every command that plots."""
 
 from __future__ import annotations
 
@@ -103,11 +103,45 @@ def test_report_with_matplotlib_writes_plots(docs: list[dict[str, Any]], tmp_pat
     assert files.csv.read_text().startswith("model,sha256,column")
 
 
-def test_report_without_matplotlib_says_how_and_keeps_tables(
+def test_report_without_plots_says_how_and_keeps_tables(
         docs: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    files = write_report(_files(docs[:2], tmp_path), tmp_path / "report.md")
+    files = write_report(_files(docs[:2], tmp_path), tmp_path / "report.md", plots=False)
     md = files.markdown.read_text()
     assert files.plots == () and files.plot_note == PLOTS_HINT
     assert "pip install 'qrdeploy[plots]'" in md and "| model | clean" in md
     assert not list(tmp_path.glob("*.png")) and files.csv.exists()
+
+
+def test_every_plotting_command_gives_one_error_without_matplotlib_before_any_work(
+        docs: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """margins --plot, lipschitz --plot, report and reproduce: exit 1 with one line that names
+    the extra and how to run without plots, and nothing computed or written first."""
+    from qrdeploy.cli import main
+
+    model = str(Path(__file__).resolve().parents[2] / "models" / "mnist-standard.onnx")
+    results = [str(p) for p in _files(docs[:2], tmp_path)]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    commands = {
+        "margins": ["margins", model, "--data", "mnist-5k", "-n", "5", "--plot",
+                    str(tmp_path / "m.png")],
+        "lipschitz": ["lipschitz", model, "--bits", "3", "--plot", str(tmp_path / "l.png"),
+                      "-o", str(tmp_path / "l.json")],
+        "report": ["report", *results, "-o", str(tmp_path / "rep" / "report.md")],
+        "reproduce": ["reproduce", "--profile", "smoke", "-o", str(tmp_path / "repro")],
+    }
+    lines = {}
+    for name, argv in commands.items():
+        assert main(argv) == 1, name
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err, err
+        lines[name] = err
+    for err in lines.values():
+        assert err.startswith("qrdeploy: error: plots need matplotlib, which is not installed; "
+                              "pip install 'qrdeploy[plots]' (or run without plots: "), err
+    assert lines["report"].endswith("qrdeploy report --no-plots)")
+    assert lines["reproduce"].endswith("qrdeploy reproduce --no-plots)")
+    assert lines["margins"].endswith("leave out --plot)") and lines["lipschitz"] == lines["margins"]
+    assert not (tmp_path / "l.json").exists() and not (tmp_path / "rep").exists()
+    assert not (tmp_path / "repro").exists()

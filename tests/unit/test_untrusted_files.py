@@ -1,9 +1,6 @@
-"""Untrusted files (issue 14, items 3, 4 and 7; design decision 8): external data that leaves the
-model's folder, huge declared sizes that must never be allocated, pickles with a payload, and
-input validation at the API boundary (one-line QrdeployError naming the bad value and range).
-
-Tests marked xfail(strict=True) are holes found in modules this file's author does not own; they
-were reported to the lead and turn into failures (strict) once fixed, so the mark must go then."""
+"""Untrusted files (docs/reliability.md): external data that leaves the model's folder, huge
+declared sizes that must never be allocated, pickles with a payload, and input validation at the
+API boundary (one-line QrdeployError naming the bad value and range)."""
 
 from __future__ import annotations
 
