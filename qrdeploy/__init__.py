@@ -1,7 +1,10 @@
 """qrdeploy: ONNX deployment hardening (mu-law mapping, low-bit weight quantization) and honest
 robustness evaluation of the deployed graph.
 
-The public API is imported lazily, so `import qrdeploy` stays fast and never imports torch."""
+The public API (qrdeploy.api, docs/api.md): harden, evaluate, attack, check, lipschitz,
+reproduce, load_dataset; and train / export_onnx with the `train` extra. It is imported lazily,
+so `import qrdeploy` stays fast and never imports torch. Old module paths of qrdeploy 0.1 still
+import, with a DeprecationWarning (qrdeploy.core.compat)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ import importlib
 import importlib.util
 from typing import Any
 
-__version__ = "0.1.0"
+from qrdeploy.core import compat
+from qrdeploy.core.version import __version__
+
+compat.install()
 
 #: True when an onnxruntime build (qrdeploy[cpu] or qrdeploy[gpu]) is importable. The deploy-side
 #: calls raise RuntimeMissingError naming the fix when it is not.
@@ -22,17 +28,22 @@ _API = {
     "GraphError": "qrdeploy.errors",
     "PassError": "qrdeploy.errors",
     "UnsupportedOpError": "qrdeploy.errors",
-    "load_dataset": "qrdeploy.data",
-    "Dataset": "qrdeploy.data",
-    "evaluate_onnx": "qrdeploy.evaluation",
-    "EvalResult": "qrdeploy.evaluation",
-    "build_net": "qrdeploy.nets",
+    "harden": "qrdeploy.api",
+    "evaluate": "qrdeploy.api",
+    "attack": "qrdeploy.api",
+    "check": "qrdeploy.api",
+    "lipschitz": "qrdeploy.api",
+    "reproduce": "qrdeploy.api",
+    "load_dataset": "qrdeploy.api",
+    "Dataset": "qrdeploy.data.datasets",
+    "evaluate_onnx": "qrdeploy.evaluation.clean",
+    "EvalResult": "qrdeploy.evaluation.clean",
+    "build_net": "qrdeploy.train.nets",
     "train": "qrdeploy.train",
     "TrainConfig": "qrdeploy.train",
-    "export_onnx": "qrdeploy.export",
-    "check": "qrdeploy.gate",
-    "Policy": "qrdeploy.gate",
-    "CheckResult": "qrdeploy.gate",
+    "export_onnx": "qrdeploy.train.export",
+    "Policy": "qrdeploy.gate.policy",
+    "CheckResult": "qrdeploy.gate.run",
 }
 
 __all__ = ["__version__", "HAS_RUNTIME", *_API]

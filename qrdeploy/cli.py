@@ -14,7 +14,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from qrdeploy import __version__
+from qrdeploy import commands
+from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
@@ -36,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qrdeploy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from qrdeploy import commands
-
     common = _common()
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

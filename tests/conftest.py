@@ -23,7 +23,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint: Path) -> Path:
-    from qrdeploy.export import export_onnx
+    from qrdeploy.train.export import export_onnx
 
     out = tiny_checkpoint.with_suffix(".onnx")
     export_onnx(tiny_checkpoint, out)

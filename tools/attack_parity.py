@@ -25,8 +25,8 @@ def torch_twin(path: Path):  # type: ignore[no-untyped-def]
     import torch
     from onnx import numpy_helper
 
-    from qrdeploy.graph import load_model
-    from qrdeploy.nets import build_net
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.train.nets import build_net
 
     net = build_net("mnist-cnn")
     inits = {t.name: numpy_helper.to_array(t) for t in load_model(path).graph.initializer}
@@ -49,10 +49,10 @@ def robust(victim, x: np.ndarray, y: np.ndarray, eps: float, to) -> tuple[int, f
 def measure(name: str, eps: float, n: int) -> dict[str, float]:
     import torch
 
-    from qrdeploy.data import load_dataset
-    from qrdeploy.graph import load_model
-    from qrdeploy.models import TorchModel
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.data.datasets import load_dataset
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.model.ortmodel import OrtModel
+    from qrdeploy.model.protocol import TorchModel
 
     path = ROOT / "models" / f"{name}.onnx"
     test = load_dataset("mnist-5k", "test", n=n)

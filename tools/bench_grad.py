@@ -23,13 +23,13 @@ import onnx
 import torch
 
 from qrdeploy.attacks.linf import PGD
-from qrdeploy.data import load_dataset
-from qrdeploy.export import export_module
-from qrdeploy.losses import Loss
-from qrdeploy.models import TorchModel
-from qrdeploy.nets import build_net
-from qrdeploy.ortmodel import OrtModel
-from qrdeploy.runtime import SessionConfig, make_session
+from qrdeploy.core.losses import Loss
+from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.data.datasets import load_dataset
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.model.protocol import TorchModel
+from qrdeploy.train.export import export_module
+from qrdeploy.train.nets import build_net
 
 
 def train(epochs: int, seed: int) -> torch.nn.Module:

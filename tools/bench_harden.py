@@ -29,8 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 QRDEPLOY = """
 import json, sys, time
-from qrdeploy import graph
-from qrdeploy.passes import MuLawMap, WeightQuant, harden
+from qrdeploy.graphio import graph
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant, harden
 t0 = time.perf_counter()
 m = graph.load_model(sys.argv[1])
 h, _ = harden(m, [MuLawMap(255.0, layers="last:1"), WeightQuant(3, "channel")], "qdq")
@@ -114,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_harden."))
     work.mkdir(parents=True, exist_ok=True)
-    from qrdeploy import graph
+    from qrdeploy.graphio import graph
 
     model = build(args.params)
     n = sum(int(np.prod(t.dims)) for t in model.graph.initializer)

@@ -1,4 +1,4 @@
-"""Benchmark of qrdeploy.spectral on every weight layer of WRN-32-10 (46 M parameters, random
+"""Benchmark of qrdeploy.spectral.norms on every weight layer of WRN-32-10 (46 M parameters, random
 weights), against a dense-SVD / plain power-iteration baseline measured in the same run.
 
 Layers (method.md §6, Madry's w32-10): conv 3x3 3->16 at 32x32, then 3 stages x 5
@@ -37,8 +37,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from qrdeploy import spectral  # noqa: E402
-from qrdeploy.io import atomic_write_text  # noqa: E402
-from qrdeploy.spectral import ConvGeometry, SpectralResult  # noqa: E402
+from qrdeploy.core.fileio import atomic_write_text  # noqa: E402
+from qrdeploy.spectral.norms import ConvGeometry, SpectralResult  # noqa: E402
 
 T = TypeVar("T")
 

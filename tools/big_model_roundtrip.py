@@ -2,9 +2,9 @@
 about 3x the model size in memory and 1x on disk).
 
 Builds Flatten -> MatMul chain whose float32 weights total --gib GiB (default 2.2), saves it with
-qrdeploy.graph.save_model (external data, automatic above 2 GB), loads it back with load_model
-(pre-validation, checker by path), checks every weight byte for byte, and times each step.
-Peak RSS is VmHWM from /proc.
+qrdeploy.graphio.graph.save_model (external data, automatic above 2 GB), loads it back with
+load_model (pre-validation, checker by path), checks every weight byte for byte, and times each
+step. Peak RSS is VmHWM from /proc.
 
 Usage: python tools/big_model_roundtrip.py [--gib 2.2] [--workdir DIR]
 """
@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qrdeploy import graph  # noqa: E402
-from qrdeploy.prevalidate import prevalidate_file  # noqa: E402
+from qrdeploy.graphio.prevalidate import prevalidate_file  # noqa: E402
 
 SIDE = 8192  # each weight is (SIDE, SIDE) float32 = 256 MiB
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from qrdeploy.attacks import PGD
-from qrdeploy.data import load_dataset
-from qrdeploy.graph import load_model
-from qrdeploy.ortmodel import OrtModel
-from qrdeploy.runtime import SessionConfig
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.data.datasets import load_dataset
+from qrdeploy.graphio.graph import load_model
+from qrdeploy.model.ortmodel import OrtModel
 
 
 def fooled(model: Path, threads: int) -> np.ndarray:

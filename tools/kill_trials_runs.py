@@ -49,7 +49,7 @@ def output_state(kind: str, out: Path, reference: object) -> str:
         if not out.exists():
             return "absent"
         return "identical" if result_of(kind, out) == reference else "PARTIAL-OR-DIFFERENT"
-    from qrdeploy.reproduce_cache import verify
+    from qrdeploy.paper.cache import verify
 
     steps = out / "steps"
     folders = [f for f in steps.iterdir() if not f.name.startswith(".")] if steps.is_dir() else []

@@ -22,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from qrdeploy import recipes
-from qrdeploy.data import load_dataset
-from qrdeploy.evaluation import evaluate_onnx
-from qrdeploy.io import atomic_write_text, sha256_file
-from qrdeploy.train import TrainConfig, train
+from qrdeploy.core.fileio import atomic_write_text, sha256_file
+from qrdeploy.data.datasets import load_dataset
+from qrdeploy.evaluation.clean import evaluate_onnx
+from qrdeploy.train import TrainConfig, recipes, train
 from qrdeploy.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD_PGD = {"eps": 0.3, "step": 0.01, "steps": 40, "restarts": 1, "seed": 0}
 MARGINS_N = 200
 
-# models/mnist-<name>.onnx from qrdeploy.recipes (one place for tools and `reproduce --retrain`)
+# models/mnist-<name>.onnx from qrdeploy.train.recipes (one place for tools and `reproduce
+# --retrain`)
 WORK = "runs/make_models"
 RECIPES: dict[str, TrainConfig] = {
     f"mnist-{k}": recipes.for_profile(k, {}, {}, f"{WORK}/mnist-standard.safetensors")
@@ -51,9 +51,9 @@ def commit() -> str:
 def pgd40(model_path: Path) -> dict[str, object]:
     """PGD-40 robust accuracy on the 1,000 test digits through onnxruntime (OrtModel)."""
     from qrdeploy.attacks import PGD
-    from qrdeploy.graph import load_model
-    from qrdeploy.ortmodel import OrtModel
-    from qrdeploy.stats import Proportion
+    from qrdeploy.core.stats import Proportion
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.model.ortmodel import OrtModel
 
     test = load_dataset("mnist-5k", "test")
     victim = OrtModel(load_model(model_path))
@@ -69,8 +69,8 @@ def pgd40(model_path: Path) -> dict[str, object]:
 
 def q3_clean(model_path: Path) -> dict[str, object]:
     """Clean test accuracy of the (Q) form: 3-bit per-tensor weights (qrdeploy reproduce's)."""
-    from qrdeploy.graph import load_model
-    from qrdeploy.passes import WeightQuant, harden
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.hardening.passes import WeightQuant, harden
 
     hardened, _ = harden(load_model(model_path), [WeightQuant(3)], "float")
     acc = evaluate_onnx(hardened, load_dataset("mnist-5k", "test")).accuracy
@@ -80,9 +80,9 @@ def q3_clean(model_path: Path) -> dict[str, object]:
 
 def margins_of(paths: dict[str, Path]) -> dict[str, object]:
     """`qrdeploy margins` criteria per class on the first MARGINS_N test digits, seed 0."""
-    from qrdeploy.graph import load_model
-    from qrdeploy.margin_criteria import margin_criteria
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.margins.criteria import margin_criteria
+    from qrdeploy.model.ortmodel import OrtModel
 
     test = load_dataset("mnist-5k", "test", n=MARGINS_N)
     return {name: margin_criteria(OrtModel(load_model(p)), test, seed=0).to_json()
@@ -90,7 +90,7 @@ def margins_of(paths: dict[str, Path]) -> dict[str, object]:
 
 
 def make(name: str, work: Path) -> dict[str, object]:
-    from qrdeploy.export import export_onnx
+    from qrdeploy.train.export import export_onnx
 
     config = RECIPES[name]
     ckpt = work / f"{name}.safetensors"

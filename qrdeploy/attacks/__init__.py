@@ -1,5 +1,5 @@
-"""Adversarial attacks written once against the model protocol (qrdeploy.models), for numpy arrays
-(onnxruntime) and torch tensors alike. See docs/attacks.md.
+"""Adversarial attacks written once against the model protocol (qrdeploy.model.protocol), for numpy
+arrays (onnxruntime) and torch tensors alike. See docs/attacks.md.
 
 >>> from qrdeploy.attacks import PGD
 >>> result = PGD(eps=0.3, step=0.01, steps=40)(model, x, y, seed=0)   # result.fooled (N,)

@@ -21,7 +21,7 @@ and returns an AttackResult scored on the victim's forward pass.
 
 Budgets are qrdeploy [DEFAULT]s: 100 iterations for PGD and APGD (AutoAttack's), PGD step
 2.5 eps / steps (Madry et al.'s rule), 1 restart; eps is the family's iterative-attack eps
-(MNIST 0.1, CIFAR-10 4/255, as the paper columns in qrdeploy.suites).
+(MNIST 0.1, CIFAR-10 4/255, as the paper columns in qrdeploy.evaluation.suites).
 
 >>> for entry in adaptive_suite(eps=0.1):
 ...     res = entry(victim, x, y, seed=0, indices=idx, source=unhardened)
@@ -44,8 +44,8 @@ from qrdeploy.attacks.linf import PGD
 from qrdeploy.attacks.result import AttackResult
 from qrdeploy.attacks.square import Square
 from qrdeploy.attacks.temperature import Float64Cotangent, NJSModel
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError
-from qrdeploy.losses import Loss
 
 AdaptiveConfig: TypeAlias = PGD | APGD | Square
 

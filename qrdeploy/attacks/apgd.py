@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.attacks import rng
 from qrdeploy.attacks.arrays import Array, from_numpy, namespace, project, take_rows, to_numpy
 from qrdeploy.attacks.checks import (
     Config,
@@ -50,9 +49,10 @@ from qrdeploy.attacks.checks import (
     check_positive,
 )
 from qrdeploy.attacks.result import AttackResult, Tracker
+from qrdeploy.core import rng
+from qrdeploy.core.losses import DLR_EPS, Loss
 from qrdeploy.errors import ConfigError
-from qrdeploy.losses import DLR_EPS, Loss
-from qrdeploy.models import Differentiable
+from qrdeploy.model.protocol import Differentiable
 
 #: Objective: (x (M, C, H, W), y (M,) caller's namespace, targets (M,) host or None)
 #: -> (logits (M, K) host, loss (M,) host float64, gradient (M, C, H, W) caller's namespace)

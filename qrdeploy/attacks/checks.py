@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.attacks.arrays import Array, to_numpy
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.losses import Loss
 
 
 class Config:

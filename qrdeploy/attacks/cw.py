@@ -28,7 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks import rng
 from qrdeploy.attacks.arrays import (
     Array,
     from_numpy,
@@ -40,7 +39,8 @@ from qrdeploy.attacks.arrays import (
 )
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
 from qrdeploy.attacks.result import AttackResult
-from qrdeploy.models import Differentiable
+from qrdeploy.core import rng
+from qrdeploy.model.protocol import Differentiable
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # tf.train.AdamOptimizer defaults
 TANH_SHRINK = 0.999999  # cleverhans v3: keeps arctanh finite at x = 0 and x = 1

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from qrdeploy.attacks.checks import check_count, check_eps
 from qrdeploy.attacks.loop import LoopSpec, Norm, Preset
-from qrdeploy.losses import Loss
+from qrdeploy.core.losses import Loss
 
 
 @dataclass(frozen=True, repr=False)

@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from qrdeploy.attacks.checks import check_count, check_eps
 from qrdeploy.attacks.loop import LoopSpec, Norm, Preset
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError
-from qrdeploy.losses import Loss
 
 
 class _LinfPreset(Preset):

@@ -18,12 +18,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks import rng
 from qrdeploy.attacks.arrays import Array, from_numpy, namespace, take_rows
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_loss, check_positive
 from qrdeploy.attacks.result import AttackResult, Tracker
-from qrdeploy.losses import Loss
-from qrdeploy.models import Differentiable
+from qrdeploy.core import rng
+from qrdeploy.core.losses import Loss
+from qrdeploy.model.protocol import Differentiable
 
 #: cleverhans v3 MomentumIterativeMethod divides the gradient by max(mean |grad|, this).
 MIM_FLOOR = 1e-12

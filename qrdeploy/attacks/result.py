@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qrdeploy.attacks.arrays import Array, margins, put_rows, take_rows, to_numpy
-from qrdeploy.models import Classifier
+from qrdeploy.model.protocol import Classifier
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks import rng
 from qrdeploy.attacks.arrays import Array, from_numpy, margins, to_numpy
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
 from qrdeploy.attacks.result import AttackResult, Tracker
+from qrdeploy.core import rng
 from qrdeploy.errors import ConfigError
-from qrdeploy.models import Classifier
+from qrdeploy.model.protocol import Classifier
 
 #: Iterations (of a 10,000-query schedule) at which the window fraction p halves.
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

@@ -21,7 +21,7 @@ remedies, each usable with the one L-inf loop (loop.py) unchanged:
    a closed form that never underflows, even where float64 itself would (gap > ~37 for p_y,
    > ~745 for the others): since max_j |p_j - [j = y]| = 1 - p_y = sum_{j != y} p_j,
        c_y = -1,  c_j = softmax_{k != y}(z_k / T)_j  for j != y.
-   Other losses use qrdeploy.losses.loss_value_and_cotangent, rescaled. The wrapper's
+   Other losses use qrdeploy.core.losses.loss_value_and_cotangent, rescaled. The wrapper's
    `loss_and_grad` therefore returns a per-sample positively rescaled gradient, not
    d(sum of loss)/dx: use it only with scale-invariant steps (every L-inf/L2 preset and APGD;
    not CW-L2, which has its own loss). Cost: one `logits` and one `vjp` run per step.
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.attacks.arrays import Array, from_numpy, namespace, to_numpy
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from qrdeploy.errors import ConfigError
-from qrdeploy.losses import Loss, loss_value_and_cotangent
-from qrdeploy.models import Differentiable
+from qrdeploy.model.protocol import Differentiable
 
 
 def unit_cotangent(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from qrdeploy.data import SPLITS, Dataset, load_dataset
-from qrdeploy.inputspec import InputContract
-from qrdeploy.runtime import PROVIDERS, SessionConfig
+from qrdeploy.core.runtime import PROVIDERS, SessionConfig
+from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
+from qrdeploy.graphio.inputspec import InputContract
+from qrdeploy.graphio.isolate import Isolation, open_isolated
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
@@ -69,11 +70,9 @@ def add_isolate(p: argparse.ArgumentParser) -> None:
 
 
 def check_isolated(args: argparse.Namespace, *models: str | None, probe: bool) -> None:
-    """With --isolate, open every given model in a subprocess first (qrdeploy.isolate)."""
+    """With --isolate, open every given model in a subprocess first (qrdeploy.graphio.isolate)."""
     if not args.isolate:
         return
-    from qrdeploy.isolate import Isolation, open_isolated
-
     config = session_config(args) if hasattr(args, "provider") else None
     for model in models:
         if model is not None:

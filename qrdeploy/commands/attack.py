@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from qrdeploy.campaign import AttackOptions, attack_files
 from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
@@ -16,10 +15,11 @@ from qrdeploy.commands._options import (
     session_config,
 )
 from qrdeploy.errors import ConfigError
-from qrdeploy.evaluate import Labels, RunConfig
-from qrdeploy.report import fmt_cell, fmt_column
-from qrdeploy.results import label_note
-from qrdeploy.suites import CWBudget, Family, SuiteName, parse_eps, suite_names
+from qrdeploy.evaluation.campaign import AttackOptions, attack_files
+from qrdeploy.evaluation.results import label_note
+from qrdeploy.evaluation.runner import Labels, RunConfig
+from qrdeploy.evaluation.suites import CWBudget, Family, SuiteName, parse_eps, suite_names
+from qrdeploy.report.render import fmt_cell, fmt_column
 
 HELP = "white-box, transfer, noise and adaptive attacks on an ONNX classifier (results JSON)"
 

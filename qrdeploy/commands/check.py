@@ -15,8 +15,8 @@ from qrdeploy.commands._options import (
     load_data,
     session_config,
 )
-from qrdeploy.gate import check, write_summary
-from qrdeploy.junit import write_junit
+from qrdeploy.gate.junit import write_junit
+from qrdeploy.gate.run import check, write_summary
 
 HELP = "gate a model on a policy of thresholds (exit 0 pass, 3 a threshold failed)"
 

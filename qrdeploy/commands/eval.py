@@ -15,7 +15,9 @@ from qrdeploy.commands._options import (
     load_data,
     session_config,
 )
-from qrdeploy.evaluation import evaluate_onnx
+from qrdeploy.evaluation.clean import evaluate_onnx
+from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.inputspec import contracted
 
 HELP = "accuracy of an ONNX classifier on onnxruntime (and agreement with a reference)"
 
@@ -35,9 +37,6 @@ def run(args: argparse.Namespace) -> int:
     contract = input_contract(args)
     model, batch_size = args.model, args.batch_size
     if contract is not None:
-        from qrdeploy.graph import load_model
-        from qrdeploy.inputspec import contracted
-
         model, batch_size = contracted(load_model(args.model), contract, batch_size)
     result = evaluate_onnx(model, load_data(args), reference=args.reference,
                            config=session_config(args), batch_size=batch_size)

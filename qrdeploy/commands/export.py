@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qrdeploy.export import export_onnx
+    from qrdeploy.train.export import export_onnx
 
     result = export_onnx(args.checkpoint, args.output, fold_bn=args.fold_bn,
                          data_root=args.data_root)

@@ -6,10 +6,17 @@ from __future__ import annotations
 import argparse
 
 from qrdeploy.commands._options import add_isolate, check_isolated
-from qrdeploy.encodings import Encoding
 from qrdeploy.errors import ConfigError
-from qrdeploy.passes import GraphPass, MuLawMap, Recipe, WeightQuant, harden_file, load_recipe
-from qrdeploy.quant import Granularity, Quantizer, ScaleRule
+from qrdeploy.hardening.encodings import Encoding
+from qrdeploy.hardening.passes import (
+    GraphPass,
+    MuLawMap,
+    Recipe,
+    WeightQuant,
+    harden_file,
+    load_recipe,
+)
+from qrdeploy.hardening.quant import Granularity, Quantizer, ScaleRule
 
 HELP = "rewrite weights: mu-law mapping and/or low-bit quantization (float|qdq|int4 encoding)"
 

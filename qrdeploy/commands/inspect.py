@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
-from qrdeploy.gradients import differentiability
-from qrdeploy.graph import load_model
-from qrdeploy.passes import describe_model
+from qrdeploy.gradients.builder import differentiability
+from qrdeploy.graphio.graph import load_model
+from qrdeploy.hardening.passes import describe_model
 
 HELP = "list weight layers (levels, bits, encoding), the hardening provenance, differentiability"
 
@@ -56,7 +56,7 @@ def _print_table(info: dict[str, Any]) -> None:
     if not prov["steps"]:
         print("no hardening recorded")
     diff = info["differentiable"]
-    print("white-box gradients (qrdeploy.gradients): "
+    print("white-box gradients (qrdeploy.gradients.builder): "
           + ("supported" if diff["ok"] else f"blocked by {len(diff['blocking'])} node(s)"))
     for b in diff["blocking"]:
         print(f"  {b['op']} node {b['node']!r}: {b['reason']}")

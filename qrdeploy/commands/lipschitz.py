@@ -14,12 +14,13 @@ import sys
 
 from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
+from qrdeploy.core.plotting import require
+from qrdeploy.core.runtime import PROVIDERS, SessionConfig
+from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import ConfigError
-from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report
-from qrdeploy.lipschitz_render import PlotNorm, plot_reports, write_report
-from qrdeploy.passes import Recipe
-from qrdeploy.plotting import require
-from qrdeploy.runtime import PROVIDERS, SessionConfig
+from qrdeploy.hardening.passes import Recipe
+from qrdeploy.spectral.analysis import LipschitzConfig, lipschitz_report
+from qrdeploy.spectral.render import PlotNorm, plot_reports, render_markdown, write_report
 
 HELP = "spectral norms of W and dW per layer (Lipschitz analysis of the quantization error)"
 DEFAULT_PLOT = "lipschitz.png"
@@ -90,13 +91,11 @@ def run(args: argparse.Namespace) -> int:
         session=SessionConfig(args.provider, args.threads))
     data = None
     if args.data:
-        from qrdeploy.data import load_dataset
-
         data = load_dataset(args.data, args.split, n=args.n, data_root=args.data_root).x
     report = lipschitz_report(args.reference, args.hardened, data, recipe=recipe, config=config)
     write_report(report, json_path=args.output, csv_path=args.csv, markdown_path=args.markdown)
     print(json.dumps(report.to_json(), indent=2, sort_keys=True) if args.json
-          else report.to_markdown())
+          else render_markdown(report))
     if args.plot:
         path = plot_reports([report], args.plot, norm=args.plot_norm)
         print(f"wrote {path}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """`qrdeploy margins`: the F.L. paper's distance-based criteria per class and overall (minimal L2
-adversarial distance, top-k random-direction margin, noise accuracy; qrdeploy.margin_criteria).
+adversarial distance, top-k random-direction margin, noise accuracy; qrdeploy.margins.criteria).
 
     qrdeploy margins models/mnist-standard.onnx --data mnist-5k -n 200 --plot margins.png
     qrdeploy margins runs/std.safetensors runs/fl.safetensors -n 200   # checkpoints, via torch
@@ -11,10 +11,20 @@ import argparse
 import json
 from pathlib import Path
 
-from qrdeploy.commands._options import add_data, add_runtime, load_data, session_config
-from qrdeploy.margin_criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
-from qrdeploy.margins import NumpyModel, SearchConfig, VjpClassifier
-from qrdeploy.plotting import require
+from qrdeploy.commands._options import (
+    add_data,
+    add_isolate,
+    add_runtime,
+    check_isolated,
+    load_data,
+    session_config,
+)
+from qrdeploy.core.plotting import require
+from qrdeploy.graphio.graph import load_model as load_onnx
+from qrdeploy.margins.criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
+from qrdeploy.margins.search import NumpyModel, SearchConfig, VjpClassifier
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.model.protocol import TorchModel
 
 HELP = "per-class margins: minimal L2 adversarial distance, top-k directional margin, noise"
 _D = CriteriaConfig()
@@ -36,25 +46,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="per-class bar chart (needs matplotlib)")
     add_data(p)
     add_runtime(p)
+    add_isolate(p)
 
 
 def load_model(path: str, args: argparse.Namespace) -> VjpClassifier:
     if path.endswith(".safetensors"):
-        from qrdeploy.models import TorchModel
         from qrdeploy.train import load_trained
 
         module, ck = load_trained(path)
         return NumpyModel(TorchModel(module, int(ck.meta.get("num_classes", 10))))
-    import onnx
-
-    from qrdeploy.ortmodel import OrtModel
-
-    return OrtModel(onnx.load(path), session_config(args), batch_size=args.batch_size)
+    return OrtModel(load_onnx(path), session_config(args), batch_size=args.batch_size)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.plot:
         require()  # before any work: a missing plots extra costs no compute
+    check_isolated(args, *(m for m in args.models if not m.endswith(".safetensors")), probe=True)
     config = CriteriaConfig(directions=args.directions, top=args.top,
                             search=SearchConfig(t_max=args.t_max, t0=min(0.5, args.t_max)),
                             l2_attack=L2Attack(args.l2_attack), sigma=args.sigma,

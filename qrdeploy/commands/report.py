@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qrdeploy.report import write_report
+from qrdeploy.report.render import write_report
 
 HELP = "report of results JSON files: markdown + CSV tables with intervals, eps-curve plots"
 

@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 from qrdeploy.errors import ConfigError
-from qrdeploy.reproduce import REGIME_FILES, reproduce
-from qrdeploy.reproduce_profiles import ProfileName
+from qrdeploy.paper.pipeline import REGIME_FILES, reproduce
+from qrdeploy.paper.profiles import ProfileName
 
 HELP = "re-run the paper's experiment (cached, resumable) and write its report"
 

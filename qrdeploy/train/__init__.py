@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qrdeploy.errors import RuntimeMissingError, first_line
+from qrdeploy.errors import RuntimeMissingError
 from qrdeploy.train.config import Method, Optim, TrainConfig
 
 if TYPE_CHECKING:
@@ -43,25 +43,9 @@ def train(config: TrainConfig, out: str | Path, fresh: bool = False,
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
-    """The network of a finished checkpoint, in eval mode, and the checkpoint itself."""
+    """The network of a finished checkpoint, in eval mode, and the checkpoint itself
+    (qrdeploy.train.load)."""
     _torch()
-    from qrdeploy.errors import CheckpointError
-    from qrdeploy.nets import build_net
-    from qrdeploy.train.checkpoint import load_checkpoint
+    from qrdeploy.train.load import load_trained as load
 
-    ck = load_checkpoint(path)
-    if ck.meta.get("kind") != "model":
-        raise CheckpointError(f"{path} is not a finished model checkpoint "
-                              f"(kind {ck.meta.get('kind')!r}); finish its training first")
-    if not isinstance(ck.meta.get("config"), dict):
-        raise CheckpointError(f"{path} has no training recipe in its metadata; "
-                              "it was not written by qrdeploy train")
-    config = TrainConfig.from_json(ck.meta["config"])
-    head = ck.tensors["model"]
-    model = build_net(config.net, num_classes=int(ck.meta.get("num_classes", 10)))
-    try:
-        model.load_state_dict(head)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {config.net}: "
-                              f"{first_line(exc, None)}") from None
-    return model.eval(), ck
+    return load(path)

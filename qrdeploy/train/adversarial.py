@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from qrdeploy.attacks import PGD
-from qrdeploy.data import Dataset
-from qrdeploy.models import TorchModel
+from qrdeploy.data.datasets import Dataset
+from qrdeploy.model.protocol import TorchModel
 from qrdeploy.train.config import TrainConfig
 from qrdeploy.train.loop import Perturb, Score
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from qrdeploy.core.fileio import atomic_write_bytes
 from qrdeploy.errors import CheckpointError
-from qrdeploy.io import atomic_write_bytes
 
 FORMAT = "qrdeploy-checkpoint-1"
 

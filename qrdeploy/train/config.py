@@ -17,7 +17,7 @@ INITS = ("madry", "torch")
 
 class Acceptance(StrEnum):
     """How an F.L. round is accepted. NONINFERIORITY (default, ours): a paired non-inferiority
-    decision on the validation digits (qrdeploy.stats.non_inferiority, Newcombe's hybrid score
+    decision on the validation digits (qrdeploy.core.stats.non_inferiority, Newcombe's hybrid score
     interval): the one-sided lower bound of accuracy(after) - accuracy(before) must lie above
     -margin. DROP: the first rule, a point-estimate drop of at most max_drop (it decides on a few
     digits and flips with the last bits of floating point; kept for comparison only)."""

@@ -2,8 +2,9 @@
 retraining of a trained model, in rounds. Each round (docs/feedback.md):
 
 1. ranks the classes by robustness: for at most `rank_per_class` correctly classified training
-   samples per class, the margins along `directions` random unit directions (qrdeploy.margins);
-   a sample's score is the mean of its `top` smallest margins, a class's the mean of its samples';
+   samples per class, the margins along `directions` random unit directions
+   (qrdeploy.margins.search); a sample's score is the mean of its `top` smallest margins, a class's
+   the mean of its samples';
 2. picks per class the seeds with the smallest scores, as many as the class's level asks (paper
    20 / 100 / 150 for 60,000 digits, scaled to the training set and capped at 1 : 1, ours);
 3. generates, along each seed's `top` smallest finite-margin directions, x + alpha * m * d with
@@ -13,7 +14,7 @@ retraining of a trained model, in rounds. Each round (docs/feedback.md):
    (qrdeploy.train.loop.run_epoch; Adam 1e-4, 5 epochs; the real digits shifted as in the
    recipe, the generated ones never: ours);
 5. accepts the round when it is non-inferior to the starting model on the validation digits
-   (a paired decision, qrdeploy.stats.non_inferiority: the one-sided 95 % lower bound of the
+   (a paired decision, qrdeploy.core.stats.non_inferiority: the one-sided 95 % lower bound of the
    accuracy difference above -margin; ours). A rejected round keeps the previous weights and
    ends the run (the early stop). The statistic is recorded with every round.
 
@@ -35,16 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrdeploy import __version__
-from qrdeploy import margins as mg
-from qrdeploy.attacks import rng
-from qrdeploy.data import Dataset, load_dataset
-from qrdeploy.errors import CheckpointError, ConfigError
-from qrdeploy.io import sha256_file
-from qrdeploy.models import TorchModel
-from qrdeploy.stats import non_inferiority
+from qrdeploy.core import rng
+from qrdeploy.core.fileio import sha256_file
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.core.stats import non_inferiority
+from qrdeploy.core.version import __version__
+from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.errors import CheckpointError, ConfigError, RuntimeMissingError
+from qrdeploy.margins import search as mg
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.model.protocol import TorchModel
 from qrdeploy.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, TrainConfig
+from qrdeploy.train.export import export_module
+from qrdeploy.train.load import load_trained
 from qrdeploy.train.loop import State, correct, make_optimizer, resume_path, run_epoch
 from qrdeploy.train.methods import clean
 
@@ -253,23 +258,17 @@ def deployed(module: nn.Module, config: TrainConfig, train: Dataset) -> mg.VjpCl
     (about twice torch's CPU speed here, and the graph that gets deployed), or through torch
     when onnxruntime is missing."""
     module.eval()
+    c, h, w = (int(v) for v in train.x.shape[1:])
     try:
-        from qrdeploy.export import export_module
-        from qrdeploy.ortmodel import OrtModel
-        from qrdeploy.runtime import SessionConfig
-
-        c, h, w = (int(v) for v in train.x.shape[1:])
-        proto = export_module(module, (c, h, w))
-        return OrtModel(proto, SessionConfig("cpu", threads=config.threads), batch_size=1024)
-    except ImportError:
+        return OrtModel(export_module(module, (c, h, w)),
+                        SessionConfig("cpu", threads=config.threads), batch_size=1024)
+    except RuntimeMissingError:  # no onnxruntime build installed
         return mg.NumpyModel(TorchModel(module, num_classes=train.num_classes))
 
 
 # --- the run: source, resume, finish -----------------------------------------------------------
 
 def load_source(config: TrainConfig) -> tuple[nn.Module, Checkpoint]:
-    from qrdeploy.train import load_trained
-
     module, ck = load_trained(str(config.from_checkpoint))
     net = ck.meta["config"].get("net")
     if net != config.net:

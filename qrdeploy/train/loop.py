@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrdeploy import __version__
-from qrdeploy.data import Dataset, load_dataset
+from qrdeploy.core.progress import quiet
+from qrdeploy.core.version import __version__
+from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import CheckpointError, ConfigError
-from qrdeploy.nets import build_net
-from qrdeploy.progress import quiet
 from qrdeploy.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -33,6 +32,7 @@ from qrdeploy.train.checkpoint import (
     save_checkpoint,
 )
 from qrdeploy.train.config import Optim, TrainConfig
+from qrdeploy.train.nets import build_net
 
 #: (model, x, y, epoch, sample indices) -> the inputs to train on
 Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qrdeploy.data import Dataset
+from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError
+from qrdeploy.train.adversarial import hooks as adversarial_hooks
 from qrdeploy.train.config import Method, TrainConfig
 from qrdeploy.train.loop import Perturb, Score, accuracy
 
@@ -29,6 +30,4 @@ def hooks(config: TrainConfig) -> tuple[Perturb, Score]:
     if config.method is Method.FEEDBACK:
         raise ConfigError("feedback learning runs in rounds from a trained model, not as hooks of "
                           "the training loop: call qrdeploy.train.feedback.train_feedback")
-    from qrdeploy.train.adversarial import hooks as adversarial_hooks
-
     return adversarial_hooks(config)

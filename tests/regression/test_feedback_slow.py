@@ -22,13 +22,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("mlxtend")
 
 from qrdeploy import margins as mg  # noqa: E402
-from qrdeploy.data import load_dataset  # noqa: E402
-from qrdeploy.margin_criteria import EVAL_STREAM  # noqa: E402
-from qrdeploy.recipes import RECIPES, for_profile  # noqa: E402
+from qrdeploy.data.datasets import load_dataset  # noqa: E402
+from qrdeploy.margins.criteria import EVAL_STREAM  # noqa: E402
 from qrdeploy.train import train  # noqa: E402
 from qrdeploy.train.config import Method  # noqa: E402
 from qrdeploy.train.feedback import load_source, run_round  # noqa: E402
 from qrdeploy.train.loop import correct  # noqa: E402
+from qrdeploy.train.recipes import RECIPES, for_profile  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[2] / "runs/make_models/mnist-standard.safetensors"
 N_TEST, EVAL_SEED = 300, 12345
@@ -63,9 +63,9 @@ def test_one_round_generates_examples_raises_margins_and_records_its_decision(
 
 def _mean_margin(module: torch.nn.Module) -> float:
     """On the exported graph through onnxruntime, as F.L. itself searches."""
-    from qrdeploy.export import export_module
-    from qrdeploy.ortmodel import OrtModel
-    from qrdeploy.runtime import SessionConfig
+    from qrdeploy.core.runtime import SessionConfig
+    from qrdeploy.model.ortmodel import OrtModel
+    from qrdeploy.train.export import export_module
 
     model = OrtModel(export_module(module.eval(), (1, 28, 28)), SessionConfig("cpu", threads=2),
                      batch_size=1024)

@@ -31,8 +31,8 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_every_encoding_gives_the_same_accuracy(hardened: dict[str, Path]) -> None:
-    from qrdeploy.data import load_dataset
-    from qrdeploy.evaluation import evaluate_onnx
+    from qrdeploy.data.datasets import load_dataset
+    from qrdeploy.evaluation.clean import evaluate_onnx
 
     test = load_dataset("mnist-5k", "test")
     ks = {enc: evaluate_onnx(p, test).accuracy.k for enc, p in hardened.items()}  # type: ignore[union-attr]
@@ -40,8 +40,8 @@ def test_every_encoding_gives_the_same_accuracy(hardened: dict[str, Path]) -> No
 
 
 def test_inspect_shows_at_most_7_levels_and_provenance(hardened: dict[str, Path]) -> None:
-    from qrdeploy.graph import load_model
-    from qrdeploy.passes import describe_model
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.hardening.passes import describe_model
 
     for path in hardened.values():
         info = describe_model(load_model(path))
@@ -92,8 +92,8 @@ def test_readme_recipe_bytes_equal_the_pinned_ones(tmp_path: Path) -> None:
 
 
 def test_lipschitz_last_layer_matches_numpy(hardened: dict[str, Path]) -> None:
-    from qrdeploy.graph import layer_weight, load_model, weight_layers
-    from qrdeploy.lipschitz import lipschitz_report
+    from qrdeploy.graphio.graph import layer_weight, load_model, weight_layers
+    from qrdeploy.spectral.analysis import lipschitz_report
 
     ref, hard = load_model(STANDARD), load_model(hardened["qdq"])
     report = lipschitz_report(ref, hard)

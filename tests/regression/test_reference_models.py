@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrdeploy.io import sha256_file
+from qrdeploy.core.fileio import sha256_file
 
 pytest.importorskip("mlxtend")
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -25,7 +25,7 @@ def _card(path: Path) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 def test_set():  # type: ignore[no-untyped-def]
-    from qrdeploy.data import load_dataset
+    from qrdeploy.data.datasets import load_dataset
 
     return load_dataset("mnist-5k", "test")
 
@@ -38,7 +38,7 @@ def test_every_model_has_a_card() -> None:
 
 @pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
 def test_card_clean_accuracy(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
-    from qrdeploy.evaluation import evaluate_onnx
+    from qrdeploy.evaluation.clean import evaluate_onnx
 
     card = _card(card_path)
     model = MODELS / card["onnx"]
@@ -53,8 +53,8 @@ def test_card_clean_accuracy(card_path: Path, test_set) -> None:  # type: ignore
 @pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
 def test_card_pgd40(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
     from qrdeploy.attacks import PGD
-    from qrdeploy.graph import load_model
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.model.ortmodel import OrtModel
 
     card = _card(card_path)
     victim = OrtModel(load_model(MODELS / card["onnx"]))
@@ -73,9 +73,9 @@ def test_card_pgd40(card_path: Path, test_set) -> None:  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("card_path", CARDS, ids=[p.stem for p in CARDS])
 def test_card_3bit_clean_accuracy(card_path: Path, test_set) -> None:  # type: ignore[no-untyped-def]
-    from qrdeploy.evaluation import evaluate_onnx
-    from qrdeploy.graph import load_model
-    from qrdeploy.passes import WeightQuant, harden
+    from qrdeploy.evaluation.clean import evaluate_onnx
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.hardening.passes import WeightQuant, harden
 
     card = _card(card_path)
     hardened, _ = harden(load_model(MODELS / card["onnx"]), [WeightQuant(3)], "float")
@@ -90,12 +90,12 @@ def test_feedback_card_records_its_acceptance_and_widens_margins() -> None:
     onnxruntime), and its mean top-40 random-direction margin on test digits, with directions
     from the evaluation stream (independent of training), exceeds the standard model's:
     re-measured here on the first 100 test digits, and recorded on 200 in the card."""
-    from qrdeploy import margins as mg
-    from qrdeploy.data import load_dataset
-    from qrdeploy.graph import load_model
-    from qrdeploy.margin_criteria import EVAL_STREAM
-    from qrdeploy.ortmodel import OrtModel
-    from qrdeploy.stats import non_inferiority
+    from qrdeploy.core.stats import non_inferiority
+    from qrdeploy.data.datasets import load_dataset
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.margins import search as mg
+    from qrdeploy.margins.criteria import EVAL_STREAM
+    from qrdeploy.model.ortmodel import OrtModel
 
     card = _card(MODELS / "mnist-feedback.json")
     (r,) = card["feedback_rounds"]

@@ -18,7 +18,7 @@ def mnist_linear() -> tuple[Any, np.ndarray, np.ndarray]:
     """(trained torch module, x_test (N_TEST, 1, 28, 28) float32, y_test (N_TEST,) int64)."""
     import torch
 
-    from qrdeploy.data import load_dataset
+    from qrdeploy.data.datasets import load_dataset
 
     train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test", n=N_TEST)
     assert train.y is not None and test.y is not None
@@ -42,7 +42,7 @@ def mnist_mlp() -> Any:
     the first N_TEST test digits): the nonlinear victim of the APGD-vs-PGD comparison."""
     import torch
 
-    from qrdeploy.data import load_dataset
+    from qrdeploy.data.datasets import load_dataset
 
     train = load_dataset("mnist-5k", "train")
     assert train.y is not None
@@ -78,7 +78,7 @@ def victims() -> tuple[Any, Any, Any, Any]:
     """(plain TorchModel, x1e4 TorchModel, x torch, y torch)."""
     import torch
 
-    from qrdeploy.models import TorchModel
+    from qrdeploy.model.protocol import TorchModel
 
     net, x, y = mnist_linear()
     return (TorchModel(net, 10), TorchModel(scaled(net, SCALE), 10), torch.tensor(x),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.losses import Loss, loss_value_and_cotangent
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 
 N, SHAPE, K = 12, (1, 3, 4), 4
 ATOL = 6e-8  # eps and x + eps are rounded to float32: |delta| <= eps up to half an ulp of 1.0
@@ -81,7 +81,7 @@ def linear_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 def torch_linear(w: np.ndarray, b: np.ndarray) -> Any:
     import torch
 
-    from qrdeploy.models import TorchModel
+    from qrdeploy.model.protocol import TorchModel
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(w.shape[1], w.shape[0]))
     with torch.no_grad():

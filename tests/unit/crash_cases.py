@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qrdeploy.io import sha256_file
+from qrdeploy.core.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 HARDEN_ARGS = ("--mulaw", "255", "--mulaw-layers", "last:2", "--bits", "3",
@@ -26,7 +26,7 @@ HARDEN_ARGS = ("--mulaw", "255", "--mulaw-layers", "last:2", "--bits", "3",
 def make_input(folder: Path) -> Path:
     """The paper's MNIST CNN shape (3.3 M parameters, 13 MB): harden takes a fraction of a
     second."""
-    from qrdeploy import graph
+    from qrdeploy.graphio import graph
     from tests.unit.onnx_builders import mnist_cnn
 
     return graph.save_model(mnist_cnn(0), folder / "in.onnx")

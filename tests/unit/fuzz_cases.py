@@ -39,7 +39,7 @@ OP_TYPES = ("Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Flatten", "Reshape", "
 def base_models() -> list[bytes]:
     """Serialized valid models: float CNN, MatMul MLP behind a Transpose, ConvTranspose, and
     qdq / int4 hardened CNNs."""
-    from qrdeploy.passes import MuLawMap, WeightQuant, harden
+    from qrdeploy.hardening.passes import MuLawMap, WeightQuant, harden
     from tests.unit.onnx_builders import cnn, conv_transpose_net, mlp_matmul
 
     models = [cnn(0), mlp_matmul(0, transpose=True, dynamo_reshape=True), conv_transpose_net(0),
@@ -211,13 +211,13 @@ def _one_line(exc: Exception) -> str:
 def _stages(path: Path) -> list[tuple[str, Callable[[Any], Any]]]:
     import numpy as np
 
-    from qrdeploy.data import Dataset
-    from qrdeploy.evaluation import evaluate_onnx
-    from qrdeploy.lipschitz import lipschitz_report
-    from qrdeploy.losses import Loss
-    from qrdeploy.ortmodel import OrtModel
-    from qrdeploy.passes import MuLawMap, Recipe, WeightQuant, describe_model, harden
-    from qrdeploy.runtime import SessionConfig
+    from qrdeploy.core.losses import Loss
+    from qrdeploy.core.runtime import SessionConfig
+    from qrdeploy.data.datasets import Dataset
+    from qrdeploy.evaluation.clean import evaluate_onnx
+    from qrdeploy.hardening.passes import MuLawMap, Recipe, WeightQuant, describe_model, harden
+    from qrdeploy.model.ortmodel import OrtModel
+    from qrdeploy.spectral.analysis import lipschitz_report
 
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)  # (N, C, H, W)
     ds = Dataset("fuzz", "test", x, np.array([1, 2]), 10)
@@ -236,8 +236,8 @@ def _stages(path: Path) -> list[tuple[str, Callable[[Any], Any]]]:
 def run_case(data: bytes) -> list[str]:
     """Feed one mutant to every entry point; one outcome per stage ('ok', an error class name,
     or 'FINDING ...' with the traceback)."""
-    from qrdeploy import graph
     from qrdeploy.errors import QrdeployError
+    from qrdeploy.graphio import graph
 
     with tempfile.TemporaryDirectory(prefix="qrd-fuzz-") as tmp:
         path = Path(tmp) / "m.onnx"

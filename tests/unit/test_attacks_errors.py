@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from qrdeploy.attacks import BIM, CWL2, FGSM, L2PGD, MIM, PGD, GaussianNoise, UniformNoise
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.losses import Loss
 
 
 class Flat:
@@ -116,7 +116,7 @@ def test_bad_data_raises(attack: Any, kw: dict[str, Any], exc: type[Exception], 
 
 def test_torch_model_errors() -> None:
     torch = pytest.importorskip("torch")
-    from qrdeploy.models import TorchModel
+    from qrdeploy.model.protocol import TorchModel
 
     with pytest.raises(ConfigError, match=r"num_classes must be an integer >= 2, got 1"):
         TorchModel(torch.nn.Flatten(), 1)

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.attacks import L2PGD, rng
-from qrdeploy.losses import Loss
+from qrdeploy.attacks import L2PGD
+from qrdeploy.core import rng
+from qrdeploy.core.losses import Loss
 from tests.unit.attack_models import (
     SHAPE,
     N,

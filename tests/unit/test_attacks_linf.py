@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.attacks import BIM, CWL2, FGSM, L2PGD, MIM, PGD, rng
+from qrdeploy.attacks import BIM, CWL2, FGSM, L2PGD, MIM, PGD
 from qrdeploy.attacks.loop import MIM_FLOOR
-from qrdeploy.losses import Loss
+from qrdeploy.core import rng
+from qrdeploy.core.losses import Loss
 from tests.unit.attack_models import (
     ATOL,
     K,
@@ -244,10 +245,10 @@ ORT_ATTACKS = [
 def test_ortmodel_and_torchmodel_give_the_same_examples(attack: Any) -> None:
     """The deployed graph (onnxruntime, numpy) and the torch module give the same examples."""
     pytest.importorskip("onnxruntime")
-    from qrdeploy.export import export_module
-    from qrdeploy.models import TorchModel
-    from qrdeploy.ortmodel import OrtModel
-    from qrdeploy.runtime import SessionConfig
+    from qrdeploy.core.runtime import SessionConfig
+    from qrdeploy.model.ortmodel import OrtModel
+    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.train.export import export_module
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.attacks import GaussianNoise, UniformNoise, rng
+from qrdeploy.attacks import GaussianNoise, UniformNoise
+from qrdeploy.core import rng
 from tests.unit.attack_models import (
     N,
     NumpyLinear,

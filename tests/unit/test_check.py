@@ -16,12 +16,12 @@ import pytest
 from onnx import numpy_helper
 
 from qrdeploy.cli import main
-from qrdeploy.data import Dataset
-from qrdeploy.gate import CheckResult, check, write_summary
-from qrdeploy.junit import junit_xml
-from qrdeploy.policy import Policy
-from qrdeploy.schema import load_schema
-from qrdeploy.stats import PairedCounts, newcombe_paired_interval
+from qrdeploy.core.schema import load_schema
+from qrdeploy.core.stats import PairedCounts, newcombe_paired_interval
+from qrdeploy.data.datasets import Dataset
+from qrdeploy.gate.junit import junit_xml
+from qrdeploy.gate.policy import Policy
+from qrdeploy.gate.run import CheckResult, check, write_summary
 from tests.unit.onnx_builders import cnn, inputs, ort_logits
 
 N = 40
@@ -221,9 +221,8 @@ def test_two_runs_write_the_same_junit(world: dict[str, Any]) -> None:
 def test_public_api_check_is_the_function(world: dict[str, Any]) -> None:
     import qrdeploy
 
-    # the module is qrdeploy.gate, so importing it never rebinds the attribute qrdeploy.check
     api: Any = qrdeploy.check
-    assert callable(api) and api.__module__ == "qrdeploy.gate"
+    assert callable(api) and api.__module__ == "qrdeploy.api"
     p = world["paths"]
     result = api(p["a"], p["a"], world["data"], _policy(clean={"min_agreement": 0.9}))
     assert isinstance(result, qrdeploy.CheckResult) and result.passed
@@ -284,7 +283,7 @@ def test_cli_writes_summary_and_junit(world: dict[str, Any], tmp_path: Path) -> 
 
 
 def test_example_policy_parses_and_sets_every_section() -> None:
-    from qrdeploy.policy import load_policy
+    from qrdeploy.gate.policy import load_policy
 
     p = load_policy(Path(__file__).resolve().parents[2] / "examples" / "qrdeploy.toml")
     assert p.clean.min_accuracy is not None and p.clean.max_drop is not None

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from qrdeploy.data import Dataset
+from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError, DataError, QrdeployError
-from qrdeploy.gate import check
-from qrdeploy.policy import Policy, load_policy
+from qrdeploy.gate.policy import Policy, load_policy
+from qrdeploy.gate.run import check
 from tests.unit.onnx_builders import cnn, inputs
 
 BAD_POLICIES = [

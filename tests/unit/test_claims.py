@@ -1,4 +1,4 @@
-"""The paper's claims as rules (qrdeploy.claims) on constructed per-sample scores: each rule
+"""The paper's claims as rules (qrdeploy.paper.claims) on constructed per-sample scores: each rule
 held / not held / not significant, the paper's tables and the headline arithmetic."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qrdeploy import claims as cl
-from qrdeploy.claims import Observations, Outcome, Row, View
+from qrdeploy.paper import claims as cl
+from qrdeploy.paper.claims import Observations, Outcome, Row, View
 
 N = 400
 

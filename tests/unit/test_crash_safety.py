@@ -43,7 +43,7 @@ def test_sigkill_leaves_no_partial_output(setup: tuple[Path, bytes, float], tmp_
 _KILL_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from qrdeploy.io import atomic_write
+from qrdeploy.core.fileio import atomic_write
 
 def write(tmp: Path) -> None:
     with open(tmp, "wb") as fh:

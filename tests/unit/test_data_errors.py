@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrdeploy.data import check_labels, load_dataset, parse_idx
+from qrdeploy.data.datasets import check_labels, load_dataset, parse_idx
 from qrdeploy.errors import DataError
 from tests.unit.data_builders import Payload, write_cifar_folder
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from qrdeploy import graph
-from qrdeploy.passes import META_BITS, MuLawMap, WeightQuant, describe_model, harden
+from qrdeploy.graphio import graph
+from qrdeploy.hardening.passes import META_BITS, MuLawMap, WeightQuant, describe_model, harden
 from tests.unit.onnx_builders import cnn, conv_transpose_net, inputs, mlp_matmul, ort_logits
 
 MODELS = {

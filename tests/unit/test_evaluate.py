@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from qrdeploy.attacks import CWL2, PGD
-from qrdeploy.evaluate import Evaluation, Labels, Record, RunConfig, Subject, evaluate
-from qrdeploy.metrics import (
+from qrdeploy.core.stats import Proportion
+from qrdeploy.evaluation.metrics import (
     attacked_flags,
     bootstrap_diff_interval,
     cw_summary,
@@ -21,8 +21,8 @@ from qrdeploy.metrics import (
     sweep_curves,
     worst_case,
 )
-from qrdeploy.stats import Proportion
-from qrdeploy.suites import Column, Family, Mode, Origin, Suite, build_suite, restricted
+from qrdeploy.evaluation.runner import Evaluation, Labels, Record, RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import Column, Family, Mode, Origin, Suite, build_suite, restricted
 from tests.unit.attack_models import NumpyLinear
 
 st = pytest.importorskip("scipy.stats")
@@ -282,7 +282,7 @@ def test_cw_budget(budget: str, steps: int, iterations: int, lr: float, origin: 
 
 def test_cw_budget_defaults() -> None:
     """The CLI's options default to the quick budget; the library keeps cleverhans' budget."""
-    from qrdeploy.campaign import AttackOptions
+    from qrdeploy.evaluation.campaign import AttackOptions
 
     assert AttackOptions().cw_budget.value == "quick"
     assert build_suite("white", "mnist").cw_budget.value == "paper"

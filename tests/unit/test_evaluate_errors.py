@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.evaluate import RunConfig, Subject, evaluate
-from qrdeploy.metrics import paired_test
-from qrdeploy.results import load_results
-from qrdeploy.suites import build_suite, family_of, parse_eps
+from qrdeploy.evaluation.metrics import paired_test
+from qrdeploy.evaluation.results import load_results
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import build_suite, family_of, parse_eps
 from tests.unit.attack_models import NumpyLinear
 
 

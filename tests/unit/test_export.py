@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qrdeploy.data import load_dataset  # noqa: E402
-from qrdeploy.evaluation import predict_logits  # noqa: E402
-from qrdeploy.export import check_parity, export_module, export_onnx  # noqa: E402
+from qrdeploy.data.datasets import load_dataset  # noqa: E402
+from qrdeploy.evaluation.clean import predict_logits  # noqa: E402
 from qrdeploy.train import load_trained  # noqa: E402
+from qrdeploy.train.export import check_parity, export_module, export_onnx  # noqa: E402
 
 
 def test_argmax_agrees_on_all_1000_test_digits(tiny_checkpoint: Path, tiny_onnx: Path) -> None:
@@ -49,7 +49,7 @@ def test_dynamic_batch(tiny_onnx: Path) -> None:
 def test_batchnorm_kept_or_folded(fold: bool, expected_bn: int) -> None:
     # wrn-32-1 has 31 BN layers; folding removes the 15 that directly follow a conv (bn2 of
     # each unit), the pre-activation ones (after an Add) stay nodes.
-    from qrdeploy.nets import build_net
+    from qrdeploy.train.nets import build_net
 
     torch.manual_seed(0)
     net = build_net("wrn-32-1").eval()

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("mlxtend")
 
 from qrdeploy.cli import main  # noqa: E402
+from qrdeploy.core.fileio import sha256_file  # noqa: E402
 from qrdeploy.errors import ConfigError  # noqa: E402
-from qrdeploy.io import sha256_file  # noqa: E402
 from qrdeploy.train import TrainConfig, load_trained, train  # noqa: E402
 from qrdeploy.train.config import FeedbackConfig, Method  # noqa: E402
 from qrdeploy.train.feedback import train_feedback  # noqa: E402

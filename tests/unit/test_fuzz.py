@@ -102,9 +102,9 @@ def _segfault() -> None:
 
 
 def test_reported_eval_finding_is_fixed() -> None:
-    from qrdeploy.data import Dataset
+    from qrdeploy.data.datasets import Dataset
     from qrdeploy.errors import QrdeployError
-    from qrdeploy.evaluation import evaluate_onnx
+    from qrdeploy.evaluation.clean import evaluate_onnx
     from tests.unit.onnx_builders import cnn
 
     m = cnn(0)
@@ -129,9 +129,9 @@ class _FailingSession:
 
 
 def test_session_run_failures_are_one_line_graph_errors() -> None:
+    from qrdeploy.core.losses import Loss
     from qrdeploy.errors import GraphError
-    from qrdeploy.losses import Loss
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.model.ortmodel import OrtModel
     from tests.unit.onnx_builders import cnn
 
     model = OrtModel(cnn(0))
@@ -152,7 +152,7 @@ def test_constant_folding_failures_are_graph_errors() -> None:
     from onnx import helper
 
     from qrdeploy.errors import GraphError
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.model.ortmodel import OrtModel
     from tests.unit.onnx_builders import cnn
 
     m = cnn(0)
@@ -173,7 +173,7 @@ def test_window_attributes_of_the_wrong_length_are_refused() -> None:
     from onnx import helper
 
     from qrdeploy.errors import GraphError
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.model.ortmodel import OrtModel
     from tests.unit.onnx_builders import cnn
 
     m = cnn(0)
@@ -189,7 +189,7 @@ def test_lipschitz_refuses_non_finite_weights() -> None:
     from onnx import numpy_helper
 
     from qrdeploy.errors import GraphError
-    from qrdeploy.lipschitz import lipschitz_report
+    from qrdeploy.spectral.analysis import lipschitz_report
     from tests.unit.onnx_builders import cnn
 
     m = cnn(0)
@@ -202,8 +202,9 @@ def test_lipschitz_refuses_non_finite_weights() -> None:
 
 
 def test_spectral_failures_become_graph_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qrdeploy import lipschitz, spectral
     from qrdeploy.errors import GraphError
+    from qrdeploy.spectral import analysis as lipschitz
+    from qrdeploy.spectral import norms as spectral
 
     def fail(*args: object, **kwargs: object) -> None:
         raise np.linalg.LinAlgError("SVD did not converge")

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.grad_rules import GradOptions
-from qrdeploy.gradients import GRAD, X_COTANGENT, build_vjp, supported_ops
+from qrdeploy.gradients.builder import GRAD, X_COTANGENT, build_vjp, supported_ops
+from qrdeploy.gradients.rules import GradOptions
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

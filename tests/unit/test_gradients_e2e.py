@@ -16,9 +16,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from qrdeploy.losses import Loss, loss_value_and_cotangent
-from qrdeploy.ortmodel import OrtModel
-from qrdeploy.runtime import SessionConfig
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.model.ortmodel import OrtModel
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -268,8 +268,8 @@ def test_encoded_weights_are_folded(models: dict[str, tuple[Any, onnx.ModelProto
 def test_project_wrn_32_1_all_losses() -> None:
     """The project's own wrn-32-1 (per-image standardisation, LeakyRelu, BN kept) as export.py
     makes it; float64 torch is slow here, so 2 samples and one forward for all losses."""
-    nets = pytest.importorskip("qrdeploy.nets")
-    export = pytest.importorskip("qrdeploy.export")
+    nets = pytest.importorskip("qrdeploy.train.nets")
+    export = pytest.importorskip("qrdeploy.train.export")
     torch.manual_seed(2)
     net = _randomise_bn(nets.build_net("wrn-32-1").eval())
     om = OrtModel(export.export_module(net, (3, 32, 32), fold_bn=False), batch_size=1)

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError, DataError, GraphError, UnsupportedOpError
-from qrdeploy.gradients import build_loss_grad, build_vjp, differentiability
-from qrdeploy.losses import Loss
-from qrdeploy.ortmodel import OrtModel
+from qrdeploy.gradients.builder import build_loss_grad, build_vjp, differentiability
+from qrdeploy.model.ortmodel import OrtModel
 
 
 def _model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray] | None = None,

@@ -5,7 +5,7 @@ source module, also after `harden --bits 3` in the float, qdq and int4 encodings
 through OrtModel against FGSM through TorchModel.
 
 Reference for a hardened graph: the source module with the float weights each layer sees in the
-hardened graph (qrdeploy.graph.layer_weight) loaded by name. The name is the original
+hardened graph (qrdeploy.graphio.graph.layer_weight) loaded by name. The name is the original
 initializer's, found through the consumer node (hardening keeps node names); for the dynamo
 export, whose optimizer folded BN into the convs, the module is first conv-BN fused with torch.fx
 so its parameters are the ones the graph holds. The dynamo exports take most of this file's time
@@ -25,13 +25,13 @@ import onnx
 import pytest
 
 from qrdeploy.attacks import FGSM
-from qrdeploy.encodings import Encoding
-from qrdeploy.gradients import Report, differentiability
-from qrdeploy.graph import layer_weight, weight_layers
-from qrdeploy.models import TorchModel
-from qrdeploy.ortmodel import OrtModel
-from qrdeploy.passes import WeightQuant, harden
-from qrdeploy.runtime import SessionConfig
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.gradients.builder import Report, differentiability
+from qrdeploy.graphio.graph import layer_weight, weight_layers
+from qrdeploy.hardening.encodings import Encoding
+from qrdeploy.hardening.passes import WeightQuant, harden
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.model.protocol import TorchModel
 from tests.unit.test_gradients_e2e import _assert_grad, _randomise_bn, _ref, _x
 
 torch = pytest.importorskip("torch")
@@ -62,7 +62,7 @@ def _source(arch: str) -> Any:
 def _exported(arch: str, exporter: str) -> onnx.ModelProto:
     module = _source(arch)
     if exporter == "qrdeploy":
-        from qrdeploy.export import export_module
+        from qrdeploy.train.export import export_module
 
         return export_module(module, CHW)
     with warnings.catch_warnings():

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qrdeploy import graph
-from qrdeploy.passes import WeightQuant, harden
+from qrdeploy.graphio import graph
+from qrdeploy.hardening.passes import WeightQuant, harden
 from tests.unit.onnx_builders import cnn, conv_transpose_net, mlp_matmul, shared_weight_net
 
 

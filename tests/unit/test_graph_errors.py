@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from qrdeploy import graph
 from qrdeploy.errors import GraphError
+from qrdeploy.graphio import graph
 from tests.unit.onnx_builders import cnn
 
 

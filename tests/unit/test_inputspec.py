@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.inputspec import (
+from qrdeploy.graphio.inputspec import (
     PIXELS,
     DType,
     InputContract,
@@ -23,7 +23,7 @@ from qrdeploy.inputspec import (
     one_by_one,
     wrap_model,
 )
-from qrdeploy.ortmodel import OrtModel
+from qrdeploy.model.ortmodel import OrtModel
 from tests.unit.inputspec_models import (
     WEIGHTS,
     as_deployed,

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
-from qrdeploy.inputspec import InputSpec, wrap_model
+from qrdeploy.graphio.inputspec import InputSpec, wrap_model
 from tests.unit.inputspec_models import twin
 
 PARSE_CASES = {

@@ -1,5 +1,5 @@
 """Per-layer ‖W‖₂ / ‖ΔW‖₂ from ONNX graphs and the measured error amplification
-(qrdeploy.lipschitz, `qrdeploy lipschitz`)."""
+(qrdeploy.spectral.analysis, `qrdeploy lipschitz`)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ import onnx
 import pytest
 from onnx import helper
 
-from qrdeploy import graph, quant, spectral
 from qrdeploy.cli import main
-from qrdeploy.lipschitz import (
+from qrdeploy.graphio import graph
+from qrdeploy.hardening import quant
+from qrdeploy.hardening.passes import MuLawMap, Recipe, WeightQuant, harden
+from qrdeploy.hardening.quant import Granularity, Quantizer
+from qrdeploy.spectral.analysis import (
     AMPLIFICATION_NOTE,
     LipschitzConfig,
     conv_geometry,
     lipschitz_report,
+    spectral,
 )
-from qrdeploy.lipschitz_render import plot_reports
-from qrdeploy.passes import MuLawMap, Recipe, WeightQuant, harden
-from qrdeploy.quant import Granularity, Quantizer
+from qrdeploy.spectral.render import plot_reports, render_csv, render_markdown
 from tests.unit import onnx_builders as ob
 
 QUANT_RECIPES = {
@@ -166,7 +168,7 @@ def test_auto_pad_geometry_matches_onnxruntime(auto_pad: str, stride: int) -> No
     model = b.model(["N", 2, 7, 7], b.node("Flatten", [h]), 1)
     model.graph.output[0].type.tensor_type.shape.ClearField("dim")
     x = ob.inputs(0, (1, 2, 7, 7))
-    from qrdeploy.runtime import make_session
+    from qrdeploy.core.runtime import make_session
 
     expected = make_session(model.SerializeToString()).run(None, {"input": x})[0]
     layer = graph.weight_layers(model)[0]
@@ -178,10 +180,10 @@ def test_report_forms_are_reproducible(ref: onnx.ModelProto) -> None:
     hard, _ = harden(ref, [MuLawMap(255), WeightQuant(3)])
     a, b = lipschitz_report(ref, hard), lipschitz_report(ref, hard)
     assert json.dumps(a.to_json(), sort_keys=True) == json.dumps(b.to_json(), sort_keys=True)
-    assert a.to_markdown() == b.to_markdown() and a.to_csv() == b.to_csv()
-    rows = list(csv.DictReader(io.StringIO(a.to_csv())))
+    assert render_markdown(a) == render_markdown(b) and render_csv(a) == render_csv(b)
+    rows = list(csv.DictReader(io.StringIO(render_csv(a))))
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc1", "fc2"]
-    assert AMPLIFICATION_NOTE in a.to_markdown()
+    assert AMPLIFICATION_NOTE in render_markdown(a)
     assert a.to_json()["layers"][3]["dw_total"] is not None
 
 
@@ -230,7 +232,7 @@ def test_cli_data_from_npz(ref: onnx.ModelProto, tmp_path: Path,
 
 
 def test_graph_output_helper_keeps_the_model_valid(ref: onnx.ModelProto) -> None:
-    from qrdeploy.lipschitz import _with_outputs
+    from qrdeploy.spectral.analysis import _with_outputs
 
     names = [n.output[0] for n in ref.graph.node if n.op_type == "Conv"]
     model = _with_outputs(ref, [*names, *names])
@@ -245,7 +247,7 @@ def test_conv_transpose_operator_norm_against_onnxruntime() -> None:
     up = report.layers[0]
     assert up.op_type == "ConvTranspose" and up.w.operator is not None
     # The explicit matrix of the ConvTranspose alone, column by column, from onnxruntime.
-    from qrdeploy.runtime import make_session
+    from qrdeploy.core.runtime import make_session
 
     node = next(n for n in ref.graph.node if n.op_type == "ConvTranspose")
     single = helper.make_model(helper.make_graph(

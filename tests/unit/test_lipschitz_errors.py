@@ -1,5 +1,5 @@
-"""Error paths of qrdeploy.spectral, qrdeploy.lipschitz and `qrdeploy lipschitz`: one-line
-QrdeployErrors saying what was expected and the fix."""
+"""Error paths of qrdeploy.spectral.norms, qrdeploy.spectral.analysis and `qrdeploy lipschitz`:
+one-line QrdeployErrors saying what was expected and the fix."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
-from qrdeploy import graph, spectral
 from qrdeploy.cli import main
 from qrdeploy.errors import ConfigError, GraphError, QrdeployError, RuntimeMissingError
-from qrdeploy.lipschitz import LipschitzConfig, lipschitz_report, match_layers
-from qrdeploy.lipschitz_render import plot_reports
-from qrdeploy.passes import Recipe, WeightQuant, harden
-from qrdeploy.spectral import ConvGeometry
+from qrdeploy.graphio import graph
+from qrdeploy.hardening.passes import Recipe, WeightQuant, harden
+from qrdeploy.spectral.analysis import LipschitzConfig, lipschitz_report, match_layers, spectral
+from qrdeploy.spectral.norms import ConvGeometry
+from qrdeploy.spectral.render import plot_reports
 from tests.unit import onnx_builders as ob
 
 

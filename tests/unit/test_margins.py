@@ -1,6 +1,6 @@
-"""Margins along directions (qrdeploy.margins): the search against analytic distances on linear
-classifiers, class ranking and scaled seed counts on constructed cases, and generation (every kept
-example fools its generator; the others are discarded and counted). numpy only."""
+"""Margins along directions (qrdeploy.margins.search): the search against analytic distances on
+linear classifiers, class ranking and scaled seed counts on constructed cases, and generation (every
+kept example fools its generator; the others are discarded and counted). numpy only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrdeploy import margins as mg
+from qrdeploy.margins import search as mg
 
 SHAPE = (1, 4, 4)
 EXACT = mg.SearchConfig(t0=0.05, t_max=10.0, bisect_steps=20)
@@ -174,7 +174,7 @@ def test_histogram_counts_finite_and_not_reached() -> None:
 
 
 def test_deepfool_finds_the_hyperplane_distance_of_a_linear_model() -> None:
-    from qrdeploy.margin_criteria import deepfool_l2
+    from qrdeploy.margins.criteria import deepfool_l2
 
     model, x, y = _case(3, 2)
     dw = model.w[1 - y] - model.w[y]  # (N, D)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qrdeploy import margins as mg
 from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.margin_criteria import CriteriaConfig, margin_criteria
+from qrdeploy.margins import search as mg
+from qrdeploy.margins.criteria import CriteriaConfig, margin_criteria
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_directions_of_the_wrong_shape() -> None:
 
 
 def test_criteria_settings_and_unlabelled_data() -> None:
-    from qrdeploy.data import Dataset
+    from qrdeploy.data.datasets import Dataset
 
     with pytest.raises(ConfigError, match=r"top must be in \[1, directions=8\]"):
         CriteriaConfig(directions=8, top=9)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.masking import (
+from qrdeploy.evaluation.masking import (
     SATURATION_GAP,
     Arm,
     Check,
@@ -209,7 +209,7 @@ pytest.importorskip("mlxtend")
 from qrdeploy.attacks import BIM, FGSM, PGD  # noqa: E402
 from qrdeploy.attacks.adaptive import Role, adaptive_suite, score  # noqa: E402
 from qrdeploy.attacks.square import Square  # noqa: E402
-from qrdeploy.losses import Loss  # noqa: E402
+from qrdeploy.core.losses import Loss  # noqa: E402
 from tests.unit.adaptive_models import victims  # noqa: E402
 
 EPS = 0.05  # the linear model keeps ~25% under PGD here: accuracy differences are meaningful

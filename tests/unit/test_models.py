@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.losses import Loss, loss_value_and_cotangent
-from qrdeploy.models import Classifier, Differentiable, TorchModel
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
+from qrdeploy.model.protocol import Classifier, Differentiable, TorchModel
 from tests.unit.attack_models import one_torch_thread
 
 torch = pytest.importorskip("torch")
@@ -96,7 +96,7 @@ def test_float32_module_keeps_float32() -> None:
 def test_protocol_modules_import_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import qrdeploy.models, qrdeploy.attacks\n"
+        "import qrdeploy.model.protocol, qrdeploy.attacks\n"
         "from qrdeploy.attacks import PGD\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')"

@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from qrdeploy.gradients import supported_ops
+from qrdeploy.gradients.builder import supported_ops
 
 ROOT = Path(__file__).parents[2]
 

@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.gradients import supported_ops
-from qrdeploy.losses import Loss, loss_value_and_cotangent
-from qrdeploy.ortmodel import OrtModel
-from qrdeploy.runtime import SessionConfig
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.gradients.builder import supported_ops
+from qrdeploy.model.ortmodel import OrtModel
 
 K = 5
 
@@ -126,12 +126,12 @@ def test_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, qrdeploy.ortmodel, qrdeploy.gradients; "
+    code = ("import sys, qrdeploy.model.ortmodel, qrdeploy.gradients.builder; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_satisfies_the_differentiable_protocol() -> None:
-    models = pytest.importorskip("qrdeploy.models")
+    models = pytest.importorskip("qrdeploy.model.protocol")
     om = OrtModel(tiny())
     assert isinstance(om, models.Classifier) and isinstance(om, models.Differentiable)

@@ -10,8 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qrdeploy import cli, graph, quant
-from qrdeploy.passes import (
+from qrdeploy import cli
+from qrdeploy.graphio import graph
+from qrdeploy.hardening import quant
+from qrdeploy.hardening.passes import (
     META_STEPS,
     MuLawMap,
     Recipe,
@@ -23,7 +25,7 @@ from qrdeploy.passes import (
     recipes_of,
     select_layers,
 )
-from qrdeploy.quant import Granularity
+from qrdeploy.hardening.quant import Granularity
 from tests.unit.onnx_builders import cnn, conv_transpose_net, inputs, mlp_matmul, ort_logits
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from qrdeploy import cli, graph, quant
+from qrdeploy import cli
 from qrdeploy.errors import ConfigError, PassError
-from qrdeploy.passes import MuLawMap, WeightQuant, harden, load_recipe, recipe_from_dict
+from qrdeploy.graphio import graph
+from qrdeploy.hardening import quant
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant, harden, load_recipe, recipe_from_dict
 from tests.unit.onnx_builders import cnn, shared_weight_net
 
 

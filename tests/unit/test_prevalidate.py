@@ -1,5 +1,5 @@
-"""qrdeploy.prevalidate: valid models pass; each corrupt or oversized declaration is a one-line
-GraphError raised before onnx.checker / onnxruntime see the file."""
+"""qrdeploy.graphio.prevalidate: valid models pass; each corrupt or oversized declaration is a
+one-line GraphError raised before onnx.checker / onnxruntime see the file."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy import graph
 from qrdeploy.errors import ConfigError, GraphError
-from qrdeploy.passes import WeightQuant, harden
-from qrdeploy.prevalidate import Limits, prevalidate, prevalidate_file
+from qrdeploy.graphio import graph
+from qrdeploy.graphio.prevalidate import Limits, prevalidate, prevalidate_file
+from qrdeploy.hardening.passes import WeightQuant, harden
 from tests.unit.onnx_builders import cnn, conv_transpose_net, mlp_matmul, shared_weight_net
 
 Mutation = Callable[[onnx.ModelProto], None]
@@ -229,7 +229,7 @@ FOUND = [
                          ids=[c[0] for c in FOUND])
 def test_malformed_graphs_found_by_fuzzing(tmp_path: Path, build: Callable[[], onnx.ModelProto],
                                            mutate: Mutation, match: str) -> None:
-    from qrdeploy.passes import describe_model
+    from qrdeploy.hardening.passes import describe_model
 
     m = build()
     mutate(m)

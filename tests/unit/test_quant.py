@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qrdeploy import quant
-from qrdeploy.quant import ScaleRule
+from qrdeploy.hardening import quant
+from qrdeploy.hardening.quant import ScaleRule
 
 RNG = np.random.default_rng(0)
 W = (RNG.standard_normal((16, 3, 3, 3)) * 0.2).astype(np.float32)  # (C_out, C_in, k, k)

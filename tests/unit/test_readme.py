@@ -41,7 +41,7 @@ def test_readme_main_command(tmp_path: Path) -> None:
     proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from qrdeploy.results import load_results  # validates against the shipped schema
+    from qrdeploy.evaluation.results import load_results  # validates against the shipped schema
 
     doc = load_results(ROOT / "runs" / "demo" / "results.json")
     assert doc["schema_version"] == 2

@@ -1,4 +1,4 @@
-"""The reference recipes (qrdeploy.recipes): one source for tools/make_models.py and
+"""The reference recipes (qrdeploy.train.recipes): one source for tools/make_models.py and
 `reproduce --retrain`, equal to what the committed model cards record."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qrdeploy import recipes
 from qrdeploy.errors import ConfigError
-from qrdeploy.reproduce_profiles import get_profile
+from qrdeploy.paper.profiles import get_profile
+from qrdeploy.train import recipes
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qrdeploy.evaluate import RunConfig, Subject, evaluate
-from qrdeploy.report import PLOTS_HINT, fmt_cell, render_csv, render_markdown, write_report
-from qrdeploy.results import build_results, write_results
-from qrdeploy.suites import build_suite
+from qrdeploy.evaluation.results import build_results, write_results
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import build_suite
+from qrdeploy.report.render import PLOTS_HINT, fmt_cell, render_csv, render_markdown, write_report
 from tests.unit.attack_models import NumpyLinear
 
 ATTACKS = "clean,fgsm-s,pgd,normal"

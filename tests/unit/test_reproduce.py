@@ -13,8 +13,8 @@ import pytest
 
 from qrdeploy.cli import main
 from qrdeploy.errors import ConfigError
-from qrdeploy.reproduce import reproduce
-from qrdeploy.reproduce_cache import MANIFEST, Status, Step, StepCache, verify
+from qrdeploy.paper.cache import MANIFEST, Status, Step, StepCache, verify
+from qrdeploy.paper.pipeline import reproduce
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -210,8 +210,8 @@ def test_corrupted_output_is_detected_and_rerun(smoke: tuple[Path, Path]) -> Non
 
 
 def test_retrain_trains_every_regime_then_reuses(tmp_path: Path) -> None:
-    """--retrain on the smoke profile: the four recipes (qrdeploy.recipes with the profile's tiny
-    overrides) are trained as cached steps, F.L. from the fresh standard checkpoint, and every
+    """--retrain on the smoke profile: the four recipes (qrdeploy.train.recipes with the profile's
+    tiny overrides) are trained as cached steps, F.L. from the fresh standard checkpoint, and every
     regime's rows are filled; the rerun reuses everything."""
     out = tmp_path / "run"
     res = reproduce("smoke", out, models_dir=tmp_path / "no-models", retrain=True)

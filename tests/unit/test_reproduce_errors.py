@@ -9,9 +9,9 @@ import pytest
 from qrdeploy.cli import main
 from qrdeploy.commands.reproduce import parse_models
 from qrdeploy.errors import ConfigError
-from qrdeploy.reproduce import reproduce
-from qrdeploy.reproduce_cache import check_force
-from qrdeploy.reproduce_profiles import Budget, get_profile
+from qrdeploy.paper.cache import check_force
+from qrdeploy.paper.pipeline import reproduce
+from qrdeploy.paper.profiles import Budget, get_profile
 
 CASES = [
     pytest.param(lambda: get_profile("fast"), "unknown profile 'fast'", id="unknown-profile"),

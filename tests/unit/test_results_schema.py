@@ -13,10 +13,10 @@ import pytest
 
 from qrdeploy.attacks import CWL2
 from qrdeploy.attacks.adaptive import adaptive_suite
-from qrdeploy.evaluate import RunConfig, Subject, evaluate
-from qrdeploy.results import build_results, dumps, load_results, write_results
-from qrdeploy.schema import errors, load_schema
-from qrdeploy.suites import Mode, Suite, build_suite
+from qrdeploy.core.schema import errors, load_schema
+from qrdeploy.evaluation.results import build_results, dumps, load_results, write_results
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import Mode, Suite, build_suite
 from tests.unit.attack_models import NumpyLinear
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -20,8 +20,8 @@ import onnx
 import pytest
 
 from qrdeploy.attacks.adaptive import adaptive_suite
-from qrdeploy.evaluate import Evaluation, RunConfig, Subject, evaluate
-from qrdeploy.suites import Mode, build_suite
+from qrdeploy.evaluation.runner import Evaluation, RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import Mode, build_suite
 from tests.unit.attack_models import NumpyLinear
 from tests.unit.onnx_builders import cnn, ort_logits
 

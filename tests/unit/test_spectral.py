@@ -1,4 +1,4 @@
-"""Largest singular values of matrices and convolution operators (qrdeploy.spectral)."""
+"""Largest singular values of matrices and convolution operators (qrdeploy.spectral.norms)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qrdeploy import spectral
-from qrdeploy.runtime import make_session
-from qrdeploy.spectral import ConvGeometry, NormMethod
+from qrdeploy.core.runtime import make_session
+from qrdeploy.spectral import norms as spectral
+from qrdeploy.spectral.norms import ConvGeometry, NormMethod
 
 MATRIX_METHODS = [NormMethod.GRAM, NormMethod.SVD, NormMethod.LANCZOS, NormMethod.POWER]
 

@@ -98,8 +98,8 @@ def test_square_alone_brings_a_standard_model_well_below_clean() -> None:
 
 
 def test_square_runs_on_the_onnxruntime_session() -> None:
-    from qrdeploy.export import export_module
-    from qrdeploy.ortmodel import OrtModel
+    from qrdeploy.model.ortmodel import OrtModel
+    from qrdeploy.train.export import export_module
     from tests.unit.adaptive_models import mnist_linear
 
     net, x, y = mnist_linear()

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from qrdeploy.errors import ConfigError, DataError
-from qrdeploy.stats import (
+from qrdeploy.core.stats import (
     Method,
     PairedCounts,
     newcombe_paired_interval,
@@ -17,6 +16,7 @@ from qrdeploy.stats import (
     normal_quantile,
     wilson_interval,
 )
+from qrdeploy.errors import ConfigError, DataError
 
 
 def _exact_coverage(n: int, probs: tuple[float, float, float, float], z: float) -> float:

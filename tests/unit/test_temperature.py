@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qrdeploy.attacks.temperature import unit_cotangent
-from qrdeploy.losses import Loss, loss_value_and_cotangent
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from tests.unit.attack_models import one_torch_thread, to_np
 
 R = np.random.default_rng(0)

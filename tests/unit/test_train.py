@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("mlxtend")
 
-from qrdeploy.io import sha256_file  # noqa: E402
+from qrdeploy.core.fileio import sha256_file  # noqa: E402
 from qrdeploy.train import TrainConfig, load_trained, train  # noqa: E402
 from qrdeploy.train.loop import resume_path  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_adversarial_training_trains_on_pgd_examples(tmp_path: Path) -> None:
     assert adversarial.attack_for(cfg, 9).eps == pytest.approx(0.2)
     perturb, _ = adversarial.hooks(cfg)
     torch.manual_seed(0)
-    from qrdeploy.nets import build_net
+    from qrdeploy.train.nets import build_net
 
     net = build_net("mnist-cnn")
     x = torch.rand(6, 1, 28, 28)

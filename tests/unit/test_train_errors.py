@@ -30,7 +30,7 @@ def test_unknown_recipe_key() -> None:
 
 
 def test_unknown_net() -> None:
-    from qrdeploy.nets import build_net
+    from qrdeploy.train.nets import build_net
 
     with pytest.raises(ConfigError, match="unknown net 'resnet'"):
         build_net("resnet")

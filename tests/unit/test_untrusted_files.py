@@ -14,11 +14,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qrdeploy import graph
-from qrdeploy.data import Dataset, load_dataset
+from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import CheckpointError, ConfigError, DataError, GraphError, PassError
-from qrdeploy.evaluation import evaluate_onnx
-from qrdeploy.passes import MuLawMap, WeightQuant
+from qrdeploy.evaluation.clean import evaluate_onnx
+from qrdeploy.graphio import graph
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant
 from tests.unit.onnx_builders import cnn
 
 # ---------------------------------------------------------------- external data
@@ -306,7 +306,7 @@ def test_atomic_write_removes_only_orphaned_temp_files(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from qrdeploy.io import atomic_write_bytes
+    from qrdeploy.core.fileio import atomic_write_bytes
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()

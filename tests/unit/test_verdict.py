@@ -1,5 +1,5 @@
-"""qrdeploy.verdict on hand-made records: which columns feed which masking check, the adaptive
-per-sample worst case, and the sweep kinds that eps-no-effect reads."""
+"""qrdeploy.evaluation.verdict on hand-made records: which columns feed which masking check, the
+adaptive per-sample worst case, and the sweep kinds that eps-no-effect reads."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from qrdeploy.attacks import FGSM, PGD
 from qrdeploy.attacks.adaptive import adaptive_suite
-from qrdeploy.evaluate import Evaluation, Labels, Probe, Record, RunConfig, Subject
-from qrdeploy.metrics import adaptive_worst_case
-from qrdeploy.suites import Column, Family, Mode, Origin, Suite, SweepPoint
-from qrdeploy.verdict import masking, sweep_check
+from qrdeploy.evaluation.metrics import adaptive_worst_case
+from qrdeploy.evaluation.runner import Evaluation, Labels, Probe, Record, RunConfig, Subject
+from qrdeploy.evaluation.suites import Column, Family, Mode, Origin, Suite, SweepPoint
+from qrdeploy.evaluation.verdict import masking, sweep_check
 from tests.unit.attack_models import NumpyLinear
 
 N = 50

@@ -1,0 +1,151 @@
+"""The public API: what the CLI does, one call each. docs/api.md shows an example of every
+function (tests/unit/test_api_doc.py runs them).
+
+>>> import qrdeploy
+>>> hard = qrdeploy.harden("models/mnist-standard.onnx", "hard.onnx", bits=3)
+>>> qrdeploy.evaluate("hard.onnx", "mnist-5k").accuracy
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.errors import ConfigError
+from qrdeploy.evaluation.campaign import AttackOptions, attack_files
+from qrdeploy.evaluation.clean import EvalResult, evaluate_onnx
+from qrdeploy.evaluation.runner import Labels, RunConfig
+from qrdeploy.evaluation.suites import CWBudget, Family
+from qrdeploy.gate.run import CheckResult
+from qrdeploy.gate.run import check as _check
+from qrdeploy.graphio.inputspec import InputContract
+from qrdeploy.hardening.encodings import Encoding
+from qrdeploy.hardening.passes import (
+    GraphPass,
+    HardenResult,
+    MuLawMap,
+    Recipe,
+    WeightQuant,
+    harden_file,
+    load_recipe,
+)
+from qrdeploy.hardening.quant import Granularity
+from qrdeploy.paper.pipeline import ReproduceResult
+from qrdeploy.paper.pipeline import reproduce as _reproduce
+from qrdeploy.spectral.analysis import LipschitzConfig, LipschitzReport, lipschitz_report
+
+__all__ = ["harden", "evaluate", "attack", "check", "lipschitz", "reproduce", "load_dataset"]
+
+PathLike = str | Path
+
+
+def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
+           mulaw: float | None = None, mulaw_layers: str = "last:1",
+           granularity: str = "tensor", encoding: str = "float",
+           recipe: PathLike | Recipe | None = None, in_place: bool = False) -> HardenResult:
+    """Harden an ONNX classifier's weights and write the hardened model to `out`.
+
+    The paper's way: `mulaw=255` (μ-law on the `mulaw_layers`, e.g. 'last:1'), then `bits=3`
+    post-training quantization (per 'tensor' or 'channel'), stored as `encoding` 'float', 'qdq'
+    or 'int4'. Or a `recipe` (a TOML file or a Recipe) with any sequence of passes. Returns the
+    per-tensor records and the file sizes."""
+    if recipe is not None:
+        if bits is not None or mulaw is not None:
+            raise ConfigError("give either recipe or bits / mulaw, not both")
+        rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    else:
+        rec = Recipe(_passes(bits, mulaw, mulaw_layers, granularity),
+                     _choice(Encoding, encoding, "encoding"))
+    return harden_file(model, out, rec, in_place=in_place)
+
+
+def _choice(enum: Any, value: str, what: str) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be one of {', '.join(e.value for e in enum)}, got "
+                          f"{value!r}") from None
+
+
+def _passes(bits: int | None, mulaw: float | None, mulaw_layers: str,
+            granularity: str = "tensor") -> tuple[GraphPass, ...]:
+    """The paper's hardening: μ-law on `mulaw_layers`, then `bits`-bit weights."""
+    if bits is None and mulaw is None:
+        raise ConfigError("nothing to do: give bits (e.g. bits=3) and/or mulaw (e.g. mulaw=255), "
+                          "or a recipe")
+    passes: list[GraphPass] = []
+    if mulaw is not None:
+        passes.append(MuLawMap(mu=mulaw, layers=mulaw_layers))
+    if bits is not None:
+        passes.append(WeightQuant(bits=bits,
+                                  granularity=_choice(Granularity, granularity, "granularity")))
+    return tuple(passes)
+
+
+def evaluate(model: PathLike, data: str | Dataset = "mnist-5k", *, split: str = "test",
+             n: int | None = None, reference: PathLike | None = None,
+             provider: str = "auto", threads: int = 0) -> EvalResult:
+    """Clean accuracy (95 % Wilson interval) of an ONNX classifier on a data set (a name as
+    `load_dataset` takes it, or a Dataset); with `reference`, also top-1 agreement with it."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
+    return evaluate_onnx(model, ds, reference=reference,
+                         config=SessionConfig(provider, threads))
+
+
+def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
+           suite: str = "paper", attacks: str | None = None,
+           eps: Sequence[float] | None = None, split: str = "test", n: int | None = None,
+           source: PathLike | None = None, unhardened: PathLike | None = None,
+           reference: PathLike | None = None, labels: str = "true",
+           family: str | None = None, cw_budget: str = "quick", seed: int = 0,
+           batch_size: int = 100, provider: str = "auto", threads: int = 0,
+           input_spec: str | None = None) -> dict[str, Any]:
+    """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
+    through onnxruntime and write the results JSON to `out`; returns it. Same options as
+    `qrdeploy attack` (docs/attacks.md); `eps=()` turns the eps sweep off."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
+    opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
+                         Labels.TRUE if labels == "true" else Labels.REFERENCE,
+                         Family(family) if family else None,
+                         RunConfig(seed=seed, batch_size=batch_size), CWBudget(cw_budget))
+    contract = None if input_spec is None else InputContract.from_options(input_spec)
+    return attack_files(model, ds, opts, out=out, source=source, reference=reference,
+                        session=SessionConfig(provider, threads), unhardened=unhardened,
+                        contract=contract)
+
+
+def check(model: PathLike, reference: PathLike, data: str | Dataset,
+          policy: PathLike | Any, *, seed: int = 0, batch_size: int = 256,
+          provider: str = "auto", threads: int = 0,
+          input_spec: str | None = None) -> CheckResult:
+    """The pipeline gate: measure every threshold of `policy` (a TOML file or a Policy) on
+    `model` against `reference`; read `.passed` and `.exit_code` (0 pass, 3 fail)."""
+    contract = None if input_spec is None else InputContract.from_options(input_spec)
+    return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
+                  seed=seed, batch_size=batch_size, contract=contract)
+
+
+def lipschitz(reference: PathLike, hardened: PathLike | None = None, *,
+              data: str | Dataset | None = None, n: int = 100, bits: int | None = None,
+              mulaw: float | None = None, mulaw_layers: str = "last:1",
+              config: LipschitzConfig | None = None) -> LipschitzReport:
+    """Per-layer ‖W‖₂, ‖ΔW‖₂ (the quantization error, from the graphs) and, with `data`, the
+    measured amplification of a hardened model against its reference. Instead of a hardened
+    file, `bits` / `mulaw` harden in memory the way `harden` would."""
+    recipe = None if hardened is not None else Recipe(_passes(bits, mulaw, mulaw_layers))
+    x = None
+    if data is not None:
+        x = (data if isinstance(data, Dataset) else load_dataset(data, "test", n=n)).x[:n]
+    return lipschitz_report(reference, hardened, x, recipe=recipe, config=config)
+
+
+def reproduce(profile: str = "smoke", out: PathLike = "runs/reproduce", *,
+              models_dir: PathLike = "models", models: Mapping[str, PathLike] | None = None,
+              retrain: bool = False, seed: int = 0, plots: bool = True) -> ReproduceResult:
+    """The paper's experiment as a cached, resumable pipeline (profiles 'smoke', 'quick',
+    'paper-mnist', 'paper-cifar'; docs/reproduce.md): every table, the claims, the report."""
+    return _reproduce(profile, out, models_dir=models_dir, models=models, seed=seed,
+                      retrain=retrain, plots=plots)

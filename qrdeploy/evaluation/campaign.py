@@ -1,0 +1,199 @@
+"""`qrdeploy attack` as one library call: open the ONNX files, run a suite, write the results.
+
+>>> doc = attack_files("hard.onnx", load_dataset("mnist-5k"), AttackOptions(suite="paper"),
+...                    out="results.json", source="other.onnx")
+
+The victim's run is resumable: its state lives beside the output (`results.json.state.npz`) until
+the results are written. Transfer sets are cached in `.qrdeploy-transfer/` beside the output,
+keyed by the source's sha256 and the settings, and reused by every victim evaluated there.
+
+Transfer sources (issue 7 item 3, issue 11): without `source`, an mnist-family run on 1x28x28
+inputs uses the second standard reference model, `models/mnist-standard-seed1.onnx` beside the
+package, when it exists (recorded as `source.origin: default` and in `notes`); otherwise the
+default suite drops its black-box columns. The adaptive `transfer` column crafts on `unhardened`
+(the model before hardening); without it, on the black-box source (noted); without either it is
+dropped (noted). An `InputContract` (--input-spec ...) is applied to every model given by the
+user; the built-in default source takes float32 NCHW in [0, 1]."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
+from qrdeploy.core.fileio import sha256_file
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.data.datasets import Dataset
+from qrdeploy.errors import ConfigError
+from qrdeploy.evaluation.results import build_results, write_results
+from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import (
+    CWBudget,
+    Family,
+    Mode,
+    Suite,
+    SuiteName,
+    build_suite,
+    family_of,
+    suite_names,
+    without_mode,
+)
+from qrdeploy.graphio.graph import get_metadata, load_model
+from qrdeploy.graphio.inputspec import InputContract, contracted
+from qrdeploy.model.ortmodel import OrtModel
+
+HARDEN_KEY = "qrdeploy.harden"
+TRANSFER_DIR = ".qrdeploy-transfer"
+#: The default transfer source of mnist runs (issue 7: the second standard reference model).
+DEFAULT_MNIST_SOURCE = "mnist-standard-seed1.onnx"
+MNIST_SHAPE = (1, 28, 28)
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """What to run: a named suite narrowed by `attacks`, an eps sweep, the label source."""
+
+    suite: str = SuiteName.PAPER.value
+    attacks: str | None = None
+    eps: tuple[float, ...] | None = None  # None: the suite's default sweep
+    labels: Labels = Labels.TRUE
+    family: Family | None = None
+    run: RunConfig = field(default_factory=RunConfig)
+    cw_budget: CWBudget = CWBudget.QUICK
+
+
+def harden_recipe(meta: dict[str, str]) -> list[Any] | None:
+    """The recipes a hardened model carries in its metadata, one per harden call (validated as a
+    JSON list by qrdeploy.graphio.graph.load_model); None for a plain model."""
+    raw = meta.get(HARDEN_KEY)
+    if raw is None:
+        return None
+    recipe = json.loads(raw)
+    return recipe if isinstance(recipe, list) else [recipe]
+
+
+def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
+                 contract: InputContract | None = None) -> Subject:
+    """An ONNX classifier file as a Subject run by onnxruntime (OrtModel); with a contract the
+    model first gets its input conversion (a kept batch of 1 runs samples one at a time)."""
+    proto = load_model(path)
+    meta = get_metadata(proto)
+    proto, batch_size = contracted(proto, contract, batch_size)
+    model = OrtModel(proto, session, batch_size=batch_size)
+    return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
+                   dict(model.info))
+
+
+#: The committed reference models of a checkout (an installed wheel has none).
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def default_source(data: Dataset, family: Family) -> Path | None:
+    """The second standard reference model for mnist-family runs on 1x28x28 inputs, when the
+    file is there (the checkout's models/ folder); else None."""
+    path = MODELS_DIR / DEFAULT_MNIST_SOURCE
+    fits = family is Family.MNIST and tuple(data.x.shape[1:]) == MNIST_SHAPE
+    return path if fits and path.is_file() else None
+
+
+def data_family(opts: AttackOptions, data: Dataset) -> Family:
+    return opts.family or family_of(data.name, int(data.x.shape[1]))
+
+
+def make_suite(opts: AttackOptions, data: Dataset, has_source: bool) -> Suite:
+    """The suite of the options; black-box columns are dropped from the default suite when no
+    source is given (naming them explicitly without a source is an error)."""
+    suite = build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps,
+                        opts.cw_budget)
+    if suite.by_mode(Mode.BLACK) and not has_source:
+        if SuiteName.PAPER in suite_names(opts.suite) and opts.attacks is None:
+            return without_mode(suite, Mode.BLACK)
+        raise ConfigError("black-box columns need --source SRC.onnx to craft transfer examples "
+                          "on; pass one, or choose --suite white|noise")
+    return suite
+
+
+def _needs_transfer_source(opts: AttackOptions, data: Dataset) -> bool:
+    """Does the unnarrowed suite want a source (black-box or adaptive transfer columns)?"""
+    suite = build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps,
+                        opts.cw_budget)
+    return bool(suite.by_mode(Mode.BLACK)) or _transfer_keys(suite) != []
+
+
+def _transfer_keys(suite: Suite) -> list[str]:
+    return [c.key for c in suite.by_mode(Mode.ADAPTIVE)
+            if isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.TRANSFER]
+
+
+def _drop_keys(suite: Suite, keys: list[str]) -> Suite:
+    return replace(suite, columns=tuple(c for c in suite.columns if c.key not in keys))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The models a run crafts transfer examples on, and what the results say about them."""
+
+    black: Subject | None
+    adaptive: Subject | None
+    black_origin: str = "user"
+    adaptive_role: str = "unhardened"
+    notes: tuple[str, ...] = ()
+
+
+def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
+                    unhardened: Subject | None, session: SessionConfig) -> Sources:
+    """The black-box source (the user's, else the mnist default) and the adaptive transfer
+    column's source (the unhardened model, else the black-box source)."""
+    notes, origin = [], "user"
+    if source is None and _needs_transfer_source(opts, data):
+        path = default_source(data, data_family(opts, data))
+        if path is not None:
+            source, origin = open_subject(path, session, opts.run.batch_size), "default"
+            notes.append(f"transfer source: {path.name} (qrdeploy's default for mnist, the "
+                         "second standard reference model; pass --source to choose another)")
+    if unhardened is not None:
+        return Sources(source, unhardened, origin, "unhardened", tuple(notes))
+    if source is not None:
+        notes.append(f"adaptive transfer crafted on the black-box source {source.name}, not on "
+                     "the model before hardening (pass --unhardened MODEL.onnx)")
+    return Sources(source, source, origin, "black-box source", tuple(notes))
+
+
+def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: str | Path,
+                 source: str | Path | None = None, reference: str | Path | None = None,
+                 session: SessionConfig | None = None,
+                 state_path: Path | None = None, unhardened: str | Path | None = None,
+                 contract: InputContract | None = None) -> dict[str, Any]:
+    """Run the suite on `model` over `data`, write the validated results JSON to `out`, and
+    return it. A state file left by an interrupted run with the same settings is resumed.
+    `unhardened`: the model before hardening, for the adaptive transfer column; `contract`:
+    the input contract of the user's models (see the module docstring)."""
+    session = session or SessionConfig()
+    out = Path(out)
+    bs = opts.run.batch_size
+
+    def open_(path: str | Path | None) -> Subject | None:
+        return open_subject(path, session, bs, contract) if path else None
+
+    victim = open_subject(model, session, bs, contract)
+    ref = open_(reference)
+    srcs = resolve_sources(opts, data, open_(source), open_(unhardened), session)
+    suite = make_suite(opts, data, srcs.black is not None)
+    notes = list(srcs.notes)
+    if srcs.adaptive is None and _transfer_keys(suite):
+        notes.append("adaptive transfer dropped: no --unhardened model and no transfer source")
+        suite = _drop_keys(suite, _transfer_keys(suite))
+    state = state_path or out.with_name(out.name + ".state.npz")
+    run = RunConfig(opts.run.seed, bs, state, out.parent / TRANSFER_DIR)
+    black = srcs.black if suite.by_mode(Mode.BLACK) else None
+    ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
+                  labels=opts.labels, config=run,
+                  adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    doc = build_results(ev, data_name=data.name, split=data.split, session=session,
+                        source_origin=srcs.black_origin,
+                        adaptive_source_role=srcs.adaptive_role, notes=notes)
+    write_results(out, doc)
+    state.unlink(missing_ok=True)
+    return doc

@@ -1,0 +1,187 @@
+"""Numbers from the per-sample flags of an Evaluation (qrdeploy.evaluation.runner): robust accuracy
+with clean errors counted as failures, the paper-style accuracy on attacked inputs, the per-sample
+worst case, accuracy-vs-eps curves, CW-L2 distances, noise draws, and paired tests between two
+models or two attacks on the same samples (exact McNemar and a paired bootstrap interval). Every
+accuracy is a Proportion with a 95 % Wilson interval (qrdeploy.core.stats). No scipy; see
+docs/evaluation.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qrdeploy.core.stats import Proportion, mcnemar_exact
+from qrdeploy.errors import DataError
+from qrdeploy.evaluation.runner import Evaluation
+from qrdeploy.evaluation.suites import Mode, Suite
+
+ALPHA = 0.05  # a paired difference is "significant" when McNemar's exact p < ALPHA
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 20201229  # fixed: an interval is part of the report, not of a run's seed
+
+
+def robust_flags(ev: Evaluation, key: str) -> np.ndarray:
+    """Correct on the clean input and not fooled by the attack (N,): clean errors are failures."""
+    return ev.clean_correct & ~ev.records[key].fooled
+
+
+def attacked_flags(ev: Evaluation, key: str) -> np.ndarray:
+    """The paper-style verdict: the attacked input is classified correctly (N,)."""
+    return ~ev.records[key].fooled
+
+
+def worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
+    """The bounded (L-inf) columns of the suite and the per-sample worst case over them (N,):
+    robust only when correct on the clean input and robust to every one of them."""
+    keys = [c.key for c in ev.suite.columns if c.bounded]
+    flags = ev.clean_correct.copy()
+    for k in keys:
+        flags &= ~ev.records[k].fooled
+    return keys, flags
+
+
+def adaptive_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
+    """The per-sample worst case at the adaptive eps (N,): correct on the clean input, robust to
+    every paper L-inf column and sweep point of at most that eps, and to every adaptive column.
+    Exact although the gradient entries ran only on the survivors of those cheaper columns (a
+    sample they skipped is recorded as fooled). ([], clean flags) without adaptive columns."""
+    keys = [*ev.survivor_keys, *(c.key for c in ev.suite.by_mode(Mode.ADAPTIVE))]
+    flags = ev.clean_correct.copy()
+    for k in keys:
+        flags &= ~ev.records[k].fooled
+    return keys, flags
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    eps: float
+    robust: Proportion  # at this eps
+    worst: Proportion  # robust at every eps <= this one (non-increasing in eps)
+
+
+def sweep_curves(ev: Evaluation) -> dict[str, list[CurvePoint]]:
+    """Accuracy-vs-eps per white-box kind, with the per-sample worst case over eps' <= eps."""
+    curves: dict[str, list[CurvePoint]] = {}
+    for kind in dict.fromkeys(p.kind for p in ev.suite.sweep):
+        points = sorted((p for p in ev.suite.sweep if p.kind == kind), key=lambda p: p.eps)
+        alive = ev.clean_correct.copy()
+        out = []
+        for p in points:
+            ok = robust_flags(ev, p.key)
+            alive &= ok
+            out.append(CurvePoint(p.eps, _prop(ok), _prop(alive)))
+        curves[kind] = out
+    return curves
+
+
+def _prop(flags: np.ndarray) -> Proportion:
+    return Proportion(int(flags.sum()), int(flags.size))
+
+
+@dataclass(frozen=True)
+class CWSummary:
+    median_l2: float | None  # over the examples found on clean-correct samples
+    found: int
+    at_radius: tuple[tuple[float, Proportion], ...]  # accuracy with only examples of L2 <= r
+
+
+def cw_summary(ev: Evaluation, key: str) -> CWSummary:
+    rec, correct = ev.records[key], ev.clean_correct
+    found = correct & rec.fooled  # (N,)
+    median = float(np.median(rec.l2[found])) if found.any() else None
+    radii = tuple((r, _prop(correct & ~(found & (rec.l2 <= r)))) for r in ev.suite.cw_radii)
+    return CWSummary(median, int(found.sum()), radii)
+
+
+@dataclass(frozen=True)
+class NoiseSummary:
+    draws: int
+    mean: float  # mean over draws of robust accuracy (clean errors count as failures)
+    mean_ci95: tuple[float, float]  # bootstrap over samples
+    mean_attacked: float  # the paper's column: mean accuracy on the noisy inputs
+    worst: Proportion  # robust to all k draws (qrdeploy's column)
+
+
+def noise_summary(ev: Evaluation, key: str) -> NoiseSummary:
+    draws = ev.records[key].draws
+    assert draws is not None  # noise jobs always record their draws
+    ok = ev.clean_correct[None, :] & ~draws  # (D, N)
+    per_sample = ok.mean(axis=0)  # (N,)
+    return NoiseSummary(int(draws.shape[0]), float(per_sample.mean()),
+                        bootstrap_mean_interval(per_sample), float((~draws).mean()),
+                        _prop(ok.all(axis=0)))
+
+
+# --------------------------------------------------------------------------------- paired tests
+
+
+def bootstrap_mean_interval(values: np.ndarray, resamples: int = 2000,
+                            seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of `values` (N,), resampling samples."""
+    gen = np.random.default_rng(seed)
+    v = np.asarray(values, np.float64)
+    means = v[gen.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)  # (R,)
+    lo, hi = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_diff_interval(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                            seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95 % paired percentile bootstrap interval of mean(a) - mean(b) for bool flags (N,).
+
+    Resampling pairs only changes how many of the n pairs are (1, 0), (0, 1) or ties, so the
+    resampled counts are drawn from the equivalent multinomial: same distribution, no (R, N)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    n = len(a)
+    plus, minus = int((a & ~b).sum()), int((~a & b).sum())
+    counts = np.random.default_rng(seed).multinomial(
+        n, [plus / n, minus / n, 1 - (plus + minus) / n], size=resamples)  # (R, 3)
+    diffs = (counts[:, 0] - counts[:, 1]) / n
+    lo, hi = np.quantile(diffs, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """a vs b on the same n samples: accuracies, difference a - b with its bootstrap interval,
+    discordant counts (a right b wrong, a wrong b right) and McNemar's exact p-value."""
+
+    a: str
+    b: str
+    n: int
+    acc_a: float
+    acc_b: float
+    diff: float
+    ci95: tuple[float, float]
+    a_only: int
+    b_only: int
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+
+def paired_test(a_flags: np.ndarray, b_flags: np.ndarray, a: str = "a", b: str = "b"
+                ) -> PairedTest:
+    """Paired comparison of two bool flag vectors (N,) on the same samples."""
+    fa, fb = np.asarray(a_flags, bool), np.asarray(b_flags, bool)
+    if fa.shape != fb.shape or fa.ndim != 1 or fa.size == 0:
+        raise DataError(f"a paired test needs two flag vectors over the same samples, got shapes "
+                        f"{fa.shape} and {fb.shape}; compare results of the same data and -n")
+    a_only, b_only = int((fa & ~fb).sum()), int((~fa & fb).sum())
+    return PairedTest(a, b, fa.size, float(fa.mean()), float(fb.mean()),
+                      float(fa.mean() - fb.mean()), bootstrap_diff_interval(fa, fb),
+                      a_only, b_only, mcnemar_exact(a_only, b_only))
+
+
+def attack_pairs(suite: Suite) -> list[tuple[str, str]]:
+    """Column pairs whose difference is a gradient-masking warning sign (method.md section 10):
+    white vs black of the same attack, and one-step FGSM (s) vs iterative PGD."""
+    keys = {c.key for c in suite.columns}
+    pairs = [(f"white/{c.name}", c.key) for c in suite.by_mode(Mode.BLACK)
+             if f"white/{c.name}" in keys]
+    if {"white/fgsm-s", "white/pgd"} <= keys:
+        pairs.append(("white/fgsm-s", "white/pgd"))
+    return pairs

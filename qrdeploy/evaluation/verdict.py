@@ -1,0 +1,125 @@
+"""The gradient-masking checks of a run (qrdeploy.evaluation.masking) assembled from an Evaluation.
+
+After the attacks, the runner's per-sample flags become `masking.Arm`s and the probe of the clean
+points (logits, CE input gradients) feeds the statistics of one model:
+- zero-gradient: the CE input gradient at the clean points (computed once);
+- logit-gap, probability-outputs: the clean logits;
+- black-box-stronger: black-box (transfer) and noise columns, and the adaptive `transfer`
+  column, against the paper's white-box L-inf columns;
+- one-step-stronger: FGSM columns and sweep points against PGD/BIM/MIM ones;
+- square-stronger: the adaptive `square` column against the paper's white-box L-inf columns;
+- unbounded-below-100: PGD at eps = 1 (`Suite.unbounded`);
+- eps-no-effect: every iterative kind of the eps sweep (one check; the first kind that fires is
+  named); FGSM curves are not monotone in eps even on honest models, see `sweep_check`.
+Only columns that ran on every sample are compared: the restricted adaptive columns (run after
+the cheaper attacks, qrdeploy.evaluation.runner) enter the adaptive worst case, never a paired
+check. See docs/masking.md for each statistic and threshold, docs/evaluation.md for the wiring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from qrdeploy.evaluation.masking import (
+    Arm,
+    Check,
+    CheckName,
+    Verdict,
+    check_black_box,
+    check_eps_sweep,
+    check_logit_gap,
+    check_one_step,
+    check_probabilities,
+    check_square,
+    check_unbounded,
+    check_zero_gradient,
+    gap_histogram,
+)
+from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
+from qrdeploy.evaluation.runner import Evaluation
+from qrdeploy.evaluation.suites import Column, Mode, kind_of, restricted
+
+ITERATIVE = ("pgd", "bim", "mim")
+
+
+@dataclass(frozen=True)
+class Masking:
+    """The checks, the verdict and the clean logit-gap histogram (counts per bin of `edges`)."""
+
+    verdict: Verdict
+    gap_counts: tuple[int, ...]
+    gap_edges: tuple[float, ...]
+
+
+def _arm(ev: Evaluation, key: str, eps: float | None) -> Arm:
+    return Arm(key, robust_flags(ev, key), eps)
+
+
+def _paper_white(ev: Evaluation) -> list[Column]:
+    return [c for c in ev.suite.by_mode(Mode.WHITE) if c.bounded]
+
+
+def _by_kind(ev: Evaluation, kinds: tuple[str, ...]) -> list[Arm]:
+    """White-box columns and sweep points of the given kinds as arms."""
+    arms = [_arm(ev, c.key, c.eps) for c in _paper_white(ev) if kind_of(c.name) in kinds]
+    return arms + [_arm(ev, p.key, p.eps) for p in ev.suite.sweep if p.kind in kinds]
+
+
+def _adaptive_arm(ev: Evaluation, name: str) -> Arm | None:
+    cols = [c for c in ev.suite.by_mode(Mode.ADAPTIVE) if c.name == name and not restricted(c)]
+    return _arm(ev, cols[0].key, cols[0].eps) if cols else None
+
+
+def comparison_checks(ev: Evaluation) -> list[Check]:
+    """black-box-stronger, one-step-stronger and square-stronger from the run's flags."""
+    white = [_arm(ev, c.key, c.eps) for c in _paper_white(ev)]
+    others = [_arm(ev, c.key, c.eps) for c in ev.suite.by_mode(Mode.BLACK) if c.bounded]
+    others += [_arm(ev, c.key, None) for c in ev.suite.by_mode(Mode.NOISE)]
+    transfer = _adaptive_arm(ev, "transfer")
+    others += [transfer] if transfer is not None else []
+    return [check_black_box(white, others),
+            check_one_step(_by_kind(ev, ("fgsm",)), _by_kind(ev, ITERATIVE)),
+            check_square(_adaptive_arm(ev, "square"), white)]
+
+
+def sweep_check(ev: Evaluation) -> Check:
+    """eps-no-effect over every swept iterative kind (PGD, BIM, MIM): the first that fires, else
+    the first that ran. FGSM curves are left out: one step of size eps overshoots, so even an
+    honest model's FGSM accuracy can rise at large eps (docs/evaluation.md measures it on the
+    standard reference model); FGSM enters one-step-stronger instead."""
+    checks = []
+    for kind in dict.fromkeys(p.kind for p in ev.suite.sweep if p.kind in ITERATIVE):
+        check = check_eps_sweep([_arm(ev, p.key, p.eps) for p in ev.suite.sweep
+                                 if p.kind == kind])
+        checks.append(replace(check, detail=f"{kind}: {check.detail}"))
+    chosen = [c for c in checks if c.fired] or [c for c in checks if c.ran] or checks
+    return chosen[0] if chosen else check_eps_sweep([])
+
+
+def unbounded_check(ev: Evaluation) -> Check:
+    u = ev.suite.unbounded
+    return check_unbounded(None if u is None else _arm(ev, u.key, u.eps))
+
+
+def probe_checks(ev: Evaluation) -> list[Check]:
+    """zero-gradient, logit-gap and probability-outputs from the probe of the clean points."""
+    pr = ev.probe
+    if pr is None:
+        return []
+    zero = check_zero_gradient(pr.grads) if pr.grads is not None else Check(
+        CheckName.ZERO_GRADIENT, False, float("nan"), 0.01, "not run: no input gradients",
+        ran=False)
+    return [zero, check_logit_gap(pr.logits), check_probabilities(pr.logits)]
+
+
+def masking(ev: Evaluation) -> Masking | None:
+    """Every check of the run and the verdict with the adaptive worst case; None without
+    adaptive columns (the suite then carries no checks)."""
+    if not ev.suite.checks or ev.probe is None:
+        return None
+    checks = [*probe_checks(ev), *comparison_checks(ev), unbounded_check(ev), sweep_check(ev)]
+    _, worst = adaptive_worst_case(ev)
+    counts, edges = gap_histogram(ev.probe.logits)
+    return Masking(Verdict(tuple(checks), float(np.mean(worst))),
+                   tuple(int(c) for c in counts), tuple(float(e) for e in edges))

@@ -1,0 +1,8 @@
+"""`qrdeploy check`: the policy, its measurements, the gate and its JUnit output.
+
+The names of qrdeploy 0.1's module of the same name are forwarded, deprecated
+(qrdeploy.core.compat)."""
+
+from qrdeploy.core.compat import forward
+
+__getattr__ = forward(__name__)

@@ -1,0 +1,376 @@
+"""`qrdeploy check`: the gate for model-conversion pipelines. A policy of thresholds
+(qrdeploy.gate.policy) is measured on a model against its reference, and every threshold passes or
+fails; exit code 0 when all pass, 3 when one fails (docs/check.md).
+
+>>> result = check("hard.onnx", "model.onnx", load_dataset("mnist-5k"), "qrdeploy.toml")
+>>> result.exit_code, [t.line() for t in result.failures]
+
+Each threshold compares either the conservative end of its 95% interval (`use_bound = "lower"`:
+the lower Wilson bound of an accuracy, the upper bound of a paired drop) or the point estimate.
+File size, latency ratios and the masking verdict are not sample proportions and are compared as
+measured."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from qrdeploy.core.fileio import atomic_write_text, sha256_file
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.core.schema import errors, load_schema
+from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcombe_paired_interval
+from qrdeploy.core.version import __version__
+from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
+from qrdeploy.errors import DataError
+from qrdeploy.evaluation.clean import Predictor
+from qrdeploy.evaluation.masking import Verdict
+from qrdeploy.evaluation.suites import family_of
+from qrdeploy.gate.measure import (
+    Attempt,
+    LatencyRow,
+    attack_arms,
+    file_bytes,
+    masking_verdict,
+    measure_latency,
+    predictions,
+    verdict_json,
+    worst_case,
+)
+from qrdeploy.gate.policy import Bound, Policy, RobustKind, load_policy
+from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.inputspec import contracted
+from qrdeploy.model.ortmodel import OrtModel
+
+__all__ = ["CheckResult", "Policy", "ThresholdResult", "check", "load_policy"]
+
+SUMMARY_SCHEMA = "qrdeploy/check-summary"
+SUMMARY_VERSION = 1
+EXIT_PASSED, EXIT_FAILED = 0, 3
+
+
+class Direction(StrEnum):
+    MIN = ">="
+    MAX = "<="
+
+
+class Unit(StrEnum):
+    FRACTION = "fraction"  # shown in %
+    POINTS = "points"  # a difference of fractions, shown in percentage points
+    MB = "MB"
+    RATIO = "ratio"
+    COUNT = "count"
+
+
+def _fmt(v: float, unit: Unit) -> str:
+    if unit is Unit.FRACTION:
+        return f"{100 * v:.2f}%"
+    if unit is Unit.POINTS:
+        return f"{100 * v:+.2f} points"
+    if unit is Unit.MB:
+        return f"{v:.3f} MB"
+    return f"{v:.3f}x" if unit is Unit.RATIO else f"{v:g}"
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """One threshold: the measured value (with its 95% interval when it has one), the number
+    actually compared (`compared`, per `basis`), the threshold and the outcome."""
+
+    metric: str
+    value: float
+    interval: tuple[float, float] | None
+    threshold: float
+    direction: Direction
+    unit: Unit
+    basis: str  # "lower bound", "upper bound" or "point"
+    compared: float
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if self.direction is Direction.MIN:
+            return self.compared >= self.threshold
+        return self.compared <= self.threshold
+
+    def line(self) -> str:
+        """One line: metric, value with interval, compared number and threshold."""
+        ci = "" if self.interval is None else \
+            f" (95% CI {_fmt(self.interval[0], self.unit)} .. {_fmt(self.interval[1], self.unit)})"
+        word = "min" if self.direction is Direction.MIN else "max"
+        basis = "" if self.basis == "point" else f", {self.basis} {_fmt(self.compared, self.unit)}"
+        tail = f"; {self.detail}" if self.detail else ""
+        head = "PASS" if self.passed else "FAIL"
+        return (f"{head} {self.metric} = {_fmt(self.value, self.unit)}{ci}{basis}; "
+                f"threshold {word} {_fmt(self.threshold, self.unit)}{tail}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value,
+                "interval": None if self.interval is None else list(self.interval),
+                "threshold": self.threshold, "direction": self.direction.value,
+                "unit": self.unit.value, "basis": self.basis, "compared": self.compared,
+                "passed": self.passed, "detail": self.detail}
+
+
+def judge(metric: str, value: float, interval: tuple[float, float] | None, threshold: float,
+          direction: Direction, unit: Unit, bound: Bound, detail: str = "") -> ThresholdResult:
+    """A threshold result; with Bound.LOWER and an interval the pessimistic end is compared."""
+    if bound is Bound.LOWER and interval is not None:
+        lower = direction is Direction.MIN
+        basis, compared = ("lower bound", interval[0]) if lower else ("upper bound", interval[1])
+    else:
+        basis, compared = "point", value
+    return ThresholdResult(metric, float(value), interval, float(threshold), direction, unit,
+                           basis, float(compared), detail)
+
+
+def _proportion(metric: str, p: Proportion, threshold: float, bound: Bound) -> ThresholdResult:
+    return judge(metric, p.value, p.interval, threshold, Direction.MIN, Unit.FRACTION, bound,
+                 f"{p.k}/{p.n}")
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model file in the check: where it is, its sha256, its size and its (contract-applied)
+    graph."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    proto: onnx.ModelProto
+    batch_size: int  # the check's batch size, or 1 for a model that runs one sample at a time
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.path.name, "sha256": self.sha256, "size_bytes": self.size_bytes}
+
+
+def open_subject(path: str | Path, contract: Any = None, batch_size: int = 256) -> Subject:
+    p = Path(path)
+    proto = load_model(p)  # validates; raises a one-line GraphError for a missing or bad file
+    proto, batch = contracted(proto, contract, batch_size)
+    return Subject(p, sha256_file(p), file_bytes(p), proto, batch)
+
+
+# ----------------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Every threshold's outcome, plus latency and the masking verdict for the summary."""
+
+    thresholds: tuple[ThresholdResult, ...]
+    latency: tuple[LatencyRow, ...]
+    masking: Verdict | None
+    model: Subject
+    reference: Subject
+    data: dict[str, Any]
+    policy: Policy
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.thresholds)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PASSED if self.passed else EXIT_FAILED
+
+    @property
+    def failures(self) -> tuple[ThresholdResult, ...]:
+        return tuple(t for t in self.thresholds if not t.passed)
+
+    def lines(self) -> list[str]:
+        """One line per threshold, then the latency table and the outcome."""
+        out = [t.line() for t in self.thresholds]
+        for r in self.latency:
+            m, f = r.model, r.reference
+            out.append(f"latency batch {r.batch_size} (ms, mean/median/p95): model "
+                       f"{m.mean_ms:.2f}/{m.median_ms:.2f}/{m.p95_ms:.2f}, reference "
+                       f"{f.mean_ms:.2f}/{f.median_ms:.2f}/{f.p95_ms:.2f}, paired median ratio "
+                       f"{r.ratio:.3f}")
+        if self.masking is not None:
+            out.append(f"masking: {self.masking.text}")
+        out.append(self.outcome())
+        return out
+
+    def outcome(self) -> str:
+        n, bad = len(self.thresholds), len(self.failures)
+        if bad:
+            return f"check FAILED: {bad} of {n} thresholds not met"
+        return f"check passed: {n} of {n} thresholds met"
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary (qrdeploy/schemas/summary.schema.json, version 1)."""
+        return {
+            "schema": SUMMARY_SCHEMA, "schema_version": SUMMARY_VERSION,
+            "qrdeploy_version": __version__, "passed": self.passed, "exit_code": self.exit_code,
+            "model": self.model.to_json(), "reference": self.reference.to_json(),
+            "data": self.data, "seed": self.seed, "policy": self.policy.to_json(),
+            "thresholds": [t.to_json() for t in self.thresholds],
+            "latency": [r.to_json() for r in self.latency],
+            "masking": None if self.masking is None else verdict_json(self.masking),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+# ------------------------------------------------------------------------------------ check
+
+
+@dataclass
+class _Run:
+    """The state of one check while it runs."""
+
+    policy: Policy
+    model: Subject
+    reference: Subject
+    data: Dataset
+    session: SessionConfig
+    seed: int
+    results: list[ThresholdResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, t0: float) -> None:
+        self.timings[name] = time.perf_counter() - t0
+
+
+def _clean(run: _Run, pm: Predictor, pr: Predictor) -> np.ndarray:
+    """Clean thresholds; returns the labels for the attacks (the data's, else the reference's
+    predictions)."""
+    t0, cp, bound = time.perf_counter(), run.policy.clean, run.policy.use_bound
+    x, y = run.data.x, run.data.y
+    ym = predictions(pm, x, run.model.batch_size)  # (N,)
+    yr = predictions(pr, x, run.reference.batch_size)  # (N,)
+    if y is None and (cp.min_accuracy is not None or cp.max_drop is not None):
+        raise DataError(f"{run.data.name} has no labels, and the policy sets [clean] "
+                        "min_accuracy or max_drop; use labelled data or only min_agreement")
+    if cp.min_accuracy is not None and y is not None:
+        run.results.append(_proportion("clean.accuracy", _prop(ym == y), cp.min_accuracy, bound))
+    if cp.max_drop is not None and y is not None:
+        run.results.append(_drop(ym == y, yr == y, cp.max_drop, bound))
+    if cp.min_agreement is not None:
+        run.results.append(_proportion("clean.agreement", _prop(ym == yr), cp.min_agreement,
+                                       bound))
+    run.timed("clean", t0)
+    return y if y is not None else yr
+
+
+def _prop(flags: np.ndarray) -> Proportion:
+    return Proportion(int(flags.sum()), int(flags.size))
+
+
+def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
+          bound: Bound) -> ThresholdResult:
+    """Reference accuracy - model accuracy on the same samples, with its 95 % Newcombe hybrid
+    score interval (the interval of qrdeploy.core.stats.non_inferiority at the two-sided 95 % level:
+    its pessimistic end is a one-sided 97.5 % non-inferiority bound) and McNemar's exact p."""
+    c = PairedCounts.from_flags(ref_ok, model_ok)
+    detail = (f"reference {100 * float(np.mean(ref_ok)):.2f}%, model "
+              f"{100 * float(np.mean(model_ok)):.2f}%, discordant {c.gains}/{c.losses}, "
+              f"McNemar p = {mcnemar_exact(c.gains, c.losses):.3g}")
+    return judge("clean.drop", c.difference, newcombe_paired_interval(c), max_drop,
+                 Direction.MAX, Unit.POINTS, bound, detail)
+
+
+def _robust(run: _Run, labels: np.ndarray) -> Verdict | None:
+    """Robust-accuracy thresholds and the masking verdict, on the first `robust.n` samples."""
+    rp, mp = run.policy.robust, run.policy.masking
+    if not rp.thresholds and not mp.fail_if_suspected:
+        return None
+    t0 = time.perf_counter()
+    n = min(rp.n or len(labels), len(labels))
+    x, y = run.data.x[:n], labels[:n]
+    victim = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size)
+    source = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size)
+    clean_ok = victim.logits(x).argmax(axis=1) == y  # (n,)
+    family = family_of(run.data.name, int(x.shape[1])).value
+    attempts: list[Attempt] = []
+    adaptive_worst: float | None = None
+    for t in rp.thresholds:
+        arms = attack_arms(t, victim, source, x, y, clean_ok, family, run.seed)
+        attempts += arms
+        flags = worst_case(arms, clean_ok)
+        if t.attack is RobustKind.ADAPTIVE:
+            acc = float(flags.mean())
+            adaptive_worst = acc if adaptive_worst is None else min(acc, adaptive_worst)
+        names = ", ".join(a.name for a in arms)
+        res = _proportion(t.metric, _prop(flags), t.min_accuracy, run.policy.use_bound)
+        run.results.append(_with_detail(res, f"{res.detail} on {names}"))
+    run.timed("robust", t0)
+    if not mp.fail_if_suspected:
+        return None
+    t0 = time.perf_counter()
+    verdict = masking_verdict(victim, x, y, attempts, adaptive_worst)
+    fired = ", ".join(c.name.value for c in verdict.fired) or "none fired"
+    run.results.append(judge("masking.suspected", len(verdict.fired), None, 0, Direction.MAX,
+                             Unit.COUNT, Bound.POINT, f"checks fired: {fired}"))
+    run.timed("masking", t0)
+    return verdict
+
+
+def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:
+    return replace(r, detail=detail)
+
+
+def _size_and_latency(run: _Run, pm: Predictor, pr: Predictor) -> tuple[LatencyRow, ...]:
+    size = run.model.size_bytes / 1e6
+    if run.policy.size.max_mb is not None:
+        run.results.append(judge("size.file_mb", size, None, run.policy.size.max_mb,
+                                 Direction.MAX, Unit.MB, Bound.POINT,
+                                 f"reference {run.reference.size_bytes / 1e6:.3f} MB"))
+    t0 = time.perf_counter()
+    rows = measure_latency(pm, pr, run.data.x, run.policy.latency)
+    run.timed("latency", t0)
+    limit = run.policy.latency.max_ratio
+    for r in rows:
+        if limit is None:
+            break
+        run.results.append(judge(
+            f"latency.ratio@b{r.batch_size}", r.ratio, None, limit, Direction.MAX, Unit.RATIO,
+            Bound.POINT,
+            f"median {r.model.median_ms:.2f} ms vs {r.reference.median_ms:.2f} ms"))
+    return rows
+
+
+def check(model: str | Path, reference: str | Path, data: Dataset | str,
+          policy: Policy | str | Path, *, session: SessionConfig | None = None, seed: int = 0,
+          batch_size: int = 256, contract: Any = None) -> CheckResult:
+    """Measure every threshold of `policy` on `model` against `reference` over `data` (a Dataset,
+    or a data set name whose test split is loaded). `contract`
+    (qrdeploy.graphio.inputspec.InputContract) adapts models whose input is not float32 NCHW in [0,
+    1]. Never raises for a failed threshold: read `.passed` / `.exit_code`."""
+    t_all = time.perf_counter()
+    pol = policy if isinstance(policy, Policy) else load_policy(policy)
+    ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
+    run = _Run(pol, open_subject(model, contract, batch_size),
+               open_subject(reference, contract, batch_size), ds, session or SessionConfig(),
+               seed)
+    pm, pr = Predictor(run.model.proto, run.session), Predictor(run.reference.proto, run.session)
+    labels = _clean(run, pm, pr)
+    verdict = _robust(run, labels)
+    rows = _size_and_latency(run, pm, pr)
+    run.timed("total", t_all)
+    info = {"name": ds.name, "split": ds.split, "n": len(ds),
+            "labels": "true" if ds.y is not None else "reference",
+            "robust_n": min(pol.robust.n or len(ds), len(ds))}
+    return CheckResult(tuple(run.results), rows, verdict, run.model, run.reference, info, pol,
+                       seed, run.timings)
+
+
+def write_summary(path: str | Path, result: CheckResult) -> dict[str, Any]:
+    """Validate the summary against its schema and write it atomically; returns it."""
+    doc = result.to_json()
+    problems = errors(doc, load_schema("summary.schema.json"), load_schema("summary.schema.json"))
+    if problems:  # a bug in qrdeploy, not in the user's input
+        raise AssertionError(f"check summary does not match its schema: {problems[0]}")
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return doc

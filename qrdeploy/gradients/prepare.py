@@ -1,0 +1,200 @@
+"""Bring an ONNX classifier into the one form the gradient builder differentiates.
+
+Steps: one opset in [16, 21] (onnx.version_converter); a concrete C x H x W input with a symbolic
+batch axis; every sub-graph that does not depend on the input (DequantizeLinear on initializers
+incl. INT4, codebook Cast + Gather + Mul, weight Transpose/Cast, Constant nodes, Shape of
+constants) evaluated once by onnxruntime and stored as initializers; a trailing Softmax or
+LogSoftmax cut so its input is the logits; shape inference. The floor of 16 (not 13) is qrdeploy's
+choice: ScatterElements(reduction="add"), the generic MaxPool backward, first appears there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qrdeploy.core.runtime import make_session, run_session
+from qrdeploy.errors import GraphError, first_line
+
+MIN_OPSET, MAX_OPSET = 16, 21
+BATCH = "batch"
+# ops whose value changes from run to run must never be folded
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+           "Bernoulli"}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A classifier ready to differentiate, with what preparing it did."""
+
+    model: onnx.ModelProto
+    input_name: str
+    logits_name: str
+    input_shape: tuple[int, ...]  # (C, H, W)
+    opset: int
+    source_opset: int
+    softmax_cut: str | None  # "Softmax" / "LogSoftmax" when one was cut off the output
+    folded_nodes: int
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise GraphError("the model imports no default-domain opset; export it with a standard opset")
+
+
+def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at min(max(opset, 16), 21), converted only when needed."""
+    source = _opset(model)
+    target = min(max(source, MIN_OPSET), MAX_OPSET)
+    if target == source:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, target)
+    except Exception as exc:  # the converter raises its own C++ error types
+        first = first_line(exc, None)
+        raise GraphError(f"cannot convert the model from opset {source} to {target}: {first}; "
+                         f"re-export it at an opset in {MIN_OPSET}..{MAX_OPSET}") from exc
+
+
+def _set_input_shape(model: onnx.ModelProto, chw: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Make the input (batch, C, H, W) with C, H, W concrete; drop stale inferred shapes."""
+    graph = model.graph
+    inputs = _real_inputs(graph)
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise GraphError(f"expected a classifier with 1 input and 1 output, got {len(inputs)} "
+                         f"and {len(graph.output)}; cut the graph to image -> logits")
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT:
+        got = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise GraphError(f"expected a float32 input, got {got}; prepend a Cast or use a "
+                         "float32 export")
+    dims = tensor.shape.dim
+    known = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims[1:])
+    shape = tuple(chw) if chw is not None else known
+    if any(d <= 0 for d in shape) or (len(known) and len(shape) != len(known)):
+        raise GraphError(f"the input's C x H x W is {known}; pass input_shape=(C, H, W) "
+                         "with the size the model was trained on")
+    del dims[:]
+    dims.add().dim_param = BATCH
+    for d in shape:
+        dims.add().dim_value = d
+    del graph.value_info[:]
+    graph.output[0].type.tensor_type.ClearField("shape")
+    return shape
+
+
+def _foldable(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes whose inputs are all constants, in order, and the names they make."""
+    consts = {t.name for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM:
+            continue
+        if all(not i or i in consts for i in node.input):
+            nodes.append(node)
+            consts.update(o for o in node.output if o)
+    return nodes, consts - {t.name for t in graph.initializer}
+
+
+def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Evaluate every input-independent sub-graph with onnxruntime; store results as weights."""
+    graph = model.graph
+    nodes, made = _foldable(graph)
+    if not nodes:
+        return model, 0
+    folded = {id(n) for n in nodes}
+    used = {i for n in graph.node if id(n) not in folded for i in n.input}
+    used |= {o.name for o in graph.output}
+    wanted = [name for n in nodes for name in n.output if name in used and name in made]
+    values = _evaluate(model, nodes, wanted) if wanted else {}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(n for n in graph.node if id(n) not in folded)
+    out.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
+    return _drop_unused_initializers(out), len(nodes)
+
+
+def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], wanted: list[str]
+              ) -> dict[str, np.ndarray]:
+    typed = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type for v in list(typed.graph.value_info) + list(typed.graph.output)}
+    outputs = []
+    for name in wanted:
+        if name not in types:
+            raise GraphError(f"cannot infer the type of constant {name!r}; re-export the model")
+        outputs.append(onnx.ValueInfoProto(name=name, type=types[name]))
+    needed = {i for n in nodes for i in n.input}
+    graph = onnx.helper.make_graph(
+        nodes, "fold", [], outputs, [t for t in model.graph.initializer if t.name in needed])
+    sub = onnx.helper.make_model(graph, opset_imports=model.opset_import,
+                                 ir_version=model.ir_version)
+    session = make_session(sub.SerializeToString())
+    values = run_session(session, wanted, {}, what="fold the model's constant subgraphs")
+    return dict(zip(wanted, values, strict=True))
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    # initializers listed as graph inputs (IR < 4) are dropped there: the IR is raised to >= 8
+    real = _real_inputs(model.graph)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    del model.graph.input[:]
+    model.graph.input.extend(real)
+    return model
+
+
+def cut_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Drop a trailing Softmax/LogSoftmax so the graph's output is the logits."""
+    graph = model.graph
+    out = graph.output[0].name
+    last = [n for n in graph.node if out in n.output]
+    if not last or last[0].op_type not in ("Softmax", "LogSoftmax"):
+        return model, None
+    node = last[0]
+    graph.node.remove(node)
+    graph.output[0].name = node.input[0]
+    graph.output[0].type.tensor_type.ClearField("shape")
+    return model, node.op_type
+
+
+def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> Prepared:
+    """Normalise, fold, cut and shape-infer a copy of `model` (the argument is not changed)."""
+    source = _opset(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(normalise_opset(model))
+    work.ir_version = max(work.ir_version, 8)
+    chw = _set_input_shape(work, input_shape)
+    work, folded = fold_constants(work)
+    work, cut = cut_softmax(work)
+    work = _drop_dead_nodes(work)
+    try:
+        work = onnx.shape_inference.infer_shapes(work, strict_mode=True, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError and C++ errors
+        first = first_line(exc, None)
+        raise GraphError(f"shape inference failed on the prepared model: {first}") from exc
+    return Prepared(work, _real_inputs(work.graph)[0].name, work.graph.output[0].name, chw,
+                    _opset(work), source, cut, folded)
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    live = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in live for o in node.output):
+            keep.append(node)
+            live.update(node.input)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    return _drop_unused_initializers(model)

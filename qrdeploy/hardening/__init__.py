@@ -1,0 +1,2 @@
+"""Hardening passes on ONNX initializers: the quantization maths, the weight encodings, the
+passes and their recipes."""

@@ -1,0 +1,446 @@
+"""The report of `qrdeploy reproduce`: report.md (Tables 1–4 in the paper's layout, ours with
+95 % intervals beside the paper's), the adaptive columns with masking verdicts, the claims,
+the headline statistic both ways, the μ ablation, the bits sweep, ‖ΔW‖₂, the sufficiency check
+and the step log; results.json; CSVs; PNG plots.
+
+Everything here is a function of the step outputs collected by qrdeploy.paper.pipeline
+(`Collected`); nothing is attacked or trained here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qrdeploy.core.fileio import atomic_write_text, sha256_file
+from qrdeploy.evaluation.masking import (
+    Arm,
+    Verdict,
+    check_black_box,
+    check_eps_sweep,
+    check_one_step,
+    check_unbounded,
+    paired,
+)
+from qrdeploy.evaluation.results import unflag
+from qrdeploy.paper import claims as cl
+from qrdeploy.paper.collected import Collected
+from qrdeploy.paper.plots import write_plots
+
+Doc = dict[str, Any]
+PAPER_ROWS = ("orig:plain", "orig:q", "adv:plain", "adv:q", "fl:plain", "fl:q", "orig:mu",
+              "orig:mu-q", "adv:mu", "adv:mu-q", "fl:mu", "fl:mu-q")
+FLOOR_ROWS = ("orig-seed1:plain", "orig-seed1:q")
+HEADERS = {"clean": "Clean", "white/cw-l2": "CW-L2", "white/fgsm-w": "FGSM w",
+           "white/fgsm-s": "FGSM s", "white/pgd": "PGD", "white/bim": "BIM", "white/mim": "MIM",
+           "black/cw-l2": "BB CW-L2", "black/fgsm-w": "BB FGSM w", "black/fgsm-m": "BB FGSM m",
+           "black/fgsm-s": "BB FGSM s", "noise/normal": "Normal", "noise/uniform": "Uniform"}
+
+
+# ---------------------------------------------------------------------------- per-sample scores
+
+
+def _column(doc: Doc, key: str) -> Doc | None:
+    return next((c for c in doc["columns"] if c["key"] == key), None)
+
+
+def scores(doc: Doc) -> dict[str, np.ndarray]:
+    """Per-sample robust score of every column of a results document (noise: fraction of draws
+    still correct), clean included."""
+    correct = unflag(doc["per_sample"]["clean_correct"])
+    out = {"clean": correct.astype(np.float64)}
+    for c in doc["columns"]:
+        if c["noise"] is not None:
+            draws = np.array([unflag(d) for d in c["noise"]["fooled_draws"]])  # (D, N)
+            out[c["key"]] = (correct[None, :] & ~draws).mean(axis=0)
+        elif c["key"] != "clean":
+            out[c["key"]] = (correct & ~unflag(c["per_sample"]["fooled"])).astype(np.float64)
+    return out
+
+
+def cell(doc: Doc, key: str) -> tuple[float, float, float] | None:
+    """(value, lo, hi) in % of a column; noise: mean over draws with its bootstrap interval."""
+    if key == "clean":
+        c = doc["clean"]
+        return 100 * c["value"], 100 * c["ci95"][0], 100 * c["ci95"][1]
+    col = _column(doc, key)
+    if col is None:
+        return None
+    if col["noise"] is not None:
+        nz = col["noise"]
+        return 100 * nz["mean"], 100 * nz["mean_ci95"][0], 100 * nz["mean_ci95"][1]
+    r = col["robust"]
+    return 100 * r["value"], 100 * r["ci95"][0], 100 * r["ci95"][1]
+
+
+def observations(c: Collected) -> cl.Observations:
+    """The claims' input built from the collected step outputs."""
+    rows = {}
+    for row, doc in c.results.items():
+        ad = c.adaptive.get(row)
+        rows[row] = cl.Row(scores(doc), None if ad is None else
+                           unflag(ad["worst_case"]).astype(np.float64))
+    dw = {r: max(lyr["dw"]["matrix"]["value"] for lyr in forms["q"]["layers"])
+          for r, forms in c.lipschitz.items() if "q" in forms}
+    abl: dict[cl.View, dict[str, list[tuple[float, np.ndarray]]]] = {}
+    for view, key in ((cl.View.PAPER, "paper"), (cl.View.ADAPTIVE, "adaptive")):
+        abl[view] = {r: [(pt["mu"], unflag(pt[key]).astype(np.float64))
+                         for pt in a["points"] if not pt["quant"]]
+                     for r, a in c.ablation.items()}
+    return cl.Observations(c.profile.family, rows, dw, abl)
+
+
+# ---------------------------------------------------------------------------- markdown pieces
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |" for r in rows), ""]
+
+
+def _fmt_cell(ours: tuple[float, float, float] | None, paper: float | None) -> str:
+    o = "not run" if ours is None else f"{ours[0]:.1f} [{ours[1]:.1f}, {ours[2]:.1f}]"
+    return f"{o} / {'—' if paper is None else f'{paper:.2f}'}"
+
+
+def _row_cells(c: Collected, row: str, keys: Sequence[str], paper_family: str) -> list[str]:
+    regime = row.split(":")[0]
+    if row not in c.results:
+        why = c.missing.get(regime) or c.data_note or "not run"
+        return [row_name(row), why, *[""] * (len(keys) - 1)]
+    doc = c.results[row]
+    return [row_name(row), *(_fmt_cell(cell(doc, k), cl.paper_cell(paper_family, row, k))
+                             for k in keys)]
+
+
+def row_name(row: str) -> str:
+    return cl.row_label(row)
+
+
+def paper_table(c: Collected, title: str, family: str, keys: Sequence[str]) -> list[str]:
+    """One of Tables 1–4: our cell [95 % interval] / the paper's, rows in the paper's order."""
+    head = [f"### {title}", ""]
+    if c.profile.family != family:
+        folder = "CIFAR-10" if family == "cifar10" else "MNIST"
+        return [*head, f"not run (no {folder} folder: profile {c.profile.name} is "
+                       f"{c.profile.family}; use --profile paper-"
+                       f"{'cifar' if family == 'cifar10' else 'mnist'})", ""]
+    rows = [_row_cells(c, r, keys, family) for r in PAPER_ROWS]
+    floor = [_row_cells(c, r, keys, family) for r in FLOOR_ROWS if r in c.results]
+    note = ("Each cell: ours (robust accuracy %, correct on the clean input and under the "
+            "attack; noise: mean over draws) [95 % interval] / the paper's (slides). Black-box "
+            "columns transfer from Orig. seed 1, so its own rows (the seed-variance floor) have "
+            "none.")
+    return [*head, note, "", *_table(["Model", *(HEADERS[k] for k in keys)], rows + floor)]
+
+
+def _adaptive_row(c: Collected, row: str) -> list[str]:
+    doc, ad = c.results[row], c.adaptive[row]
+    n = len(unflag(ad["survivors_in"]))
+    paper_acc = 100 * unflag(ad["survivors_in"]).mean()
+    worst = unflag(ad["worst_case"])
+    broken = ", ".join(f"{e['name']} {e['broken_count']}/{e['attacked']}"
+                       for e in ad["attacks"])
+    return [row_name(row), f"{paper_acc:.1f}", f"{100 * worst.mean():.1f}", f"{n}", broken,
+            verdict(doc, ad).text]
+
+
+def adaptive_table(c: Collected) -> list[str]:
+    rows = [_adaptive_row(c, r) for r in PAPER_ROWS if r in c.adaptive]
+    if not rows:
+        return ["## Adaptive attacks", "", "not run (no model, or adaptive attacks off)", ""]
+    eps = next(iter(c.adaptive.values()))["eps"]
+    intro = (f"White-box worst case at eps {eps:g}: the paper's PGD, BIM and MIM, then the "
+             "adaptive suite run only on the samples that survived them, cheapest first (a "
+             "later attack sees only the survivors of the earlier ones; 'broken' counts are of "
+             "that cascade). Masking verdict: qrdeploy.evaluation.masking checks on the paper "
+             "columns.")
+    return ["## Adaptive attacks (qrdeploy's, not the paper's)", "", intro, "",
+            *_table(["Model", "paper PGD∧BIM∧MIM %", "adaptive worst case %", "n",
+                     "broken (cascade)", "masking verdict"], rows)]
+
+
+def _arms(doc: Doc, keys: Sequence[str]) -> list[Arm]:
+    sc = scores(doc)
+    return [Arm(k, sc[k] >= 1.0, _column(doc, k)["eps"])  # type: ignore[index]
+            for k in keys if k in sc]
+
+
+def _sweep_arms(doc: Doc, kind: str) -> list[Arm]:
+    correct = unflag(doc["per_sample"]["clean_correct"])
+    return [Arm(f"{kind}@{pt['eps']:g}", correct & ~unflag(pt["fooled"]), pt["eps"])
+            for s in doc["sweeps"] if s["kind"] == kind for pt in s["points"]]
+
+
+def verdict(doc: Doc, ad: Doc | None) -> Verdict:
+    """Masking checks of one row (black-box/noise stronger, one-step stronger, eps sweep,
+    eps = 1), with the adaptive worst case."""
+    white = _arms(doc, cl.LINF_WHITE)
+    others = _arms(doc, cl.BLACK_COLUMNS)
+    sweep = _sweep_arms(doc, "pgd")
+    unbounded = next((a for a in sweep if a.eps is not None and a.eps >= 1.0), None)
+    checks = (check_black_box(white, others),
+              check_one_step(_arms(doc, ("white/fgsm-w", "white/fgsm-s")),
+                             _arms(doc, ("white/pgd", "white/bim", "white/mim"))),
+              check_eps_sweep(sweep), check_unbounded(unbounded))
+    wc = None if ad is None else float(unflag(ad["worst_case"]).mean())
+    return Verdict(checks, wc)
+
+
+def adaptive_gap(ad: Doc) -> str:
+    """Are the adaptive attacks significantly stronger than the paper's iterative ones?"""
+    pr = paired(unflag(ad["worst_case"]), unflag(ad["survivors_in"]))
+    return f"{100 * pr.gap:.1f} points (margin {100 * pr.margin:.1f}, " \
+           f"{'significant' if pr.significant else 'not significant'})"
+
+
+def claims_table(results: Sequence[cl.ClaimResult]) -> list[str]:
+    by_id = {c.id: c for c in cl.CLAIMS}
+    rows = [[r.claim, by_id[r.claim].paper, by_id[r.claim].rule_text, r.view.value,
+             f"**{r.outcome.value}**", r.statistic, r.detail] for r in results]
+    intro = ("Written down as rules before anything ran (qrdeploy/claims.py). Thresholds "
+             f"that are ours [DEFAULT]: {cl.THRESHOLDS} (points). Intervals: paired, normal "
+             "approximation, 95 %.")
+    return ["## Claims", "", intro, "",
+            *_table(["claim", "paper", "rule", "view", "outcome", "statistic", "note"], rows)]
+
+
+def headline_table(c: Collected, obs: cl.Observations) -> list[str]:
+    fam = c.profile.family
+    rows = []
+    for regime in cl.REGIMES:
+        for view in cl.View:
+            d = cl.headline(obs, view, regime)
+            paper = f"{cl.paper_headline(fam, regime):.2f}" if fam in cl.PAPER else "—"
+            rows.append([cl.REGIME_LABEL[regime], view.value, str(d), paper])
+    stated = cl.PAPER_HEADLINE.get(fam)
+    intro = (f"Mean over the 13 columns of X+mu (Q) − X (Q), in points. The slides state "
+             f"{stated} for F.L. on this dataset; the paper's own tables give the 'paper' "
+             "column (our arithmetic).")
+    return ["## Headline statistic", "", intro, "",
+            *_table(["regime", "view", "ours (95 % interval)", "paper tables"], rows)]
+
+
+# ---------------------------------------------------------------------------- the rest of the md
+
+
+def ablation_table(c: Collected) -> list[str]:
+    rows = []
+    for regime, a in c.ablation.items():
+        for pt in a["points"]:
+            vals = [f"{100 * unflag(pt[k]).mean():.1f}" for k in ("clean", "paper", "adaptive")]
+            rows.append([cl.REGIME_LABEL[regime], f"{pt['mu']:g}", "(Q)" if pt["quant"] else
+                         "fp32", *vals])
+    if not rows:
+        return ["## μ ablation", "", "not run", ""]
+    n = next(iter(c.ablation.values()))["n"]
+    return ["## μ ablation (last layer)", "",
+            f"n = {n}; paper view: PGD (CE) at the table eps; adaptive view: PGD on the CW "
+            "margin. ![mu ablation](mu-ablation.png)", "",
+            *_table(["regime", "μ", "form", "clean %", "PGD %", "PGD-CW %"], rows)]
+
+
+def bits_table(c: Collected) -> list[str]:
+    rows = [[cl.REGIME_LABEL[r], str(pt["bits"]),
+             f"{100 * pt['value']:.1f} [{100 * pt['ci95'][0]:.1f}, {100 * pt['ci95'][1]:.1f}]"]
+            for r, b in c.bits.items() for pt in b["points"]]
+    if not rows:
+        return ["## Clean accuracy vs bits", "", "not run", ""]
+    return ["## Clean accuracy vs bits (per tensor, max scale, narrow)", "",
+            "![bits sweep](bits-sweep.png)", "", *_table(["regime", "bits", "clean %"], rows)]
+
+
+def dw_table(c: Collected) -> list[str]:
+    rows = []
+    for regime, forms in c.lipschitz.items():
+        for form, rep in forms.items():
+            for lyr in rep["layers"]:
+                amp = lyr["amplification"]
+                rows.append([cl.REGIME_LABEL[regime] + cl.FORM_SUFFIX[form], lyr["node"],
+                             f"{lyr['w']['matrix']['value']:.3f}",
+                             f"{lyr['dw']['matrix']['value']:.3f}",
+                             "—" if amp is None or amp["ratio"] is None else
+                             f"{amp['ratio']:.2f}"])
+    if not rows:
+        return ["## ‖ΔW‖₂", "", "not run", ""]
+    return ["## ‖ΔW‖₂ per layer and error amplification", "",
+            "‖·‖₂ of the weight matrix (conv: reshaped kernel); amplification = propagated / "
+            "local relative error (qrdeploy.spectral.analysis). ![dw](dw-bars.png)", "",
+            *_table(["model", "layer", "‖W‖₂", "‖ΔW‖₂", "amplification"], rows)]
+
+
+def sufficiency_rows(c: Collected) -> list[list[str]]:
+    """One row per (model, column): accuracy at the budget, at twice it, change, flag."""
+    limit = c.profile.sufficiency_points
+    rows = []
+    for row, pair in c.sufficiency.items():
+        for col in pair["budget"]["columns"]:
+            a, b = cell(pair["budget"], col["key"]), cell(pair["doubled"], col["key"])
+            if a is None or b is None:
+                continue
+            flag = "budget too small" if abs(b[0] - a[0]) > limit else "ok"
+            rows.append([row_name(row), col["key"], f"{a[0]:.1f}", f"{b[0]:.1f}",
+                         f"{b[0] - a[0]:+.1f}", flag])
+    return rows
+
+
+def sufficiency_table(c: Collected) -> list[str]:
+    rows = sufficiency_rows(c)
+    if not rows:
+        return ["## Budget sufficiency", "", "not run", ""]
+    bad = any(r[-1] != "ok" for r in rows)
+    head = ("**The budget is flagged as too small**: doubling moved an accuracy by more than "
+            f"{c.profile.sufficiency_points:g} point." if bad else
+            f"Doubling iterations and restarts moved no accuracy by more than "
+            f"{c.profile.sufficiency_points:g} point.")
+    return ["## Budget sufficiency", "", head, "",
+            *_table(["model", "column", "budget %", "2x budget %", "change", "verdict"], rows)]
+
+
+def steps_table(c: Collected) -> list[str]:
+    rows = [[e.name, e.status.value, f"{e.seconds:.1f}",
+             "" if e.computed_seconds is None else f"{e.computed_seconds:.1f}"] for e in c.events]
+    total = sum(e.computed_seconds or 0.0 for e in c.events)
+    return ["## Steps", "", f"Wall time {c.wall_seconds:.0f} s; computing the steps took "
+            f"{total:.0f} s in all when they ran (a reused step records its own).", "",
+            *_table(["step", "status", "seconds (this run)", "seconds (when computed)"], rows)]
+
+
+ModelFiles = dict[str, dict[str, str] | None]
+
+
+def model_files(c: Collected) -> ModelFiles:
+    """Regime -> the model file that ran (path and sha256), None when missing."""
+    return {r: None if m is None else {"path": str(m), "sha256": sha256_file(m)}
+            for r, m in c.models.items()}
+
+
+def models_table(c: Collected, files: ModelFiles) -> list[str]:
+    source = "trained by `train.*` steps (--retrain)" if c.retrained else "files read from disk"
+    rows = [[cl.REGIME_LABEL.get(r, r), "missing" if f is None else f"`{f['path']}`",
+             "" if f is None else f["sha256"][:16]] for r, f in files.items()]
+    return ["## Models", "", f"Model files: {source}.", "", *_table(["regime", "file", "sha256 "
+            "(first 16)"], rows)]
+
+
+def header(c: Collected, files: ModelFiles) -> list[str]:
+    p = c.profile
+    budget = _table(["setting", "value"], p.rows())
+    notes = [f"- {cl.REGIME_LABEL[r]}: {why}" for r, why in c.missing.items()]
+    if c.data_note:
+        notes.append(f"- data: {c.data_note}")
+    return [f"# Reproduction of Song, Fallon, Li (AAAI-21 RSEML): profile `{p.name}`", "",
+            p.note, "", f"Data: {p.data} {p.split}, n = {c.n}; seed {c.seed}; machine: "
+            f"{platform.machine()} ({platform.system()}).", "",
+            "The paper's numbers come from the slides (method.md section 9). The paper states "
+            "no eps, step counts, noise scales, μ value, layer choice or quantizer details: "
+            "those are qrdeploy's [DEFAULT]s (method.md, qrdeploy/suites.py, "
+            "qrdeploy/reproduce_profiles.py), as are all reduced budgets below.", "",
+            *models_table(c, files),
+            "## Profile and budgets", "", *budget, "## Not run", "",
+            *(notes or ["- everything ran"]), ""]
+
+
+def render_markdown(c: Collected, claim_results: Sequence[cl.ClaimResult],
+                    obs: cl.Observations, files: ModelFiles) -> str:
+    """report.md; `files` are the model files as summary() recorded them (hashed once)."""
+    lines = [*header(c, files),
+             "## Tables 1–4", "",
+             *paper_table(c, "Table 1: MNIST white-box", "mnist", cl.WHITE_COLUMNS),
+             *paper_table(c, "Table 2: MNIST black-box and noise", "mnist",
+                          cl.BLACK_NOISE_COLUMNS),
+             *paper_table(c, "Table 3: CIFAR-10 white-box", "cifar10", cl.WHITE_COLUMNS),
+             *paper_table(c, "Table 4: CIFAR-10 black-box and noise", "cifar10",
+                          cl.BLACK_NOISE_COLUMNS),
+             "Eps curves: ![pgd](eps-pgd.png) ![fgsm](eps-fgsm.png)", "",
+             *adaptive_table(c), *claims_table(claim_results), *headline_table(c, obs),
+             *ablation_table(c), *bits_table(c), *dw_table(c), *sufficiency_table(c),
+             *steps_table(c)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def table_rows(c: Collected) -> list[list[Any]]:
+    """Every (row, column) cell: ours with interval and the paper's."""
+    out = []
+    for row, doc in c.results.items():
+        for key in cl.ALL_COLUMNS:
+            ours = cell(doc, key)
+            if ours is not None:
+                out.append([row, row_name(row), key, *(round(v, 4) for v in ours),
+                            cl.paper_cell(c.profile.family, row, key)])
+    return out
+
+
+def claims_rows(results: Sequence[cl.ClaimResult]) -> list[list[str]]:
+    return [[r.claim, r.view.value, r.outcome.value, r.statistic, r.detail] for r in results]
+
+
+def summary(c: Collected, results: Sequence[cl.ClaimResult], obs: cl.Observations) -> Doc:
+    """results.json: cells, claims, headline, budgets, verdicts, steps (timings last)."""
+    head = {f"{r}|{v.value}": str(cl.headline(obs, v, r)) for r in cl.REGIMES for v in cl.View}
+    return {
+        "schema": "qrdeploy/reproduce", "schema_version": 1, "profile": c.profile.settings(),
+        "seed": c.seed, "n": c.n, "models": model_files(c), "retrained": c.retrained,
+        "missing": c.missing, "data_note": c.data_note,
+        "cells": [dict(zip(("row", "label", "column", "value", "lo", "hi", "paper"), r,
+                           strict=True)) for r in table_rows(c)],
+        "claims": [dict(zip(("claim", "view", "outcome", "statistic", "detail"), r, strict=True))
+                   for r in claims_rows(results)],
+        "headline": head,
+        "paper_headline": {"stated": cl.PAPER_HEADLINE, "from_tables": {
+            f: cl.paper_headline(f) for f in cl.PAPER}},
+        "masking": {row: verdict(doc, c.adaptive.get(row)).text for row, doc in c.results.items()},
+        "sufficiency": sufficiency_rows(c),
+        "steps": [{"step": e.name, "status": e.status.value, "seconds": round(e.seconds, 3),
+                   "computed_seconds": e.computed_seconds} for e in c.events],
+        "wall_seconds": round(c.wall_seconds, 1),
+    }
+
+
+def _text(path: Path, text: str) -> Path:
+    return atomic_write_text(path, text)
+
+
+def write_report(c: Collected, out: Path, plots: bool = True) -> tuple[Path, ...]:
+    """report.md, results.json, tables.csv, claims.csv, bits.csv and the PNGs (unless `plots`
+    is False); their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    obs = observations(c)
+    results = cl.evaluate_claims(obs)
+    doc = summary(c, results, obs)
+    files = [
+        _text(out / "report.md", render_markdown(c, results, obs, doc["models"])),
+        _text(out / "results.json", json.dumps(doc, indent=1,
+                                               allow_nan=False, default=_nan_safe) + "\n"),
+        _text(out / "tables.csv", _csv(["row", "label", "column", "ours", "lo", "hi", "paper"],
+                                       table_rows(c))),
+        _text(out / "claims.csv", _csv(["claim", "view", "outcome", "statistic", "detail"],
+                                       claims_rows(results))),
+        _text(out / "bits.csv", _csv(["regime", "bits", "k", "n", "value"],
+                                     [[r, p["bits"], p["k"], p["n"], p["value"]]
+                                      for r, b in c.bits.items() for p in b["points"]])),
+    ]
+    return (*files, *write_plots(c, out)) if plots else tuple(files)
+
+
+def _nan_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)

@@ -1,0 +1,364 @@
+"""The steps of `qrdeploy reproduce`, each a `Step` (qrdeploy.paper.cache) built from a
+profile, and the one adapter to the attack runner (`run_suite`), so that a change in
+qrdeploy.evaluation.runner / results touches this file only.
+
+| step             | output                     | what                                          |
+|------------------|----------------------------|-----------------------------------------------|
+| train.R          | model.onnx, .safetensors   | --retrain: regime R's reference recipe        |
+| harden.R.F       | model.onnx                 | form F of regime R (μ-law, 3-bit, both)       |
+| attack.R.F       | results.json               | the paper's 13 columns + eps sweep (runner)   |
+| adaptive.R.F     | adaptive.json              | adaptive suite on the paper's survivors       |
+| lipschitz.R      | q.json, mu-q.json          | ‖ΔW‖₂ per layer and amplification             |
+| bits.R           | bits.json                  | clean accuracy at 1–8 bits                    |
+| ablation.R       | ablation.json              | μ sweep, last layer, fp32 and (Q)             |
+| sufficiency.R.F  | budget.json, doubled.json  | 2x iterations and restarts on a few samples   |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from qrdeploy.attacks import BIM, CWL2, MIM, PGD, GaussianNoise, UniformNoise
+from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
+from qrdeploy.core.fileio import atomic_write_text
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.core.stats import Proportion
+from qrdeploy.data.datasets import Dataset
+from qrdeploy.evaluation.campaign import open_subject
+from qrdeploy.evaluation.clean import evaluate_onnx
+from qrdeploy.evaluation.results import build_results, flags, unflag, write_results
+from qrdeploy.evaluation.runner import RunConfig, evaluate
+from qrdeploy.evaluation.suites import (
+    DEFAULT_SWEEP_KINDS,
+    PARAMS,
+    Family,
+    Mode,
+    Suite,
+    SuiteName,
+    build_suite,
+    without_mode,
+)
+from qrdeploy.graphio.graph import load_model, save_model
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant, bits_sweep, harden
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.paper.cache import Step
+from qrdeploy.paper.profiles import Budget, Profile
+from qrdeploy.spectral.analysis import LipschitzConfig, lipschitz_report
+from qrdeploy.train.recipes import for_profile
+
+#: Cheaper adaptive attacks first: each later one only sees the samples that survived.
+ADAPTIVE_ORDER = ("pgd-cw", "pgd-ce-t10", "pgd-ce-t100", "pgd-f64", "transfer", "apgd-ce",
+                  "apgd-dlr", "pgd-njs", "apgd-t-dlr", "square")
+#: The paper's iterative white-box columns, at the eps of the adaptive suite.
+ITERATIVE = ("white/pgd", "white/bim", "white/mim")
+AttackT = TypeVar("AttackT")
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+# ---------------------------------------------------------------------------- the runner adapter
+
+
+def run_suite(victim: Path, data: Dataset, suite: Suite, out: Path, *, source: Path | None,
+              seed: int, batch: int, state: Path, transfer_dir: Path) -> dict[str, Any]:
+    """Run `suite` on the victim file with the attack runner; write and return results JSON."""
+    session = SessionConfig()
+    vic = open_subject(victim, session, batch)
+    src = open_subject(source, session, batch) if source is not None else None
+    ev = evaluate(vic, data.x, data.y, suite, source=src,
+                  config=RunConfig(seed, batch, state, transfer_dir))
+    doc = build_results(ev, data_name=data.name, split=data.split, session=session)
+    write_results(out, doc)
+    return doc
+
+
+def ort_model(model: Any, batch: int) -> Any:
+    """An onnxruntime Differentiable of a file or ModelProto."""
+    proto = load_model(model) if isinstance(model, (str, Path)) else model
+    return OrtModel(proto, SessionConfig(), batch_size=batch)
+
+
+# ---------------------------------------------------------------------------- suites and budgets
+
+
+def budget_attack(a: AttackT, b: Budget, steps: int | None) -> AttackT:
+    """The attack at the profile's budget; cut step counts keep steps × step constant."""
+    if isinstance(a, CWL2):
+        return replace(a, binary_search_steps=b.cw_binary_steps, max_iterations=b.cw_iterations)
+    out: Any = a
+    if isinstance(out, (PGD, BIM, MIM)) and steps is not None and steps != out.steps:
+        out = replace(out, steps=steps, step=out.step * out.steps / steps)
+    if isinstance(out, PGD):
+        out = replace(out, restarts=b.pgd_restarts)
+    if isinstance(out, (GaussianNoise, UniformNoise)) and b.noise_draws is not None:
+        out = replace(out, draws=b.noise_draws)
+    return out
+
+
+def paper_suite(p: Profile, black: bool, budget: Budget | None = None) -> Suite:
+    """The paper's 13 columns (less black-box when `black` is False) at the profile's budget,
+    with the FGSM and PGD eps sweep."""
+    b = budget or p.budget
+    suite = build_suite(SuiteName.PAPER, p.family, None, b.sweep_eps)
+    suite = suite if black else without_mode(suite, Mode.BLACK)
+    cols = tuple(c if c.attack is None else replace(c, attack=budget_attack(c.attack, b,
+                                                                               b.iter_steps))
+                 for c in suite.columns)
+    sweep = tuple(replace(s, attack=budget_attack(s.attack, b, b.sweep_steps or b.iter_steps))
+                  for s in suite.sweep if s.kind in DEFAULT_SWEEP_KINDS)
+    return replace(suite, columns=cols, sweep=sweep)
+
+
+def sufficiency_suite(p: Profile, budget: Budget) -> Suite:
+    """The budget-sensitive white-box columns (CW-L2, PGD, BIM, MIM), no sweep."""
+    suite = paper_suite(p, False, replace(budget, sweep_eps=()))
+    keep = ("clean", "white/cw-l2", *ITERATIVE)
+    return replace(suite, columns=tuple(c for c in suite.columns if c.key in keep), sweep=())
+
+
+def adaptive_attacks(p: Profile, budget: Budget | None = None) -> tuple[AdaptiveAttack, ...]:
+    """The adaptive suite at the family's iterative eps and the profile's budget, cheap first."""
+    b = budget or p.budget
+    eps = PARAMS[Family(p.family)].iter_eps
+    suite = adaptive_suite(eps, steps=b.adaptive_steps, queries=b.adaptive_queries)
+    chosen = [a for a in suite if b.adaptive_names is None or a.name in b.adaptive_names]
+    return tuple(sorted(chosen, key=lambda a: ADAPTIVE_ORDER.index(a.name)
+                        if a.name in ADAPTIVE_ORDER else len(ADAPTIVE_ORDER)))
+
+
+# ---------------------------------------------------------------------------- harden
+
+
+def form_passes(p: Profile, form: str, mu: float | None = None, layers: str | None = None
+                ) -> list[Any]:
+    """The passes of a form: μ-law first, then quantization (method.md section 2)."""
+    m = p.mu if mu is None else mu
+    out: list[Any] = []
+    if form in ("mu", "mu-q") and m > 0:
+        out.append(MuLawMap(m, True, layers or p.mu_layers))
+    if form in ("q", "mu-q"):
+        out.append(WeightQuant(p.bits))  # per tensor, max scale, narrow: 7 levels at 3 bits
+    return out
+
+
+def harden_step(name: str, p: Profile, src: Path, form: str) -> Step:
+    passes = form_passes(p, form)
+
+    def body(out: Path, work: Path) -> None:
+        hardened, _ = harden(load_model(src), passes, "float")
+        save_model(hardened, out / "model.onnx")
+
+    return Step(name, {"passes": [repr(x) for x in passes], "encoding": "float"},
+                {"model": src}, body)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
+               standard: Path | None = None) -> Step:
+    """Train one reference recipe (qrdeploy.train.recipes, with the profile's overrides) and export
+    it; the training resumes from the step's work folder after a kill."""
+    config = for_profile(recipe, p.retrain, p.retrain_feedback,
+                         None if standard is None else str(standard))
+    config = replace(config, data_root=None if data_root is None else str(data_root))
+
+    def body(out: Path, work: Path) -> None:
+        from qrdeploy.train import train
+        from qrdeploy.train.export import export_onnx
+
+        ckpt = work / "model.safetensors"
+        if not ckpt.exists():
+            train(config, ckpt, log=lambda s: None)
+        export_onnx(ckpt, out / "model.onnx", data_root=config.data_root)
+        shutil.copyfile(ckpt, out / "model.safetensors")
+
+    inputs = {} if standard is None else {"standard": standard}
+    return Step(name, {"recipe": config.to_json()}, inputs, body)
+
+
+# ---------------------------------------------------------------------------- attack
+
+
+def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: Dataset,
+                data_fp: str, seed: int, transfer_dir: Path) -> Step:
+    suite = paper_suite(p, source is not None)
+
+    def body(out: Path, work: Path) -> None:
+        run_suite(victim, data, suite, out / "results.json", source=source, seed=seed,
+                  batch=p.batch_size, state=work / "state.npz", transfer_dir=transfer_dir)
+
+    inputs = {"victim": victim, **({"source": source} if source is not None else {})}
+    settings = {"suite": repr(suite), "data": data_fp, "seed": seed, "batch": p.batch_size}
+    return Step(name, settings, inputs, body)
+
+
+# ---------------------------------------------------------------------------- adaptive
+
+
+def survivors(doc: dict[str, Any]) -> np.ndarray:
+    """Correct and not fooled by the paper's PGD, BIM and MIM (N,) bool."""
+    alive = unflag(doc["per_sample"]["clean_correct"])
+    for c in doc["columns"]:
+        if c["key"] in ITERATIVE:
+            alive &= ~unflag(c["per_sample"]["fooled"])
+    return alive
+
+
+def _cascade(attacks: Sequence[AdaptiveAttack], model: Any, source: Any, data: Dataset,
+             alive: np.ndarray, seed: int, batch: int, partial: Path) -> list[dict[str, Any]]:
+    done = json.loads(partial.read_text("utf-8")) if partial.exists() else []
+    for entry in done:
+        alive &= ~unflag(entry["broken"])
+    assert data.y is not None  # reproduce loads labelled splits only
+    for a in attacks[len(done):]:
+        idx = np.flatnonzero(alive)  # (M,) the samples still standing
+        broken = np.zeros(len(alive), bool)
+        for s in range(0, len(idx), batch):
+            chunk = idx[s:s + batch]
+            res = a(model, data.x[chunk], data.y[chunk], seed=seed, indices=chunk,
+                    source=source)
+            broken[chunk] = np.asarray(res.fooled, bool)
+        alive &= ~broken
+        done.append({"name": a.name, "attack": repr(a.attack), "wrap": a.wrap.value,
+                     "role": a.role.value, "attacked": int(idx.size),
+                     "broken_count": int(broken.sum()), "broken": flags(broken)})
+        _write_json(partial, done)
+    return list(done)
+
+
+def adaptive_step(name: str, p: Profile, victim: Path, plain: Path, results: Path,
+                  data: Dataset, data_fp: str, seed: int) -> Step:
+    attacks = adaptive_attacks(p)
+
+    def body(out: Path, work: Path) -> None:
+        doc = json.loads(results.read_text("utf-8"))
+        start = survivors(doc)
+        model, source = ort_model(victim, p.batch_size), ort_model(plain, p.batch_size)
+        entries = _cascade(attacks, model, source, data, start.copy(), seed, p.batch_size,
+                           work / "partial.json")
+        alive = start.copy()
+        for e in entries:
+            alive &= ~unflag(e["broken"])
+        _write_json(out / "adaptive.json", {
+            "eps": PARAMS[Family(p.family)].iter_eps, "n": int(start.size),
+            "survivors_in": flags(start), "attacks": entries, "worst_case": flags(alive)})
+
+    # keyed by the attack step's folder (its key), not by results.json, whose timings change
+    settings = {"attacks": [repr(a) for a in attacks], "data": data_fp, "seed": seed,
+                "batch": p.batch_size, "cascade": list(ITERATIVE),
+                "results_step": results.parent.name}
+    return Step(name, settings, {"victim": victim, "plain": plain}, body)
+
+
+# ---------------------------------------------------------------------------- lipschitz
+
+
+def lipschitz_step(name: str, p: Profile, plain: Path, forms: dict[str, Path],
+                   data: Dataset) -> Step:
+    """‖ΔW‖₂ of each hardened form against the plain model (ΔW = Q(W') − W' for +mu)."""
+    n = min(p.lipschitz_n, len(data))
+
+    def body(out: Path, work: Path) -> None:
+        cfg = LipschitzConfig(operator_norms=p.operator_norms, fft_bound=p.operator_norms)
+        for form, path in forms.items():
+            rep = lipschitz_report(plain, path, data.x[:n] if n else None, config=cfg,
+                                   label=form)
+            _write_json(out / f"{form}.json", rep.to_json())
+
+    settings = {"n": n, "operator_norms": p.operator_norms}
+    return Step(name, settings, {"plain": plain, **forms}, body)
+
+
+# ---------------------------------------------------------------------------- bits sweep
+
+
+def bits_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: str) -> Step:
+    n = min(p.bits_n or len(data), len(data))
+
+    def body(out: Path, work: Path) -> None:
+        sub = data.take(n)
+
+        def accuracy(model: Any) -> float:
+            acc = evaluate_onnx(model, sub).accuracy
+            return math.nan if acc is None else acc.value
+
+        points = []
+        for bits, value in bits_sweep(load_model(plain), p.bit_widths, evaluate=accuracy):
+            points.append({"bits": bits, **Proportion(round(value * n), n).to_json()})
+        _write_json(out / "bits.json", {"n": n, "points": points,
+                                        "scheme": "per tensor, max scale, narrow"})
+
+    return Step(name, {"bits": list(p.bit_widths), "n": n, "data": data_fp}, {"plain": plain},
+                body)
+
+
+# ---------------------------------------------------------------------------- μ ablation
+
+
+def _ablation_point(p: Profile, proto: Any, sub: Dataset, seed: int) -> dict[str, str]:
+    """Per-sample robust flags of one μ point: clean, paper PGD (CE), adaptive PGD-CW."""
+    model = ort_model(proto, p.batch_size)
+    pgd = next(c.attack for c in paper_suite(p, False).columns if c.key == "white/pgd")
+    cw = next(a for a in adaptive_suite(PARAMS[Family(p.family)].iter_eps,
+                                        steps=p.budget.adaptive_steps) if a.name == "pgd-cw")
+    assert sub.y is not None and pgd is not None
+    idx = np.arange(len(sub), dtype=np.int64)
+    correct = model.logits(sub.x).argmax(axis=1) == sub.y
+    out = {"clean": flags(correct)}
+    for key, attack in (("paper", pgd), ("adaptive", cw)):
+        res = attack(model, sub.x, sub.y, seed=seed, indices=idx)
+        out[key] = flags(correct & ~np.asarray(res.fooled, bool))
+    return out
+
+
+def ablation_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: str,
+                  seed: int) -> Step:
+    n = min(p.ablation_n, len(data))
+
+    def body(out: Path, work: Path) -> None:
+        sub, base = data.take(n), load_model(plain)
+        partial = work / "partial.json"
+        points = json.loads(partial.read_text("utf-8")) if partial.exists() else []
+        todo = [(mu, q) for mu in p.ablation_mu for q in (False, True)]
+        for mu, q in todo[len(points):]:
+            passes = form_passes(p, "mu-q" if q else "mu", mu, "last:1")
+            proto = harden(base, passes, "float")[0] if passes else base
+            points.append({"mu": mu, "quant": q, **_ablation_point(p, proto, sub, seed)})
+            _write_json(partial, points)
+        _write_json(out / "ablation.json", {"n": n, "layers": "last:1", "points": points})
+
+    settings = {"mu": list(p.ablation_mu), "n": n, "data": data_fp, "seed": seed,
+                "bits": p.bits, "budget": repr(p.budget)}
+    return Step(name, settings, {"plain": plain}, body)
+
+
+# ---------------------------------------------------------------------------- sufficiency
+
+
+def sufficiency_step(name: str, p: Profile, victim: Path, data: Dataset, data_fp: str,
+                     seed: int) -> Step:
+    """The budget-sensitive columns at the profile's budget and at twice it, on a few samples."""
+    n = min(p.sufficiency_n, len(data))
+    suites = {"budget": sufficiency_suite(p, p.budget),
+              "doubled": sufficiency_suite(p, p.budget.doubled())}
+
+    def body(out: Path, work: Path) -> None:
+        sub = data.take(n)
+        for label, suite in suites.items():
+            run_suite(victim, sub, suite, out / f"{label}.json", source=None, seed=seed,
+                      batch=p.batch_size, state=work / f"{label}.npz",
+                      transfer_dir=work / "transfer")
+
+    settings = {k: repr(s) for k, s in suites.items()} | {"n": n, "data": data_fp, "seed": seed}
+    return Step(name, settings, {"victim": victim}, body)

@@ -1,0 +1,9 @@
+"""Lipschitz analysis of the quantization error: spectral norms, the per-layer report and
+its rendering.
+
+The names of qrdeploy 0.1's module of the same name are forwarded, deprecated
+(qrdeploy.core.compat)."""
+
+from qrdeploy.core.compat import forward
+
+__getattr__ = forward(__name__)
