@@ -52,7 +52,7 @@ def measure(name: str, eps: float, n: int) -> dict[str, float]:
     from qrdeploy.data.datasets import load_dataset
     from qrdeploy.graphio.graph import load_model
     from qrdeploy.model.ortmodel import OrtModel
-    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.model.torchmodel import TorchModel
 
     path = ROOT / "models" / f"{name}.onnx"
     test = load_dataset("mnist-5k", "test", n=n)

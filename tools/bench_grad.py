@@ -27,7 +27,7 @@ from qrdeploy.core.losses import Loss
 from qrdeploy.core.runtime import SessionConfig, make_session
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.model.ortmodel import OrtModel
-from qrdeploy.model.protocol import TorchModel
+from qrdeploy.model.torchmodel import TorchModel
 from qrdeploy.train.export import export_module
 from qrdeploy.train.nets import build_net
 

@@ -38,12 +38,12 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from qrdeploy.attacks.apgd import APGD
-from qrdeploy.attacks.arrays import Array, to_numpy
 from qrdeploy.attacks.checks import check_batch
 from qrdeploy.attacks.linf import PGD
 from qrdeploy.attacks.result import AttackResult
 from qrdeploy.attacks.square import Square
 from qrdeploy.attacks.temperature import Float64Cotangent, NJSModel
+from qrdeploy.core.arrays import Array, to_numpy
 from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError
 

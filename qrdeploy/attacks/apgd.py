@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, from_numpy, namespace, project, take_rows, to_numpy
 from qrdeploy.attacks.checks import (
     Config,
     check_batch,
@@ -50,6 +49,7 @@ from qrdeploy.attacks.checks import (
 )
 from qrdeploy.attacks.result import AttackResult, Tracker
 from qrdeploy.core import rng
+from qrdeploy.core.arrays import Array, from_numpy, namespace, project, take_rows, to_numpy
 from qrdeploy.core.losses import DLR_EPS, Loss
 from qrdeploy.errors import ConfigError
 from qrdeploy.model.protocol import Differentiable

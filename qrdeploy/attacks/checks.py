@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, to_numpy
+from qrdeploy.core.arrays import Array, to_numpy
 from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError, DataError
 

@@ -28,7 +28,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import (
+from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
+from qrdeploy.attacks.result import AttackResult
+from qrdeploy.core import rng
+from qrdeploy.core.arrays import (
     Array,
     from_numpy,
     margins,
@@ -37,9 +40,6 @@ from qrdeploy.attacks.arrays import (
     take_rows,
     to_numpy,
 )
-from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
-from qrdeploy.attacks.result import AttackResult
-from qrdeploy.core import rng
 from qrdeploy.model.protocol import Differentiable
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # tf.train.AdamOptimizer defaults

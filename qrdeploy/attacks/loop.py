@@ -18,10 +18,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, from_numpy, namespace, take_rows
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_loss, check_positive
 from qrdeploy.attacks.result import AttackResult, Tracker
 from qrdeploy.core import rng
+from qrdeploy.core.arrays import Array, from_numpy, namespace, take_rows
 from qrdeploy.core.losses import Loss
 from qrdeploy.model.protocol import Differentiable
 

@@ -20,10 +20,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, from_numpy, namespace
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps
 from qrdeploy.attacks.result import AttackResult, Tracker
 from qrdeploy.core import rng
+from qrdeploy.core.arrays import Array, from_numpy, namespace
 from qrdeploy.model.protocol import Classifier
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, margins, put_rows, take_rows, to_numpy
+from qrdeploy.core.arrays import Array, margins, put_rows, take_rows, to_numpy
 from qrdeploy.model.protocol import Classifier
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import Array, from_numpy, namespace, to_numpy
+from qrdeploy.core.arrays import Array, from_numpy, namespace, to_numpy
 from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from qrdeploy.errors import ConfigError
 from qrdeploy.model.protocol import Differentiable

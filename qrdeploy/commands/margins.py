@@ -22,9 +22,9 @@ from qrdeploy.commands._options import (
 from qrdeploy.core.plotting import require
 from qrdeploy.graphio.graph import load_model as load_onnx
 from qrdeploy.margins.criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
-from qrdeploy.margins.search import NumpyModel, SearchConfig, VjpClassifier
+from qrdeploy.margins.search import SearchConfig, VjpClassifier
 from qrdeploy.model.ortmodel import OrtModel
-from qrdeploy.model.protocol import TorchModel
+from qrdeploy.model.torchmodel import NumpyModel, TorchModel
 
 HELP = "per-class margins: minimal L2 adversarial distance, top-k directional margin, noise"
 _D = CriteriaConfig()

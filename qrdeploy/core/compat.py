@@ -30,7 +30,7 @@ MOVED_MODULES: dict[str, str] = {
     f"qrdeploy.{old}": f"qrdeploy.{new}" for old, new in {
         "io": "core.fileio", "stats": "core.stats", "progress": "core.progress",
         "runtime": "core.runtime", "plotting": "core.plotting", "schema": "core.schema",
-        "losses": "core.losses", "attacks.rng": "core.rng",
+        "losses": "core.losses", "attacks.rng": "core.rng", "attacks.arrays": "core.arrays",
         "graph": "graphio.graph", "prevalidate": "graphio.prevalidate",
         "isolate": "graphio.isolate", "inputspec": "graphio.inputspec",
         "quant": "hardening.quant", "encodings": "hardening.encodings",

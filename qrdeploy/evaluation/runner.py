@@ -36,7 +36,7 @@ import numpy as np
 
 from qrdeploy.attacks import NoiseResult
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
-from qrdeploy.attacks.arrays import to_numpy
+from qrdeploy.core.arrays import to_numpy
 from qrdeploy.core.losses import Loss
 from qrdeploy.core.progress import progress
 from qrdeploy.errors import ConfigError, DataError

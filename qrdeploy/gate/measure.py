@@ -8,7 +8,6 @@ sees per-sample robust flags."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.attacks.adaptive import adaptive_suite
-from qrdeploy.attacks.arrays import to_numpy
+from qrdeploy.core.arrays import to_numpy
 from qrdeploy.core.losses import Loss
-from qrdeploy.evaluation.clean import Predictor
 from qrdeploy.evaluation.masking import (
     Arm,
     Check,
@@ -33,6 +31,7 @@ from qrdeploy.evaluation.masking import (
 from qrdeploy.evaluation.suites import build_suite
 from qrdeploy.gate.policy import LatencyPolicy, RobustKind, RobustThreshold
 from qrdeploy.graphio.prevalidate import external_files
+from qrdeploy.model.ortmodel import OrtModel
 
 # ---------------------------------------------------------------------------------- attacks
 
@@ -159,18 +158,11 @@ class LatencyRow:
                 "reference": dataclasses.asdict(self.reference), "ratio": self.ratio}
 
 
-def _batchable(p: Predictor, b: int) -> bool:
-    dim = p.input.shape[0] if p.input.shape else None
-    return not isinstance(dim, int) or dim == b
+def _batchable(p: OrtModel, b: int) -> bool:
+    return p.fixed_batch is None or p.fixed_batch == b
 
 
-def _time_once(p: Predictor, xb: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    p.session.run([p.output.name], {p.input.name: xb})
-    return time.perf_counter() - t0
-
-
-def measure_latency(model: Predictor, reference: Predictor, x: np.ndarray,
+def measure_latency(model: OrtModel, reference: OrtModel, x: np.ndarray,
                     lp: LatencyPolicy) -> tuple[LatencyRow, ...]:
     """Mean and p95 latency of one session run at each batch size, model and reference in the
     same loop (alternating which runs first, so drift in machine load hits both alike), after
@@ -181,16 +173,16 @@ def measure_latency(model: Predictor, reference: Predictor, x: np.ndarray,
             continue
         xb = np.ascontiguousarray(x[np.arange(b) % len(x)], np.float32)  # (b, C, H, W)
         for _ in range(lp.warmup):
-            _time_once(model, xb), _time_once(reference, xb)
+            model.time_run(xb), reference.time_run(xb)
         tm: list[float] = []
         tr: list[float] = []
         for i in range(lp.repeats):
             if i % 2:
-                tr.append(_time_once(reference, xb))
-                tm.append(_time_once(model, xb))
+                tr.append(reference.time_run(xb))
+                tm.append(model.time_run(xb))
             else:
-                tm.append(_time_once(model, xb))
-                tr.append(_time_once(reference, xb))
+                tm.append(model.time_run(xb))
+                tr.append(reference.time_run(xb))
         ratio = float(np.median(np.asarray(tm) / np.asarray(tr)))  # paired, (R,) -> scalar
         rows.append(LatencyRow(b, Timing.of(tm), Timing.of(tr), ratio))
     return tuple(rows)
@@ -199,9 +191,9 @@ def measure_latency(model: Predictor, reference: Predictor, x: np.ndarray,
 # ----------------------------------------------------------------------------- clean, size
 
 
-def predictions(p: Predictor, x: np.ndarray, batch_size: int) -> np.ndarray:
+def predictions(p: OrtModel, x: np.ndarray) -> np.ndarray:
     """Top-1 predictions (N,) int64 of the deployed graph."""
-    return p.logits(x, batch_size).argmax(axis=1).astype(np.int64)
+    return p.predict(x)
 
 
 def file_bytes(path: str | Path) -> int:

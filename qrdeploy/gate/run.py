@@ -29,7 +29,6 @@ from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcomb
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.clean import Predictor
 from qrdeploy.evaluation.masking import Verdict
 from qrdeploy.evaluation.suites import family_of
 from qrdeploy.gate.measure import (
@@ -243,13 +242,12 @@ class _Run:
         self.timings[name] = time.perf_counter() - t0
 
 
-def _clean(run: _Run, pm: Predictor, pr: Predictor) -> np.ndarray:
+def _clean(run: _Run, pm: OrtModel, pr: OrtModel) -> np.ndarray:
     """Clean thresholds; returns the labels for the attacks (the data's, else the reference's
     predictions)."""
     t0, cp, bound = time.perf_counter(), run.policy.clean, run.policy.use_bound
     x, y = run.data.x, run.data.y
-    ym = predictions(pm, x, run.model.batch_size)  # (N,)
-    yr = predictions(pr, x, run.reference.batch_size)  # (N,)
+    ym, yr = predictions(pm, x), predictions(pr, x)  # (N,), (N,)
     if y is None and (cp.min_accuracy is not None or cp.max_drop is not None):
         raise DataError(f"{run.data.name} has no labels, and the policy sets [clean] "
                         "min_accuracy or max_drop; use labelled data or only min_agreement")
@@ -321,7 +319,7 @@ def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:
     return replace(r, detail=detail)
 
 
-def _size_and_latency(run: _Run, pm: Predictor, pr: Predictor) -> tuple[LatencyRow, ...]:
+def _size_and_latency(run: _Run, pm: OrtModel, pr: OrtModel) -> tuple[LatencyRow, ...]:
     size = run.model.size_bytes / 1e6
     if run.policy.size.max_mb is not None:
         run.results.append(judge("size.file_mb", size, None, run.policy.size.max_mb,
@@ -354,7 +352,9 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     run = _Run(pol, open_subject(model, contract, batch_size),
                open_subject(reference, contract, batch_size), ds, session or SessionConfig(),
                seed)
-    pm, pr = Predictor(run.model.proto, run.session), Predictor(run.reference.proto, run.session)
+    pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False)
+    pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,
+                  gradients=False)
     labels = _clean(run, pm, pr)
     verdict = _robust(run, labels)
     rows = _size_and_latency(run, pm, pr)

@@ -65,24 +65,35 @@ def normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                          f"re-export it at an opset in {MIN_OPSET}..{MAX_OPSET}") from exc
 
 
-def _set_input_shape(model: onnx.ModelProto, chw: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Make the input (batch, C, H, W) with C, H, W concrete; drop stale inferred shapes."""
+def check_io(model: onnx.ModelProto, chw: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The classifier contract every qrdeploy model meets: one float32 image input and one
+    output; returns the input's (C, H, W) (`chw` when the file leaves it symbolic)."""
     graph = model.graph
     inputs = _real_inputs(graph)
     if len(inputs) != 1 or len(graph.output) != 1:
+        names = ", ".join(o.name for o in graph.output)
         raise GraphError(f"expected a classifier with 1 input and 1 output, got {len(inputs)} "
-                         f"and {len(graph.output)}; cut the graph to image -> logits")
+                         f"and {len(graph.output)} ({names}); choose them with --input-name / "
+                         "--output-name (docs/input-spec.md)")
     tensor = inputs[0].type.tensor_type
     if tensor.elem_type != onnx.TensorProto.FLOAT:
         got = onnx.TensorProto.DataType.Name(tensor.elem_type)
-        raise GraphError(f"expected a float32 input, got {got}; prepend a Cast or use a "
-                         "float32 export")
+        raise GraphError(f"expected a float32 input, got {got}; declare the model's input with "
+                         "--input-spec (e.g. dtype=uint8,range=0-255), see docs/input-spec.md")
     dims = tensor.shape.dim
     known = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims[1:])
     shape = tuple(chw) if chw is not None else known
     if any(d <= 0 for d in shape) or (len(known) and len(shape) != len(known)):
         raise GraphError(f"the input's C x H x W is {known}; pass input_shape=(C, H, W) "
                          "with the size the model was trained on")
+    return shape
+
+
+def _set_input_shape(model: onnx.ModelProto, chw: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Make the input (batch, C, H, W) with C, H, W concrete; drop stale inferred shapes."""
+    graph = model.graph
+    shape = check_io(model, chw)
+    dims = _real_inputs(graph)[0].type.tensor_type.shape.dim
     del dims[:]
     dims.add().dim_param = BATCH
     for d in shape:

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qrdeploy.attacks.arrays import to_numpy
 from qrdeploy.core import rng
+from qrdeploy.core.arrays import to_numpy
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.model.protocol import Classifier
 
@@ -51,26 +51,6 @@ class SearchConfig:
         if self.bisect_steps < 0 or self.batch_size < 1:
             raise ConfigError(f"bisect_steps must be >= 0 and batch_size >= 1, got "
                               f"{self.bisect_steps}, {self.batch_size}")
-
-
-class NumpyModel:
-    """A torch-backed Classifier (TorchModel) seen through numpy arrays, as OrtModel is."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.num_classes: int = int(model.num_classes)
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        return to_numpy(self.model.logits(torch.from_numpy(np.ascontiguousarray(x, np.float32))))
-
-    def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        z, g = self.model.vjp(torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-                              torch.from_numpy(np.asarray(cotangent, np.float32)))
-        return to_numpy(z), to_numpy(g)
 
 
 def predict(model: Classifier, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -1,14 +1,22 @@
-"""OrtModel: the Classifier / Differentiable protocols (qrdeploy.model.protocol) on onnxruntime
-sessions.
+"""OrtModel: the one onnxruntime wrapper of qrdeploy, behind the model protocol
+(qrdeploy.model.protocol): `predict` and `logits` of a deployed ONNX classifier, and white-box
+gradients (`vjp`, `loss_and_grad`) from its gradient graph.
 
-The forward session runs the prepared classifier (opset normalised, constants folded, a trailing
-softmax cut); the gradient sessions (one `vjp`, one per fused loss) are built by
-qrdeploy.gradients.builder the first time they are asked for and reused afterwards. Calls are
-split into batches of `batch_size` so that large arrays do not blow memory. No torch here."""
+Two forms of the graph are involved. The *deployed* graph is the file as it ships; `predict`,
+clean accuracy and latency run it as is (`gradients=False` keeps only this form). With
+gradients (the default), the forward session runs the *prepared* graph instead
+(qrdeploy.gradients.prepare: opset normalised, constants folded, a trailing softmax cut, so that
+`logits` are logits), and the gradient sessions (one `vjp`, one per fused loss) are built by
+qrdeploy.gradients.builder the first time they are asked for. When a graph cannot be prepared
+for gradients (an op the preparation cannot fold or infer), the deployed graph serves the
+forward pass and the gradient calls raise one GraphError saying why. Calls are split into
+batches of `batch_size`. No torch here."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +24,7 @@ import onnx
 
 from qrdeploy.core.losses import Loss
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
-from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.errors import ConfigError, DataError, GraphError, first_line
 from qrdeploy.gradients.builder import (
     TEMPERATURE,
     X_COTANGENT,
@@ -25,65 +33,137 @@ from qrdeploy.gradients.builder import (
     build_loss_grad,
     build_vjp,
 )
-from qrdeploy.gradients.prepare import prepare
+from qrdeploy.gradients.prepare import Prepared, check_io, prepare
 from qrdeploy.gradients.rules import GradOptions
+from qrdeploy.graphio.graph import load_model
 
 if TYPE_CHECKING:
     import onnxruntime
 
+ModelLike = onnx.ModelProto | bytes | str | Path
+
+
+def as_proto(model: ModelLike) -> onnx.ModelProto:
+    """A ModelProto; files go through the validating loader (qrdeploy.graphio.graph)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    return load_model(model)
+
 
 class OrtModel:
-    """A deployed ONNX classifier with white-box gradients computed by onnxruntime.
+    """A deployed ONNX classifier run by onnxruntime, with white-box gradients.
 
     Args:
-        model: the classifier (image -> logits, or -> softmax, which is cut off).
+        model: the classifier (image -> logits, or -> softmax, which the gradient form cuts
+            off): a ModelProto, serialized bytes, or a file path (validated on load).
         config: provider and intra-op threads (qrdeploy.core.runtime.SessionConfig).
         batch_size: the most samples passed to one session run.
         input_shape: (C, H, W) when the model's input does not state it.
+        gradients: False runs only the deployed graph (predict, logits, latency).
     Example:
-        >>> m = OrtModel(onnx.load("model.onnx"), SessionConfig("cpu", threads=2))
+        >>> m = OrtModel("model.onnx", SessionConfig("cpu", threads=2))
+        >>> m.predict(x)                                   # (N,) int64
         >>> z, loss, g = m.loss_and_grad(x, y, Loss.CW)"""
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: ModelLike,
         config: SessionConfig | None = None,
         batch_size: int = 256,
         input_shape: tuple[int, ...] | None = None,
         options: GradOptions | None = None,
+        gradients: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config or SessionConfig()
         self.batch_size = batch_size
         self.options = options
-        self.prepared = prepare(model, input_shape)
-        self._forward = make_session(self.prepared.model.SerializeToString(), self.config)
+        self.deployed = as_proto(model)
+        self.input_shape = check_io(self.deployed, input_shape)  # (C, H, W)
+        self.prepared: Prepared | None = None
+        self.gradient_error: str | None = "not asked for (gradients=False)"
+        if gradients:
+            try:
+                self.prepared, self.gradient_error = prepare(self.deployed, input_shape), None
+            except GraphError as exc:
+                self.gradient_error = first_line(exc, None)
+        forward = self.prepared.model if self.prepared is not None else self.deployed
+        self._forward = make_session(forward.SerializeToString(), self.config)
+        self._deployed_session: onnxruntime.InferenceSession | None = \
+            None if self.prepared is not None else self._forward
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
+        self.input_name = self._forward.get_inputs()[0].name
         shape = self._forward.get_outputs()[0].shape
-        if len(shape) != 2 or not isinstance(shape[1], int):
+        if len(shape) not in (0, 2) or (len(shape) == 2 and not isinstance(shape[1], int)):
             raise DataError(f"expected logits of shape (N, K), the model gives {shape}; "
                             "export a classifier whose output is the logits")
-        self.num_classes: int = int(shape[1])
+        self.num_classes: int = int(shape[1]) if len(shape) == 2 else self._probe_classes()
         opts = self._forward.get_session_options()
+        p = self.prepared
+        self.providers: list[str] = list(self._forward.get_providers())
         self.info: dict[str, object] = {
-            "providers": list(self._forward.get_providers()),
+            "providers": self.providers,
             "threads_requested": self.config.threads,
             "intra_op_threads": int(opts.intra_op_num_threads),
             "batch_size": batch_size,
-            "opset": self.prepared.opset,
-            "source_opset": self.prepared.source_opset,
-            "softmax_cut": self.prepared.softmax_cut,
-            "folded_nodes": self.prepared.folded_nodes,
+            "opset": p.opset if p else None,
+            "source_opset": p.source_opset if p else None,
+            "softmax_cut": p.softmax_cut if p else None,
+            "folded_nodes": p.folded_nodes if p else 0,
         }
+        if self.gradient_error is not None and gradients:
+            self.info["gradients"] = f"unavailable: {self.gradient_error}"
+
+    @property
+    def differentiable(self) -> bool:
+        """True when white-box gradients can be computed."""
+        return self.prepared is not None
+
+    def _probe_classes(self) -> int:
+        """The class count of a model whose output shape onnxruntime does not state."""
+        z = run_session(self._forward, None,
+                        {self.input_name: np.zeros((1, *self.input_shape), np.float32)})[0]
+        if np.ndim(z) != 2:
+            raise DataError(f"expected logits of shape (N, K), the model gives {np.shape(z)} "
+                            "for one input; export a classifier whose output is the logits")
+        return int(np.shape(z)[1])
 
     # --- protocol ------------------------------------------------------------------------------
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) float32 in [0, 1] -> logits (N, K)."""
         x = self._check_x(x)
-        name = self.prepared.input_name
-        return self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x))[0]
+        name = self.input_name
+        z = self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x))[0]
+        if z.ndim != 2 or z.shape[0] != len(x):
+            raise GraphError(f"the model's output has shape {z.shape} for {len(x)} inputs; "
+                             "expected (N, classes) logits")
+        return z.astype(np.float32, copy=False)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) -> the top-1 classes (N,) int64."""
+        return self.logits(x).argmax(axis=1).astype(np.int64)
+
+    # --- the deployed graph as it ships (latency) ------------------------------------------
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the deployed graph's input fixes, or None when it is dynamic."""
+        dims = self.deployed.graph.input[0].type.tensor_type.shape.dim
+        return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+    def time_run(self, x: np.ndarray) -> float:
+        """Seconds of one session run of the deployed graph on the batch x (N, C, H, W)."""
+        if self._deployed_session is None:
+            self._deployed_session = make_session(self.deployed.SerializeToString(), self.config)
+        sess = self._deployed_session
+        feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
+        t0 = time.perf_counter()
+        sess.run([sess.get_outputs()[0].name], feed)
+        return time.perf_counter() - t0
 
     def vjp(self, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits (N, K), cotangent^T . dlogits/dx (N, C, H, W)) for a cotangent (N, K)."""
@@ -124,10 +204,11 @@ class OrtModel:
 
     def _check_x(self, x: Any) -> np.ndarray:
         arr = np.asarray(x, dtype=np.float32)
-        want = self.prepared.input_shape
+        want = self.input_shape
         if arr.ndim != len(want) + 1 or arr.shape[1:] != want:
-            raise DataError(f"expected inputs of shape (N, {', '.join(map(str, want))}), got "
-                            f"{arr.shape}; resize or reshape the images to the model's input")
+            raise DataError(f"the model expects images of shape {want}, the data has "
+                            f"{arr.shape[1:]}; resize or reshape the images to the model's "
+                            "input (or declare its layout with --input-spec)")
         return arr
 
     @staticmethod
@@ -139,6 +220,9 @@ class OrtModel:
 
     def _session(self, kind: str) -> tuple[GradientModel, onnxruntime.InferenceSession]:
         """The gradient model and session of `kind`, built on first use."""
+        if self.prepared is None:
+            raise GraphError(f"white-box gradients are not available for this graph: "
+                             f"{self.gradient_error}")
         if kind not in self._grads:
             gm = (build_vjp(self.prepared, options=self.options) if kind == "vjp"
                   else build_loss_grad(self.prepared, Loss(kind), options=self.options))

@@ -1,4 +1,6 @@
-"""The model protocol every attack is written against, and TorchModel, its torch implementation.
+"""The model protocol every attack is written against. Its implementations: OrtModel
+(qrdeploy.model.ortmodel, onnxruntime, numpy arrays) and TorchModel (qrdeploy.model.torchmodel,
+torch tensors; NumpyModel there shows it through numpy arrays).
 
 `Classifier` maps a batch x (N, C, H, W) float32 in [0, 1] to logits (N, K); query-only attacks
 need nothing more. `Differentiable` adds a vector-Jacobian product and a fused loss gradient.
@@ -12,11 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from qrdeploy.core.losses import DLR_EPS, Loss
-from qrdeploy.errors import ConfigError, DataError, RuntimeMissingError
+from qrdeploy.core.losses import Loss
 
 if TYPE_CHECKING:
-    from types import ModuleType
+    pass
 
 Array = Any  # numpy ndarray (OrtModel) or torch.Tensor (TorchModel)
 
@@ -45,87 +46,3 @@ class Differentiable(Classifier, Protocol):
     ) -> tuple[Array, Array, Array]:
         """-> (logits (N, K), per-sample loss (N,), d(sum of loss)/dx (N, C, H, W))."""
         ...
-
-
-def _torch() -> ModuleType:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is installed wherever tests run
-        raise RuntimeMissingError(
-            f"TorchModel needs torch, which is not importable ({exc}); "
-            "pip install 'qrdeploy[train]'"
-        ) from None
-    return torch
-
-
-def torch_loss(z: Any, y: Any, loss: Loss, temperature: float | Any = 1.0) -> Any:
-    """Per-sample loss (N,) of torch logits z (N, K) and labels y (N,), as qrdeploy.core.losses."""
-    torch = _torch()
-    y = y.long()
-    if loss in (Loss.CE, Loss.CE_T):
-        t = temperature if loss is Loss.CE_T else 1.0
-        if not isinstance(t, float | int):
-            t = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(-1, 1)  # (N, 1)
-        return torch.nn.functional.cross_entropy(z / t, y, reduction="none")
-    zy = z.gather(1, y[:, None])[:, 0]  # (N,)
-    mask = torch.nn.functional.one_hot(y, z.shape[1]).bool()  # (N, K)
-    other = z.masked_fill(mask, float("-inf")).max(dim=1).values  # (N,)
-    if loss is Loss.CW:
-        return other - zy
-    if z.shape[1] < 3:
-        raise ConfigError(f"the DLR loss needs at least 3 classes, got {z.shape[1]}; use loss 'cw'")
-    srt = z.sort(dim=1, descending=True).values  # (N, K)
-    return -(zy - other) / (srt[:, 0] - srt[:, 2] + DLR_EPS)
-
-
-class TorchModel:
-    """A torch nn.Module as a Differentiable classifier.
-
-    The module is called in whatever mode it is in: call module.eval() before attacking it for
-    evaluation (batch-norm statistics must not depend on the batch). Gradients are taken with
-    respect to the input only; the parameters' .grad fields are left untouched.
-
-    >>> model = TorchModel(net.eval(), num_classes=10)
-    >>> z, loss, g = model.loss_and_grad(x, y, Loss.CE)   # (N, 10), (N,), (N, 1, 28, 28)
-    """
-
-    def __init__(self, module: Any, num_classes: int) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        self.module = module
-        self.num_classes = num_classes
-
-    def _forward(self, x: Any) -> Any:
-        z = self.module(x)  # (N, K)
-        if tuple(z.shape) != (x.shape[0], self.num_classes):
-            raise DataError(
-                f"the module returned logits of shape {tuple(z.shape)} for {x.shape[0]} inputs, "
-                f"expected ({x.shape[0]}, {self.num_classes}); check num_classes and the input"
-            )
-        return z
-
-    def logits(self, x: Any) -> Any:
-        """x (N, C, H, W) -> logits (N, K), without building an autograd graph."""
-        with _torch().no_grad():
-            return self._forward(x)
-
-    def vjp(self, x: Any, cotangent: Any) -> tuple[Any, Any]:
-        """-> (logits (N, K), cotangent^T . dlogits/dx (N, C, H, W))."""
-        torch = _torch()
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = self._forward(xg)
-            (g,) = torch.autograd.grad(z, xg, grad_outputs=cotangent.to(z.dtype))
-        return z.detach(), g
-
-    def loss_and_grad(
-        self, x: Any, y: Any, loss: Loss, temperature: float | Any = 1.0
-    ) -> tuple[Any, Any, Any]:
-        """-> (logits (N, K), per-sample loss (N,), d(sum of loss)/dx (N, C, H, W))."""
-        torch = _torch()
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            z = self._forward(xg)
-            value = torch_loss(z, y, Loss(loss), temperature)  # (N,)
-            (g,) = torch.autograd.grad(value.sum(), xg)
-        return z.detach(), value.detach(), g

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
+from qrdeploy.core.markdown import table
 from qrdeploy.evaluation.masking import (
     Arm,
     Verdict,
@@ -102,8 +103,7 @@ def observations(c: Collected) -> cl.Observations:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(x.replace("|", "\\|") for x in r) + " |" for r in rows), ""]
+    return [*table(header, rows), ""]
 
 
 def _fmt_cell(ours: tuple[float, float, float] | None, paper: float | None) -> str:

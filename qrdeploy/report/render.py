@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text
+from qrdeploy.core.markdown import table
 from qrdeploy.core.plotting import pyplot, require, save_png
 from qrdeploy.evaluation.metrics import paired_test
 from qrdeploy.evaluation.results import label_note, load_results, paired_json, unflag
@@ -72,8 +73,7 @@ def _col(doc: Doc, key: str) -> Doc | None:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
+    return table(header, rows)
 
 
 def fmt_noise(nz: Doc) -> str:

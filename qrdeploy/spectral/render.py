@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text
+from qrdeploy.core.markdown import table
 from qrdeploy.core.plotting import pyplot, save_png
 from qrdeploy.errors import ConfigError
 from qrdeploy.spectral.analysis import AMPLIFICATION_NOTE, LayerReport, LipschitzReport
@@ -92,10 +93,8 @@ def render_markdown(report: LipschitzReport) -> str:
         f"Recipe ({report.recipe_source}): "
         + ("; ".join(_recipe_text(r) for r in report.recipes) or "not recorded"),
         "",
-        "| " + " | ".join(h for h, _ in cols) + " |",
-        "|" + "---|" * len(cols),
+        *table([h for h, _ in cols], [[_md_cell(r[k]) for _, k in cols] for r in rows]),
     ]
-    lines += ["| " + " | ".join(_md_cell(r[k]) for _, k in cols) + " |" for r in rows]
     lines += ["", *_legend(report)]
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from qrdeploy.attacks import PGD
 from qrdeploy.data.datasets import Dataset
-from qrdeploy.model.protocol import TorchModel
+from qrdeploy.model.torchmodel import TorchModel
 from qrdeploy.train.config import TrainConfig
 from qrdeploy.train.loop import Perturb, Score
 

@@ -45,7 +45,7 @@ from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import CheckpointError, ConfigError, RuntimeMissingError
 from qrdeploy.margins import search as mg
 from qrdeploy.model.ortmodel import OrtModel
-from qrdeploy.model.protocol import TorchModel
+from qrdeploy.model.torchmodel import NumpyModel, TorchModel
 from qrdeploy.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, TrainConfig
 from qrdeploy.train.export import export_module
@@ -263,7 +263,7 @@ def deployed(module: nn.Module, config: TrainConfig, train: Dataset) -> mg.VjpCl
         return OrtModel(export_module(module, (c, h, w)),
                         SessionConfig("cpu", threads=config.threads), batch_size=1024)
     except RuntimeMissingError:  # no onnxruntime build installed
-        return mg.NumpyModel(TorchModel(module, num_classes=train.num_classes))
+        return NumpyModel(TorchModel(module, num_classes=train.num_classes))
 
 
 # --- the run: source, resume, finish -----------------------------------------------------------

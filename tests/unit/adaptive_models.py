@@ -78,7 +78,7 @@ def victims() -> tuple[Any, Any, Any, Any]:
     """(plain TorchModel, x1e4 TorchModel, x torch, y torch)."""
     import torch
 
-    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.model.torchmodel import TorchModel
 
     net, x, y = mnist_linear()
     return (TorchModel(net, 10), TorchModel(scaled(net, SCALE), 10), torch.tensor(x),

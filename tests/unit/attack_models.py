@@ -81,7 +81,7 @@ def linear_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 def torch_linear(w: np.ndarray, b: np.ndarray) -> Any:
     import torch
 
-    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.model.torchmodel import TorchModel
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(w.shape[1], w.shape[0]))
     with torch.no_grad():

@@ -157,7 +157,7 @@ def test_step_halves_and_restarts_from_the_best_point() -> None:
 
 pytest.importorskip("mlxtend")
 
-from qrdeploy.model.protocol import TorchModel  # noqa: E402
+from qrdeploy.model.torchmodel import TorchModel  # noqa: E402
 from tests.unit.adaptive_models import mnist_linear, mnist_mlp  # noqa: E402
 
 

@@ -116,7 +116,7 @@ def test_bad_data_raises(attack: Any, kw: dict[str, Any], exc: type[Exception], 
 
 def test_torch_model_errors() -> None:
     torch = pytest.importorskip("torch")
-    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.model.torchmodel import TorchModel
 
     with pytest.raises(ConfigError, match=r"num_classes must be an integer >= 2, got 1"):
         TorchModel(torch.nn.Flatten(), 1)

@@ -247,7 +247,7 @@ def test_ortmodel_and_torchmodel_give_the_same_examples(attack: Any) -> None:
     pytest.importorskip("onnxruntime")
     from qrdeploy.core.runtime import SessionConfig
     from qrdeploy.model.ortmodel import OrtModel
-    from qrdeploy.model.protocol import TorchModel
+    from qrdeploy.model.torchmodel import TorchModel
     from qrdeploy.train.export import export_module
 
     torch.manual_seed(0)

@@ -152,6 +152,7 @@ def test_constant_folding_failures_are_graph_errors() -> None:
     from onnx import helper
 
     from qrdeploy.errors import GraphError
+    from qrdeploy.gradients.prepare import prepare
     from qrdeploy.model.ortmodel import OrtModel
     from tests.unit.onnx_builders import cnn
 
@@ -164,7 +165,10 @@ def test_constant_folding_failures_are_graph_errors() -> None:
     m.graph.node.insert(0, helper.make_node("Reshape", [w.name, "bad_shape"], ["w_bad"]))
     gemm.input[list(gemm.input).index(w.name)] = "w_bad"
     with pytest.raises(GraphError, match="failed to fold the model's constant") as err:
-        OrtModel(m).loss_and_grad(_x(), np.array([1, 2]), "ce")
+        prepare(m)  # the gradient form
+    assert "\n" not in str(err.value)
+    with pytest.raises(GraphError, match="onnxruntime cannot load the model") as err:
+        OrtModel(m)  # the deployed graph itself does not run either
     assert "\n" not in str(err.value)
 
 

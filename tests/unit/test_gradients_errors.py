@@ -125,7 +125,7 @@ def _ok_model() -> onnx.ModelProto:
 
 OM_CASES = {
     "x_wrong_shape": (lambda m: m.logits(np.zeros((2, 2, 5, 5))), DataError,
-                      r"expected inputs of shape \(N, 2, 4, 4\), got \(2, 2, 5, 5\)"),
+                      r"expects images of shape \(2, 4, 4\), the data has \(2, 5, 5\)"),
     "cotangent_wrong_shape": (lambda m: m.vjp(np.zeros((2, 2, 4, 4)), np.zeros((2, 3))),
                               DataError, r"expected a cotangent of shape \(2, 32\)"),
     "label_out_of_range": (lambda m: m.loss_and_grad(np.zeros((2, 2, 4, 4)), [0, 32], Loss.CE),

@@ -31,7 +31,7 @@ from qrdeploy.graphio.graph import layer_weight, weight_layers
 from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.passes import WeightQuant, harden
 from qrdeploy.model.ortmodel import OrtModel
-from qrdeploy.model.protocol import TorchModel
+from qrdeploy.model.torchmodel import TorchModel
 from tests.unit.test_gradients_e2e import _assert_grad, _randomise_bn, _ref, _x
 
 torch = pytest.importorskip("torch")

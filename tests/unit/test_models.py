@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from qrdeploy.core.losses import Loss, loss_value_and_cotangent
-from qrdeploy.model.protocol import Classifier, Differentiable, TorchModel
+from qrdeploy.model.protocol import Classifier, Differentiable
+from qrdeploy.model.torchmodel import TorchModel
 from tests.unit.attack_models import one_torch_thread
 
 torch = pytest.importorskip("torch")

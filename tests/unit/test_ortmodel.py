@@ -135,3 +135,36 @@ def test_satisfies_the_differentiable_protocol() -> None:
     models = pytest.importorskip("qrdeploy.model.protocol")
     om = OrtModel(tiny())
     assert isinstance(om, models.Classifier) and isinstance(om, models.Differentiable)
+
+
+def test_deployed_graph_is_what_predict_and_latency_run() -> None:
+    """gradients=False never prepares: the deployed graph (here with its softmax) runs as is;
+    the default runs the prepared form for logits, and both agree on the prediction."""
+    x = np.random.default_rng(1).random((6, 2, 4, 4), dtype=np.float32)
+    deployed = OrtModel(tiny(head="Softmax"), gradients=False)
+    prepared = OrtModel(tiny(head="Softmax"))
+    assert deployed.prepared is None and not deployed.differentiable
+    np.testing.assert_allclose(deployed.logits(x).sum(axis=1), 1.0, rtol=1e-5)  # probabilities
+    assert prepared.differentiable and prepared.info["softmax_cut"] == "Softmax"
+    np.testing.assert_array_equal(deployed.predict(x), prepared.predict(x))
+    assert deployed.time_run(x) > 0 and prepared.time_run(x) > 0
+    assert OrtModel(tiny(static_batch=True), gradients=False).fixed_batch == 1
+    assert deployed.fixed_batch is None
+
+
+def test_a_graph_that_cannot_be_prepared_still_predicts_and_says_why_no_gradients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from qrdeploy.errors import GraphError
+    from qrdeploy.model import ortmodel
+
+    def refuse(model: onnx.ModelProto, shape: object = None) -> None:
+        raise GraphError("shape inference failed on the prepared model: an example reason")
+
+    monkeypatch.setattr(ortmodel, "prepare", refuse)
+    m = OrtModel(tiny())
+    x = np.zeros((2, 2, 4, 4), np.float32)
+    assert m.predict(x).shape == (2,) and not m.differentiable
+    assert "unavailable: shape inference failed" in str(m.info["gradients"])
+    with pytest.raises(GraphError, match="white-box gradients are not available for this graph: "
+                                         "shape inference failed"):
+        m.vjp(x, np.zeros((2, K), np.float32))
