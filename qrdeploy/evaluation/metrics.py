@@ -32,9 +32,11 @@ def attacked_flags(ev: Evaluation, key: str) -> np.ndarray:
 
 
 def worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
-    """The bounded (L-inf) columns of the suite and the per-sample worst case over them (N,):
-    robust only when correct on the clean input and robust to every one of them."""
-    keys = [c.key for c in ev.suite.columns if c.bounded]
+    """Every L-inf column that ran (the paper's white-box and black-box columns at their own eps,
+    and the adaptive columns) and the per-sample worst case over them (N,): robust only when
+    correct on the clean input and robust to every one of them. CW-L2 (unbounded), noise and the
+    eps sweep are left out: they are not attacks at a column's budget."""
+    keys = [c.key for c in ev.suite.columns if c.bounded or c.mode is Mode.ADAPTIVE]
     flags = ev.clean_correct.copy()
     for k in keys:
         flags &= ~ev.records[k].fooled

@@ -1,61 +1,28 @@
-"""The measurements behind `qrdeploy check` (qrdeploy.check): per-sample clean verdicts, robust
-accuracy under the policy's attacks, the gradient-masking verdict, latency and file size.
-
-`attack_arms` is the one place that knows the attack APIs (qrdeploy.evaluation.suites for the
-paper's L-inf attacks, qrdeploy.attacks.adaptive for the adaptive suite); the rest of the check only
-sees per-sample robust flags."""
+"""The measurements behind `qrdeploy check`: the suites its robust thresholds and its masking
+verdict run through the attack runner (qrdeploy.evaluation.runner, the one `qrdeploy attack` uses,
+so both report the same per-sample worst case and verdict), latency and file size."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qrdeploy.attacks.adaptive import adaptive_suite
-from qrdeploy.core.arrays import to_numpy
-from qrdeploy.core.losses import Loss
-from qrdeploy.evaluation.masking import (
-    Arm,
-    Check,
-    Verdict,
-    check_black_box,
-    check_logit_gap,
-    check_one_step,
-    check_square,
-    check_zero_gradient,
-)
-from qrdeploy.evaluation.suites import build_suite
-from qrdeploy.gate.policy import LatencyPolicy, RobustKind, RobustThreshold
+from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
+from qrdeploy.evaluation.runner import Evaluation
+from qrdeploy.evaluation.suites import Column, Family, Mode, Origin, Suite, build_suite
+from qrdeploy.gate.policy import LatencyPolicy, MaskingPolicy, RobustKind, RobustThreshold
 from qrdeploy.graphio.prevalidate import external_files
 from qrdeploy.model.ortmodel import OrtModel
 
 # ---------------------------------------------------------------------------------- attacks
 
 
-class Role(StrEnum):
-    """What kind of attack an arm is, for the masking comparisons."""
-
-    ONE_STEP = "one-step"
-    ITERATIVE = "iterative"
-    QUERY = "query"
-    TRANSFER = "transfer"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One attack's per-sample outcome on the robust samples."""
-
-    name: str
-    role: Role
-    eps: float
-    robust: np.ndarray  # (N,) bool: correct on the clean input and under the attack
-
-
-def _paper_attack(t: RobustThreshold, family: str) -> Any:
+def _paper_attack(t: RobustThreshold, family: Family) -> Any:
     """The paper-suite attack config of a threshold (suite [DEFAULT]s unless `steps` is set)."""
     column = "fgsm-s" if t.attack is RobustKind.FGSM else t.attack.value
     suite = build_suite("white", family, attacks=f"{column}={t.eps!r}", eps=())
@@ -67,63 +34,33 @@ def _paper_attack(t: RobustThreshold, family: str) -> Any:
     return attack
 
 
-def _adaptive_entries(t: RobustThreshold) -> list[Any]:
-    entries = adaptive_suite(t.eps, steps=t.steps or 100, queries=t.queries or 5000)
-    return [e for e in entries if t.members is None or e.name in t.members]
+def threshold_suite(t: RobustThreshold, family: Family) -> Suite:
+    """The suite that measures one robust threshold through the attack runner: one white-box
+    column for a paper attack; the adaptive columns at the threshold's eps (its steps, queries
+    and members) for `adaptive`."""
+    if t.attack is RobustKind.ADAPTIVE:
+        entries = adaptive_suite(t.eps, steps=t.steps or 100, queries=t.queries or 5000)
+        columns = tuple(Column(e.name, Mode.ADAPTIVE, e, t.eps, Origin.USER) for e in entries
+                        if t.members is None or e.name in t.members)
+    else:
+        columns = (Column(f"{t.attack.value}@{t.eps:g}", Mode.WHITE, _paper_attack(t, family),
+                          t.eps, Origin.USER),)
+    return Suite(t.metric, family, columns, (), ())
 
 
-def attack_arms(t: RobustThreshold, model: Any, source: Any, x: np.ndarray, y: np.ndarray,
-                clean_ok: np.ndarray, family: str, seed: int) -> list[Attempt]:
-    """Run the threshold's attack(s) on `model` (OrtModel) over x (N, C, H, W) with labels y (N,);
-    `source` (the reference, an OrtModel) crafts the adaptive suite's transfer examples."""
-    idx = np.arange(len(y), dtype=np.int64)
-    if t.attack is not RobustKind.ADAPTIVE:
-        res = _paper_attack(t, family)(model, x, y, seed=seed, indices=idx)
-        role = Role.ONE_STEP if t.attack is RobustKind.FGSM else Role.ITERATIVE
-        return [Attempt(t.attack.value, role, t.eps, clean_ok & ~to_numpy(res.fooled))]
-    out = []
-    for e in _adaptive_entries(t):
-        res = e(model, x, y, seed=seed, indices=idx, source=source)
-        role = {"white": Role.ITERATIVE, "query": Role.QUERY}.get(e.role.value, Role.TRANSFER)
-        out.append(Attempt(e.name, role, t.eps, clean_ok & ~np.asarray(res.fooled, bool)))
-    return out
+def threshold_flags(t: RobustThreshold, ev: Evaluation) -> tuple[np.ndarray, list[str]]:
+    """Per-sample robust flags (N,) of a threshold's run and the columns they cover: the
+    column's robust flags, or the adaptive per-sample worst case (the runner's own)."""
+    if t.attack is RobustKind.ADAPTIVE:
+        keys, flags = adaptive_worst_case(ev)
+        return flags, keys
+    key = ev.suite.columns[0].key
+    return robust_flags(ev, key), [key]
 
 
-def worst_case(attempts: list[Attempt], clean_ok: np.ndarray) -> np.ndarray:
-    """Per-sample worst case (N,): robust only when robust under every attempt."""
-    flags = clean_ok.copy()
-    for a in attempts:
-        flags &= a.robust
-    return flags
-
-
-# ---------------------------------------------------------------------------------- masking
-
-
-def masking_verdict(model: Any, x: np.ndarray, y: np.ndarray, attempts: list[Attempt],
-                    adaptive_worst: float | None) -> Verdict:
-    """The masking checks that the measured inputs allow (qrdeploy.evaluation.masking,
-    docs/masking.md): zero CE gradients and saturated logit gaps at the clean inputs always;
-    one-step vs iterative, Square vs gradient and transfer vs white-box when those attacks were
-    run."""
-    z, _, grads = model.loss_and_grad(x, y, Loss.CE)  # (N, K), (N,), (N, C, H, W)
-    arms = {r: [Arm(a.name, a.robust, a.eps) for a in attempts if a.role is r] for r in Role}
-    gradient = arms[Role.ONE_STEP] + arms[Role.ITERATIVE]
-    checks: list[Check] = [check_zero_gradient(np.asarray(grads)), check_logit_gap(np.asarray(z)),
-                           check_one_step(arms[Role.ONE_STEP], arms[Role.ITERATIVE]),
-                           check_square(next(iter(arms[Role.QUERY]), None), gradient),
-                           check_black_box(gradient, arms[Role.TRANSFER])]
-    return Verdict(tuple(checks), adaptive_worst)
-
-
-def verdict_json(v: Verdict) -> dict[str, Any]:
-    def one(c: Check) -> dict[str, Any]:
-        finite = c.ran and np.isfinite(c.statistic) and np.isfinite(c.threshold)
-        return {"name": c.name.value, "ran": c.ran, "fired": c.fired,
-                "statistic": float(c.statistic) if finite else None,
-                "threshold": float(c.threshold) if finite else None, "detail": c.detail}
-
-    return {"suspected": v.suspected, "text": v.text, "checks": [one(c) for c in v.checks]}
+def masking_suite(mp: MaskingPolicy, family: Family) -> Suite:
+    """The suite of the masking verdict: what `qrdeploy attack --suite SUITE` runs."""
+    return build_suite(mp.suite, family, eps=None, cw_budget=mp.cw_budget)
 
 
 # ---------------------------------------------------------------------------------- latency

@@ -182,17 +182,33 @@ class RobustPolicy:
 
 @dataclass(frozen=True)
 class MaskingPolicy:
-    fail_if_suspected: bool = False
+    """The masking verdict: the suite `qrdeploy attack --suite SUITE` would run (through the same
+    runner, with the reference as transfer source and as the model before hardening) on the
+    robust samples; `fail_if_suspected` fails the check when a masking check fires."""
 
-    KEYS = ("fail_if_suspected",)
+    fail_if_suspected: bool = False
+    suite: str = "paper,adaptive"  # [DEFAULT]: every check can run
+    cw_budget: str = "quick"  # as `qrdeploy attack`'s default
+
+    KEYS = ("fail_if_suspected", "suite", "cw_budget")
 
     @classmethod
     def parse(cls, t: object) -> MaskingPolicy:
-        d = _keys("[masking]", t, cls.KEYS)
+        w = "[masking]"
+        d = _keys(w, t, cls.KEYS)
         v = d.get("fail_if_suspected", False)
         if not isinstance(v, bool):
-            raise _err("[masking]", "fail_if_suspected", f"must be true or false, got {v!r}")
-        return cls(v)
+            raise _err(w, "fail_if_suspected", f"must be true or false, got {v!r}")
+        suite = d.get("suite", cls.suite)
+        names = suite.split(",") if isinstance(suite, str) else []
+        if not names or not set(names) <= {"white", "black", "noise", "paper", "adaptive"} \
+                or "adaptive" not in names:
+            raise _err(w, "suite", "must be a comma list of suites that includes adaptive (the "
+                                   f"verdict needs it), e.g. \"paper,adaptive\", got {suite!r}")
+        budget = d.get("cw_budget", cls.cw_budget)
+        if budget not in ("quick", "paper"):
+            raise _err(w, "cw_budget", f"must be \"quick\" or \"paper\", got {budget!r}")
+        return cls(v, suite, budget)
 
 
 @dataclass(frozen=True)
@@ -283,7 +299,8 @@ class Policy:
                  "steps": t.steps, "queries": t.queries,
                  "members": None if t.members is None else list(t.members)}
                 for t in r.thresholds]},
-            "masking": {"fail_if_suspected": self.masking.fail_if_suspected},
+            "masking": {"fail_if_suspected": self.masking.fail_if_suspected,
+                        "suite": self.masking.suite, "cw_budget": self.masking.cw_budget},
             "size": {"max_mb": self.size.max_mb},
             "latency": {"max_ratio": self.latency.max_ratio,
                         "batch_sizes": list(self.latency.batch_sizes),

@@ -29,20 +29,20 @@ from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcomb
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.masking import Verdict
-from qrdeploy.evaluation.suites import family_of
+from qrdeploy.evaluation.results import masking_json
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.suites import Mode, family_of
+from qrdeploy.evaluation.verdict import Masking, masking
 from qrdeploy.gate.measure import (
-    Attempt,
     LatencyRow,
-    attack_arms,
     file_bytes,
-    masking_verdict,
+    masking_suite,
     measure_latency,
     predictions,
-    verdict_json,
-    worst_case,
+    threshold_flags,
+    threshold_suite,
 )
-from qrdeploy.gate.policy import Bound, Policy, RobustKind, load_policy
+from qrdeploy.gate.policy import Bound, Policy, load_policy
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import contracted
 from qrdeploy.model.ortmodel import OrtModel
@@ -50,7 +50,7 @@ from qrdeploy.model.ortmodel import OrtModel
 __all__ = ["CheckResult", "Policy", "ThresholdResult", "check", "load_policy"]
 
 SUMMARY_SCHEMA = "qrdeploy/check-summary"
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 EXIT_PASSED, EXIT_FAILED = 0, 3
 
 
@@ -138,7 +138,7 @@ def _proportion(metric: str, p: Proportion, threshold: float, bound: Bound) -> T
 
 
 @dataclass(frozen=True)
-class Subject:
+class ModelFile:
     """A model file in the check: where it is, its sha256, its size and its (contract-applied)
     graph."""
 
@@ -152,11 +152,12 @@ class Subject:
         return {"name": self.path.name, "sha256": self.sha256, "size_bytes": self.size_bytes}
 
 
-def open_subject(path: str | Path, contract: Any = None, batch_size: int = 256) -> Subject:
+def open_model_file(path: str | Path, contract: Any = None, batch_size: int = 256
+                    ) -> ModelFile:
     p = Path(path)
     proto = load_model(p)  # validates; raises a one-line GraphError for a missing or bad file
     proto, batch = contracted(proto, contract, batch_size)
-    return Subject(p, sha256_file(p), file_bytes(p), proto, batch)
+    return ModelFile(p, sha256_file(p), file_bytes(p), proto, batch)
 
 
 # ----------------------------------------------------------------------------------- result
@@ -168,9 +169,9 @@ class CheckResult:
 
     thresholds: tuple[ThresholdResult, ...]
     latency: tuple[LatencyRow, ...]
-    masking: Verdict | None
-    model: Subject
-    reference: Subject
+    masking: Masking | None
+    model: ModelFile
+    reference: ModelFile
     data: dict[str, Any]
     policy: Policy
     seed: int
@@ -198,7 +199,7 @@ class CheckResult:
                        f"{f.mean_ms:.2f}/{f.median_ms:.2f}/{f.p95_ms:.2f}, paired median ratio "
                        f"{r.ratio:.3f}")
         if self.masking is not None:
-            out.append(f"masking: {self.masking.text}")
+            out.append(f"masking: {self.masking.verdict.text}")
         out.append(self.outcome())
         return out
 
@@ -217,7 +218,7 @@ class CheckResult:
             "data": self.data, "seed": self.seed, "policy": self.policy.to_json(),
             "thresholds": [t.to_json() for t in self.thresholds],
             "latency": [r.to_json() for r in self.latency],
-            "masking": None if self.masking is None else verdict_json(self.masking),
+            "masking": masking_json(self.masking),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -230,8 +231,8 @@ class _Run:
     """The state of one check while it runs."""
 
     policy: Policy
-    model: Subject
-    reference: Subject
+    model: ModelFile
+    reference: ModelFile
     data: Dataset
     session: SessionConfig
     seed: int
@@ -279,40 +280,41 @@ def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
                  Direction.MAX, Unit.POINTS, bound, detail)
 
 
-def _robust(run: _Run, labels: np.ndarray) -> Verdict | None:
-    """Robust-accuracy thresholds and the masking verdict, on the first `robust.n` samples."""
+def _robust(run: _Run, labels: np.ndarray) -> Masking | None:
+    """Robust-accuracy thresholds and the masking verdict, on the first `robust.n` samples, each
+    through the attack runner (the reference crafts the transfer examples)."""
     rp, mp = run.policy.robust, run.policy.masking
     if not rp.thresholds and not mp.fail_if_suspected:
         return None
     t0 = time.perf_counter()
     n = min(rp.n or len(labels), len(labels))
     x, y = run.data.x[:n], labels[:n]
-    victim = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size)
-    source = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size)
-    clean_ok = victim.logits(x).argmax(axis=1) == y  # (n,)
-    family = family_of(run.data.name, int(x.shape[1])).value
-    attempts: list[Attempt] = []
-    adaptive_worst: float | None = None
+    victim = Subject(run.model.path.name, run.model.sha256,
+                     OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size))
+    ref = Subject(run.reference.path.name, run.reference.sha256,
+                  OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size))
+    family = family_of(run.data.name, int(x.shape[1]))
+    config = RunConfig(seed=run.seed, batch_size=run.model.batch_size)
     for t in rp.thresholds:
-        arms = attack_arms(t, victim, source, x, y, clean_ok, family, run.seed)
-        attempts += arms
-        flags = worst_case(arms, clean_ok)
-        if t.attack is RobustKind.ADAPTIVE:
-            acc = float(flags.mean())
-            adaptive_worst = acc if adaptive_worst is None else min(acc, adaptive_worst)
-        names = ", ".join(a.name for a in arms)
+        ev = evaluate(victim, x, y, threshold_suite(t, family), config=config,
+                      adaptive_source=ref)
+        flags, keys = threshold_flags(t, ev)
         res = _proportion(t.metric, _prop(flags), t.min_accuracy, run.policy.use_bound)
-        run.results.append(_with_detail(res, f"{res.detail} on {names}"))
+        run.results.append(_with_detail(res, f"{res.detail} on {', '.join(keys)}"))
     run.timed("robust", t0)
     if not mp.fail_if_suspected:
         return None
     t0 = time.perf_counter()
-    verdict = masking_verdict(victim, x, y, attempts, adaptive_worst)
-    fired = ", ".join(c.name.value for c in verdict.fired) or "none fired"
-    run.results.append(judge("masking.suspected", len(verdict.fired), None, 0, Direction.MAX,
-                             Unit.COUNT, Bound.POINT, f"checks fired: {fired}"))
+    suite = masking_suite(mp, family)
+    ev = evaluate(victim, x, y, suite, source=ref if suite.by_mode(Mode.BLACK) else None,
+                  config=config, adaptive_source=ref)
+    found = masking(ev)
+    assert found is not None  # the masking suite has adaptive columns (policy validation)
+    fired = ", ".join(c.name.value for c in found.verdict.fired) or "none fired"
+    run.results.append(judge("masking.suspected", len(found.verdict.fired), None, 0,
+                             Direction.MAX, Unit.COUNT, Bound.POINT, f"checks fired: {fired}"))
     run.timed("masking", t0)
-    return verdict
+    return found
 
 
 def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:
@@ -349,8 +351,8 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
-    run = _Run(pol, open_subject(model, contract, batch_size),
-               open_subject(reference, contract, batch_size), ds, session or SessionConfig(),
+    run = _Run(pol, open_model_file(model, contract, batch_size),
+               open_model_file(reference, contract, batch_size), ds, session or SessionConfig(),
                seed)
     pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False)
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,

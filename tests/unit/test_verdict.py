@@ -64,19 +64,39 @@ def test_eps_no_effect_reads_iterative_sweeps(sweep: dict[tuple[str, float], int
         assert check.detail.startswith(f"{kind}: ")
 
 
-def test_restricted_columns_enter_the_worst_case_not_the_checks() -> None:
-    # square fools 45 and pgd-cw 48 of 50: Square looks far stronger than pgd (10); pgd-cw is
-    # restricted, so only the worst case sees it
-    ev = hand({("pgd", 0.05): 5, ("pgd", 1.0): 50}, {"pgd-cw": 48, "square": 45})
+@pytest.mark.parametrize(("pgd_cw", "square", "fired"), [
+    (48, 45, False),  # APGD-like entry beats Square: no masking sign, however weak white/pgd is
+    (12, 45, True),  # Square far stronger than every gradient attack of the run
+], ids=["gradient-entry-stronger", "square-stronger"])
+def test_square_is_compared_with_the_strongest_gradient_attack(pgd_cw: int, square: int,
+                                                               fired: bool) -> None:
+    """Square is judged against every gradient-based attack of the run, the adaptive gradient
+    entries included (restricted ones too: their flags are the worst case of them and the
+    cheaper attacks), not only the paper's white-box columns (white/pgd fools 10 here)."""
+    ev = hand({("pgd", 0.05): 5, ("pgd", 1.0): 50}, {"pgd-cw": pgd_cw, "square": square})
     keys, worst = adaptive_worst_case(ev)
     assert keys == ["white/pgd", "sweep/pgd@0.05", "adaptive/pgd-cw", "adaptive/square"]
-    assert int(worst.sum()) == N - 48
+    assert int(worst.sum()) == N - max(pgd_cw, square)
     m = masking(ev)
-    assert m is not None and m.verdict.worst_case == pytest.approx((N - 48) / N)
+    assert m is not None and m.verdict.worst_case == pytest.approx(worst.mean())
     by = {c.name.value: c for c in m.verdict.checks}
-    assert by["square-stronger"].fired and "adaptive/square" in by["square-stronger"].detail
+    assert by["square-stronger"].fired is fired and "adaptive/square" in \
+        by["square-stronger"].detail
     assert not by["zero-gradient"].fired and not by["unbounded-below-100"].fired
     assert not by["black-box-stronger"].ran  # no black-box, noise or transfer column here
-    assert m.verdict.text.startswith("masking suspected: square-stronger")
+    assert m.verdict.text.startswith("masking suspected: square-stronger" if fired else
+                                     "no masking signs detected")
     assert "not checked: black-box-stronger" in m.verdict.text
     assert sum(m.gap_counts) == N
+
+
+def test_the_worst_case_covers_every_column_that_ran() -> None:
+    """The top-level worst case is over every L-inf column of the run, adaptive ones included:
+    here the adaptive pgd-cw (30 fooled), not the paper's pgd (10), decides it."""
+    from qrdeploy.evaluation.metrics import worst_case
+
+    ev = hand({("pgd", 0.05): 5}, {"pgd-cw": 30, "square": 20})
+    keys, flags = worst_case(ev)
+    assert keys == ["white/pgd", "adaptive/pgd-cw", "adaptive/square"]
+    assert int(flags.sum()) == N - 30
+    assert int(flags.sum()) <= int(adaptive_worst_case(ev)[1].sum())
