@@ -13,7 +13,7 @@ import numpy as np
 
 from qrdeploy.core.stats import Proportion, mcnemar_exact
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.runner import Evaluation
+from qrdeploy.evaluation.runner import Evaluation, robust_under
 from qrdeploy.evaluation.suites import Mode, Suite
 
 ALPHA = 0.05  # a paired difference is "significant" when McNemar's exact p < ALPHA
@@ -37,10 +37,7 @@ def worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
     correct on the clean input and robust to every one of them. CW-L2 (unbounded), noise and the
     eps sweep are left out: they are not attacks at a column's budget."""
     keys = [c.key for c in ev.suite.columns if c.bounded or c.mode is Mode.ADAPTIVE]
-    flags = ev.clean_correct.copy()
-    for k in keys:
-        flags &= ~ev.records[k].fooled
-    return keys, flags
+    return keys, robust_under(ev.records, keys)
 
 
 def adaptive_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
@@ -49,10 +46,7 @@ def adaptive_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
     Exact although the gradient entries ran only on the survivors of those cheaper columns (a
     sample they skipped is recorded as fooled). ([], clean flags) without adaptive columns."""
     keys = [*ev.survivor_keys, *(c.key for c in ev.suite.by_mode(Mode.ADAPTIVE))]
-    flags = ev.clean_correct.copy()
-    for k in keys:
-        flags &= ~ev.records[k].fooled
-    return keys, flags
+    return keys, robust_under(ev.records, keys)
 
 
 @dataclass(frozen=True)

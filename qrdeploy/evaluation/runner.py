@@ -15,10 +15,12 @@ victim. The numbers computed from the recorded flags are in qrdeploy.evaluation.
 docs/evaluation.md.
 
 Adaptive columns (Mode.ADAPTIVE, issue 11) run after every paper column and sweep point. The
-gradient entries run only on the samples that survive the cheaper attacks of at most their eps
-(`survivors`): a sample already fooled is recorded as fooled without running the entry, which is
-exact for a per-sample worst case and saves most of the cost. Square and transfer run on every
-sample, since the masking checks compare them with the paper columns. With adaptive columns the
+gradient entries run as a cascade, in suite order: each only on the samples that survive the
+cheaper attacks of at most their eps (`survivors`) and the gradient entries before it. A sample
+already fooled is recorded as fooled without running the entry, which is exact for a per-sample
+worst case and saves most of the cost (AutoAttack runs its attacks the same way); an entry's
+column is therefore robust accuracy under it and everything before it. Square and transfer run
+on every sample, since the masking checks compare them with the paper columns. With adaptive columns the
 runner also keeps a `Probe` of the clean points (logits, CE input gradients) for the checks of
 qrdeploy.evaluation.masking (assembled in qrdeploy.evaluation.verdict)."""
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -264,10 +266,11 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
     alive: np.ndarray | None = None
     for j in jobs:
         rec, t0 = records[j.id], time.perf_counter()
-        if isinstance(j.attack, AdaptiveAttack) and alive is None and suite is not None:
+        restricted_job = suite is not None and _is_restricted(suite, label[j.id])
+        if restricted_job and alive is None and suite is not None:
             # every job an adaptive one can be restricted by is complete here (plan order)
             alive = survivors(suite, {k: records[jid] for k, jid in of.items()})
-        keep = alive if suite is not None and _is_restricted(suite, label[j.id]) else None
+        keep = alive if restricted_job else None
 
         def step(sl: slice, j: Job = j, rec: Record = rec, keep: np.ndarray | None = keep
                  ) -> None:
@@ -284,6 +287,8 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                 rec.draws[:, sl] = draws
 
         _loop(rec, n, cfg, label[j.id], step, save)
+        if restricted_job and alive is not None:
+            alive = alive & ~rec.fooled  # the cascade: the next entry runs on what is left
         timings[label[j.id]] = time.perf_counter() - t0
     return records
 
@@ -303,12 +308,18 @@ def survivor_keys(suite: Suite) -> tuple[str, ...]:
     return tuple(keys + [p.key for p in suite.sweep if p.eps <= eps + 1e-12])
 
 
-def survivors(suite: Suite, records: dict[str, Record]) -> np.ndarray:
-    """(N,) bool: correct on the clean input and not fooled by any of `survivor_keys`."""
+def robust_under(records: dict[str, Record], keys: Sequence[str]) -> np.ndarray:
+    """The per-sample worst case (N,) bool: correct on the clean input and fooled by none of the
+    columns `keys`. The one place qrdeploy computes a worst case."""
     alive = ~records["clean"].fooled
-    for k in survivor_keys(suite):
+    for k in keys:
         alive = alive & ~records[k].fooled
     return alive
+
+
+def survivors(suite: Suite, records: dict[str, Record]) -> np.ndarray:
+    """(N,) bool: correct on the clean input and not fooled by any of `survivor_keys`."""
+    return robust_under(records, survivor_keys(suite))
 
 
 def _adaptive_batch(entry: AdaptiveAttack, model: Classifier, source: Classifier | None,

@@ -32,7 +32,7 @@ STEPS = "steps"
 MANIFEST = "manifest.json"
 LOG = "steps.log"
 #: The kinds of step a --force pattern may name (its part before the first dot).
-KINDS = ("train", "harden", "attack", "adaptive", "lipschitz", "bits", "ablation", "sufficiency")
+KINDS = ("train", "harden", "attack", "lipschitz", "bits", "ablation", "sufficiency")
 FORMAT = 1
 
 

@@ -21,7 +21,6 @@ class Collected:
     data_note: str | None = None
     n: int = 0
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    adaptive: dict[str, dict[str, Any]] = field(default_factory=dict)
     lipschitz: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     bits: dict[str, dict[str, Any]] = field(default_factory=dict)
     ablation: dict[str, dict[str, Any]] = field(default_factory=dict)

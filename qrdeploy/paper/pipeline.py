@@ -85,7 +85,8 @@ def _one(cache: StepCache, step: steps.Step, name: str) -> Path:
 
 def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: str,
                tdir: Path) -> dict[str, Path]:
-    """Harden, attack and adaptive steps of one regime; the ONNX path of every form."""
+    """Harden and attack steps of one regime (the attack step runs the adaptive suite too, except
+    on the seed-variance floor); the ONNX path of every form."""
     p, src = c.profile, c.models[regime]
     assert src is not None
     floor = regime == "orig-seed1"
@@ -97,12 +98,9 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
                                "model.onnx")
         row = f"{regime}:{form}"
         res = _one(cache, steps.attack_step(f"attack.{regime}.{form}", p, paths[form], source,
-                                            data, fp, c.seed, tdir), "results.json")
+                                            data, fp, c.seed, tdir, None if floor else src),
+                   "results.json")
         c.results[row] = json.loads(res.read_text("utf-8"))
-        if p.budget.adaptive and not floor:
-            ad = _one(cache, steps.adaptive_step(f"adaptive.{regime}.{form}", p, paths[form],
-                                                 src, res, data, fp, c.seed), "adaptive.json")
-            c.adaptive[row] = json.loads(ad.read_text("utf-8"))
     return paths
 
 

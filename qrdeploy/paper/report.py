@@ -22,15 +22,6 @@ import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
 from qrdeploy.core.markdown import table
-from qrdeploy.evaluation.masking import (
-    Arm,
-    Verdict,
-    check_black_box,
-    check_eps_sweep,
-    check_one_step,
-    check_unbounded,
-    paired,
-)
 from qrdeploy.evaluation.results import unflag
 from qrdeploy.paper import claims as cl
 from qrdeploy.paper.collected import Collected
@@ -86,9 +77,9 @@ def observations(c: Collected) -> cl.Observations:
     """The claims' input built from the collected step outputs."""
     rows = {}
     for row, doc in c.results.items():
-        ad = c.adaptive.get(row)
+        ad = doc["adaptive"]
         rows[row] = cl.Row(scores(doc), None if ad is None else
-                           unflag(ad["worst_case"]).astype(np.float64))
+                           unflag(ad["per_sample_worst_case"]).astype(np.float64))
     dw = {r: max(lyr["dw"]["matrix"]["value"] for lyr in forms["q"]["layers"])
           for r, forms in c.lipschitz.items() if "q" in forms}
     abl: dict[cl.View, dict[str, list[tuple[float, np.ndarray]]]] = {}
@@ -142,64 +133,66 @@ def paper_table(c: Collected, title: str, family: str, keys: Sequence[str]) -> l
     return [*head, note, "", *_table(["Model", *(HEADERS[k] for k in keys)], rows + floor)]
 
 
+def paper_iterative(doc: Doc) -> np.ndarray:
+    """Correct and not fooled by the paper's PGD, BIM and MIM (N,) bool."""
+    alive = unflag(doc["per_sample"]["clean_correct"])
+    for key in ("white/pgd", "white/bim", "white/mim"):
+        col = _column(doc, key)
+        if col is not None:
+            alive = alive & ~unflag(col["per_sample"]["fooled"])
+    return alive
+
+
+def _cascade(doc: Doc) -> str:
+    """'name broken/attacked' of each adaptive gradient entry along the runner's cascade, then
+    Square and transfer (run on every sample) with their own robust accuracy."""
+    cols = [c for c in doc["columns"] if c["mode"] == "adaptive"]
+    before = unflag(doc["per_sample"]["clean_correct"])
+    for key in doc["adaptive"]["survivor_columns"]:
+        col = _column(doc, key)
+        if col is not None:
+            before = before & ~unflag(col["per_sample"]["fooled"])
+    parts = []
+    for c in cols:
+        fooled = unflag(c["per_sample"]["fooled"])
+        if c["restricted"]:
+            parts.append(f"{c['name']} {int((before & fooled).sum())}/{int(before.sum())}")
+            before = before & ~fooled
+        else:
+            parts.append(f"{c['name']} {100 * c['robust']['value']:.1f}%")
+    return ", ".join(parts)
+
+
 def _adaptive_row(c: Collected, row: str) -> list[str]:
-    doc, ad = c.results[row], c.adaptive[row]
-    n = len(unflag(ad["survivors_in"]))
-    paper_acc = 100 * unflag(ad["survivors_in"]).mean()
-    worst = unflag(ad["worst_case"])
-    broken = ", ".join(f"{e['name']} {e['broken_count']}/{e['attacked']}"
-                       for e in ad["attacks"])
-    return [row_name(row), f"{paper_acc:.1f}", f"{100 * worst.mean():.1f}", f"{n}", broken,
-            verdict(doc, ad).text]
+    doc = c.results[row]
+    ad = doc["adaptive"]
+    return [row_name(row), f"{100 * paper_iterative(doc).mean():.1f}",
+            f"{100 * ad['worst_case']['robust']['value']:.1f}", f"{doc['data']['n']}",
+            _cascade(doc), doc["masking"]["verdict"]]
 
 
 def adaptive_table(c: Collected) -> list[str]:
-    rows = [_adaptive_row(c, r) for r in PAPER_ROWS if r in c.adaptive]
+    rows = [_adaptive_row(c, r) for r in PAPER_ROWS
+            if r in c.results and c.results[r]["adaptive"] is not None]
     if not rows:
         return ["## Adaptive attacks", "", "not run (no model, or adaptive attacks off)", ""]
-    eps = next(iter(c.adaptive.values()))["eps"]
-    intro = (f"White-box worst case at eps {eps:g}: the paper's PGD, BIM and MIM, then the "
-             "adaptive suite run only on the samples that survived them, cheapest first (a "
-             "later attack sees only the survivors of the earlier ones; 'broken' counts are of "
-             "that cascade). Masking verdict: qrdeploy.evaluation.masking checks on the paper "
-             "columns.")
+    eps = next(d["adaptive"]["eps"] for d in c.results.values() if d["adaptive"] is not None)
+    intro = (f"The attack runner's adaptive suite at eps {eps:g}, run with the paper's columns "
+             "(qrdeploy.evaluation.runner): its gradient entries as a cascade, cheapest first, "
+             "each on the samples that survived the paper's L-inf columns of at most that eps "
+             "and the entries before it ('broken' counts are of that cascade); Square and "
+             "transfer on every sample. The adaptive worst case is over all of them and the "
+             "paper's columns; the verdict is that run's masking verdict (docs/masking.md), the "
+             "same as `qrdeploy attack --suite paper,adaptive` gives.")
     return ["## Adaptive attacks (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "paper PGD∧BIM∧MIM %", "adaptive worst case %", "n",
                      "broken (cascade)", "masking verdict"], rows)]
 
 
-def _arms(doc: Doc, keys: Sequence[str]) -> list[Arm]:
-    sc = scores(doc)
-    return [Arm(k, sc[k] >= 1.0, _column(doc, k)["eps"])  # type: ignore[index]
-            for k in keys if k in sc]
-
-
-def _sweep_arms(doc: Doc, kind: str) -> list[Arm]:
-    correct = unflag(doc["per_sample"]["clean_correct"])
-    return [Arm(f"{kind}@{pt['eps']:g}", correct & ~unflag(pt["fooled"]), pt["eps"])
-            for s in doc["sweeps"] if s["kind"] == kind for pt in s["points"]]
-
-
-def verdict(doc: Doc, ad: Doc | None) -> Verdict:
-    """Masking checks of one row (black-box/noise stronger, one-step stronger, eps sweep,
-    eps = 1), with the adaptive worst case."""
-    white = _arms(doc, cl.LINF_WHITE)
-    others = _arms(doc, cl.BLACK_COLUMNS)
-    sweep = _sweep_arms(doc, "pgd")
-    unbounded = next((a for a in sweep if a.eps is not None and a.eps >= 1.0), None)
-    checks = (check_black_box(white, others),
-              check_one_step(_arms(doc, ("white/fgsm-w", "white/fgsm-s")),
-                             _arms(doc, ("white/pgd", "white/bim", "white/mim"))),
-              check_eps_sweep(sweep), check_unbounded(unbounded))
-    wc = None if ad is None else float(unflag(ad["worst_case"]).mean())
-    return Verdict(checks, wc)
-
-
-def adaptive_gap(ad: Doc) -> str:
-    """Are the adaptive attacks significantly stronger than the paper's iterative ones?"""
-    pr = paired(unflag(ad["worst_case"]), unflag(ad["survivors_in"]))
-    return f"{100 * pr.gap:.1f} points (margin {100 * pr.margin:.1f}, " \
-           f"{'significant' if pr.significant else 'not significant'})"
+def row_verdict(doc: Doc) -> str:
+    """The row's masking verdict, or why there is none."""
+    return "not run (adaptive attacks off)" if doc["masking"] is None else \
+        str(doc["masking"]["verdict"])
 
 
 def claims_table(results: Sequence[cl.ClaimResult]) -> list[str]:
@@ -408,7 +401,7 @@ def summary(c: Collected, results: Sequence[cl.ClaimResult], obs: cl.Observation
         "headline": head,
         "paper_headline": {"stated": cl.PAPER_HEADLINE, "from_tables": {
             f: cl.paper_headline(f) for f in cl.PAPER}},
-        "masking": {row: verdict(doc, c.adaptive.get(row)).text for row, doc in c.results.items()},
+        "masking": {row: row_verdict(doc) for row, doc in c.results.items()},
         "sufficiency": sufficiency_rows(c),
         "steps": [{"step": e.name, "status": e.status.value, "seconds": round(e.seconds, 3),
                    "computed_seconds": e.computed_seconds} for e in c.events],

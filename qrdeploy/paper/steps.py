@@ -6,8 +6,8 @@ qrdeploy.evaluation.runner / results touches this file only.
 |------------------|----------------------------|-----------------------------------------------|
 | train.R          | model.onnx, .safetensors   | --retrain: regime R's reference recipe        |
 | harden.R.F       | model.onnx                 | form F of regime R (μ-law, 3-bit, both)       |
-| attack.R.F       | results.json               | the paper's 13 columns + eps sweep (runner)   |
-| adaptive.R.F     | adaptive.json              | adaptive suite on the paper's survivors       |
+| attack.R.F       | results.json               | the paper's 13 columns, eps sweep and the     |
+|                  |                            | adaptive suite (cascade), with the verdict    |
 | lipschitz.R      | q.json, mu-q.json          | ‖ΔW‖₂ per layer and amplification             |
 | bits.R           | bits.json                  | clean accuracy at 1–8 bits                    |
 | ablation.R       | ablation.json              | μ sweep, last layer, fp32 and (Q)             |
@@ -19,12 +19,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
-
-import numpy as np
 
 from qrdeploy.attacks import BIM, CWL2, MIM, PGD, GaussianNoise, UniformNoise
 from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
@@ -34,13 +31,16 @@ from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.evaluation.campaign import open_subject
 from qrdeploy.evaluation.clean import evaluate_onnx
-from qrdeploy.evaluation.results import build_results, flags, unflag, write_results
-from qrdeploy.evaluation.runner import RunConfig, evaluate
+from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
+from qrdeploy.evaluation.results import build_results, flags, write_results
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import (
     DEFAULT_SWEEP_KINDS,
     PARAMS,
+    Column,
     Family,
     Mode,
+    Origin,
     Suite,
     SuiteName,
     build_suite,
@@ -70,13 +70,15 @@ def _write_json(path: Path, doc: Any) -> None:
 
 
 def run_suite(victim: Path, data: Dataset, suite: Suite, out: Path, *, source: Path | None,
-              seed: int, batch: int, state: Path, transfer_dir: Path) -> dict[str, Any]:
+              seed: int, batch: int, state: Path, transfer_dir: Path,
+              adaptive_source: Path | None = None) -> dict[str, Any]:
     """Run `suite` on the victim file with the attack runner; write and return results JSON."""
     session = SessionConfig()
     vic = open_subject(victim, session, batch)
     src = open_subject(source, session, batch) if source is not None else None
+    ada = open_subject(adaptive_source, session, batch) if adaptive_source is not None else None
     ev = evaluate(vic, data.x, data.y, suite, source=src,
-                  config=RunConfig(seed, batch, state, transfer_dir))
+                  config=RunConfig(seed, batch, state, transfer_dir), adaptive_source=ada)
     doc = build_results(ev, data_name=data.name, split=data.split, session=session)
     write_results(out, doc)
     return doc
@@ -124,6 +126,19 @@ def sufficiency_suite(p: Profile, budget: Budget) -> Suite:
     suite = paper_suite(p, False, replace(budget, sweep_eps=()))
     keep = ("clean", "white/cw-l2", *ITERATIVE)
     return replace(suite, columns=tuple(c for c in suite.columns if c.key in keep), sweep=())
+
+
+def with_adaptive(suite: Suite, p: Profile) -> Suite:
+    """The suite plus the adaptive columns (cheap first: the gradient entries cascade) at the
+    family's iterative eps, and PGD at eps = 1 for the masking checks."""
+    eps = PARAMS[Family(p.family)].iter_eps
+    cols = tuple(Column(a.name, Mode.ADAPTIVE, a, eps, Origin.DEFAULT)
+                 for a in adaptive_attacks(p))
+    unbounded = build_suite(SuiteName.ADAPTIVE, p.family).unbounded  # the suite's PGD at eps 1
+    assert unbounded is not None and unbounded.attack is not None
+    unbounded = replace(unbounded, attack=budget_attack(unbounded.attack, p.budget,
+                                                        p.budget.iter_steps))
+    return replace(suite, columns=suite.columns + cols, unbounded=unbounded)
 
 
 def adaptive_attacks(p: Profile, budget: Budget | None = None) -> tuple[AdaptiveAttack, ...]:
@@ -191,74 +206,24 @@ def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
 
 
 def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: Dataset,
-                data_fp: str, seed: int, transfer_dir: Path) -> Step:
+                data_fp: str, seed: int, transfer_dir: Path, plain: Path | None = None) -> Step:
+    """The paper's columns and, with `plain` (the model before hardening, which the adaptive
+    transfer entry crafts on), the adaptive suite: one run of the attack runner, so the results
+    carry the adaptive worst case and the masking verdict exactly as `qrdeploy attack` writes
+    them."""
     suite = paper_suite(p, source is not None)
+    if plain is not None and p.budget.adaptive:
+        suite = with_adaptive(suite, p)
 
     def body(out: Path, work: Path) -> None:
         run_suite(victim, data, suite, out / "results.json", source=source, seed=seed,
-                  batch=p.batch_size, state=work / "state.npz", transfer_dir=transfer_dir)
+                  batch=p.batch_size, state=work / "state.npz", transfer_dir=transfer_dir,
+                  adaptive_source=plain)
 
-    inputs = {"victim": victim, **({"source": source} if source is not None else {})}
+    inputs = {"victim": victim, **({"source": source} if source is not None else {}),
+              **({"plain": plain} if plain is not None else {})}
     settings = {"suite": repr(suite), "data": data_fp, "seed": seed, "batch": p.batch_size}
     return Step(name, settings, inputs, body)
-
-
-# ---------------------------------------------------------------------------- adaptive
-
-
-def survivors(doc: dict[str, Any]) -> np.ndarray:
-    """Correct and not fooled by the paper's PGD, BIM and MIM (N,) bool."""
-    alive = unflag(doc["per_sample"]["clean_correct"])
-    for c in doc["columns"]:
-        if c["key"] in ITERATIVE:
-            alive &= ~unflag(c["per_sample"]["fooled"])
-    return alive
-
-
-def _cascade(attacks: Sequence[AdaptiveAttack], model: Any, source: Any, data: Dataset,
-             alive: np.ndarray, seed: int, batch: int, partial: Path) -> list[dict[str, Any]]:
-    done = json.loads(partial.read_text("utf-8")) if partial.exists() else []
-    for entry in done:
-        alive &= ~unflag(entry["broken"])
-    assert data.y is not None  # reproduce loads labelled splits only
-    for a in attacks[len(done):]:
-        idx = np.flatnonzero(alive)  # (M,) the samples still standing
-        broken = np.zeros(len(alive), bool)
-        for s in range(0, len(idx), batch):
-            chunk = idx[s:s + batch]
-            res = a(model, data.x[chunk], data.y[chunk], seed=seed, indices=chunk,
-                    source=source)
-            broken[chunk] = np.asarray(res.fooled, bool)
-        alive &= ~broken
-        done.append({"name": a.name, "attack": repr(a.attack), "wrap": a.wrap.value,
-                     "role": a.role.value, "attacked": int(idx.size),
-                     "broken_count": int(broken.sum()), "broken": flags(broken)})
-        _write_json(partial, done)
-    return list(done)
-
-
-def adaptive_step(name: str, p: Profile, victim: Path, plain: Path, results: Path,
-                  data: Dataset, data_fp: str, seed: int) -> Step:
-    attacks = adaptive_attacks(p)
-
-    def body(out: Path, work: Path) -> None:
-        doc = json.loads(results.read_text("utf-8"))
-        start = survivors(doc)
-        model, source = ort_model(victim, p.batch_size), ort_model(plain, p.batch_size)
-        entries = _cascade(attacks, model, source, data, start.copy(), seed, p.batch_size,
-                           work / "partial.json")
-        alive = start.copy()
-        for e in entries:
-            alive &= ~unflag(e["broken"])
-        _write_json(out / "adaptive.json", {
-            "eps": PARAMS[Family(p.family)].iter_eps, "n": int(start.size),
-            "survivors_in": flags(start), "attacks": entries, "worst_case": flags(alive)})
-
-    # keyed by the attack step's folder (its key), not by results.json, whose timings change
-    settings = {"attacks": [repr(a) for a in attacks], "data": data_fp, "seed": seed,
-                "batch": p.batch_size, "cascade": list(ITERATIVE),
-                "results_step": results.parent.name}
-    return Step(name, settings, {"victim": victim, "plain": plain}, body)
 
 
 # ---------------------------------------------------------------------------- lipschitz
@@ -306,20 +271,24 @@ def bits_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: str) -
 # ---------------------------------------------------------------------------- μ ablation
 
 
-def _ablation_point(p: Profile, proto: Any, sub: Dataset, seed: int) -> dict[str, str]:
-    """Per-sample robust flags of one μ point: clean, paper PGD (CE), adaptive PGD-CW."""
-    model = ort_model(proto, p.batch_size)
-    pgd = next(c.attack for c in paper_suite(p, False).columns if c.key == "white/pgd")
+def ablation_suite(p: Profile) -> Suite:
+    """The μ ablation's two attacks: the paper's PGD (CE) and the adaptive PGD on the CW margin,
+    at the family's iterative eps."""
+    pgd = next(c for c in paper_suite(p, False).columns if c.key == "white/pgd")
     cw = next(a for a in adaptive_suite(PARAMS[Family(p.family)].iter_eps,
                                         steps=p.budget.adaptive_steps) if a.name == "pgd-cw")
-    assert sub.y is not None and pgd is not None
-    idx = np.arange(len(sub), dtype=np.int64)
-    correct = model.logits(sub.x).argmax(axis=1) == sub.y
-    out = {"clean": flags(correct)}
-    for key, attack in (("paper", pgd), ("adaptive", cw)):
-        res = attack(model, sub.x, sub.y, seed=seed, indices=idx)
-        out[key] = flags(correct & ~np.asarray(res.fooled, bool))
-    return out
+    cols = (pgd, Column(cw.name, Mode.ADAPTIVE, cw, cw.eps, Origin.DEFAULT))
+    return Suite("ablation", Family(p.family), cols, (), ())
+
+
+def _ablation_point(p: Profile, proto: Any, sub: Dataset, seed: int) -> dict[str, str]:
+    """Per-sample robust flags of one μ point through the attack runner: clean; paper: the
+    paper's PGD (CE); adaptive: the per-sample worst case of it and PGD on the CW margin."""
+    model = ort_model(proto, p.batch_size)
+    ev = evaluate(Subject("ablation", "0" * 64, model), sub.x, sub.y, ablation_suite(p),
+                  config=RunConfig(seed, p.batch_size))
+    return {"clean": flags(ev.clean_correct), "paper": flags(robust_flags(ev, "white/pgd")),
+            "adaptive": flags(adaptive_worst_case(ev)[1])}
 
 
 def ablation_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: str,

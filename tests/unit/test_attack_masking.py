@@ -118,6 +118,14 @@ def test_restricted_columns_run_after_cheaper_attacks(runs: dict[str, dict[str, 
     cheaper = np.array([c == "1" for c in by["white/pgd"]["per_sample"]["fooled"]])
     cw = np.array([c == "1" for c in by["adaptive/pgd-cw"]["per_sample"]["fooled"]])
     assert cw[cheaper].all()  # a sample PGD fooled is not attacked again and counts as fooled
+    # the gradient entries cascade in suite order: each starts from what the ones before left
+    restricted = [c for c in doc["columns"] if c["mode"] == "adaptive" and c["restricted"]]
+    assert len(restricted) >= 5
+    fooled = [np.array([ch == "1" for ch in c["per_sample"]["fooled"]]) for c in restricted]
+    for before, after in zip(fooled, fooled[1:], strict=False):
+        assert (after | ~before).all(), "a later entry must count every earlier success"
+    ks = [c["robust"]["k"] for c in restricted]
+    assert ks == sorted(ks, reverse=True)
 
 
 def test_report_shows_verdict_and_checks(runs: dict[str, dict[str, Any]], tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def rerun(out: Path, models: Path, **kw: object) -> dict[str, Status]:
     return {e.name: e.status for e in res.events}
 
 
-KINDS = ["harden", "attack", "adaptive", "lipschitz", "bits", "ablation", "sufficiency"]
+KINDS = ["harden", "attack", "lipschitz", "bits", "ablation", "sufficiency"]
 
 
 def test_first_run_ran_every_kind_of_step(smoke: tuple[Path, Path]) -> None:
