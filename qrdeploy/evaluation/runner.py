@@ -21,8 +21,8 @@ already fooled is recorded as fooled without running the entry, which is exact f
 worst case and saves most of the cost (AutoAttack runs its attacks the same way); an entry's
 column is therefore robust accuracy under it and everything before it. Square and transfer run
 on every sample, since the masking checks compare them with the paper columns. With adaptive
-columns the runner also keeps a `Probe` of the clean points (logits, CE input gradients) for the checks of
-qrdeploy.evaluation.masking (assembled in qrdeploy.evaluation.verdict)."""
+columns the runner also keeps a `Probe` of the clean points (logits, CE input gradients) for the
+checks of qrdeploy.evaluation.masking (assembled in qrdeploy.evaluation.verdict)."""
 
 from __future__ import annotations
 
