@@ -17,6 +17,7 @@ from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
 from qrdeploy.evaluation.clean import EvalResult, evaluate_onnx
+from qrdeploy.evaluation.results import Results
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import CWBudget, Family
 from qrdeploy.gate.run import CheckResult
@@ -102,10 +103,10 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            reference: PathLike | None = None, labels: str = "true",
            family: str | None = None, cw_budget: str = "quick", seed: int = 0,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
-           input_spec: str | None = None) -> dict[str, Any]:
+           input_spec: str | None = None) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
-    through onnxruntime and write the results JSON to `out`; returns it. Same options as
-    `qrdeploy attack` (docs/attacks.md); `eps=()` turns the eps sweep off."""
+    through onnxruntime, write the results JSON to `out` and return the typed results. Same
+    options as `qrdeploy attack` (docs/attacks.md); `eps=()` turns the eps sweep off."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,

@@ -16,7 +16,6 @@ from qrdeploy.commands._options import (
 )
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
-from qrdeploy.evaluation.results import label_note
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import CWBudget, Family, SuiteName, parse_eps, suite_names
 from qrdeploy.report.render import fmt_cell, fmt_column
@@ -80,22 +79,21 @@ def options(args: argparse.Namespace) -> AttackOptions:
 
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, args.source, args.reference, args.unhardened, probe=True)
-    doc = attack_files(args.model, load_data(args), options(args), out=args.output,
-                       source=args.source, reference=args.reference,
-                       session=session_config(args), unhardened=args.unhardened,
-                       contract=input_contract(args))
+    r = attack_files(args.model, load_data(args), options(args), out=args.output,
+                     source=args.source, reference=args.reference,
+                     session=session_config(args), unhardened=args.unhardened,
+                     contract=input_contract(args))
     if not args.quiet:
-        print(f"{doc['victim']['name']}: {label_note(doc)} in % on {doc['data']['n']} samples "
+        print(f"{r.victim.name}: {r.measure} in % on {r.data.n} samples "
               "(95% intervals; noise: mean over draws, then the worst of k)")
-        for c in doc["columns"]:
-            print(f"  {c['key']:<22} {fmt_column(c)}")
-        print(f"  {'worst case':<22} {fmt_cell(doc['worst_case']['robust'])}")
-        if doc["adaptive"] is not None:
-            print(f"  {'adaptive worst case':<22} "
-                  f"{fmt_cell(doc['adaptive']['worst_case']['robust'])}")
-        for note in doc["notes"]:
+        for c in r.columns:
+            print(f"  {c.key:<22} {fmt_column(c)}")
+        print(f"  {'worst case':<22} {fmt_cell(r.worst_case.robust)}")
+        if r.adaptive is not None:
+            print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}")
+        for note in r.notes:
             print(f"note: {note}")
-        if doc["masking"] is not None:
-            print(f"verdict: {doc['masking']['verdict']}")
+        if r.masking is not None:
+            print(f"verdict: {r.masking.verdict}")
         print(f"results written to {args.output}")
     return 0

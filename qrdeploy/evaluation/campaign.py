@@ -27,7 +27,8 @@ from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError
-from qrdeploy.evaluation.results import build_results, write_results
+from qrdeploy.evaluation.build import build_results
+from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import (
     CWBudget,
@@ -165,9 +166,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                  source: str | Path | None = None, reference: str | Path | None = None,
                  session: SessionConfig | None = None,
                  state_path: Path | None = None, unhardened: str | Path | None = None,
-                 contract: InputContract | None = None) -> dict[str, Any]:
+                 contract: InputContract | None = None) -> Results:
     """Run the suite on `model` over `data`, write the validated results JSON to `out`, and
-    return it. A state file left by an interrupted run with the same settings is resumed.
+    return the results. A state file left by an interrupted run with the same settings is resumed.
     `unhardened`: the model before hardening, for the adaptive transfer column; `contract`:
     the input contract of the user's models (see the module docstring)."""
     session = session or SessionConfig()
@@ -191,9 +192,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
                   labels=opts.labels, config=run,
                   adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
-    doc = build_results(ev, data_name=data.name, split=data.split, session=session,
-                        source_origin=srcs.black_origin,
-                        adaptive_source_role=srcs.adaptive_role, notes=notes)
-    write_results(out, doc)
+    results = build_results(ev, data_name=data.name, split=data.split, session=session,
+                            source_origin=srcs.black_origin,
+                            adaptive_source_role=srcs.adaptive_role, notes=notes)
+    write_results(out, results)
     state.unlink(missing_ok=True)
-    return doc
+    return results

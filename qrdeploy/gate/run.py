@@ -29,10 +29,11 @@ from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcomb
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.results import masking_json
+from qrdeploy.evaluation.build import masking_result
+from qrdeploy.evaluation.results import MaskingResult
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import Mode, family_of
-from qrdeploy.evaluation.verdict import Masking, masking
+from qrdeploy.evaluation.verdict import masking
 from qrdeploy.gate.measure import (
     LatencyRow,
     file_bytes,
@@ -169,7 +170,7 @@ class CheckResult:
 
     thresholds: tuple[ThresholdResult, ...]
     latency: tuple[LatencyRow, ...]
-    masking: Masking | None
+    masking: MaskingResult | None
     model: ModelFile
     reference: ModelFile
     data: dict[str, Any]
@@ -199,7 +200,7 @@ class CheckResult:
                        f"{f.mean_ms:.2f}/{f.median_ms:.2f}/{f.p95_ms:.2f}, paired median ratio "
                        f"{r.ratio:.3f}")
         if self.masking is not None:
-            out.append(f"masking: {self.masking.verdict.text}")
+            out.append(f"masking: {self.masking.verdict}")
         out.append(self.outcome())
         return out
 
@@ -218,7 +219,7 @@ class CheckResult:
             "data": self.data, "seed": self.seed, "policy": self.policy.to_json(),
             "thresholds": [t.to_json() for t in self.thresholds],
             "latency": [r.to_json() for r in self.latency],
-            "masking": masking_json(self.masking),
+            "masking": None if self.masking is None else self.masking.to_json(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -280,7 +281,7 @@ def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
                  Direction.MAX, Unit.POINTS, bound, detail)
 
 
-def _robust(run: _Run, labels: np.ndarray) -> Masking | None:
+def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
     """Robust-accuracy thresholds and the masking verdict, on the first `robust.n` samples, each
     through the attack runner (the reference crafts the transfer examples)."""
     rp, mp = run.policy.robust, run.policy.masking
@@ -308,10 +309,10 @@ def _robust(run: _Run, labels: np.ndarray) -> Masking | None:
     suite = masking_suite(mp, family)
     ev = evaluate(victim, x, y, suite, source=ref if suite.by_mode(Mode.BLACK) else None,
                   config=config, adaptive_source=ref)
-    found = masking(ev)
+    found = masking_result(masking(ev))
     assert found is not None  # the masking suite has adaptive columns (policy validation)
-    fired = ", ".join(c.name.value for c in found.verdict.fired) or "none fired"
-    run.results.append(judge("masking.suspected", len(found.verdict.fired), None, 0,
+    fired = ", ".join(c.name for c in found.fired) or "none fired"
+    run.results.append(judge("masking.suspected", len(found.fired), None, 0,
                              Direction.MAX, Unit.COUNT, Bound.POINT, f"checks fired: {fired}"))
     run.timed("masking", t0)
     return found

@@ -29,6 +29,7 @@ from pathlib import Path
 from qrdeploy.core.plotting import require
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.evaluation.results import load_results
 from qrdeploy.evaluation.runner import fingerprint
 from qrdeploy.paper import steps
 from qrdeploy.paper.cache import StepCache, StepEvent, check_force
@@ -100,7 +101,7 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
         res = _one(cache, steps.attack_step(f"attack.{regime}.{form}", p, paths[form], source,
                                             data, fp, c.seed, tdir, None if floor else src),
                    "results.json")
-        c.results[row] = json.loads(res.read_text("utf-8"))
+        c.results[row] = load_results(res)
     return paths
 
 
@@ -130,7 +131,7 @@ def _sufficiency(cache: StepCache, c: Collected, all_paths: dict[str, dict[str, 
             continue
         folder = cache.run(steps.sufficiency_step(f"sufficiency.{regime}.{form}", p,
                                                   all_paths[regime][form], data, fp, c.seed))
-        c.sufficiency[row] = {k: json.loads((folder / f"{k}.json").read_text("utf-8"))
+        c.sufficiency[row] = {k: load_results(folder / f"{k}.json")
                               for k in ("budget", "doubled")}
 
 

@@ -78,10 +78,10 @@ def plot_dw(c: Collected, path: Path) -> Path:
 def plot_eps(c: Collected, kind: str, path: Path) -> Path:
     def draw(ax: Any) -> None:
         for row, doc in c.results.items():
-            correct = unflag(doc["per_sample"]["clean_correct"])
-            for s in (s for s in doc["sweeps"] if s["kind"] == kind):
-                xs = [p["eps"] for p in s["points"]]
-                ys = [100 * (correct & ~unflag(p["fooled"])).mean() for p in s["points"]]
+            correct = doc.clean_flags()
+            for s in (s for s in doc.sweeps if s.kind == kind):
+                xs = [p.eps for p in s.points]
+                ys = [100 * (correct & ~unflag(p.fooled)).mean() for p in s.points]
                 ax.plot(xs, ys, "-o", label=cl.row_label(row))
 
     return _figure(draw, path, "eps (L-inf, [0, 1] pixels)", "robust accuracy (%)",

@@ -22,7 +22,7 @@ import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
 from qrdeploy.core.markdown import table
-from qrdeploy.evaluation.results import unflag
+from qrdeploy.evaluation.results import AdaptiveResult, Results, unflag
 from qrdeploy.paper import claims as cl
 from qrdeploy.paper.collected import Collected
 from qrdeploy.paper.plots import write_plots
@@ -40,46 +40,42 @@ HEADERS = {"clean": "Clean", "white/cw-l2": "CW-L2", "white/fgsm-w": "FGSM w",
 # ---------------------------------------------------------------------------- per-sample scores
 
 
-def _column(doc: Doc, key: str) -> Doc | None:
-    return next((c for c in doc["columns"] if c["key"] == key), None)
-
-
-def scores(doc: Doc) -> dict[str, np.ndarray]:
-    """Per-sample robust score of every column of a results document (noise: fraction of draws
-    still correct), clean included."""
-    correct = unflag(doc["per_sample"]["clean_correct"])
+def scores(doc: Results) -> dict[str, np.ndarray]:
+    """Per-sample robust score of every column of a run (noise: fraction of draws still
+    correct), clean included."""
+    correct = doc.clean_flags()
     out = {"clean": correct.astype(np.float64)}
-    for c in doc["columns"]:
-        if c["noise"] is not None:
-            draws = np.array([unflag(d) for d in c["noise"]["fooled_draws"]])  # (D, N)
-            out[c["key"]] = (correct[None, :] & ~draws).mean(axis=0)
-        elif c["key"] != "clean":
-            out[c["key"]] = (correct & ~unflag(c["per_sample"]["fooled"])).astype(np.float64)
+    for c in doc.columns:
+        if c.noise is not None:
+            draws = np.array([unflag(d) for d in c.noise.fooled_draws])  # (D, N)
+            out[c.key] = (correct[None, :] & ~draws).mean(axis=0)
+        elif c.key != "clean":
+            out[c.key] = (correct & ~c.fooled()).astype(np.float64)
     return out
 
 
-def cell(doc: Doc, key: str) -> tuple[float, float, float] | None:
+def cell(doc: Results, key: str) -> tuple[float, float, float] | None:
     """(value, lo, hi) in % of a column; noise: mean over draws with its bootstrap interval."""
     if key == "clean":
-        c = doc["clean"]
-        return 100 * c["value"], 100 * c["ci95"][0], 100 * c["ci95"][1]
-    col = _column(doc, key)
+        lo, hi = doc.clean.interval
+        return 100 * doc.clean.value, 100 * lo, 100 * hi
+    col = doc.column(key)
     if col is None:
         return None
-    if col["noise"] is not None:
-        nz = col["noise"]
-        return 100 * nz["mean"], 100 * nz["mean_ci95"][0], 100 * nz["mean_ci95"][1]
-    r = col["robust"]
-    return 100 * r["value"], 100 * r["ci95"][0], 100 * r["ci95"][1]
+    if col.noise is not None:
+        nz = col.noise
+        return 100 * nz.mean, 100 * nz.mean_ci95[0], 100 * nz.mean_ci95[1]
+    lo, hi = col.robust.interval
+    return 100 * col.robust.value, 100 * lo, 100 * hi
 
 
 def observations(c: Collected) -> cl.Observations:
     """The claims' input built from the collected step outputs."""
     rows = {}
     for row, doc in c.results.items():
-        ad = doc["adaptive"]
+        ad = doc.adaptive
         rows[row] = cl.Row(scores(doc), None if ad is None else
-                           unflag(ad["per_sample_worst_case"]).astype(np.float64))
+                           ad.worst_flags().astype(np.float64))
     dw = {r: max(lyr["dw"]["matrix"]["value"] for lyr in forms["q"]["layers"])
           for r, forms in c.lipschitz.items() if "q" in forms}
     abl: dict[cl.View, dict[str, list[tuple[float, np.ndarray]]]] = {}
@@ -133,50 +129,48 @@ def paper_table(c: Collected, title: str, family: str, keys: Sequence[str]) -> l
     return [*head, note, "", *_table(["Model", *(HEADERS[k] for k in keys)], rows + floor)]
 
 
-def paper_iterative(doc: Doc) -> np.ndarray:
+def paper_iterative(doc: Results) -> np.ndarray:
     """Correct and not fooled by the paper's PGD, BIM and MIM (N,) bool."""
-    alive = unflag(doc["per_sample"]["clean_correct"])
+    alive = doc.clean_flags()
     for key in ("white/pgd", "white/bim", "white/mim"):
-        col = _column(doc, key)
+        col = doc.column(key)
         if col is not None:
-            alive = alive & ~unflag(col["per_sample"]["fooled"])
+            alive = alive & ~col.fooled()
     return alive
 
 
-def _cascade(doc: Doc) -> str:
+def _cascade(doc: Results, ad: AdaptiveResult) -> str:
     """'name broken/attacked' of each adaptive gradient entry along the runner's cascade, then
     Square and transfer (run on every sample) with their own robust accuracy."""
-    cols = [c for c in doc["columns"] if c["mode"] == "adaptive"]
-    before = unflag(doc["per_sample"]["clean_correct"])
-    for key in doc["adaptive"]["survivor_columns"]:
-        col = _column(doc, key)
+    before = doc.clean_flags()
+    for key in ad.survivor_columns:
+        col = doc.column(key)
         if col is not None:
-            before = before & ~unflag(col["per_sample"]["fooled"])
+            before = before & ~col.fooled()
     parts = []
-    for c in cols:
-        fooled = unflag(c["per_sample"]["fooled"])
-        if c["restricted"]:
-            parts.append(f"{c['name']} {int((before & fooled).sum())}/{int(before.sum())}")
+    for c in (c for c in doc.columns if c.mode == "adaptive"):
+        fooled = c.fooled()
+        if c.restricted:
+            parts.append(f"{c.name} {int((before & fooled).sum())}/{int(before.sum())}")
             before = before & ~fooled
         else:
-            parts.append(f"{c['name']} {100 * c['robust']['value']:.1f}%")
+            parts.append(f"{c.name} {100 * c.robust.value:.1f}%")
     return ", ".join(parts)
 
 
-def _adaptive_row(c: Collected, row: str) -> list[str]:
-    doc = c.results[row]
-    ad = doc["adaptive"]
+def _adaptive_row(doc: Results, row: str, ad: AdaptiveResult) -> list[str]:
     return [row_name(row), f"{100 * paper_iterative(doc).mean():.1f}",
-            f"{100 * ad['worst_case']['robust']['value']:.1f}", f"{doc['data']['n']}",
-            _cascade(doc), doc["masking"]["verdict"]]
+            f"{100 * ad.worst_case.robust.value:.1f}", f"{doc.data.n}", _cascade(doc, ad),
+            row_verdict(doc)]
 
 
 def adaptive_table(c: Collected) -> list[str]:
-    rows = [_adaptive_row(c, r) for r in PAPER_ROWS
-            if r in c.results and c.results[r]["adaptive"] is not None]
+    ran = {r: d for r, d in c.results.items() if d.adaptive is not None}
+    rows = [_adaptive_row(ran[r], r, ad) for r in PAPER_ROWS
+            if r in ran and (ad := ran[r].adaptive) is not None]
     if not rows:
         return ["## Adaptive attacks", "", "not run (no model, or adaptive attacks off)", ""]
-    eps = next(d["adaptive"]["eps"] for d in c.results.values() if d["adaptive"] is not None)
+    eps = next(d.adaptive.eps for d in ran.values() if d.adaptive is not None)
     intro = (f"The attack runner's adaptive suite at eps {eps:g}, run with the paper's columns "
              "(qrdeploy.evaluation.runner): its gradient entries as a cascade, cheapest first, "
              "each on the samples that survived the paper's L-inf columns of at most that eps "
@@ -189,10 +183,9 @@ def adaptive_table(c: Collected) -> list[str]:
                      "broken (cascade)", "masking verdict"], rows)]
 
 
-def row_verdict(doc: Doc) -> str:
+def row_verdict(doc: Results) -> str:
     """The row's masking verdict, or why there is none."""
-    return "not run (adaptive attacks off)" if doc["masking"] is None else \
-        str(doc["masking"]["verdict"])
+    return "not run (adaptive attacks off)" if doc.masking is None else doc.masking.verdict
 
 
 def claims_table(results: Sequence[cl.ClaimResult]) -> list[str]:
@@ -275,12 +268,12 @@ def sufficiency_rows(c: Collected) -> list[list[str]]:
     limit = c.profile.sufficiency_points
     rows = []
     for row, pair in c.sufficiency.items():
-        for col in pair["budget"]["columns"]:
-            a, b = cell(pair["budget"], col["key"]), cell(pair["doubled"], col["key"])
+        for col in pair["budget"].columns:
+            a, b = cell(pair["budget"], col.key), cell(pair["doubled"], col.key)
             if a is None or b is None:
                 continue
             flag = "budget too small" if abs(b[0] - a[0]) > limit else "ok"
-            rows.append([row_name(row), col["key"], f"{a[0]:.1f}", f"{b[0]:.1f}",
+            rows.append([row_name(row), col.key, f"{a[0]:.1f}", f"{b[0]:.1f}",
                          f"{b[0] - a[0]:+.1f}", flag])
     return rows
 

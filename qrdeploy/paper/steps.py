@@ -29,10 +29,11 @@ from qrdeploy.core.fileio import atomic_write_text
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset
+from qrdeploy.evaluation.build import build_results
 from qrdeploy.evaluation.campaign import open_subject
 from qrdeploy.evaluation.clean import evaluate_onnx
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
-from qrdeploy.evaluation.results import build_results, flags, write_results
+from qrdeploy.evaluation.results import Results, flags, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import (
     DEFAULT_SWEEP_KINDS,
@@ -71,17 +72,17 @@ def _write_json(path: Path, doc: Any) -> None:
 
 def run_suite(victim: Path, data: Dataset, suite: Suite, out: Path, *, source: Path | None,
               seed: int, batch: int, state: Path, transfer_dir: Path,
-              adaptive_source: Path | None = None) -> dict[str, Any]:
-    """Run `suite` on the victim file with the attack runner; write and return results JSON."""
+              adaptive_source: Path | None = None) -> Results:
+    """Run `suite` on the victim file with the attack runner; write and return the results."""
     session = SessionConfig()
     vic = open_subject(victim, session, batch)
     src = open_subject(source, session, batch) if source is not None else None
     ada = open_subject(adaptive_source, session, batch) if adaptive_source is not None else None
     ev = evaluate(vic, data.x, data.y, suite, source=src,
                   config=RunConfig(seed, batch, state, transfer_dir), adaptive_source=ada)
-    doc = build_results(ev, data_name=data.name, split=data.split, session=session)
-    write_results(out, doc)
-    return doc
+    results = build_results(ev, data_name=data.name, split=data.split, session=session)
+    write_results(out, results)
+    return results
 
 
 def ort_model(model: Any, batch: int) -> Any:

@@ -43,18 +43,15 @@ def test_readme_main_command(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     from qrdeploy.evaluation.results import load_results  # validates against the shipped schema
 
-    doc = load_results(ROOT / "runs" / "demo" / "results.json")
-    assert doc["schema_version"] == 2
-    clean = doc["clean"]
-    assert clean["n"] == 100 and clean["value"] >= 0.90, clean
-    paper = doc["worst_case"]["robust"]["value"]
-    adaptive = doc["adaptive"]["worst_case"]["robust"]["value"]
+    r = load_results(ROOT / "runs" / "demo" / "results.json")
+    assert r.clean.n == 100 and r.clean.value >= 0.90, r.clean
+    assert r.adaptive is not None and r.masking is not None
+    paper, adaptive = r.worst_case.robust.value, r.adaptive.worst_case.robust.value
     assert paper <= 0.25 and adaptive <= 0.25, (paper, adaptive)
-    masking = doc["masking"]
-    fired = [c["name"] for c in masking["checks"] if c["fired"]]
-    assert masking["suspected"] == bool(fired)
-    assert masking["verdict"].startswith("masking suspected" if fired else
-                                         "no masking signs detected")
-    assert f"verdict: {masking['verdict']}" in proc.stdout
+    assert paper <= adaptive  # the worst case covers the adaptive columns too
+    assert r.masking.suspected == bool(r.masking.fired)
+    assert r.masking.verdict.startswith("masking suspected" if r.masking.fired else
+                                        "no masking signs detected")
+    assert f"verdict: {r.masking.verdict}" in proc.stdout
     report = (ROOT / "runs" / "demo" / "report.md").read_text()
-    assert f"{100 * clean['value']:.2f}" in report and masking["verdict"] in report
+    assert f"{100 * r.clean.value:.2f}" in report and r.masking.verdict in report

@@ -1,5 +1,6 @@
 """The results JSON: real outputs validate against the shipped schema (with `jsonschema` and with
-qrdeploy's own validator, which must agree), files round-trip, builds are deterministic."""
+qrdeploy's own validator, which must agree), typed results and files round-trip exactly, and a
+build from the same evaluation gives the same document."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from qrdeploy.attacks import CWL2
 from qrdeploy.attacks.adaptive import adaptive_suite
 from qrdeploy.core.schema import errors, load_schema
-from qrdeploy.evaluation.results import build_results, dumps, load_results, write_results
+from qrdeploy.evaluation.build import build_results
+from qrdeploy.evaluation.results import Results, dumps, load_results, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import Mode, Suite, build_suite
 from tests.unit.attack_models import NumpyLinear
@@ -40,7 +42,7 @@ def doc() -> dict[str, Any]:
     victim = Subject("v.onnx", "a" * 64, linear(0), [{"bits": 3, "mulaw": 255}])
     ev = evaluate(victim, x, y, suite, source=Subject("s.onnx", "b" * 64, linear(1)),
                   config=RunConfig(batch_size=8))
-    return build_results(ev, data_name="toy", split="test")
+    return build_results(ev, data_name="toy", split="test").to_json()
 
 
 def small_adaptive(suite: Suite) -> Suite:
@@ -62,7 +64,7 @@ def adoc() -> dict[str, Any]:
     src = Subject("s.onnx", "b" * 64, linear(1))
     ev = evaluate(Subject("v.onnx", "a" * 64, linear(0)), x, y, suite, source=src,
                   adaptive_source=src, config=RunConfig(batch_size=8))
-    return build_results(ev, data_name="toy", split="test", notes=["a note"])
+    return build_results(ev, data_name="toy", split="test", notes=["a note"]).to_json()
 
 
 @pytest.mark.parametrize("which", ["doc", "adoc"], ids=["paper", "paper-adaptive"])
@@ -155,7 +157,45 @@ def test_both_validators_reject_broken_documents(adoc: dict[str, Any], mutate: A
     assert errors(bad, SCHEMA, SCHEMA) != []
 
 
-def test_write_then_load_round_trips(doc: dict[str, Any], tmp_path: Path) -> None:
-    path = write_results(tmp_path / "r.json", doc)
-    assert load_results(path) == doc
-    assert path.read_text() == dumps(doc)
+@pytest.mark.parametrize("which", ["doc", "adoc"], ids=["paper", "paper-adaptive"])
+def test_typed_results_and_files_round_trip(which: str, request: pytest.FixtureRequest,
+                                            tmp_path: Path) -> None:
+    d = request.getfixturevalue(which)
+    typed = Results.from_json(d)
+    assert typed.to_json() == d  # every key of the file format is carried by an attribute
+    path = write_results(tmp_path / "r.json", typed)
+    assert load_results(path) == typed
+    assert path.read_text() == dumps(typed)
+    assert typed.clean.k == d["clean"]["k"] and typed.columns[0].key == d["columns"][0]["key"]
+
+
+def test_two_runs_with_one_seed_give_the_same_document_but_timings() -> None:
+    """Two separate runs (random start on, batch sizes differing) with one seed."""
+    x = np.random.default_rng(3).uniform(size=(12, 1, 4, 4)).astype(np.float32)
+    y = linear(0).logits(x).argmax(1)
+    suite = build_suite("white", "mnist", attacks="clean,fgsm-s,pgd", eps=(0.05,))
+    docs = []
+    for batch in (5, 12):
+        ev = evaluate(Subject("v.onnx", "a" * 64, linear(0)), x, y, suite,
+                      config=RunConfig(seed=7, batch_size=batch))
+        d = build_results(ev, data_name="toy", split="test").to_json()
+        d.pop("timings")
+        d["settings"].pop("batch_size")
+        docs.append(d)
+    assert docs[0] == docs[1]
+    other = evaluate(Subject("v.onnx", "a" * 64, linear(0)), x, y, suite,
+                     config=RunConfig(seed=8, batch_size=5))
+    pgd = [c.per_sample.l2 for c in build_results(other, data_name="toy", split="test").columns
+           if c.key == "white/pgd"]
+    assert pgd[0] != tuple(next(c for c in docs[0]["columns"] if c["key"] == "white/pgd")
+                          ["per_sample"]["l2"]), "another seed moves the random start"
+
+
+def test_a_check_summary_is_refused_by_name(tmp_path: Path) -> None:
+    from qrdeploy.errors import DataError
+
+    (tmp_path / "s.json").write_text('{"schema": "qrdeploy/check-summary", "schema_version": 2}')
+    with pytest.raises(DataError, match="summary of qrdeploy check, not a results file"):
+        load_results(tmp_path / "s.json")
+    with pytest.raises(DataError, match="is a folder, not a results file"):
+        load_results(tmp_path)
