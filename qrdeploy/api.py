@@ -9,8 +9,9 @@ function (tests/unit/test_api_doc.py runs them).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, load_dataset
@@ -20,6 +21,7 @@ from qrdeploy.evaluation.clean import EvalResult, evaluate_onnx
 from qrdeploy.evaluation.results import Results
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import CWBudget, Family
+from qrdeploy.gate.policy import Policy
 from qrdeploy.gate.run import CheckResult
 from qrdeploy.gate.run import check as _check
 from qrdeploy.graphio.inputspec import InputContract
@@ -63,7 +65,10 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
     return harden_file(model, out, rec, in_place=in_place)
 
 
-def _choice(enum: Any, value: str, what: str) -> Any:
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(enum: type[E], value: str, what: str) -> E:
     try:
         return enum(value)
     except ValueError:
@@ -119,7 +124,7 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
 
 
 def check(model: PathLike, reference: PathLike, data: str | Dataset,
-          policy: PathLike | Any, *, seed: int = 0, batch_size: int = 256,
+          policy: PathLike | Policy, *, seed: int = 0, batch_size: int = 256,
           provider: str = "auto", threads: int = 0,
           input_spec: str | None = None) -> CheckResult:
     """The pipeline gate: measure every threshold of `policy` (a TOML file or a Policy) on

@@ -153,7 +153,7 @@ class CWL2(Config):
         """argmax(z with z_y + confidence) != y, per row (cleverhans v3 `compare`)."""
         shifted = z.astype(np.float64)
         shifted[np.arange(len(y)), y] += self.confidence
-        return shifted.argmax(axis=1) != y
+        return np.asarray(shifted.argmax(axis=1) != y)
 
     def _optimise(
         self, model: Differentiable, x: Array, y: np.ndarray, const: np.ndarray, closest: _Closest

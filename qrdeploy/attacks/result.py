@@ -50,7 +50,7 @@ class Tracker:
             self.best_x = put_rows(self.best_x, pos[better], take_rows(x, better))
             self.fooled[pos[better]] = fooled[better]
             self.margin[pos[better]] = margin[better]
-        return fooled
+        return np.asarray(fooled)
 
     def finish(self, model: Classifier) -> AttackResult:
         """Score the kept examples on the victim's forward pass."""

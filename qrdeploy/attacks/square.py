@@ -55,7 +55,7 @@ class SquareResult(AttackResult):
 def window_fraction(p_init: float, i: int, queries: int) -> float:
     """p_i: the fraction of the image a window covers at iteration i (schedule rescaled)."""
     rescaled = int(i / queries * 10000)
-    return p_init / 2 ** sum(rescaled > h for h in HALVINGS)
+    return float(p_init / 2 ** sum(rescaled > h for h in HALVINGS))
 
 
 def window_side(p: float, h: int, w: int) -> int:
@@ -80,7 +80,7 @@ class _Draws:
         if (i - 1) % BLOCK == 0:  # every active sample has used its previous block in full
             for k in act:
                 self.block[k] = self.gens[k].random((BLOCK, self.width))
-        return self.block[act, (i - 1) % BLOCK]
+        return np.asarray(self.block[act, (i - 1) % BLOCK])
 
 
 @dataclass(frozen=True, repr=False)

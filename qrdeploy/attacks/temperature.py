@@ -67,7 +67,7 @@ def _ce_direction(zt: np.ndarray, y: np.ndarray) -> np.ndarray:
     q = np.exp(others - others.max(axis=1, keepdims=True))  # (N, K), 0 at y
     q /= q.sum(axis=1, keepdims=True)
     q[rows, y] = -1.0
-    return q
+    return np.asarray(q)
 
 
 class Float64Cotangent:

@@ -60,4 +60,4 @@ def margins(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     rows = np.arange(len(y))
     other = z.copy()
     other[rows, y] = -np.inf
-    return other.max(axis=1) - z[rows, y]
+    return np.asarray(other.max(axis=1) - z[rows, y])

@@ -180,7 +180,7 @@ def _within(a: Arm, b: Arm) -> bool:
 
 def _worst(arms: Sequence[Arm]) -> np.ndarray:
     """Per-sample worst case: robust only if robust under every arm."""
-    return np.logical_and.reduce([_flags(a.robust) for a in arms])
+    return np.asarray(np.logical_and.reduce([_flags(a.robust) for a in arms]))
 
 
 def _compare(name: CheckName, pairs: list[tuple[Arm, str, np.ndarray]], why: str) -> Check:

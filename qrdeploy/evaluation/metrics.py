@@ -23,7 +23,7 @@ BOOTSTRAP_SEED = 20201229  # fixed: an interval is part of the report, not of a 
 
 def robust_flags(ev: Evaluation, key: str) -> np.ndarray:
     """Correct on the clean input and not fooled by the attack (N,): clean errors are failures."""
-    return ev.clean_correct & ~ev.records[key].fooled
+    return np.asarray(ev.clean_correct & ~ev.records[key].fooled)
 
 
 def attacked_flags(ev: Evaluation, key: str) -> np.ndarray:

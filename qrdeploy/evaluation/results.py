@@ -41,7 +41,7 @@ def flags(a: np.ndarray) -> str:
 
 def unflag(s: str) -> np.ndarray:
     """The inverse of `flags`: a '0'/'1' string as bool flags (N,)."""
-    return np.frombuffer(s.encode("ascii"), np.uint8) == ord("1")
+    return np.asarray(np.frombuffer(s.encode("ascii"), np.uint8) == ord("1"))
 
 
 def _prop(d: Mapping[str, Any]) -> Proportion:
@@ -493,7 +493,7 @@ class Results:
         col = self.column(key)
         if col is None:
             raise DataError(f"the results have no column {key!r}; rerun with it in --attacks")
-        return self.clean_flags() & ~col.fooled()
+        return np.asarray(self.clean_flags() & ~col.fooled())
 
     @property
     def measure(self) -> str:

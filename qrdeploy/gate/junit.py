@@ -35,7 +35,7 @@ def junit_xml(result: CheckResult) -> bytes:
         else:
             ET.SubElement(case, "system-out").text = t.line()
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
 
 
 def write_junit(path: str | Path, result: CheckResult) -> Path:

@@ -503,7 +503,7 @@ def _avg_counts(size: list[int], out: list[int], win: dict[str, list[int]]) -> n
     counts = per_axis[0]
     for c in per_axis[1:]:
         counts = np.multiply.outer(counts, c)
-    return counts.astype(np.float64)
+    return np.asarray(counts.astype(np.float64))
 
 
 @register("AveragePool", limits="no ceil_mode window past the padded input")

@@ -153,7 +153,7 @@ def _tensor_bytes(model: onnx.ModelProto) -> int:
 def _over_limit(model: onnx.ModelProto) -> bool:
     """Above protobuf's 2 GB? upb's ByteSize itself raises EncodeError past the limit."""
     try:
-        return model.ByteSize() > PROTO_LIMIT
+        return bool(model.ByteSize() > PROTO_LIMIT)
     except EncodeError:
         return True
 
@@ -163,7 +163,7 @@ def model_to_bytes(model: onnx.ModelProto) -> bytes:
     if _over_limit(model):
         raise GraphError("the model is above 2 GB and cannot be serialized in one piece; "
                          "save it with save_model (external data)")
-    return model.SerializeToString(deterministic=True)
+    return bytes(model.SerializeToString(deterministic=True))
 
 
 def save_model(

@@ -51,7 +51,7 @@ def mu_law(x: np.ndarray, mu: float) -> np.ndarray:
     if mu == 0:
         return x64.astype(np.asarray(x).dtype, copy=True)
     y = np.sign(x64) * np.log1p(mu * np.abs(x64)) / np.log1p(mu)
-    return y.astype(np.asarray(x).dtype)
+    return np.asarray(y.astype(np.asarray(x).dtype))
 
 
 def mu_law_inverse(y: np.ndarray, mu: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def mu_law_inverse(y: np.ndarray, mu: float) -> np.ndarray:
     if mu == 0:
         return y64.astype(np.asarray(y).dtype, copy=True)
     x = np.sign(y64) * np.expm1(np.abs(y64) * np.log1p(mu)) / mu
-    return x.astype(np.asarray(y).dtype)
+    return np.asarray(x.astype(np.asarray(y).dtype))
 
 
 def check_bits(bits: int) -> int:
@@ -164,7 +164,7 @@ def encode(
     t = w / s  # one float32 temporary, rounded and clipped in place
     np.rint(t, out=t)
     np.clip(t, qmin, qmax, out=t)
-    return t.astype(np.int8)
+    return np.asarray(t.astype(np.int8))
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -206,7 +206,7 @@ def companding_codebook(bits: int, mu: float, narrow: bool = True) -> np.ndarray
     """Levels of the companding quantizer on [-1, 1]: F⁻¹(k/qmax) for k = qmin..qmax, float32."""
     qmin, qmax = code_range(bits, narrow)
     k = np.arange(qmin, qmax + 1, dtype=np.float64) / qmax
-    return np.clip(mu_law_inverse(k, mu), -1.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(mu_law_inverse(k, mu), -1.0, 1.0).astype(np.float32))
 
 
 def quantize_companding(

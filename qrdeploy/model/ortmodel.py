@@ -145,7 +145,7 @@ class OrtModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) -> the top-1 classes (N,) int64."""
-        return self.logits(x).argmax(axis=1).astype(np.int64)
+        return np.asarray(self.logits(x).argmax(axis=1).astype(np.int64))
 
     # --- the deployed graph as it ships (latency) ------------------------------------------
 

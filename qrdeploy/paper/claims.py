@@ -192,7 +192,7 @@ def mean_score(scores: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndar
     """Per-sample mean over the listed columns (N,); None if one is missing."""
     if any(k not in scores for k in keys):
         return None
-    return np.mean([scores[k] for k in keys], axis=0)
+    return np.asarray(np.mean([scores[k] for k in keys], axis=0))
 
 
 # ------------------------------------------------------------------------------- outcomes

@@ -32,7 +32,7 @@ from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.results import load_results
 from qrdeploy.evaluation.runner import fingerprint
 from qrdeploy.paper import steps
-from qrdeploy.paper.cache import StepCache, StepEvent, check_force
+from qrdeploy.paper.cache import Step, StepCache, StepEvent, check_force
 from qrdeploy.paper.collected import Collected
 from qrdeploy.paper.plots import NO_PLOTS
 from qrdeploy.paper.profiles import Profile, get_profile
@@ -80,7 +80,7 @@ def _load_data(p: Profile, data_root: Path | None) -> tuple[Dataset | None, str 
         return None, f"not run (no {folder} folder: {exc})"
 
 
-def _one(cache: StepCache, step: steps.Step, name: str) -> Path:
+def _one(cache: StepCache, step: Step, name: str) -> Path:
     return cache.run(step) / name
 
 

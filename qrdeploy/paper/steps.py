@@ -21,7 +21,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from qrdeploy.attacks import BIM, CWL2, MIM, PGD, GaussianNoise, UniformNoise
 from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
@@ -105,7 +105,7 @@ def budget_attack(a: AttackT, b: Budget, steps: int | None) -> AttackT:
         out = replace(out, restarts=b.pgd_restarts)
     if isinstance(out, (GaussianNoise, UniformNoise)) and b.noise_draws is not None:
         out = replace(out, draws=b.noise_draws)
-    return out
+    return cast(AttackT, out)
 
 
 def paper_suite(p: Profile, black: bool, budget: Budget | None = None) -> Suite:

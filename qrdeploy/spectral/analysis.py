@@ -195,7 +195,7 @@ def _load(model: ModelLike) -> onnx.ModelProto:
 
 def _output_key(model: onnx.ModelProto, layer: WeightLayer) -> str:
     """A layer's identity across encodings: harden keeps consumer nodes and their outputs."""
-    return model.graph.node[layer.node_index].output[0]
+    return str(model.graph.node[layer.node_index].output[0])
 
 
 def match_layers(
@@ -401,9 +401,10 @@ def _linear_part(layer: WeightLayer, x: np.ndarray, weight: np.ndarray,
         return spectral.conv_forward(x, weight, conv_geometry(layer, x.shape[2:]))
     if layer.op_type == "Gemm":
         xa = x.T if a.get("transA", 0) else x
-        return float(a.get("alpha", 1.0)) * (xa @ (weight.T if a.get("transB", 0) else weight))
+        w = weight.T if a.get("transB", 0) else weight
+        return np.asarray(float(a.get("alpha", 1.0)) * (xa @ w))
     if layer.op_type == "MatMul":
-        return x @ weight
+        return np.asarray(x @ weight)
     return None  # ConvTranspose: propagated error only
 
 
@@ -411,7 +412,7 @@ def _rel(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """Per-sample ‖num‖/‖den‖ (first axis = samples); 0/0 counts as 0."""
     n = np.linalg.norm(num.reshape(num.shape[0], -1), axis=1)  # (N,)
     d = np.linalg.norm(den.reshape(den.shape[0], -1), axis=1)  # (N,)
-    return np.divide(n, d, out=np.zeros_like(n), where=d > 0)
+    return np.asarray(np.divide(n, d, out=np.zeros_like(n), where=d > 0))
 
 
 @dataclass

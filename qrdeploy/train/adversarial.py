@@ -8,6 +8,8 @@ eps ramp over the first `eps_warmup` epochs (the step size scales with eps)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,7 +45,7 @@ def hooks(config: TrainConfig) -> tuple[Perturb, Score]:
         res = attack_for(config, epoch)(victim, x, y, seed=epoch_seed(config.seed, epoch),
                                         indices=idx.numpy())
         model.train(was_training)
-        return res.x_adv.detach()
+        return cast("torch.Tensor", res.x_adv.detach())
 
     def score(model: nn.Module, ds: Dataset) -> float:
         """PGD accuracy on the validation split at the full training eps."""

@@ -88,7 +88,7 @@ def correct(model: nn.Module, ds: Dataset, batch_size: int = 500) -> np.ndarray:
     assert ds.y is not None, "training data sets are labelled"
     pred = [model(torch.from_numpy(ds.x[i:i + batch_size])).argmax(1).numpy()
             for i in range(0, len(ds), batch_size)]
-    return np.concatenate(pred) == ds.y
+    return np.asarray(np.concatenate(pred) == ds.y)
 
 
 def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 500) -> float:
@@ -124,7 +124,7 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb,
         logits = st.model(x)
         loss = F.cross_entropy(logits, y)
         st.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch types backward loosely
         st.opt.step()
         total_loss += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class MnistCNN(nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 32, 14, 14)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 64, 7, 7)
         x = F.relu(self.fc1(torch.flatten(x, 1)))  # (N, 1024)
-        return self.fc2(x)  # (N, K)
+        return cast("torch.Tensor", self.fc2(x))  # (N, K)
 
 
 class PerImageStandardize(nn.Module):
@@ -68,7 +69,7 @@ class PreActUnit(nn.Module):
             short = F.avg_pool2d(short, self.stride)
         if self.pad:
             short = F.pad(short, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return out + short
+        return cast("torch.Tensor", out + short)
 
 
 class WideResNet32(nn.Module):
@@ -93,7 +94,7 @@ class WideResNet32(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.units(self.conv0(self.std(x)))  # (N, 64k, 8, 8)
         h = F.leaky_relu(self.bn(h), 0.1).mean(dim=(2, 3))  # (N, 64k)
-        return self.fc(h)
+        return cast("torch.Tensor", self.fc(h))
 
 
 def build_net(name: str, num_classes: int = 10, init: str = "madry") -> nn.Module:
