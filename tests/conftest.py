@@ -1,4 +1,11 @@
-"""Shared fixtures: a tiny trained mnist-cnn checkpoint and its ONNX export (made once)."""
+"""The test tiers and shared fixtures.
+
+Tiers: tests/unit is the fast inner loop (`pytest -m "not slow"`, a few minutes on 2 cores);
+tests/integration (README commands, SIGKILL trials, reproduce, training, torchvision gradients)
+and tests/regression (the committed models' known numbers) are `slow`. A full run collects the
+unit tier first, then integration, then regression, so a quick failure shows first.
+
+Fixtures: a tiny trained mnist-cnn checkpoint and its ONNX export (made once)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,20 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QRDEPLOY_QUIET", "1")
+
+TIERS = ("unit", "integration", "regression")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark integration and regression tests slow, and run the tiers in order."""
+    def tier(item: pytest.Item) -> int:
+        parts = Path(str(item.fspath)).parts
+        return next((i for i, t in enumerate(TIERS) if t in parts), 0)
+
+    for item in items:
+        if tier(item) > 0:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=tier)  # stable: the order within a tier is kept
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.core.runtime import SessionConfig, make_session, run_session
+from qrdeploy.core.runtime import SessionConfig, make_session, ort, run_session
 from qrdeploy.errors import ConfigError, GraphError, QrdeployError
 from qrdeploy.graphio import graph
 
@@ -172,9 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory-bytes", type=int, default=None)
     p.add_argument("--probe", action="store_true")
     args = p.parse_args(argv)
-    if args.memory_bytes:
-        _limit_memory(args.memory_bytes)
     try:
+        if args.memory_bytes:
+            ort()  # load the libraries first: the limit is for the work on the model
+            _limit_memory(args.memory_bytes)
         reply = _open(args.model, SessionConfig(args.provider, args.threads), args.probe)
     except QrdeployError as exc:
         # a C++ allocation that hit the limit surfaces as std::bad_alloc inside another message

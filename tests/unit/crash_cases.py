@@ -1,5 +1,5 @@
-"""SIGKILL trials of `python -m qrdeploy harden`, shared by tests/unit/test_crash_safety.py (a few
-trials, CI) and tools/kill_trials.py (>= 20, recorded in docs/reliability.md).
+"""SIGKILL trials of `python -m qrdeploy harden`, shared by tests/integration/test_crash_safety.py
+(a few trials, CI) and tools/kill_trials.py (>= 20, recorded in docs/reliability.md).
 
 A trial starts the command, kills it (SIGKILL, no chance to clean up) after a delay drawn from
 the length of an uninterrupted run, and checks: the input is byte-for-byte unchanged; the output

@@ -268,8 +268,8 @@ def test_encoded_weights_are_folded(models: dict[str, tuple[Any, onnx.ModelProto
 def test_project_wrn_32_1_all_losses() -> None:
     """The project's own wrn-32-1 (per-image standardisation, LeakyRelu, BN kept) as export.py
     makes it; float64 torch is slow here, so 2 samples and one forward for all losses."""
-    nets = pytest.importorskip("qrdeploy.train.nets")
-    export = pytest.importorskip("qrdeploy.train.export")
+    from qrdeploy.train import export, nets
+
     torch.manual_seed(2)
     net = _randomise_bn(nets.build_net("wrn-32-1").eval())
     om = OrtModel(export.export_module(net, (3, 32, 32), fold_bn=False), batch_size=1)

@@ -132,7 +132,7 @@ def test_does_not_import_torch() -> None:
 
 
 def test_satisfies_the_differentiable_protocol() -> None:
-    models = pytest.importorskip("qrdeploy.model.protocol")
+    from qrdeploy.model import protocol as models
     om = OrtModel(tiny())
     assert isinstance(om, models.Classifier) and isinstance(om, models.Differentiable)
 

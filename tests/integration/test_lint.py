@@ -1,5 +1,5 @@
 """ruff and mypy (strict, configured in pyproject.toml) over the package, in CI: a type error or
-a lint finding fails the build like a failing test. Slow (mypy takes about a minute cold)."""
+a lint finding fails the build like a failing test (mypy takes about a minute cold)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,12 @@ def _tool(name: str) -> list[str]:
     return [found]
 
 
-@pytest.mark.slow
 def test_ruff_is_clean() -> None:
     proc = subprocess.run([*_tool("ruff"), "check", "qrdeploy", "tests", "tools"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-@pytest.mark.slow
 def test_mypy_strict_is_clean() -> None:
     proc = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
