@@ -66,3 +66,14 @@ def test_unknown_names_and_submodules_are_not_forwarded() -> None:
     from qrdeploy.gradients import prepare  # the submodule, not builder's function
 
     assert prepare.__name__ == "qrdeploy.gradients.prepare"
+
+
+def test_the_version_is_written_once() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import qrdeploy
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml")
+                              .read_text())
+    assert pyproject["project"]["version"] == qrdeploy.__version__
