@@ -52,7 +52,7 @@ def main() -> int:
             result = runner.run(data)
             n += 1
             kinds[kind] += 1
-            outcomes.update(o.splitlines()[0] if o.startswith("FINDING") else o for o in result)
+            outcomes.update(o.splitlines()[0] for o in result)
             found = fc.findings(result)
             groups.update(f.splitlines()[0][:220] for f in found)
             if found:

@@ -41,6 +41,14 @@ EXACT_MAX_SIDE = 4096
 _FFT_CHUNK_ELEMENTS = 1 << 22
 
 
+def _method(method: str) -> NormMethod:
+    try:
+        return NormMethod(method)
+    except ValueError:
+        raise ConfigError(f"unknown norm method {method!r}; choose one of "
+                          f"{', '.join(NormMethod)}") from None
+
+
 class NormMethod(StrEnum):
     """How a largest singular value is computed."""
 
@@ -103,7 +111,7 @@ def largest_singular_value(
     >>> largest_singular_value(np.diag([1.0, -3.0, 2.0])).value
     3.0
     """
-    method = NormMethod(method)
+    method = _method(method)
     if a.ndim != 2:
         raise ConfigError(f"expected a 2-D matrix, got shape {a.shape}; reshape the kernel first")
     if a.size == 0:
@@ -396,7 +404,7 @@ def conv_operator_norm(
     >>> round(conv_operator_norm(w, ConvGeometry.simple((4, 4))).value, 6)
     1.0
     """
-    method = NormMethod(method)
+    method = _method(method)
     op = conv_operator(weight, geom, dtype)
     if method is NormMethod.LANCZOS:
         return lanczos_norm(op, tol=tol, max_iter=max_iter, seed=seed)

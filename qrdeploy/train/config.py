@@ -141,8 +141,12 @@ class TrainConfig:
     feedback: FeedbackConfig = FeedbackConfig()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", Method(self.method))
-        object.__setattr__(self, "optimizer", Optim(self.optimizer))
+        for name, enum in (("method", Method), ("optimizer", Optim)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"{name} must be one of {', '.join(enum)}, got "
+                                  f"{getattr(self, name)!r}") from None
         if isinstance(self.feedback, dict):
             object.__setattr__(self, "feedback", FeedbackConfig(**self.feedback))
         if self.method is Method.FEEDBACK and not self.from_checkpoint:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -75,7 +76,20 @@ def test_adversarial_training_trains_on_pgd_examples(tmp_path: Path) -> None:
     net = build_net("mnist-cnn")
     x = torch.rand(6, 1, 28, 28)
     y = torch.arange(6)
+    net.train()
     x_adv = perturb(net, x, y, 9, torch.arange(6))
     delta = (x_adv - x).abs().max().item()
     assert 0 < delta <= 0.2 + 1e-6
     assert net.training  # the hook restores the training mode
+    # it is the project's PGD on the model in eval mode, not noise: the same examples as the
+    # attack itself with the epoch's seed, and a higher loss than the clean inputs
+    from qrdeploy.model.torchmodel import TorchModel
+
+    net.eval()
+    ref = adversarial.attack_for(cfg, 9)(TorchModel(net, 10), x, y,
+                                         seed=adversarial.epoch_seed(cfg.seed, 9),
+                                         indices=np.arange(6))
+    assert torch.equal(x_adv, ref.x_adv.detach())
+    with torch.no_grad():
+        ce = [torch.nn.functional.cross_entropy(net(v), y).item() for v in (x, x_adv)]
+    assert ce[1] > ce[0]

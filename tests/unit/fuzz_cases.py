@@ -248,7 +248,7 @@ def run_case(data: bytes) -> list[str]:
             model = graph.load_model(path)
             outcomes.append("load:ok")
         except QrdeployError as exc:
-            return [f"load:{_checked_line(exc)}"]
+            return [_checked_line("load", exc)]
         except Exception:
             return [_finding("load")]
         for name, fn in _stages(path):
@@ -256,7 +256,7 @@ def run_case(data: bytes) -> list[str]:
                 fn(model)
                 outcomes.append(f"{name}:ok")
             except QrdeployError as exc:
-                outcomes.append(f"{name}:{_checked_line(exc)}")
+                outcomes.append(_checked_line(name, exc))
             except Exception:
                 outcomes.append(_finding(name))
         return outcomes
@@ -272,11 +272,13 @@ def _finding(stage: str) -> str:
     return f"FINDING {stage}: {type(exc).__name__}: {first} @ {where}\n{traceback.format_exc()}"
 
 
-def _checked_line(exc: Exception) -> str:
+def _checked_line(stage: str, exc: Exception) -> str:
+    """'stage:ErrorType' for a one-line QrdeployError; a 'FINDING stage: ...' otherwise (an
+    empty or multi-line message breaks the CLI's one-line contract)."""
     try:
-        return _one_line(exc)
+        return f"{stage}:{_one_line(exc)}"
     except AssertionError as bad:
-        return f"FINDING {bad}"
+        return f"FINDING {stage}: {bad}"
 
 
 _BLOB = b""

@@ -187,13 +187,15 @@ def test_report_command(files: dict[str, Path], tmp_path: Path) -> None:
 
 def test_tiny_trained_model_on_mnist_5k(tiny_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    rc = main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "16", "--suite", "white",
+    rc = main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "32", "--suite", "white",
                "--attacks", "clean,fgsm-s,pgd", "--eps", "none", "-q", "-o", str(out)])
     assert rc == 0
     doc = load(out)
-    assert doc["data"]["name"] == "mnist-5k" and doc["data"]["n"] == 16
+    assert doc["data"]["name"] == "mnist-5k" and doc["data"]["n"] == 32
     pgd = next(c for c in doc["columns"] if c["key"] == "white/pgd")
-    assert pgd["robust"]["k"] <= doc["clean"]["k"]
+    # a model trained 3 epochs on 256 digits: PGD at the MNIST table eps fools some of them
+    assert doc["clean"]["k"] > 0 and pgd["robust"]["k"] < doc["clean"]["k"]
+    assert max(pgd["per_sample"]["linf"]) <= pgd["eps"] + 1e-6 == 0.1 + 1e-6
 
 
 def test_deploy_side_runs_with_torch_blocked(files: dict[str, Path], tmp_path: Path) -> None:

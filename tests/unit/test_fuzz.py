@@ -110,8 +110,20 @@ def test_reported_eval_finding_is_fixed() -> None:
     m = cnn(0)
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3  # fixed batch 3, data has 2
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
-    with pytest.raises(QrdeployError):
+    with pytest.raises(QrdeployError, match="onnxruntime failed to run the model") as err:
         evaluate_onnx(m, Dataset("t", "test", x, np.array([1, 2]), 10))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("message", ["line one\nline two", ""], ids=["two-lines", "empty"])
+def test_a_qrdeploy_error_that_breaks_the_one_line_contract_is_a_finding(message: str) -> None:
+    """The harness itself: an error the CLI would print over several lines (or as nothing)
+    counts as a finding of its stage, so the fuzz tests fail on it."""
+    from qrdeploy.errors import GraphError
+
+    outcome = fc._checked_line("eval", GraphError(message))
+    assert outcome.startswith("FINDING eval:") and fc.findings([outcome]) == [outcome]
+    assert fc.findings([fc._checked_line("eval", GraphError("one line"))]) == []
 
 
 # --- the findings once listed in REPORTED, fixed -------------------------------------------------
@@ -173,10 +185,12 @@ def test_constant_folding_failures_are_graph_errors() -> None:
 
 
 def test_window_attributes_of_the_wrong_length_are_refused() -> None:
-    """Shape inference refuses these first; the gradient rules check them again (window_attrs)."""
+    """Shape inference refuses such a model first (a one-line GraphError from the preparation);
+    the gradient rules check again on their own (window_attrs), tested here directly."""
     from onnx import helper
 
-    from qrdeploy.errors import GraphError
+    from qrdeploy.errors import GraphError, UnsupportedOpError
+    from qrdeploy.gradients.rules import window_attrs
     from qrdeploy.model.ortmodel import OrtModel
     from tests.unit.onnx_builders import cnn
 
@@ -185,8 +199,11 @@ def test_window_attributes_of_the_wrong_length_are_refused() -> None:
     for a in pool.attribute:
         if a.name == "strides":
             a.CopyFrom(helper.make_attribute("strides", [2, 2, 2]))
-    with pytest.raises(GraphError):
+    with pytest.raises(GraphError, match="strides") as err:
         OrtModel(m).loss_and_grad(_x(), np.array([1, 2]), "ce")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UnsupportedOpError, match="that do not match a 2-D kernel"):
+        window_attrs(pool, None, [2, 2])  # type: ignore[arg-type]  # refused before any use
 
 
 def test_lipschitz_refuses_non_finite_weights() -> None:

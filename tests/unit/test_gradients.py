@@ -421,9 +421,28 @@ def test_docs_list_the_registry() -> None:
     assert line.removeprefix("Supported ops:").strip().split(", ") == supported_ops()
 
 
-def test_build_is_deterministic() -> None:
-    model = _model(CASES["relu_maxpool_premasked"])
-    assert build_vjp(model).model.SerializeToString() == build_vjp(model).model.SerializeToString()
+def test_build_is_deterministic_across_processes() -> None:
+    """Two interpreters with different string hashing build byte-identical gradient graphs (no
+    set or dict order leaks into node names or order)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys; sys.path.insert(0, '.')\n"
+            "from tests.unit.test_gradients import CASES, _model\n"
+            "from qrdeploy.core.losses import Loss\n"
+            "from qrdeploy.gradients.builder import build_loss_grad, build_vjp\n"
+            "m = _model(CASES['relu_maxpool_premasked'])\n"
+            "print(hashlib.sha256(build_vjp(m).model.SerializeToString()\n"
+            "      + build_loss_grad(m, Loss.CW).model.SerializeToString()).hexdigest())")
+    root = Path(__file__).resolve().parents[2]
+    digests = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                              text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+               for seed in ("1", "2")}
+    assert len(digests) == 1 and len(next(iter(digests))) == 64
+    assert hashlib.sha256(b"").hexdigest() not in digests
 
 
 def test_grad_output_named() -> None:

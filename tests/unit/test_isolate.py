@@ -99,3 +99,30 @@ def test_memory_limit_becomes_graph_error(model_path: Path) -> None:
 def test_isolation_settings_are_validated(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Isolation(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", ["inspect", "harden", "eval", "attack", "lipschitz", "check",
+                                     "margins"])
+def test_every_isolate_flag_opens_the_model_in_a_child_first(
+        command: str, model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The child that opens the model dies of SIGSEGV (sitecustomize): a command that really
+    isolates reports that death as one line and exits 1; one that skipped the child would not
+    see it at all."""
+    from qrdeploy.cli import main
+
+    (tmp_path / "sitecustomize.py").write_text(_SITE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("QRD_TEST_CHILD", "segv")
+    m, out = str(model_path), str(tmp_path / "out")
+    data = ["--data", "mnist-5k", "-n", "4"]
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_accuracy = 0.0\n")
+    argv = {"inspect": [m], "harden": [m, "-o", out + ".onnx", "--bits", "3"],
+            "eval": [m, *data], "attack": [m, "-o", out + ".json", "--suite", "white", *data],
+            "lipschitz": [m, "--bits", "3"],
+            "check": [m, "--reference", m, "--policy", str(policy), *data],
+            "margins": [m, *data]}[command]
+    assert main([command, *argv, "--isolate", "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "died of signal SIGSEGV" in err, err

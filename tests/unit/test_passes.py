@@ -207,4 +207,5 @@ def test_per_channel_axis_follows_consumer(model: onnx.ModelProto, axes: list[in
     _, records = harden(model, [WeightQuant(3, "channel")])
     assert [r.axis for r in records] == axes  # stored-tensor axis of the consumer's channels
     for r in records:
-        assert len(r.scale) == r.shape[r.axis or 0] and (r.levels_per_channel or 0) <= 7
+        assert len(r.scale) == r.shape[r.axis or 0]
+        assert r.levels_per_channel is not None and 1 <= r.levels_per_channel <= 7

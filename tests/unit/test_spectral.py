@@ -173,7 +173,10 @@ def test_reproducible_with_a_seed(seed: int) -> None:
     w, g = _kernel("s2p1", seed=3)
     a = spectral.conv_operator_norm(w, g, seed=seed, tol=1e-3)
     b = spectral.conv_operator_norm(w, g, seed=seed, tol=1e-3)
+    other = spectral.conv_operator_norm(w, g, seed=seed + 100, tol=1e-3)
     assert a == b
+    assert other.value != a.value  # the seed is used (the start vector), within tol of a
+    assert other.value == pytest.approx(a.value, rel=1e-2)
 
 
 def _onnx_conv(w: np.ndarray, g: ConvGeometry) -> onnx.ModelProto:

@@ -65,9 +65,11 @@ def test_hand_computed_interval() -> None:
 
 
 def test_identical_models_give_an_interval_around_zero() -> None:
+    """No discordant pair in 500 does not prove a zero difference: the interval keeps a width
+    (the naive one would be [0, 0])."""
     lo, hi = newcombe_paired_interval(PairedCounts(480, 0, 0, 20))
-    assert lo < 0 < hi or lo == hi == 0.0
-    assert lo == pytest.approx(-hi, abs=1e-12)
+    assert lo < 0 < hi and lo == pytest.approx(-hi, abs=1e-12)
+    assert hi == pytest.approx(0.0070144, abs=1e-6)
 
 
 @pytest.mark.parametrize(("gains", "losses", "margin", "decision"), [
