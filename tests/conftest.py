@@ -10,13 +10,22 @@ Fixtures: a tiny trained mnist-cnn checkpoint and its ONNX export (made once).""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QRDEPLOY_QUIET", "1")
+# the user cache of a test run is its own, never the user's (removed at the end of the run)
+_CACHE = tempfile.mkdtemp(prefix="qrdeploy-test-cache-")
+os.environ["QRDEPLOY_CACHE"] = _CACHE
 
 TIERS = ("unit", "integration", "regression")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

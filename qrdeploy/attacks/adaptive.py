@@ -77,6 +77,10 @@ class AdaptiveAttack:
     def eps(self) -> float:
         return float(self.attack.eps)
 
+    def cost(self) -> float:
+        """Model evaluations per sample at most (progress estimates only)."""
+        return self.attack.cost() * (2.0 if self.wrap is Wrap.NJS else 1.0)
+
     def __call__(
         self,
         model: Any,

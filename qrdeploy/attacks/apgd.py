@@ -48,7 +48,7 @@ from qrdeploy.attacks.checks import (
     check_positive,
 )
 from qrdeploy.attacks.result import AttackResult, Tracker
-from qrdeploy.core import rng
+from qrdeploy.core import progress, rng
 from qrdeploy.core.arrays import Array, from_numpy, namespace, project, take_rows, to_numpy
 from qrdeploy.core.losses import DLR_EPS, Loss
 from qrdeploy.errors import ConfigError
@@ -208,15 +208,23 @@ class APGD(Config):
         tracker = Tracker(x, yh)
         goals = self._targets(model, x, yh)  # (N, k) or [None]
         objective = targeted_objective(model) if self.targets else fused_objective(model, self.loss)
-        for run, col in enumerate(_columns(len(goals), self.restarts)):
+        runs = _columns(len(goals), self.restarts)
+        for run, col in enumerate(runs):
+            progress.report(run / len(runs))
             active = np.flatnonzero(~tracker.fooled)
             if active.size == 0:
                 break
             target = None if goals[col] is None else goals[col][active]
             state = self._start(objective, x, yh, idx, active, target, seed, run, tracker)
             if state is not None:
-                self._descend(objective, model, state, tracker)
+                def tick(f: float, r: int = run) -> None:
+                    progress.report((r + f) / len(runs))
+
+                self._descend(objective, model, state, tracker, tick)
         return tracker.finish(model)
+
+    def cost(self) -> float:
+        return float(self.steps * self.restarts * max(self.targets, 1))
 
     def _targets(self, model: Differentiable, x: Array, y: np.ndarray) -> list[Any]:
         """One (N,) array of target classes per targeted run: the classes ranked 2nd, 3rd, ...
@@ -261,11 +269,13 @@ class APGD(Config):
         return state if _drop_fooled(state, z, tracker) else None
 
     def _descend(
-        self, objective: Objective, model: Differentiable, s: _State, tracker: Tracker
+        self, objective: Objective, model: Differentiable, s: _State, tracker: Tracker,
+        tick: Callable[[float], None] = lambda f: None,
     ) -> None:
         """`steps` APGD iterations; the best point of each surviving sample goes to the tracker."""
         marks, last = set(checkpoints(self.steps)), 0
         for k in range(self.steps):
+            tick(k / self.steps)
             xp = namespace(s.x)
             z1 = project(s.x + _column(s.eta, s.x) * xp.sign(s.grad), s.lo, s.hi)
             if k > 0:

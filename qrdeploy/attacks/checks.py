@@ -28,6 +28,11 @@ class Config:
         args = ", ".join(f"{n}={show(getattr(self, n))}" for n in names)
         return f"{type(self).__name__}({args})"
 
+    def cost(self) -> float:
+        """Model evaluations per sample at most (a forward and backward pass counts 1), for
+        progress estimates only; the attacks override it."""
+        return 1.0
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)

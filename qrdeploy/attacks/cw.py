@@ -30,7 +30,7 @@ import numpy as np
 
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
 from qrdeploy.attacks.result import AttackResult
-from qrdeploy.core import rng
+from qrdeploy.core import progress, rng
 from qrdeploy.core.arrays import (
     Array,
     from_numpy,
@@ -145,9 +145,12 @@ class CWL2(Config):
         for b in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and b == self.binary_search_steps - 1:
                 const[:] = upper  # cleverhans v3 "repeat": the last step uses the upper bound
-            _search(const, lower, upper, self._optimise(model, x, yh, const, closest))
+            _search(const, lower, upper, self._optimise(model, x, yh, const, closest, b))
         z = model.logits(closest.x)  # (N, K)
         return AttackResult(closest.x, z, to_numpy(z).argmax(axis=1) != yh)
+
+    def cost(self) -> float:
+        return float(self.binary_search_steps * self.max_iterations)
 
     def _succeeds(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """argmax(z with z_y + confidence) != y, per row (cleverhans v3 `compare`)."""
@@ -156,7 +159,8 @@ class CWL2(Config):
         return np.asarray(shifted.argmax(axis=1) != y)
 
     def _optimise(
-        self, model: Differentiable, x: Array, y: np.ndarray, const: np.ndarray, closest: _Closest
+        self, model: Differentiable, x: Array, y: np.ndarray, const: np.ndarray, closest: _Closest,
+        search_step: int = 0,
     ) -> np.ndarray:
         """One binary-search step from w = 0; returns which samples succeeded (N,)."""
         xp, n = namespace(x), len(y)
@@ -166,6 +170,7 @@ class CWL2(Config):
         success = np.zeros(n, dtype=bool)
         check_every = max(self.max_iterations // 10, 1)
         for it in range(self.max_iterations):
+            progress.report((search_step + it / self.max_iterations) / self.binary_search_steps)
             th = xp.tanh(s.w + s.t0)  # (M, C, H, W)
             xa = (th + 1) / 2
             zh = to_numpy(model.logits(xa))  # (M, K)

@@ -34,6 +34,7 @@ class L2PGD(Preset):
     loss: Loss = Loss.CE
     temperature: float = 1.0
     early_stop: bool = True
+    targeted: bool = False
     name: ClassVar[str] = "l2pgd"
 
     def __post_init__(self) -> None:
@@ -54,4 +55,5 @@ class L2PGD(Preset):
             self.random_start,
             None,
             self.early_stop,
+            self.targeted,
         )

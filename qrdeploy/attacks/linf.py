@@ -57,6 +57,7 @@ class BIM(_LinfPreset):
     loss: Loss = Loss.CE
     temperature: float = 1.0
     early_stop: bool = True
+    targeted: bool = False
     name: ClassVar[str] = "bim"
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ class BIM(_LinfPreset):
             False,
             None,
             self.early_stop,
+            self.targeted,
         )
 
 
@@ -82,7 +84,9 @@ class BIM(_LinfPreset):
 class PGD(_LinfPreset):
     """Projected gradient descent (Madry et al. 2018, arXiv 1706.06083), L-inf, uniform random
     start in the eps ball. Defaults eps 0.3, step 0.05, 10 steps are cleverhans v3's (Madry's
-    MNIST training uses step 0.01, 40 steps); restarts=1 and early_stop are ours."""
+    MNIST training uses step 0.01, 40 steps); restarts=1 and early_stop are ours. random_start
+    False makes it BIM with restarts; targeted descends the loss of the runner-up classes (the
+    class ranked r + 2 on restart r, see loop.LoopSpec)."""
 
     eps: float = 0.3
     step: float = 0.05
@@ -91,6 +95,8 @@ class PGD(_LinfPreset):
     loss: Loss = Loss.CE
     temperature: float = 1.0
     early_stop: bool = True
+    random_start: bool = True
+    targeted: bool = False
     name: ClassVar[str] = "pgd"
 
     def __post_init__(self) -> None:
@@ -107,9 +113,10 @@ class PGD(_LinfPreset):
             self.restarts,
             self.loss,
             self.temperature,
-            True,
+            self.random_start,
             None,
             self.early_stop,
+            self.targeted,
         )
 
 
@@ -127,6 +134,7 @@ class MIM(_LinfPreset):
     loss: Loss = Loss.CE
     temperature: float = 1.0
     early_stop: bool = True
+    targeted: bool = False
     name: ClassVar[str] = "mim"
 
     def __post_init__(self) -> None:
@@ -148,4 +156,5 @@ class MIM(_LinfPreset):
             False,
             float(self.decay),
             self.early_stop,
+            self.targeted,
         )

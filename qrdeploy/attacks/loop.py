@@ -20,8 +20,8 @@ import numpy as np
 
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_loss, check_positive
 from qrdeploy.attacks.result import AttackResult, Tracker
-from qrdeploy.core import rng
-from qrdeploy.core.arrays import Array, from_numpy, namespace, take_rows
+from qrdeploy.core import progress, rng
+from qrdeploy.core.arrays import Array, from_numpy, namespace, take_rows, to_numpy
 from qrdeploy.core.losses import Loss
 from qrdeploy.model.protocol import Differentiable
 
@@ -42,7 +42,10 @@ class LoopSpec:
     """Every setting of the loop; the presets (linf.py, l2.py) fill it in.
 
     decay None means no momentum. early_stop: a sample leaves the loop at the first iterate that
-    fools the victim, and that iterate is kept (see run_loop)."""
+    fools the victim, and that iterate is kept (see run_loop). targeted: restart r descends the
+    loss of the class ranked r + 2 at the clean input (the runner-up first, skipping the label)
+    instead of ascending the loss of the label; any misclassification still counts as fooled,
+    as robust accuracy asks."""
 
     norm: Norm
     eps: float
@@ -54,6 +57,7 @@ class LoopSpec:
     random_start: bool
     decay: float | None
     early_stop: bool
+    targeted: bool = False
 
 
 def _l2(a: Array) -> Array:
@@ -103,6 +107,7 @@ class _State:
     x0: Array  # (M, C, H, W) clean inputs
     y: Array  # (M,) int64 labels, caller's namespace
     momentum: Array | None = None  # (M, C, H, W) MIM's accumulated direction
+    goal: Array | None = None  # (M,) int64 target classes of a targeted run
 
     def keep(self, rows: np.ndarray) -> None:
         """Drop the samples whose entry in the (M,) bool mask `rows` is False."""
@@ -110,6 +115,8 @@ class _State:
         self.x, self.x0, self.y = (take_rows(a, rows) for a in (self.x, self.x0, self.y))
         if self.momentum is not None:
             self.momentum = take_rows(self.momentum, rows)
+        if self.goal is not None:
+            self.goal = take_rows(self.goal, rows)
 
 
 def _start(
@@ -121,15 +128,20 @@ def _start(
     idx: np.ndarray,
     active: np.ndarray,
     restart: int,
+    ranks: np.ndarray | None = None,
 ) -> _State:
-    """Random-start hook: the state of one restart for the `active` positions."""
+    """Random-start hook: the state of one restart for the `active` positions; `ranks` (N, K-1)
+    are the classes other than y by clean logit, highest first, for a targeted run."""
     xp, hooks = namespace(x), HOOKS[spec.norm]
     x0 = take_rows(x, active)  # (M, C, H, W)
     xs = x0
     if spec.random_start:
         noise = hooks.noise(seed, name, idx[active], restart, tuple(x.shape[1:]), spec.eps)
         xs = hooks.project(x0 + xp.astype(from_numpy(noise, x0), x0.dtype), x0, spec.eps)
-    return _State(active, xs, x0, from_numpy(y[active], x))
+    state = _State(active, xs, x0, from_numpy(y[active], x))
+    if ranks is not None:
+        state.goal = from_numpy(ranks[active, restart % ranks.shape[1]], x)
+    return state
 
 
 def _direction(spec: LoopSpec, state: _State, grad: Array) -> Array:
@@ -143,11 +155,16 @@ def _direction(spec: LoopSpec, state: _State, grad: Array) -> Array:
     return steepest(state.momentum)
 
 
-def _descend(model: Differentiable, spec: LoopSpec, state: _State, tracker: Tracker) -> None:
+def _descend(model: Differentiable, spec: LoopSpec, state: _State, tracker: Tracker,
+             restart: int = 0) -> None:
     """One restart: `steps` gradient steps, then the final iterate is offered to the tracker."""
     project = HOOKS[spec.norm].project
-    for _ in range(spec.steps):
-        z, _, grad = model.loss_and_grad(state.x, state.y, spec.loss, spec.temperature)
+    for i in range(spec.steps):
+        if state.goal is None:
+            z, _, grad = model.loss_and_grad(state.x, state.y, spec.loss, spec.temperature)
+        else:  # descend the target's loss
+            z, _, grad = model.loss_and_grad(state.x, state.goal, spec.loss, spec.temperature)
+            grad = -grad
         if spec.early_stop:
             live = ~tracker.offer(state.pos, state.x, z, fooled_only=True)
             if not live.any():
@@ -155,9 +172,18 @@ def _descend(model: Differentiable, spec: LoopSpec, state: _State, tracker: Trac
             if not live.all():
                 state.keep(live)
                 grad = take_rows(grad, live)
+        progress.report((restart + (i + 1) / spec.steps) / spec.restarts)
         moved = state.x + spec.step * _direction(spec, state, grad)
         state.x = project(moved, state.x0, spec.eps)
     tracker.offer(state.pos, state.x, model.logits(state.x), fooled_only=False)
+
+
+def _ranks(model: Differentiable, x: Array, y: np.ndarray) -> np.ndarray:
+    """(N, K-1) the classes other than y, by clean logit, highest first (ties: lower class)."""
+    z = np.asarray(to_numpy(model.logits(x)), dtype=np.float64)  # (N, K)
+    z[np.arange(len(y)), y] = -np.inf
+    order = np.argsort(-z, axis=1, kind="stable")  # (N, K), y last
+    return order[:, :-1]
 
 
 def run_loop(
@@ -181,12 +207,13 @@ def run_loop(
     idx = rng.check_indices(indices, len(yh))
     seed = rng.check_seed(seed)
     tracker = Tracker(x, yh)
+    ranks = _ranks(model, x, yh) if spec.targeted else None
     for restart in range(spec.restarts):
         active = np.flatnonzero(~tracker.fooled)
         if active.size == 0:
             break
-        state = _start(spec, name, seed, x, yh, idx, active, restart)
-        _descend(model, spec, state, tracker)
+        state = _start(spec, name, seed, x, yh, idx, active, restart, ranks)
+        _descend(model, spec, state, tracker, restart)
     return tracker.finish(model)
 
 
@@ -197,6 +224,10 @@ class Preset(Config):
 
     def spec(self) -> LoopSpec:
         raise NotImplementedError
+
+    def cost(self) -> float:
+        spec = self.spec()
+        return float(spec.steps * spec.restarts)
 
     def __call__(
         self,

@@ -22,7 +22,7 @@ import numpy as np
 
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps
 from qrdeploy.attacks.result import AttackResult, Tracker
-from qrdeploy.core import rng
+from qrdeploy.core import progress, rng
 from qrdeploy.core.arrays import Array, from_numpy, namespace
 from qrdeploy.model.protocol import Classifier
 
@@ -41,6 +41,9 @@ class _Noise(Config):
     def _draw(self, seed: int, idx: np.ndarray, draw: int, shape: tuple[int, ...]) -> np.ndarray:
         raise NotImplementedError
 
+    def cost(self) -> float:
+        return 0.5 * float(getattr(self, "draws", 1))  # forward passes only
+
     def __call__(
         self,
         model: Classifier,
@@ -57,6 +60,7 @@ class _Noise(Config):
         xp, everyone = namespace(x), np.arange(len(yh))
         tracker, verdicts = Tracker(x, yh), []
         for d in range(self.draws):
+            progress.report(d / self.draws)
             noise = xp.astype(from_numpy(self._draw(seed, idx, d, tuple(x.shape[1:])), x), x.dtype)
             xn = xp.clip(x + noise, min=0.0, max=1.0)  # (N, C, H, W)
             verdicts.append(tracker.offer(everyone, xn, model.logits(xn), fooled_only=False))

@@ -34,7 +34,7 @@ import numpy as np
 
 from qrdeploy.attacks.checks import Config, check_batch, check_count, check_eps, check_positive
 from qrdeploy.attacks.result import AttackResult, Tracker
-from qrdeploy.core import rng
+from qrdeploy.core import progress, rng
 from qrdeploy.core.arrays import Array, from_numpy, margins, to_numpy
 from qrdeploy.errors import ConfigError
 from qrdeploy.model.protocol import Classifier
@@ -122,6 +122,8 @@ class Square(Config):
         z = to_numpy(model.logits(from_numpy(adv, x)))  # (N, K)
         margin, used = margins(z, yh), np.ones(n, np.int64)
         for i in range(1, self.queries):
+            if i % 16 == 0:
+                progress.report(i / self.queries)
             act = np.flatnonzero(margin <= 0)  # (M,) not yet fooled
             if act.size == 0:
                 break
@@ -136,6 +138,9 @@ class Square(Config):
         tracker.offer(np.arange(n), from_numpy(adv, x), z, fooled_only=False)
         res = tracker.finish(model)
         return SquareResult(res.x_adv, res.logits, res.fooled, used)
+
+    def cost(self) -> float:
+        return 0.5 * self.queries  # forward passes only
 
     def _candidates(self, adv: np.ndarray, x0: np.ndarray, u: np.ndarray, i: int) -> np.ndarray:
         """adv (M, C, H, W) with one random window set to +-eps per channel around x0."""

@@ -15,9 +15,16 @@ from qrdeploy.commands._options import (
     session_config,
 )
 from qrdeploy.errors import ConfigError
-from qrdeploy.evaluation.campaign import AttackOptions, attack_files
+from qrdeploy.evaluation.campaign import AttackOptions, attack_files, data_family
 from qrdeploy.evaluation.runner import Labels, RunConfig
-from qrdeploy.evaluation.suites import CWBudget, Family, SuiteName, parse_eps, suite_names
+from qrdeploy.evaluation.suites import (
+    CWBudget,
+    Family,
+    SuiteName,
+    build_suite,
+    parse_eps,
+    suite_names,
+)
 from qrdeploy.report.render import fmt_cell, fmt_column
 
 HELP = "white-box, transfer, noise and adaptive attacks on an ONNX classifier (results JSON)"
@@ -43,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only these columns, '[mode/]name[=eps]' comma separated, e.g. "
                         "'fgsm-s,pgd=0.2,black/fgsm-w'")
     g.add_argument("--eps", default=None, metavar="LIST",
-                   help="eps sweep of the white-box L-inf attacks, e.g. 0,0.05,0.1,0.2 or 8/255; "
-                        "'none': no sweep (default: the paper suite sweeps FGSM and PGD)")
+                   help="an eps sweep of the white-box L-inf attacks, e.g. 0,0.05,0.1,0.2 or "
+                        "8/255; 'paper': FGSM and PGD over the paper suite's sweep (default: "
+                        "no sweep)")
     g.add_argument("--source", default=None,
                    help="ONNX model to craft transfer (black-box) examples on (default: for "
                         "mnist, models/mnist-standard-seed1.onnx when present; otherwise none, "
@@ -70,7 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options(args: argparse.Namespace) -> AttackOptions:
     labels = Labels.TRUE if args.labels == "true" else Labels.REFERENCE
-    eps = None if args.eps is None else () if args.eps == "none" else parse_eps(args.eps)
+    eps = (() if args.eps in (None, "none") else None if args.eps == "paper"
+           else parse_eps(args.eps))
     family = Family(args.family) if args.family else None
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
     return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
@@ -78,22 +87,28 @@ def options(args: argparse.Namespace) -> AttackOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    opts, data = options(args), load_data(args)
+    # settings are checked before any model is opened: a typo costs no model load
+    build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps, opts.cw_budget)
     check_isolated(args, args.model, args.source, args.reference, args.unhardened, probe=True)
-    r = attack_files(args.model, load_data(args), options(args), out=args.output,
+    r = attack_files(args.model, data, opts, out=args.output,
                      source=args.source, reference=args.reference,
                      session=session_config(args), unhardened=args.unhardened,
                      contract=input_contract(args))
+    # the summary is the command's answer: printed with --quiet too; notes are not
+    print(f"{r.victim.name}: {r.measure} in % on {r.data.n} samples "
+          "(95% intervals; noise: mean over draws, then the worst of k)")
+    if r.column("clean") is None:  # clean is always measured; show it even when not asked
+        print(f"  {'clean':<22} {fmt_cell(r.clean)}")
+    for c in r.columns:
+        print(f"  {c.key:<22} {fmt_column(c)}")
+    print(f"  {'worst case':<22} {fmt_cell(r.worst_case.robust)}")
+    if r.adaptive is not None:
+        print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}")
     if not args.quiet:
-        print(f"{r.victim.name}: {r.measure} in % on {r.data.n} samples "
-              "(95% intervals; noise: mean over draws, then the worst of k)")
-        for c in r.columns:
-            print(f"  {c.key:<22} {fmt_column(c)}")
-        print(f"  {'worst case':<22} {fmt_cell(r.worst_case.robust)}")
-        if r.adaptive is not None:
-            print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}")
         for note in r.notes:
             print(f"note: {note}")
-        if r.masking is not None:
-            print(f"verdict: {r.masking.verdict}")
-        print(f"results written to {args.output}")
+    if r.masking is not None:
+        print(f"verdict: {r.masking.verdict}")
+    print(f"results written to {args.output}")
     return 0

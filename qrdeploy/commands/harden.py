@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
     recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding))
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place)
-    for r in result.records:
+    for r in () if args.quiet else result.records:  # --quiet: only the final line
         bits = f"{r.bits} bits" if r.bits else f"mu={r.mu:g}"
         print(f"{r.pass_kind:6} {r.tensor:32} {r.op_type:13} {bits:8} levels={r.levels:<6} "
               f"max|dW|={r.max_abs_delta:.4g} {r.encoding}")

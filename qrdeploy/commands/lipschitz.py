@@ -99,5 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         path = plot_reports([report], args.plot, norm=args.plot_norm)
         print(f"wrote {path}", file=sys.stderr)
-    print(f"{len(report.layers)} layers in {report.seconds:.2f} s", file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(report.layers)} layers in {report.seconds:.2f} s", file=sys.stderr)
     return 0

@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     files = write_report(args.results, args.output, plots=not args.no_plots)
+    print(f"report: {files.markdown}")  # the answer, also with --quiet
     if not args.quiet:
-        print(f"report: {files.markdown}")
         print(f"table: {files.csv}")
         for p in files.plots:
             print(f"plot: {p}")

@@ -1,23 +1,227 @@
-"""Progress bars on stderr (tqdm), silenced by --quiet or QRDEPLOY_QUIET=1."""
+"""Progress on stderr, silenced by --quiet or QRDEPLOY_QUIET=1.
+
+One renderer serves every long job (attack runs, training epochs, the reproduce steps):
+- on a terminal, one line redrawn in place at most 5 times a second;
+- elsewhere (CI logs, `| tee`), one plain line every QRDEPLOY_PROGRESS_SECONDS seconds
+  (default 10) and one when a stage ends, so a log shows that the job is alive without
+  thousands of carriage returns.
+
+`RunProgress` follows a run made of stages of unequal cost (the columns of an attack suite):
+it shows "column k of N", the samples of the current stage, and an ETA over the whole run that
+weighs every stage by its estimated cost per sample. Inside a batch an attack reports how far it
+got with `report(fraction)`, so a long attack on one batch still moves the line.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any, TypeVar
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
+
+_SINK: ContextVar[Callable[[float], None] | None] = ContextVar("qrdeploy_progress", default=None)
 
 
 def quiet() -> bool:
     return os.environ.get("QRDEPLOY_QUIET", "") not in ("", "0")
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, **kw: Any) -> Iterator[T]:
-    """Wrap an iterable in a progress bar unless quiet."""
-    if quiet():
-        yield from items
-        return
-    from tqdm import tqdm
+def report(fraction: float) -> None:
+    """How far the current unit of work (an attack on one batch) has got, in [0, 1]; a no-op
+    unless a runner listens (see `listening`)."""
+    sink = _SINK.get()
+    if sink is not None:
+        sink(min(max(fraction, 0.0), 1.0))
 
-    yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+@contextmanager
+def listening(sink: Callable[[float], None]) -> Iterator[None]:
+    """Route `report` calls made inside the block to `sink`."""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
+def duration(seconds: float) -> str:
+    """'42s', '3m05s', '1h02m'."""
+    s = int(max(seconds, 0) + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _interval() -> float:
+    try:
+        return max(float(os.environ.get("QRDEPLOY_PROGRESS_SECONDS", "10")), 0.0)
+    except ValueError:
+        return 10.0
+
+
+class Line:
+    """The one progress line: `show(text)` draws it (rate-limited), `end(text)` finishes it."""
+
+    def __init__(self, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.clock = clock
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = 0.2 if self.tty else _interval()
+        self.last = -float("inf")
+        self.width = 0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        if self.tty:
+            cols = _columns()
+            text = text[: cols - 1]
+            self.stream.write("\r" + text + " " * max(self.width - len(text), 0))
+            self.width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 100
+
+
+class Bar:
+    """A counter with a progress line: `desc done/total, elapsed, ETA[, postfix]`."""
+
+    def __init__(self, total: int, desc: str, line: Line | None = None) -> None:
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+        self.line = line or Line()
+        self.t0 = self.line.clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.line.show(self.text(), force=self.done >= self.total and not self.line.tty)
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = " ".join(f"{k} {v}" for k, v in values.items())
+
+    def text(self) -> str:
+        elapsed = self.line.clock() - self.t0
+        eta = ""
+        if 0 < self.done < self.total:
+            eta = f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {self.done}/{self.total}, {duration(elapsed)}{eta}{post}"
+
+    def close(self) -> None:
+        self.line.end()
+
+
+def bar(total: int, desc: str) -> Bar | None:
+    """A Bar, or None when quiet."""
+    return None if quiet() else Bar(total, desc)
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress line unless quiet."""
+    seq = list(items) if total is None else items
+    b = bar(total if total is not None else len(seq), desc)  # type: ignore[arg-type]
+    for item in seq:
+        yield item
+        if b is not None:
+            b.update()
+    if b is not None:
+        b.close()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: `samples` to process at an estimated `cost` per sample (in model
+    evaluations; only the ratios between stages matter)."""
+
+    label: str
+    samples: int
+    cost: float = 1.0
+
+    @property
+    def work(self) -> float:
+        return self.samples * max(self.cost, 1e-9)
+
+
+class RunProgress:
+    """Progress over the stages of one run: '[k/N] label done/n samples · run p% · elapsed,
+    ETA'. Work already done when the run starts (a resumed run) counts as done but not toward
+    the rate, so the ETA is not fooled by a resume."""
+
+    def __init__(self, stages: Sequence[Stage], title: str = "column",
+                 line: Line | None = None) -> None:
+        self.stages = list(stages)
+        self.title = title
+        self.total = sum(s.work for s in self.stages) or 1.0
+        self.line = line if line is not None else None if quiet() else Line()
+        self.clock = self.line.clock if self.line else time.monotonic
+        self.t0 = self.clock()
+        self.base = 0.0  # work of the finished stages
+        self.resumed = 0.0  # work found done at the start of stages, not timed
+        self.k, self.done = -1, 0.0
+
+    def start(self, label: str, already: int = 0) -> None:
+        """Begin the stage `label` with `already` samples done (read back from a state file)."""
+        if self.k >= 0:
+            self.base += self.stages[self.k].work
+        self.k = next(i for i, s in enumerate(self.stages) if s.label == label)
+        stage = self.stages[self.k]
+        self.done = float(already)
+        self.resumed += already * max(stage.cost, 1e-9)
+        self._show(force=True)
+
+    def at(self, samples: float) -> None:
+        """The current stage has processed `samples` samples."""
+        self.done = min(float(samples), float(self.stages[self.k].samples))
+        self._show()
+
+    def finish(self) -> None:
+        if self.line is not None:
+            self.line.end()
+
+    def fraction(self) -> float:
+        stage = self.stages[self.k] if self.k >= 0 else None
+        now = self.base + (self.done * max(stage.cost, 1e-9) if stage else 0.0)
+        return min(now / self.total, 1.0)
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate of the work done in this process; None before any."""
+        timed = self.fraction() * self.total - self.resumed
+        elapsed = self.clock() - self.t0
+        if timed <= 0 or elapsed <= 0:
+            return None
+        return elapsed / timed * (self.total - self.fraction() * self.total)
+
+    def text(self) -> str:
+        stage = self.stages[self.k]
+        eta = self.eta()
+        tail = f", ETA {duration(eta)}" if eta is not None else ""
+        return (f"[{self.title} {self.k + 1} of {len(self.stages)}] {stage.label}: "
+                f"{int(self.done)}/{stage.samples} samples; run {100 * self.fraction():.0f}%, "
+                f"{duration(self.clock() - self.t0)}{tail}")
+
+    def _show(self, force: bool = False) -> None:
+        if self.line is not None and self.k >= 0:
+            self.line.show(self.text(), force=force)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from qrdeploy.errors import ConfigError, GraphError, RuntimeMissingError, first_line
@@ -42,6 +43,15 @@ class SessionConfig:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
 
 
+def gpu_build_installed() -> bool:
+    """Is onnxruntime-gpu (qrdeploy's gpu extra) the installed runtime?"""
+    try:
+        metadata.distribution("onnxruntime-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def resolve_providers(provider: str) -> list[str]:
     """The provider list for a session; auto falls back to CPU (logged) when CUDA is absent."""
     available = ort().get_available_providers()
@@ -50,7 +60,8 @@ def resolve_providers(provider: str) -> list[str]:
         raise ConfigError("--provider cuda needs onnxruntime-gpu and a GPU; use --provider cpu")
     if provider in ("cuda", "auto") and has_cuda:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if provider == "auto" and not _FALLBACK_LOGGED:
+    if provider == "auto" and not _FALLBACK_LOGGED and gpu_build_installed():
+        # only news to someone who installed the gpu extra: the cpu extra never has CUDA
         _FALLBACK_LOGGED.append(True)
         log.info("onnxruntime: CUDA provider not available; running on CPU")
     return ["CPUExecutionProvider"]

@@ -4,8 +4,9 @@
 ...                    out="results.json", source="other.onnx")
 
 The victim's run is resumable: its state lives beside the output (`results.json.state.npz`) until
-the results are written. Transfer sets are cached in `.qrdeploy-transfer/` beside the output,
-keyed by the source's sha256 and the settings, and reused by every victim evaluated there.
+the results are written. Transfer sets are cached in the user cache folder (`QRDEPLOY_CACHE`,
+default ~/.cache/qrdeploy/transfer; qrdeploy.core.cache), keyed by the source's sha256, the data,
+the attack settings and the seed, and reused by every victim and every output folder.
 
 Transfer sources (issue 7 item 3, issue 11): without `source`, an mnist-family run on 1x28x28
 inputs uses the second standard reference model, `models/mnist-standard-seed1.onnx` beside the
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
+from qrdeploy.core import cache
 from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
@@ -46,7 +48,6 @@ from qrdeploy.graphio.inputspec import InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
 
 HARDEN_KEY = "qrdeploy.harden"
-TRANSFER_DIR = ".qrdeploy-transfer"
 #: The default transfer source of mnist runs (issue 7: the second standard reference model).
 DEFAULT_MNIST_SOURCE = "mnist-standard-seed1.onnx"
 MNIST_SHAPE = (1, 28, 28)
@@ -58,7 +59,7 @@ class AttackOptions:
 
     suite: str = SuiteName.PAPER.value
     attacks: str | None = None
-    eps: tuple[float, ...] | None = None  # None: the suite's default sweep
+    eps: tuple[float, ...] | None = ()  # (): no sweep; None: the paper suite's default sweep
     labels: Labels = Labels.TRUE
     family: Family | None = None
     run: RunConfig = field(default_factory=RunConfig)
@@ -141,6 +142,7 @@ class Sources:
     black_origin: str = "user"
     adaptive_role: str = "unhardened"
     notes: tuple[str, ...] = ()
+    adaptive_note: str | None = None  # noted only when the suite has the adaptive transfer
 
 
 def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
@@ -156,10 +158,10 @@ def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
                          "second standard reference model; pass --source to choose another)")
     if unhardened is not None:
         return Sources(source, unhardened, origin, "unhardened", tuple(notes))
-    if source is not None:
-        notes.append(f"adaptive transfer crafted on the black-box source {source.name}, not on "
-                     "the model before hardening (pass --unhardened MODEL.onnx)")
-    return Sources(source, source, origin, "black-box source", tuple(notes))
+    note = None if source is None else (
+        f"adaptive transfer crafted on the black-box source {source.name}, not on the model "
+        "before hardening (pass --unhardened MODEL.onnx)")
+    return Sources(source, source, origin, "black-box source", tuple(notes), note)
 
 
 def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: str | Path,
@@ -183,11 +185,13 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     srcs = resolve_sources(opts, data, open_(source), open_(unhardened), session)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes)
+    if srcs.adaptive_note is not None and _transfer_keys(suite):
+        notes.append(srcs.adaptive_note)
     if srcs.adaptive is None and _transfer_keys(suite):
         notes.append("adaptive transfer dropped: no --unhardened model and no transfer source")
         suite = _drop_keys(suite, _transfer_keys(suite))
     state = state_path or out.with_name(out.name + ".state.npz")
-    run = RunConfig(opts.run.seed, bs, state, out.parent / TRANSFER_DIR)
+    run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"))
     black = srcs.black if suite.by_mode(Mode.BLACK) else None
     ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
                   labels=opts.labels, config=run,

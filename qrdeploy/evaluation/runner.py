@@ -27,6 +27,7 @@ checks of qrdeploy.evaluation.masking (assembled in qrdeploy.evaluation.verdict)
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,15 +39,17 @@ import numpy as np
 
 from qrdeploy.attacks import NoiseResult
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
+from qrdeploy.core import cache
 from qrdeploy.core.arrays import to_numpy
 from qrdeploy.core.losses import Loss
-from qrdeploy.core.progress import progress
+from qrdeploy.core.progress import RunProgress, Stage, listening
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.runstate import Layout, StateFile, settings_key
 from qrdeploy.evaluation.suites import Column, ColumnAttack, Mode, Suite, restricted
 from qrdeploy.model.protocol import Classifier, Differentiable
 
 STATE_FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 class Labels(StrEnum):
@@ -218,15 +221,29 @@ def plan(suite: Suite) -> tuple[list[Job], dict[str, str]]:
     return list(jobs.values()), of
 
 
+def job_cost(job: Job) -> float:
+    """Model evaluations per sample of a job at most (progress estimates only)."""
+    if job.attack is None or job.mode is Mode.BLACK:
+        return 0.5  # one forward pass
+    return float(job.attack.cost())
+
+
 def _loop(record: Record, n: int, cfg: RunConfig, desc: str,
-          step: Callable[[slice], None], save: Callable[[], None]) -> None:
+          step: Callable[[slice], None], save: Callable[[], None], bar: RunProgress) -> None:
     """Run `step` on every batch from the first sample not yet done, saving after each batch
-    (batches are done in order, so what is done is a prefix)."""
+    (batches are done in order, so what is done is a prefix). The attacks' `report` calls move
+    the progress line inside a batch."""
     start = int(np.argmin(record.done)) if not record.done.all() else n
-    batches = range(start, n, cfg.batch_size)
-    for s in progress(batches, desc, total=len(batches)):
-        step(slice(s, min(s + cfg.batch_size, n)))
+    bar.start(desc, start)
+    for s in range(start, n, cfg.batch_size):
+        e = min(s + cfg.batch_size, n)
+        def at(f: float, s: int = s, e: int = e) -> None:
+            bar.at(s + f * (e - s))
+
+        with listening(at):
+            step(slice(s, e))
         save()
+        bar.at(e)
 
 
 def _attack_batch(job: Job, model: Classifier, x: np.ndarray, y: np.ndarray, sl: slice,
@@ -244,9 +261,14 @@ def _attack_batch(job: Job, model: Classifier, x: np.ndarray, y: np.ndarray, sl:
     return np.asarray(res.fooled, bool), to_numpy(res.x_adv), draws
 
 
+def _labels(of: dict[str, str]) -> dict[str, str]:
+    """A job is named by its first key."""
+    return {jid: k for k, jid in reversed(of.items())}
+
+
 def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                 transfer: Transfer | None, of: dict[str, str], cfg: RunConfig,
-                settings: dict[str, Any], timings: dict[str, float],
+                settings: dict[str, Any], timings: dict[str, float], bar: RunProgress,
                 suite: Suite | None = None, adaptive_source: Subject | None = None
                 ) -> dict[str, Record]:
     n = len(y)
@@ -255,13 +277,17 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
     saved = state.load(_layout(records))
     for i, j in enumerate(jobs):
         records[j.id].restore(saved, str(i))
+    if saved:
+        complete = sum(bool(records[j.id].done.all()) for j in jobs)
+        log.warning("resuming the interrupted run saved in %s: %d of %d columns complete",
+                    state.path, complete, len(jobs))
 
     def save() -> None:
         state.save({k: v for i, j in enumerate(jobs)
                     for k, v in records[j.id].arrays(str(i)).items()})
 
     black = {of[k]: k for k in (transfer.x_adv if transfer else {})}
-    label = {jid: k for k, jid in reversed(of.items())}  # a job is named by its first key
+    label = _labels(of)
     source_model = None if adaptive_source is None else adaptive_source.model
     alive: np.ndarray | None = None
     for j in jobs:
@@ -286,7 +312,13 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
             if draws is not None and rec.draws is not None:
                 rec.draws[:, sl] = draws
 
-        _loop(rec, n, cfg, label[j.id], step, save)
+        try:
+            _loop(rec, n, cfg, label[j.id], step, save, bar)
+        except KeyboardInterrupt:
+            done = int(rec.done.sum())
+            log.warning("interrupted in %s at %d of %d samples; what is done is saved in %s: "
+                        "rerun the same command to resume", label[j.id], done, n, state.path)
+            raise
         if restricted_job and alive is not None:
             alive = alive & ~rec.fooled  # the cascade: the next entry runs on what is left
         timings[label[j.id]] = time.perf_counter() - t0
@@ -368,10 +400,18 @@ def _layout(records: dict[str, Record]) -> Layout:
 # ----------------------------------------------------------------------------------- transfer
 
 
+def craft_label(col: Column) -> str:
+    return f"craft {col.key} on source"
+
+
 def craft_transfer(source: Subject, x: np.ndarray, y: np.ndarray, columns: tuple[Column, ...],
-                   cfg: RunConfig, data_fp: str) -> Transfer:
+                   cfg: RunConfig, data_fp: str, bar: RunProgress | None = None) -> Transfer:
     """Examples of every black column crafted on the source with labels y, each cached (per
-    batch, resumable) under a key of the source's sha256, the data, the attack and the seed."""
+    batch, resumable) under a key of the source's sha256, the data, the attack and the seed,
+    in `cfg.transfer_dir` (trimmed to the user cache's size limit, qrdeploy.core.cache)."""
+    bar = bar or RunProgress([Stage(craft_label(c), len(y), job_cost(Job("", Mode.WHITE,
+                                                                          c.attack)))
+                              for c in columns])
     correct = predict(source.model, x, cfg.batch_size) == y
     x_adv, records = {}, {}
     for col in columns:
@@ -379,13 +419,18 @@ def craft_transfer(source: Subject, x: np.ndarray, y: np.ndarray, columns: tuple
                     "data": data_fp, "attack": repr(col.attack), "seed": cfg.seed}
         name = f"transfer-{settings_key(settings)[:20]}.npz"
         path = None if cfg.transfer_dir is None else cfg.transfer_dir / name
+        if path is not None and path.exists():
+            log.info("%s: transfer set from the cache %s", col.key, path)
         x_adv[col.key], records[col.key] = _craft_column(source, x, y, col, cfg,
-                                                          StateFile(path, settings))
+                                                          StateFile(path, settings), bar)
+        if path is not None and path.exists():
+            cache.touch(path)
+            cache.trim(path.parent, keep=path)
     return Transfer(source, x_adv, records, correct)
 
 
 def _craft_column(source: Subject, x: np.ndarray, y: np.ndarray, col: Column, cfg: RunConfig,
-                  state: StateFile) -> tuple[np.ndarray, Record]:
+                  state: StateFile, bar: RunProgress) -> tuple[np.ndarray, Record]:
     n, rec, xa = len(y), Record.empty(len(y), None), x.astype(np.float32).copy()
     saved = state.load({**_layout({"r": rec}), "x_adv": (xa.shape, xa.dtype)})
     if saved:
@@ -398,8 +443,8 @@ def _craft_column(source: Subject, x: np.ndarray, y: np.ndarray, col: Column, cf
         xa[sl] = adv
         rec.put(sl, fooled, adv - x[sl])
 
-    _loop(rec, n, cfg, f"craft {col.key} on source",
-          step, lambda: state.save({**rec.arrays("0"), "x_adv": xa}))
+    _loop(rec, n, cfg, craft_label(col),
+          step, lambda: state.save({**rec.arrays("0"), "x_adv": xa}), bar)
     return xa, rec
 
 
@@ -435,18 +480,26 @@ def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
                           "pass --source SRC.onnx or choose --suite white|noise")
     data_fp = fingerprint(x, yy)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    transfer = craft_transfer(source, x, yy, black, cfg, data_fp) if black and source else None
-    timings["transfer"] = time.perf_counter() - t0
     jobs, of = plan(suite)
+    crafts = black if source is not None else ()
+    bar = RunProgress(
+        [Stage(craft_label(c), len(yy), job_cost(Job("", Mode.WHITE, c.attack))) for c in crafts]
+        + [Stage(_labels(of)[j.id], len(yy), job_cost(j)) for j in jobs])
+    t0 = time.perf_counter()
+    transfer = (craft_transfer(source, x, yy, black, cfg, data_fp, bar)
+                if crafts and source is not None else None)
+    timings["transfer"] = time.perf_counter() - t0
     settings = {"format": STATE_FORMAT, "victim": victim.sha256, "data": data_fp,
                 "seed": cfg.seed, "jobs": [j.id for j in jobs],
                 "source": source.sha256 if source else None}
     if suite.checks:
         _check_adaptive_source(suite, adaptive_source)
         settings["adaptive_source"] = adaptive_source.sha256 if adaptive_source else None
-    by_job = _run_victim(victim, x, yy, jobs, transfer, of, cfg, settings, timings, suite,
-                         adaptive_source)
+    try:
+        by_job = _run_victim(victim, x, yy, jobs, transfer, of, cfg, settings, timings, bar,
+                             suite, adaptive_source)
+    finally:
+        bar.finish()
     records = {k: by_job[jid] for k, jid in of.items()}
     t0 = time.perf_counter()
     pr = probe(victim.model, x, yy, cfg.batch_size) if suite.checks else None

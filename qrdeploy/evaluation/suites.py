@@ -309,35 +309,152 @@ _BUILDERS: dict[SuiteName, Callable[[Params, Family], tuple[Column, ...]]] = {
 }
 
 
-def _parse_item(item: str) -> tuple[str | None, str, float | None]:
-    """'[mode/]name[=value]' -> (mode or None, name, value or None)."""
-    spec, _, raw = item.strip().partition("=")
-    mode, _, name = spec.rpartition("/")
-    value = None
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(
-                f"--attacks item {item!r}: the value after '=' must be a number; e.g. pgd=0.2"
-            ) from None
-    return (mode or None), name, value
+def parse_number(text: str, what: str) -> float:
+    """'0.1', '8/255' -> a float; a one-line ConfigError naming `what` otherwise."""
+    num, _, den = text.strip().partition("/")
+    try:
+        value = float(num) / (float(den) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{what}: {text!r} is not a number; write e.g. 0.1 or 8/255") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{what}: {text!r} is not a finite number")
+    return value
+
+
+#: The per-attack settings `--attacks name:key=value,...` accepts, with the config field each
+#: sets (None: a setting handled by the parser itself).
+SETTINGS = {"eps": "eps", "step": "step", "steps": "steps", "restarts": "restarts",
+            "loss": "loss", "temperature": "temperature", "decay": "decay", "norm": None,
+            "sigma": "sigma", "bound": "bound", "draws": "draws", "confidence": "confidence",
+            "lr": "learning_rate", "binary_steps": "binary_search_steps",
+            "iterations": "max_iterations", "queries": "queries",
+            "random_start": "random_start", "targeted": "targeted"}
+
+
+#: Settings that may stand alone as flags: `pgd:steps=100,targeted`.
+FLAGS = ("targeted", "random_start")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One `--attacks` item: '[mode/]name[=value][:key=value,...]'."""
+
+    mode: str | None
+    name: str
+    value: float | None
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+def parse_attacks(text: str) -> tuple[Item, ...]:
+    """'clean,pgd:eps=8/255,steps=100,black/fgsm-s=0.1' -> items. Commas separate items and the
+    settings of the item before them: a token 'key=value' whose key is a setting name belongs
+    to the item before it (no column is named like a setting)."""
+    items: list[Item] = []
+    for token in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, raw_value = token.partition("=")
+        if items and sep and key in SETTINGS and ":" not in token:
+            last = items[-1]
+            items[-1] = replace(last, settings=(*last.settings, (key, raw_value)))
+            continue
+        if items and not sep and token in FLAGS:  # a bare flag: 'targeted' = 'targeted=true'
+            last = items[-1]
+            items[-1] = replace(last, settings=(*last.settings, (token, "true")))
+            continue
+        if not sep and token in SETTINGS:
+            raise ConfigError(f"--attacks: {token!r} needs a value, e.g. {token}=...")
+        spec, _, rest = token.partition(":")
+        head, _, raw = spec.partition("=")
+        mode, _, name = head.rpartition("/")
+        settings: tuple[tuple[str, str], ...] = ()
+        if rest:
+            k, sep2, v = rest.partition("=")
+            if not sep2 and k.strip() in FLAGS:
+                sep2, v = "=", "true"
+            if not sep2:
+                raise ConfigError(f"--attacks item {token!r}: write settings as key=value, "
+                                  "e.g. pgd:steps=100")
+            settings = ((k.strip(), v.strip()),)
+        value = parse_number(raw, f"--attacks item {token!r}") if raw else None
+        items.append(Item(mode or None, name.strip(), value, settings))
+    return tuple(items)
+
+
+def with_settings(column: Column, settings: Sequence[tuple[str, str]]) -> Column:
+    """The column with its attack's settings overridden (`pgd:steps=100,norm=l2`)."""
+    if not settings:
+        return column
+    attack: object = column.attack
+    if attack is None:
+        raise ConfigError(f"--attacks: {column.key} takes no settings")
+    target = attack.attack if isinstance(attack, AdaptiveAttack) else attack
+    norms = [raw.lower() for key, raw in settings if key == "norm"]
+    if norms and norms[-1] != "linf":
+        if norms[-1] != "l2" or not isinstance(target, PGD):
+            raise ConfigError(f"--attacks {column.key}: norm must be linf, or l2 for pgd; "
+                              f"got {norms[-1]!r}")
+        # an L2 PGD starts from its own defaults: an L-inf radius means nothing in L2
+        target = L2PGD(restarts=target.restarts, loss=target.loss,
+                       temperature=target.temperature, random_start=target.random_start,
+                       targeted=target.targeted)
+    fields = set(getattr(target, "__dataclass_fields__", {}))
+    changes: dict[str, object] = {}
+    for key, raw in settings:
+        if key not in SETTINGS:
+            raise ConfigError(f"--attacks {column.key}: unknown setting {key!r}; settings: "
+                              f"{', '.join(sorted(SETTINGS))}")
+        name = SETTINGS[key]
+        if name is None:
+            continue
+        if name not in fields:
+            allowed = sorted(k for k, f in SETTINGS.items() if f in fields or k == "norm")
+            raise ConfigError(f"--attacks {column.key}: {type(target).__name__} has no setting "
+                              f"{key!r}; its settings: {', '.join(allowed)}")
+        current = getattr(target, name)
+        if isinstance(current, bool):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"--attacks {column.key}:{key}: {raw!r} is not true or false")
+            changes[name] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            changes[name] = int(parse_number(raw, f"--attacks {column.key}:{key}"))
+        elif isinstance(current, float):
+            changes[name] = parse_number(raw, f"--attacks {column.key}:{key}")
+        else:
+            try:
+                changes[name] = type(current)(raw)
+            except ValueError:
+                raise ConfigError(f"--attacks {column.key}:{key}: {raw!r} is not a valid "
+                                  f"{key}") from None
+    if isinstance(target, L2PGD) and "step" not in changes:
+        radius = float(changes.get("eps", target.eps))  # type: ignore[arg-type]
+        changes["step"] = 2 * radius / int(changes.get("steps", target.steps))  # type: ignore[call-overload]
+    try:
+        target = replace(target, **changes)  # type: ignore[type-var]
+    except ValueError as exc:
+        raise ConfigError(f"--attacks {column.key}: {exc}") from None
+    new: object = (replace(attack, attack=target)  # type: ignore[arg-type]
+                   if isinstance(attack, AdaptiveAttack) else target)
+    # an L2 attack has no L-inf budget: it leaves the L-inf worst case
+    bounded = not isinstance(target, L2PGD) and column.eps is not None
+    eps = float(getattr(target, "eps")) if bounded else None  # noqa: B009
+    return replace(column, attack=new, eps=eps, origin=Origin.USER)  # type: ignore[arg-type]
 
 
 def _select(columns: tuple[Column, ...], attacks: str, p: Params) -> tuple[Column, ...]:
-    """The columns named in `attacks`, in suite order, with their values overridden. A bare name
-    picks the column of the first mode that has it (white before black before noise); write
-    `black/fgsm-s` for the transfer column of the paper suite."""
+    """The columns named in `attacks`, in suite order, with their values and settings
+    overridden. A bare name picks the column of the first mode that has it (white before black
+    before noise); write `black/fgsm-s` for the transfer column of the paper suite."""
     chosen: dict[str, Column] = {}
-    for item in filter(None, (s.strip() for s in attacks.split(","))):
-        mode, name, value = _parse_item(item)
+    for item in parse_attacks(attacks):
         # columns are in mode order, so a bare name finds the first mode that has it
         c = next((c for c in columns
-                  if c.name == name and (mode is None or c.mode.value == mode)), None)
+                  if c.name == item.name and (item.mode is None or c.mode.value == item.mode)),
+                 None)
         if c is None:
             known = ", ".join(c.key for c in columns)
-            raise ConfigError(f"--attacks: {item!r} is not a column of this suite ({known})")
-        chosen[c.key] = _make(c.name, c.mode, p, value) if value is not None else c
+            raise ConfigError(f"--attacks: {item.name!r} is not a column of this suite "
+                              f"({known})")
+        col = _make(c.name, c.mode, p, item.value) if item.value is not None else c
+        chosen[c.key] = with_settings(col, item.settings)
     if not chosen:
         raise ConfigError(f"--attacks {attacks!r} names no column; e.g. --attacks fgsm-s,pgd")
     return tuple(chosen[c.key] for c in columns if c.key in chosen)
@@ -361,13 +478,7 @@ def parse_eps(text: str) -> tuple[float, ...]:
     """'0.05,0.1,8/255' -> (0.05, 0.1, 0.0313...); fractions a/b are allowed."""
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        num, _, den = item.partition("/")
-        try:
-            value = float(num) / (float(den) if den else 1.0)
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(
-                f"--eps: {item!r} is not a number; e.g. --eps 0.05,0.1,8/255"
-            ) from None
+        value = parse_number(item, "--eps")
         if not 0 <= value <= 1:
             raise ConfigError(f"--eps: {item!r} lies outside [0, 1]; eps is in [0, 1] pixel units")
         out.append(value)

@@ -101,7 +101,13 @@ def sweep_check(ev: Evaluation) -> Check:
     """eps-no-effect over every swept iterative kind (PGD, BIM, MIM): the first that fires, else
     the first that ran. FGSM curves are left out: one step of size eps overshoots, so even an
     honest model's FGSM accuracy can rise at large eps (docs/evaluation.md measures it on the
-    standard reference model); FGSM enters one-step-stronger instead."""
+    standard reference model); FGSM enters one-step-stronger instead. Without a sweep, the
+    suite's PGD column and its PGD at eps = 1 (`unbounded`) are the two points of the curve."""
+    u = ev.suite.unbounded
+    pgd = [c for c in _paper_white(ev) if c.name == "pgd" and c.eps is not None]
+    if not ev.suite.sweep and u is not None and pgd:
+        check = check_eps_sweep([_arm(ev, pgd[0].key, pgd[0].eps), _arm(ev, u.key, u.eps)])
+        return replace(check, detail=f"pgd: {check.detail}")
     checks = []
     for kind in dict.fromkeys(p.kind for p in ev.suite.sweep if p.kind in ITERATIVE):
         check = check_eps_sweep([_arm(ev, p.key, p.eps) for p in ev.suite.sweep

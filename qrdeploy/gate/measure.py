@@ -60,7 +60,7 @@ def threshold_flags(t: RobustThreshold, ev: Evaluation) -> tuple[np.ndarray, lis
 
 def masking_suite(mp: MaskingPolicy, family: Family) -> Suite:
     """The suite of the masking verdict: what `qrdeploy attack --suite SUITE` runs."""
-    return build_suite(mp.suite, family, eps=None, cw_budget=mp.cw_budget)
+    return build_suite(mp.suite, family, eps=(), cw_budget=mp.cw_budget)
 
 
 # ---------------------------------------------------------------------------------- latency

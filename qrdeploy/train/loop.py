@@ -13,14 +13,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrdeploy.core.progress import quiet
+from qrdeploy.core.progress import Bar
+from qrdeploy.core.progress import bar as progress_bar
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import CheckpointError, ConfigError
@@ -129,20 +129,16 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb,
         total_loss += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())
         if bar is not None:
-            bar.update(1)
             seen = min(len(train), (b + 1) * config.batch_size)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}")
+            bar.update(1)
     if bar is not None:
         bar.close()
     return {"loss": total_loss / len(train), "train_acc": correct / len(train)}
 
 
-def _bar(total: int, desc: str) -> Any:
-    if quiet():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+def _bar(total: int, desc: str) -> Bar | None:
+    return progress_bar(total, desc)
 
 
 def resume_path(out: Path) -> Path:

@@ -78,7 +78,8 @@ def test_white_black_noise_and_sweep(files: dict[str, Path], tmp_path: Path,
     assert doc["clean"]["k"] == 21 and doc["data"]["family"] == "mnist"
     assert [s["kind"] for s in doc["sweeps"]] == ["fgsm", "pgd"]
     assert "onnxruntime" in doc["runtime"]["packages"]
-    assert (tmp_path / ".qrdeploy-transfer").is_dir()
+    cached = list((Path(os.environ["QRDEPLOY_CACHE"]) / "transfer").glob("transfer-*.npz"))
+    assert cached and not (tmp_path / ".qrdeploy-transfer").exists()
     assert not (tmp_path / "r.json.state.npz").exists()
     printed = capsys.readouterr().out
     assert "white/pgd" in printed and "results written to" in printed

@@ -13,8 +13,10 @@ from qrdeploy.attacks import BIM, CWL2, FGSM, L2PGD, MIM, PGD
 from qrdeploy.attacks.loop import MIM_FLOOR
 from qrdeploy.core import rng
 from qrdeploy.core.losses import Loss
+from qrdeploy.errors import ConfigError
 from tests.unit.attack_models import (
     ATOL,
+    SHAPE,
     K,
     N,
     NumpyLinear,
@@ -266,3 +268,25 @@ def test_ortmodel_and_torchmodel_give_the_same_examples(attack: Any) -> None:
     np.testing.assert_array_equal(on_ort.fooled, on_torch.fooled)
     most = len(y) if isinstance(attack, CWL2) else len(y) - 1  # CW-L2 is unbounded
     assert 0 < on_ort.fooled.sum() <= most
+
+
+def test_targeted_pgd_reaches_the_runner_up_classes() -> None:
+    """Class k reads pixel k: z_k = 10 * x_k. With the whole box as budget, descending the
+    target's loss lights the target's pixel and darkens the others, so with early stop off the
+    prediction ends at each sample's runner-up class, not at whichever class is easiest."""
+    k, d = 4, int(np.prod(SHAPE))
+    w = np.zeros((k, d), np.float64)
+    w[np.arange(k), np.arange(k)] = 10.0
+    model = NumpyLinear(w, np.zeros(k))
+    x = np.full((3, *SHAPE), 0.1, np.float32).reshape(3, -1)
+    x[:, 0] = 0.9  # label 0 leads
+    x[0, 2], x[1, 3], x[2, 1] = 0.5, 0.5, 0.5  # runner-ups 2, 3, 1
+    x = x.reshape(3, *SHAPE)
+    y = np.zeros(3, np.int64)
+    res = PGD(eps=1.0, step=0.2, steps=20, targeted=True, early_stop=False)(model, x, y)
+    assert res.fooled.all()
+    assert model.logits(res.x_adv).argmax(1).tolist() == [2, 3, 1]
+    untargeted = PGD(eps=1.0, step=0.2, steps=20, early_stop=False)(model, x, y)
+    assert untargeted.fooled.all()  # the same budget fools untargeted too
+    with pytest.raises(ConfigError):
+        PGD(targeted=True, steps=0)
