@@ -75,7 +75,40 @@ def _conv(p: dict[str, Any], x: Any, pads: tuple[int, ...] = (0, 0, 0, 0), **kw:
     return F.conv2d(F.pad(x, (left, r, t, b)), p["w"], p.get("b"), **kw)
 
 
+def _fake_quant(x: Any, s: Any, zp: Any, qmin: int, qmax: int) -> Any:
+    """torch's fake-quant STE in float64: forward (clamp(round(x/s) + z) − z)·s, backward 1
+    where round(x/s) + z is inside [qmin, qmax], else 0 (fake_quantize_per_*_affine)."""
+    code = torch.round(x / s) + zp
+    inside = ((code >= qmin) & (code <= qmax)).to(x.dtype)
+    fq = (torch.clamp(code, qmin, qmax) - zp) * s
+    return fq.detach() + (x - x.detach()) * inside
+
+
+def _dynamic_fake_quant(x: Any) -> Any:
+    """DynamicQuantizeLinear then DequantizeLinear; scale and zero point held constant."""
+    lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
+    s = np.float32((hi - lo) / 255)
+    zp = float(np.clip(np.rint(-lo / s), 0, 255))
+    return _fake_quant(x, float(s), zp, 0, 255)
+
+
+_S_CH = np.array([0.004, 0.009, 0.02], np.float32)
+
 CASES: dict[str, Case] = {
+    "quantize_dequantize_uint8_clipped": Case(
+        [_node("QuantizeLinear", ["x", "s", "z"], "q"), _node("DequantizeLinear", ["q", "s", "z"])],
+        lambda x, p: _fake_quant(x, float(np.float32(0.006)), 128, 0, 255), (3, 4, 4),
+        {"s": np.array(0.006, np.float32), "z": np.array(128, np.uint8)}),
+    "quantize_dequantize_int8_per_channel": Case(
+        [_node("QuantizeLinear", ["x", "s", "z"], "q", axis=1),
+         _node("DequantizeLinear", ["q", "s", "z"], axis=1)],
+        lambda x, p: _fake_quant(x, torch.tensor(_S_CH.astype(np.float64)).reshape(3, 1, 1),
+                                 0, -128, 127), (3, 4, 4),
+        {"s": _S_CH, "z": np.zeros(3, np.int8)}),
+    "dynamic_quantize_linear": Case(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"], name="dynq"),
+         _node("DequantizeLinear", ["q", "qs", "qz"])],
+        lambda x, p: _dynamic_fake_quant(x), (3, 4, 4)),
     "conv": Case([_node("Conv", ["x", "w", "b"], pads=[1, 1, 1, 1])],
                  lambda x, p: _conv(p, x, (1, 1, 1, 1)), (3, 6, 6),
                  {"w": _w(4, 3, 3, 3), "b": _w(4)}),
