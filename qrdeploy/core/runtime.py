@@ -56,8 +56,10 @@ def resolve_providers(provider: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model: bytes, config: SessionConfig | None = None) -> onnxruntime.InferenceSession:
-    """An inference session for a serialized model; runtime failures become GraphError."""
+def make_session(model: bytes, config: SessionConfig | None = None,
+                 optimized_path: str | None = None) -> onnxruntime.InferenceSession:
+    """An inference session for a serialized model; runtime failures become GraphError.
+    `optimized_path`: where onnxruntime writes the graph it actually runs (after fusions)."""
     config = config or SessionConfig()
     rt = ort()
     opts = rt.SessionOptions()
@@ -69,6 +71,8 @@ def make_session(model: bytes, config: SessionConfig | None = None) -> onnxrunti
     if config.threads:
         opts.intra_op_num_threads = config.threads
     opts.use_deterministic_compute = config.deterministic
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
     try:
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -65,6 +65,9 @@ class TwinInfo:
     rewritten: Counter[str] = field(default_factory=Counter)
     activation_quant: bool = False
     activations: str = "ste"
+    #: ConvInteger / MatMulInteger nodes whose weight scale could not be read (weights left in
+    #: code units: fine for gradients, not for weight analysis)
+    unscaled: list[str] = field(default_factory=list)
 
     @property
     def quantized(self) -> bool:
@@ -89,6 +92,12 @@ class _Rewriter:
         self.count = 0
         self.taken = {t.name for t in model.graph.initializer}
         self.taken |= {x for n in model.graph.node for x in (*n.input, *n.output)}
+        self.producers = {o: n for n in model.graph.node for o in n.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in model.graph.node:
+            for i in dict.fromkeys(n.input):
+                self.readers.setdefault(i, []).append(n)
+        self.unscaled: list[str] = []
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -233,29 +242,59 @@ def _shifted(r: _Rewriter, x: str, zp: str | None, out: list[onnx.NodeProto]) ->
     return y
 
 
-def _integer_weight(r: _Rewriter, node: onnx.NodeProto, k: int, zp_k: int, axis: int) -> str:
-    w = r.value(node.input[k], node, "weight").astype(np.float32)
-    zp_name = _opt(node, zp_k)
+def _weight_scale(r: _Rewriter, node: onnx.NodeProto) -> np.ndarray | None:
+    """The weight scale of a ConvInteger / MatMulInteger, read from what quantize_dynamic puts
+    after it: Cast(float) -> Mul(·, Mul(x_scale, w_scale)) with w_scale a constant."""
+    readers = r.readers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Cast":
+        return None
+    muls = r.readers.get(readers[0].output[0], [])
+    if len(muls) != 1 or muls[0].op_type != "Mul":
+        return None
+    other = [i for i in muls[0].input if i != readers[0].output[0]]
+    prod = r.producers.get(other[0]) if other else None
+    if prod is None or prod.op_type != "Mul":
+        return None
+    consts = [i for i in prod.input if i in r.inits or i in r.consts]
+    if len(consts) != 1:
+        return None
+    return r.value(consts[0], prod, "weight scale").astype(np.float32)
+
+
+def _integer_layer(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto], op: str,
+                   axis: int) -> None:
+    """ConvInteger / MatMulInteger as the float op on float(x) − x_zp with the dequantized
+    weight (w − w_zp)·w_scale, divided by w_scale after, so that the output stays in the integer
+    op's units for the Cast -> Mul(scales) that follows; without a readable scale the weight
+    stays in code units."""
+    x = _shifted(r, node.input[0], _opt(node, 2), out)
+    w = r.value(node.input[1], node, "weight").astype(np.float32)
+    zp_name = _opt(node, 3)
+    shape = [1] * w.ndim
+    shape[axis] = -1
     if zp_name is not None:
-        zp = r.value(zp_name, node, "weight zero point").astype(np.float32)
-        if zp.size > 1:
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            zp = zp.reshape(shape)
-        w = w - zp
-    return r.const(w.astype(np.float32), "weight")
+        w = w - r.value(zp_name, node, "weight zero point").astype(np.float32).reshape(
+            shape if r.value(zp_name, node, "weight zero point").size > 1 else ())
+    scale = _weight_scale(r, node)
+    if scale is None:
+        r.unscaled.append(node.name or node.output[0])
+        out.append(_float_op(node, op, [x, r.const(w, "weight")], node.output[0]))
+        return
+    per = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+    y = r.fresh(op.lower())
+    out.append(_float_op(node, op, [x, r.const((w * per).astype(np.float32), "weight")], y))
+    out_shape = [-1] + [1] * (w.ndim - 2) if op == "Conv" else [-1]
+    inv = (np.float32(1) / scale).reshape(out_shape if scale.size > 1 else ())
+    out.append(helper.make_node("Mul", [y, r.const(inv.astype(np.float32), "inv_scale")],
+                                [node.output[0]], name=r.fresh("unscale")))
 
 
 def _conv_integer(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
-    x = _shifted(r, node.input[0], _opt(node, 2), out)
-    w = _integer_weight(r, node, 1, 3, 0)
-    out.append(_float_op(node, "Conv", [x, w], node.output[0]))
+    _integer_layer(r, node, out, "Conv", 0)
 
 
 def _matmul_integer(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
-    a = _shifted(r, node.input[0], _opt(node, 2), out)
-    b = _integer_weight(r, node, 1, 3, -1)
-    out.append(_float_op(node, "MatMul", [a, b], node.output[0]))
+    _integer_layer(r, node, out, "MatMul", -1)
 
 
 def unpack_matmulnbits(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
@@ -425,6 +464,7 @@ def float_twin(model: onnx.ModelProto, activations: str = "ste"
     nodes = _code_ops_to_float(r, nodes)
     if activations == "float":
         nodes = _affine_activations(r, nodes)
+    info.unscaled = list(r.unscaled)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
