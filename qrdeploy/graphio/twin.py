@@ -11,8 +11,9 @@ Weights come out as DequantizeLinear of constants (qrdeploy.gradients.prepare fo
 float initializers; qrdeploy.spectral reads them as weight layers); what stays are the activation
 QuantizeLinear / DequantizeLinear pairs, i.e. the fake-quantized float network that the integer
 graph computes up to the rounding of its int32 accumulators. With `activations="float"` those
-pairs are replaced by their un-rounded affine maps (x/s + z, then (q − z)·s), which gives the
-plain float network with dequantized weights.
+pairs are replaced by their un-rounded maps (clip(x/s + z, qmin, qmax), then (q − z)·s): the
+float network with dequantized weights, keeping the range clipping (with uint8 codes and zero
+point 0 it is the ReLU that onnxruntime's QDQ quantizer folds into the quantization).
 
 The twin is for analysis and gradients (BPDA); the graph that is scored is always the original.
 """
@@ -377,18 +378,22 @@ def _code_ops_to_float(r: _Rewriter, nodes: list[onnx.NodeProto]) -> list[onnx.N
 
 
 def _affine_activations(r: _Rewriter, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """activations="float": activation QuantizeLinear -> x/s + z and DequantizeLinear of a run-time
-    tensor -> (q − z)·s, both in float (no rounding, no clipping); DynamicQuantizeLinear's code
-    output -> x/s + z with its run-time scale."""
+    """activations="float": activation QuantizeLinear -> clip(x/s + z, qmin, qmax) and
+    DequantizeLinear of a run-time tensor -> (q − z)·s, both in float (no rounding);
+    DynamicQuantizeLinear's code output -> x/s + z with its run-time scale (its range covers x)."""
     consts = set(r.inits) | set(r.consts) | {t.name for t in r.new_inits}
     out: list[onnx.NodeProto] = []
     for node in nodes:
         if node.op_type == "QuantizeLinear" and node.input[0] not in consts:
             _scalar_params(r, node)
             s, z = _float_params(r, node, out)
-            d = r.fresh("div")
+            d, a = r.fresh("div"), r.fresh("add")
             out.append(helper.make_node("Div", [node.input[0], s], [d], name=d))
-            out.append(helper.make_node("Add", [d, z], [node.output[0]], name=r.fresh("add")))
+            out.append(helper.make_node("Add", [d, z], [a], name=a))
+            lo, hi = code_range(_code_type(r, node))
+            out.append(helper.make_node(
+                "Clip", [a, r.const(np.float32(lo), "lo"), r.const(np.float32(hi), "hi")],
+                [node.output[0]], name=r.fresh("clip")))
         elif node.op_type == "DequantizeLinear" and node.input[0] not in consts:
             _scalar_params(r, node)
             s, z = _float_params(r, node, out)
@@ -410,6 +415,13 @@ def _affine_activations(r: _Rewriter, nodes: list[onnx.NodeProto]) -> list[onnx.
         else:
             out.append(node)
     return out
+
+
+def _code_type(r: _Rewriter, node: onnx.NodeProto) -> int:
+    zp = _opt(node, 2)
+    if zp is not None:
+        return int(helper.np_dtype_to_tensor_dtype(r.value(zp, node, "zero point").dtype))
+    return int(_attrs(node).get("output_dtype", 0)) or TensorProto.UINT8
 
 
 def _scalar_params(r: _Rewriter, node: onnx.NodeProto) -> None:

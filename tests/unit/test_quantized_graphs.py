@@ -1,0 +1,173 @@
+"""Models quantized by onnxruntime.quantization (built here from a small float CNN): quantize_static
+QDQ and QOperator, quantize_dynamic, and 4-bit MatMulNBits. Each is scored on its own (integer)
+graph while the gradient comes from its dequantized twin (BPDA), and inspect, eval, attack,
+lipschitz and check run on it; the twin's gradient is checked against finite differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from qrdeploy.attacks.linf import PGD
+from qrdeploy.cli import main
+from qrdeploy.core.losses import Loss
+from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.model.ortmodel import OrtModel
+from tests.unit.onnx_builders import cnn, inputs
+
+ort_q = pytest.importorskip("onnxruntime.quantization")
+VARIANTS = ("qdq", "qop", "dynamic", "nbits")
+N = 24
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(transB=0, alpha=beta=1) -> MatMul + Add, the form MatMulNBits quantizes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for n in out.graph.node:
+        if n.op_type == "Gemm":
+            mid = f"{n.output[0]}_mm"
+            nodes += [helper.make_node("MatMul", [n.input[0], n.input[1]], [mid], name=n.name),
+                      helper.make_node("Add", [mid, n.input[2]], [n.output[0]],
+                                       name=f"{n.name}_bias")]
+        else:
+            nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+class _Reader:
+    def __init__(self, x: np.ndarray) -> None:
+        self.it = iter([{"input": x[i:i + 4]} for i in range(0, len(x), 4)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("quantized")
+    ref = _gemm_to_matmul(cnn(0, hw=8, c1=4, c2=8, hidden=16, trans_b=0))
+    paths = {"ref": d / "ref.onnx"}
+    onnx.save(ref, paths["ref"])
+    calib = inputs(1, (16, 1, 8, 8))
+    ort_q.CalibrationDataReader.register(_Reader)
+    for name, fmt in (("qdq", ort_q.QuantFormat.QDQ), ("qop", ort_q.QuantFormat.QOperator)):
+        paths[name] = d / f"{name}.onnx"
+        ort_q.quantize_static(str(paths["ref"]), str(paths[name]), _Reader(calib),
+                              quant_format=fmt, per_channel=True,
+                              activation_type=ort_q.QuantType.QUInt8,
+                              weight_type=ort_q.QuantType.QInt8)
+    paths["dynamic"] = d / "dynamic.onnx"
+    ort_q.quantize_dynamic(str(paths["ref"]), str(paths["dynamic"]))
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    nbits = MatMulNBitsQuantizer(onnx.load(paths["ref"]), block_size=16, is_symmetric=True)
+    nbits.process()
+    paths["nbits"] = d / "nbits.onnx"
+    onnx.save(nbits.model.model, paths["nbits"])
+    x = inputs(0, (N, 1, 8, 8))
+    y = _plain(paths["ref"], x).argmax(1)
+    np.savez(d / "data.npz", x=x, y=y)
+    return {"root": d, "paths": paths, "x": x, "y": y}
+
+
+def _plain(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = make_session(path.read_bytes(), SessionConfig("cpu", threads=1))
+    return np.asarray(sess.run(None, {"input": x})[0])
+
+
+def test_the_variants_hold_what_they_claim(world: dict[str, Any]) -> None:
+    ops = {v: {n.op_type for n in onnx.load(world["paths"][v]).graph.node} for v in VARIANTS}
+    assert "QuantizeLinear" in ops["qdq"] and "QLinearConv" in ops["qop"]
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops["dynamic"]
+    assert "MatMulNBits" in ops["nbits"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scored_on_the_integer_graph_gradient_from_the_twin(world: dict[str, Any],
+                                                            variant: str) -> None:
+    path, x, y = world["paths"][variant], world["x"], world["y"]
+    m = OrtModel(path, SessionConfig("cpu", threads=1))
+    assert m.differentiable
+    np.testing.assert_array_equal(m.logits(x), _plain(path, x))  # the file as it ships
+    z, loss, g = m.loss_and_grad(x, y, Loss.CE)
+    np.testing.assert_array_equal(z, _plain(path, x))
+    assert g.shape == x.shape and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+    z2, _ = m.vjp(x, np.ones((N, 10), np.float32))
+    np.testing.assert_array_equal(z2, z)
+    weight_only = variant == "nbits"
+    assert m.bpda is not weight_only
+    assert str(m.info["gradient_form"]).startswith("exact" if weight_only else "BPDA (STE")
+
+
+def test_qoperator_twin_gives_the_qdq_gradient(world: dict[str, Any]) -> None:
+    """Same calibration, same scales: QLinearConv/QGemm expanded into DequantizeLinear -> float
+    op -> QuantizeLinear must give the gradient of onnxruntime's QDQ graph of the same net."""
+    x, y = world["x"], world["y"]
+    g = {v: OrtModel(world["paths"][v]).loss_and_grad(x, y, Loss.CW)[2] for v in ("qdq", "qop")}
+    a, b = (g[v].reshape(N, -1).astype(np.float64) for v in ("qdq", "qop"))
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cos) > 0.999
+
+
+@pytest.mark.parametrize("variant", ["qdq", "qop", "dynamic"])
+def test_float_twin_option(world: dict[str, Any], variant: str) -> None:
+    """quantized_gradient='float' differentiates the twin without rounding; still scored on the
+    integer graph, and close in direction to the STE gradient."""
+    path, x, y = world["paths"][variant], world["x"], world["y"]
+    m = OrtModel(path, quantized_gradient="float")
+    assert str(m.info["gradient_form"]).startswith("BPDA (exact gradient of the dequantized")
+    z, _, g = m.loss_and_grad(x, y, Loss.CE)
+    np.testing.assert_array_equal(z, _plain(path, x))
+    ste = OrtModel(path).loss_and_grad(x, y, Loss.CE)[2]
+    a, b = g.reshape(N, -1).astype(np.float64), ste.reshape(N, -1).astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cos) > 0.9
+
+
+def test_attack_examples_are_scored_on_the_integer_graph(world: dict[str, Any]) -> None:
+    path, x, y = world["paths"]["qop"], world["x"], world["y"]
+    res = PGD(eps=1.0, step=0.2, steps=10)(OrtModel(path), x, y)
+    deployed = _plain(path, np.asarray(res.x_adv, np.float32)).argmax(1)
+    np.testing.assert_array_equal(res.fooled, deployed != y)
+    assert res.fooled.sum() > 0  # the BPDA gradient does fool the integer graph
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root, paths = world["root"], world["paths"]
+    model, data = str(paths[variant]), f"npz:{root / 'data.npz'}"
+    assert main(["inspect", model]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime runs (" in out and "white-box gradients (qrdeploy.gradients.builder): " \
+        "supported" in out
+    assert main(["inspect", model, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = {"qdq": {"integer"}, "qop": {"integer"}, "dynamic": {"integer", "mixed"},
+                "nbits": {"mixed"}}[variant]  # nbits: integer MatMulNBits, float Conv
+    assert info["kernels"]["verdict"] in expected
+    assert main(["eval", model, "--data", data]) == 0
+    assert main(["attack", model, "--data", data, "--attacks", "clean,pgd", "--eps", "none",
+                 "--batch-size", "8", "-q", "-o", str(tmp_path / "a.json")]) == 0
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["runtime"]["info"]["gradient_form"].startswith(
+        "exact" if variant == "nbits" else "BPDA")
+    assert main(["lipschitz", str(paths["ref"]), model, "-q", "-o",
+                 str(tmp_path / "l.json")]) == 0
+    layers = json.loads((tmp_path / "l.json").read_text())["layers"]
+    assert len(layers) == 4
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[latency]\nrepeats = 2\nwarmup = 0\n"
+                      "batch_sizes = [1]\n")
+    assert main(["check", model, "--reference", str(paths["ref"]), "--data", data,
+                 "--policy", str(policy), "-q"]) == 0
