@@ -392,7 +392,8 @@ def _affine_activations(r: _Rewriter, nodes: list[onnx.NodeProto]) -> list[onnx.
             out.append(helper.make_node("Add", [d, z], [a], name=a))
             lo, hi = code_range(_code_type(r, node))
             out.append(helper.make_node(
-                "Clip", [a, r.const(np.float32(lo), "lo"), r.const(np.float32(hi), "hi")],
+                "Clip", [a, r.const(np.asarray(lo, np.float32), "lo"),
+                 r.const(np.asarray(hi, np.float32), "hi")],
                 [node.output[0]], name=r.fresh("clip")))
         elif node.op_type == "DequantizeLinear" and node.input[0] not in consts:
             _scalar_params(r, node)
