@@ -214,12 +214,12 @@ def comparable(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def match_layers(
-    reference: onnx.ModelProto, hardened: onnx.ModelProto
+    reference: onnx.ModelProto, hardened: onnx.ModelProto, *, in_order: bool = False
 ) -> list[tuple[WeightLayer, WeightLayer]]:
     """Pairs (reference layer, hardened layer), matched by the consumer node's output tensor
-    (what qrdeploy's harden keeps). When those differ, as in models another tool quantized
-    (renamed or fused outputs, integer kernels read through `comparable`), the layers are
-    matched in graph order, each pair of the same kind (Conv; Gemm or MatMul) and the same
+    (what qrdeploy's harden keeps). With `in_order` (models another tool quantized, read through
+    `comparable`: renamed or fused outputs), when the names differ the layers are matched in
+    graph order, each pair of the same kind (Conv; Gemm or MatMul) and the same
     weight shape up to a transpose. A layer missing on either side, or differing in op or shape,
     is a GraphError."""
     ref_layers, hard_layers = graph.weight_layers(reference), graph.weight_layers(hardened)
@@ -228,7 +228,7 @@ def match_layers(
     if not ref:
         raise GraphError("the reference model has no weight layers (Conv, Gemm, MatMul); "
                          "pass an ONNX classifier")
-    if set(ref) != set(hard):
+    if in_order and set(ref) != set(hard):
         by_order = _match_in_order(ref_layers, hard_layers)
         if by_order is not None:
             return by_order
@@ -506,7 +506,9 @@ def measure_amplification(
     """Per reference layer index: local and propagated relative errors on the inputs x, running
     both graphs with every weight layer's input and output exposed."""
     config = config or LipschitzConfig()
-    pairs = match_layers(reference, hardened)
+    twin = comparable(hardened)
+    pairs = match_layers(reference, twin, in_order=twin is not hardened)
+    hardened = twin
     if x.ndim < 2 or x.shape[0] == 0:
         raise ConfigError(f"data must be a non-empty batch (N, ...), got shape {x.shape}")
     ref_nodes = [reference.graph.node[r.node_index] for r, _ in pairs]
@@ -571,8 +573,9 @@ def lipschitz_report(
     start = time.perf_counter()
     ref = _load(reference)
     hard, recipes, source = _hardened_and_recipes(ref, hardened, recipe)
-    hard = comparable(hard)
-    pairs = match_layers(ref, hard)
+    twin = comparable(hard)
+    pairs = match_layers(ref, twin, in_order=twin is not hard)
+    hard = twin
     primes = _mulaw_weights(ref, recipes)
     shapes = _value_shapes(ref)
     amp = {}
