@@ -3,7 +3,8 @@ original and onnxruntime's own quantize_static QDQ model of the same net, side b
 
 Measures (onnxruntime CPU, `--threads` intra-op threads):
 - latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
-  and the float-activation qdq encoding for reference), median per model, ratios of medians;
+  and the float-activation qdq encoding for reference) in an order rotated every round, median
+  per model, ratios of medians;
 - file sizes;
 - clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
   model and its Newcombe interval (qrdeploy.core.stats);
@@ -64,8 +65,12 @@ def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> d
     for s in sessions.values():  # warm up
         for _ in range(3):
             s.run(None, {s.get_inputs()[0].name: x})
-    for _ in range(rounds):
-        for k, s in sessions.items():  # interleaved: each round runs every model once
+    keys = list(sessions)
+    for r in range(rounds):
+        # interleaved: each round runs every model once, the order rotated round by round (the
+        # model that runs right after another one is measured slower on a loaded machine)
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            s = sessions[k]
             feed = {s.get_inputs()[0].name: x}
             t0 = time.perf_counter()
             s.run(None, feed)
@@ -82,8 +87,9 @@ def _step_cost(float_path: Path, int8_path: Path, batch: int, rounds: int, threa
     times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
         m.loss_and_grad(x, y, Loss.CE)
-    for _ in range(rounds):
-        for k, m in models.items():
+    for r in range(rounds):
+        for k in (["float", "int8"] if r % 2 == 0 else ["int8", "float"]):
+            m = models[k]
             t0 = time.perf_counter()
             m.loss_and_grad(x, y, Loss.CE)
             times[k].append(time.perf_counter() - t0)
