@@ -3,8 +3,8 @@ original and onnxruntime's own quantize_static QDQ model of the same net, side b
 
 Measures (onnxruntime CPU, `--threads` intra-op threads):
 - latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
-  and the float-activation qdq encoding for reference) in an order rotated every round, median
-  per model, ratios of medians;
+  and the float-activation qdq encoding for reference) in an order rotated every round, sessions
+  without spin-waiting (see `_session`), median per model, ratios of medians;
 - file sizes;
 - clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
   model and its Newcombe interval (qrdeploy.core.stats);
@@ -23,12 +23,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from qrdeploy.core.losses import Loss
-from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import PairedCounts, Proportion, newcombe_paired_interval
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.graphio.graph import load_model, save_model
@@ -57,9 +58,22 @@ def _ort_qdq(src: Path, dst: Path, calib: np.ndarray) -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def _session(path: Path, threads: int) -> Any:
+    """qrdeploy's session options (qrdeploy.core.runtime.make_session) without spin-waiting: the
+    intra-op threads of the model that ran before would otherwise keep spinning on the 2 cores
+    while the next model runs, and whichever model comes second is measured slower."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
+
+
 def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> dict[str, float]:
-    cfg = SessionConfig("cpu", threads=threads)
-    sessions = {k: make_session(p.read_bytes(), cfg) for k, p in paths.items()}
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
     x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
     times: dict[str, list[float]] = {k: [] for k in paths}
     for s in sessions.values():  # warm up

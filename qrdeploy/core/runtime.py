@@ -34,6 +34,10 @@ class SessionConfig:
     provider: str = "auto"
     threads: int = 0
     deterministic: bool = True  # onnxruntime's use_deterministic_compute (same inputs, same bits)
+    # intra-op threads spin-wait after a run (onnxruntime's default); off where several sessions
+    # alternate (a quantized model's integer forward and its twin's gradient), whose spinning
+    # threads would otherwise take the cores from the session that runs next
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -71,6 +75,8 @@ def make_session(model: bytes, config: SessionConfig | None = None,
     if config.threads:
         opts.intra_op_num_threads = config.threads
     opts.use_deterministic_compute = config.deterministic
+    if not config.spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     try:

@@ -21,6 +21,7 @@ batches of `batch_size`. No torch here."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,8 @@ class OrtModel:
             except GraphError as exc:
                 self.gradient_error = first_line(exc, None)
         self.bpda = self.prepared is not None and self.prepared.bpda
+        if self.bpda:  # two sessions per attack step: no spin-waiting between them
+            self.config = dataclasses.replace(self.config, spinning=False)
         forward = self.prepared.model if self.prepared is not None and not self.bpda \
             else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
