@@ -171,3 +171,76 @@ def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path:
                       "batch_sizes = [1]\n")
     assert main(["check", model, "--reference", str(paths["ref"]), "--data", data,
                  "--policy", str(policy), "-q"]) == 0
+
+
+def _dyadic_qdq_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A QDQ classifier whose every value is dyadic (inputs k/16, weights c·2^-3 and c·2^-4,
+    power-of-two activation scales), so float32 convolutions and sums are exact on any machine
+    and onnxruntime and torch quantize to the same codes, ties included."""
+    rng = np.random.default_rng(4)
+    p = {"w1": rng.integers(-7, 8, (4, 1, 3, 3)).astype(np.int8),
+         "s1": np.array([2**-3, 2**-4, 2**-3, 2**-4], np.float32),
+         "b1": (rng.integers(-8, 9, 4) * 2**-6).astype(np.float32),
+         "w2": rng.integers(-7, 8, (10, 36)).astype(np.int8),
+         "b2": (rng.integers(-8, 9, 10) * 2**-6).astype(np.float32)}
+    f = onnx.TensorProto
+
+    def c(name: str, value: Any) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [c("w1", p["w1"]), c("s1", p["s1"]), c("z1", np.zeros(4, np.int8)),
+             c("b1", p["b1"]), c("w2", p["w2"]), c("s2", np.float32(2**-4)),
+             c("z2", np.int8(0)), c("b2", p["b2"]),
+             c("sx", np.float32(2**-4)), c("zx", np.uint8(0)),
+             c("sa", np.float32(2**-4)), c("za", np.uint8(0)),
+             c("so", np.float32(2**-3)), c("zo", np.uint8(128))]
+    node = helper.make_node
+    nodes = [
+        node("QuantizeLinear", ["input", "sx", "zx"], ["xq"]),
+        node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        node("DequantizeLinear", ["w1", "s1", "z1"], ["w1d"], axis=0),
+        node("Conv", ["xd", "w1d", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("QuantizeLinear", ["c1", "sa", "za"], ["c1q"]),  # uint8, zero point 0: the ReLU
+        node("DequantizeLinear", ["c1q", "sa", "za"], ["c1d"]),
+        node("MaxPool", ["c1d"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("QuantizeLinear", ["m", "sa", "za"], ["mq"]),
+        node("DequantizeLinear", ["mq", "sa", "za"], ["md"]),
+        node("MaxPool", ["md"], ["m2"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Flatten", ["m2"], ["fl"]),
+        node("DequantizeLinear", ["w2", "s2", "z2"], ["w2d"]),
+        node("Gemm", ["fl", "w2d", "b2"], ["g"], transB=1),
+        node("QuantizeLinear", ["g", "so", "zo"], ["gq"]),
+        node("DequantizeLinear", ["gq", "so", "zo"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dyadic", [helper.make_tensor_value_info("input", f.FLOAT, ["N", 1, 12, 12])],
+        [helper.make_tensor_value_info("logits", f.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p
+
+
+def test_ste_gradient_equals_torch_fake_quant_autograd() -> None:
+    """The whole-network STE gradient against torch autograd of the same float twin with
+    torch.fake_quantize_per_tensor_affine at every activation QuantizeLinear/DequantizeLinear."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    model, p = _dyadic_qdq_net()
+    x = (np.random.default_rng(5).integers(0, 17, (6, 1, 12, 12)) / 16).astype(np.float32)
+    cot = np.random.default_rng(6).normal(size=(6, 10)).astype(np.float32)
+    m = OrtModel(model)
+    assert m.bpda
+    z, g = m.vjp(x, cot)
+
+    def fq(t: Any, s: float, zp: int) -> Any:
+        return torch.fake_quantize_per_tensor_affine(t, s, zp, 0, 255)
+
+    w1 = torch.tensor(p["w1"].astype(np.float32) * p["s1"].reshape(4, 1, 1, 1))
+    w2 = torch.tensor(p["w2"].astype(np.float32) * np.float32(2**-4))
+    xt = torch.tensor(x, requires_grad=True)
+    h = fq(F.conv2d(fq(xt, 2**-4, 0), w1, torch.tensor(p["b1"]), padding=1), 2**-4, 0)
+    h = F.max_pool2d(fq(F.max_pool2d(h, 2), 2**-4, 0), 2).flatten(1)
+    out = fq(h @ w2.T + torch.tensor(p["b2"]), 2**-3, 128)
+    (out * torch.tensor(cot)).sum().backward()
+    np.testing.assert_array_equal(z, out.detach().numpy())  # exact: same codes everywhere
+    ref = xt.grad.numpy()
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
