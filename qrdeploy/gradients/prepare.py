@@ -53,9 +53,15 @@ class Prepared:
         return self.twin is not None and self.twin.activation_quant
 
     @property
+    def score_deployed(self) -> bool:
+        """True when the source graph has integer kernels or quantized activations: its own
+        logits (not the twin's) must be scored."""
+        return self.twin is not None
+
+    @property
     def gradient_form(self) -> str:
         if not self.bpda:
-            return "exact"
+            return "exact" if self.twin is None else "exact (dequantized weights)"
         assert self.twin is not None
         if self.twin.activations == "float":
             return "BPDA (exact gradient of the dequantized float twin)"

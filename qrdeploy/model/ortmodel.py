@@ -7,9 +7,9 @@ clean accuracy and latency run it as is (`gradients=False` keeps only this form)
 gradients (the default), the forward session runs the *prepared* graph instead
 (qrdeploy.gradients.prepare: opset normalised, constants folded, a trailing softmax cut, so that
 `logits` are logits), and the gradient sessions (one `vjp`, one per fused loss) are built by
-qrdeploy.gradients.builder the first time they are asked for. A quantized graph (activations
-quantized at run time: QuantizeLinear, DynamicQuantizeLinear, QLinear*, ConvInteger,
-MatMulInteger) is different:
+qrdeploy.gradients.builder the first time they are asked for. A quantized graph (integer kernels or
+activations quantized at run time: QuantizeLinear, DynamicQuantizeLinear, QLinear*, ConvInteger,
+MatMulInteger, MatMulNBits) is different:
 `logits`, and the logits and loss values that `vjp` and `loss_and_grad` return, always come from
 the deployed integer graph, while the gradient comes from the gradient graph of its dequantized
 twin (qrdeploy.graphio.twin; BPDA with the straight-through estimator by default, or the exact
@@ -104,10 +104,11 @@ class OrtModel:
             except GraphError as exc:
                 self.gradient_error = first_line(exc, None)
         self.bpda = self.prepared is not None and self.prepared.bpda
-        if self.bpda:  # two sessions per attack step: no spin-waiting between them
+        if self.prepared is not None and self.prepared.score_deployed:
+            # two sessions per attack step (deployed forward, twin gradient): no spin-waiting
             self.config = dataclasses.replace(self.config, spinning=False)
-        forward = self.prepared.model if self.prepared is not None and not self.bpda \
-            else self.deployed
+        forward = self.prepared.model if self.prepared is not None and \
+            not self.prepared.score_deployed else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
         self._deployed_session: onnxruntime.InferenceSession | None = \
             self._forward if forward is self.deployed else None
@@ -195,8 +196,8 @@ class OrtModel:
             lambda s: run_session(sess, list(gm.outputs),
                                   {gm.input_name: x[s], X_COTANGENT: cot[s]}),
             len(x))
-        if self.bpda:  # scored on the integer graph; the gradient is the twin's
-            z = self.logits(x)
+        if self.prepared is not None and self.prepared.score_deployed:
+            z = self.logits(x)  # scored on the integer graph; the gradient is the twin's
         return z, g
 
     def loss_and_grad(
@@ -218,7 +219,8 @@ class OrtModel:
             lambda s: run_session(sess, list(gm.outputs),
                                   {gm.input_name: x[s], **{k: v[s] for k, v in feeds.items()}}),
             len(x))
-        if self.bpda:  # logits and loss of the integer graph; the gradient is the twin's
+        if self.prepared is not None and self.prepared.score_deployed:
+            # logits and loss of the integer graph; the gradient is the twin's
             z = self.logits(x)
             t = feeds.get(TEMPERATURE, 1.0)
             value = loss_value_and_cotangent(z, labels, loss, t)[0].astype(np.float32)
