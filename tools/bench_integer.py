@@ -3,7 +3,7 @@ original and onnxruntime's own quantize_static QDQ model of the same net, side b
 
 Measures (onnxruntime CPU, `--threads` intra-op threads):
 - latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
-  and the float-activation qdq encoding for reference) in an order rotated every round, sessions
+  and the float-activation qdq and nbits encodings for reference) in an order rotated every round, sessions
   without spin-waiting (see `_session`), median per model, ratios of medians;
 - file sizes;
 - clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
@@ -128,13 +128,15 @@ def main() -> None:
         src = Path(args.model)
         model = load_model(src)
         paths = {"float": src, "ort-qdq": d / "ort-qdq.onnx", "qrdeploy-int8": d / "int8.onnx",
-                 "qrdeploy-qdq-float-act": d / "qdq.onnx"}
+                 "qrdeploy-qdq-float-act": d / "qdq.onnx",
+                 "qrdeploy-nbits-float-act": d / "nbits.onnx"}
         _ort_qdq(src, paths["ort-qdq"], load_dataset("mnist-5k", "train", n=100).x)
         wq = WeightQuant(args.bits, "channel")
         hard, _ = harden(model, [wq], activations=IntegerActivations(
             args.calibrate, args.method, "mnist-5k:train"), calibration=calib)
         save_model(hard, paths["qrdeploy-int8"])
         save_model(harden(model, [wq], "qdq")[0], paths["qrdeploy-qdq-float-act"])
+        save_model(harden(model, [wq], "nbits")[0], paths["qrdeploy-nbits-float-act"])
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         lat1 = _latency(paths, 1, args.rounds * 10, args.threads)
         lat256 = _latency(paths, 256, args.rounds, args.threads)

@@ -29,6 +29,7 @@ from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.hardening import quant
 from qrdeploy.hardening.encodings import Encoded, Encoding, encode_float, encode_quantized
 from qrdeploy.hardening.integer import IntegerActivations, quantize_activations
+from qrdeploy.hardening.nbits import eligible, to_matmulnbits
 from qrdeploy.hardening.quant import Granularity, Quantized, Quantizer, ScaleRule
 
 META_STEPS = "qrdeploy.harden"  # JSON list of replayable recipes, one per harden call
@@ -342,6 +343,12 @@ def _check_recipe(recipe: Recipe) -> None:
     if recipe.activations is not None and recipe.encoding is Encoding.INT4:
         raise PassError("--activations int8 stores the weight codes in int8 for the integer "
                         "kernels; drop --encoding int4 (or use float activations)")
+    if recipe.encoding is Encoding.NBITS and any(p.bits > 4 for p in quants):
+        raise PassError(f"--encoding nbits holds at most 4 bits, got {max(p.bits for p in quants)}"
+                        "; use --encoding qdq or --bits 4 or fewer")
+    if recipe.activations is not None and recipe.encoding is Encoding.NBITS:
+        raise PassError("--activations int8 stores the weight codes in int8 for the integer "
+                        "kernels; drop --encoding nbits (or use float activations)")
     if recipe.encoding is Encoding.INT4 and any(p.bits > 4 for p in quants):
         raise PassError(f"--encoding int4 holds at most 4 bits, got {max(p.bits for p in quants)};"
                         " use --encoding qdq or --bits 4 or fewer")
@@ -373,14 +380,27 @@ def harden(
     encoded: dict[str, Encoded] = {}
     stored_bits: dict[str, int | None] = {}
     ordered: list[tuple[tuple[int, int, int], PassRecord]] = []
+    nbits_layers: dict[str, tuple[WeightLayer, Quantized]] = {}
     for name, steps in plan.items():
         arr = numpy_helper.to_array(inits[name])
         t = _Tensor(name, arr.dtype, arr.astype(np.float32, copy=False))
         ordered.extend((step.order, _apply(step, t)) for step in steps)
-        encoded[name] = _encode_one(t, recipe.encoding, taken)
+        layer = next((s.layer for s in steps if s.role == "weight"), None)
+        if recipe.encoding is Encoding.NBITS and layer is not None and t.quantized is not None \
+                and t.dtype == np.float32 and eligible(layer, t.quantized):
+            encoded[name] = encode_float(t.name, t.values, t.dtype)
+            nbits_layers[name] = (layer, t.quantized)
+            continue
+        store = Encoding.QDQ if recipe.encoding is Encoding.NBITS else recipe.encoding
+        encoded[name] = _encode_one(t, store, taken)
         if t.bits is not None:
             stored_bits[encoded[name].initializers[0].name] = t.bits
     out = _assemble(model, encoded)
+    if nbits_layers:
+        out, held = to_matmulnbits(out, nbits_layers)
+        stored_bits.update({held[n]: int(q.bits) for n, (_, q) in nbits_layers.items()})
+        encoded = {n: (Encoded(e.initializers, e.nodes, e.output, "matmulnbits")
+                       if n in held else e) for n, e in encoded.items()}
     records = [_with_encoding(r, encoded[r.tensor].form) for _, r in sorted(ordered,
                                                                          key=lambda o: o[0])]
     _write_provenance(out, recipe, records, stored_bits)

@@ -15,12 +15,15 @@ from onnx import TensorProto, helper, numpy_helper
 from qrdeploy.cli import main
 from qrdeploy.errors import PassError
 from qrdeploy.gradients.prepare import prepare
+from qrdeploy.graphio.graph import layer_weight
+from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening.integer import IntegerActivations
 from qrdeploy.hardening.passes import WeightQuant, harden, recipe_from_dict, recipes_of
 from qrdeploy.hardening.quant import quantize
 from qrdeploy.model.kernels import kernel_summary
 from qrdeploy.model.ortmodel import OrtModel
-from tests.unit.onnx_builders import cnn, inputs
+from qrdeploy.spectral.analysis import comparable, hardened_weight, match_layers
+from tests.unit.onnx_builders import cnn, inputs, ort_logits
 
 pytest.importorskip("onnxruntime.quantization")
 CALIB = inputs(5, (40, 1, 8, 8))
@@ -148,3 +151,22 @@ def test_shapes_static_inference_misses_come_from_sample_runs() -> None:
     np.testing.assert_allclose(z, x.mean(axis=(2, 3)).reshape(3, 1) * w, rtol=1e-5, atol=1e-6)
     want = np.broadcast_to((cot @ w / 20).reshape(3, 1, 1, 1), x.shape)
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_nbits_encoding_holds_the_float_encodings_weights(trans_b: int) -> None:
+    model = cnn(0, trans_b=trans_b, hidden=40)
+    wq = WeightQuant(3, "channel")
+    nb, records = harden(model, [wq], "nbits")
+    fl, _ = harden(model, [wq], "float")
+    forms = {r.op_type: r.encoding for r in records}
+    assert forms == {"Conv": "qdq", "Gemm": "matmulnbits"}
+    assert [n.op_type for n in nb.graph.node].count("MatMulNBits") == 2
+    x = inputs(3, (16, 1, 8, 8))
+    np.testing.assert_allclose(ort_logits(nb, x), ort_logits(fl, x), rtol=1e-5, atol=1e-5)
+    twin = comparable(nb)  # weights read back through the twin: bit-identical to float's
+    for r, h in match_layers(fl, twin, in_order=True):
+        np.testing.assert_array_equal(hardened_weight(twin, r, h), layer_weight(fl, r))
+    assert float_twin(nb)[1].rewritten["MatMulNBits"] == 2
+    with pytest.raises(PassError, match="--encoding nbits holds at most 4 bits"):
+        harden(model, [WeightQuant(5)], "nbits")
