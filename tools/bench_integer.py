@@ -3,8 +3,8 @@ original and onnxruntime's own quantize_static QDQ model of the same net, side b
 
 Measures (onnxruntime CPU, `--threads` intra-op threads):
 - latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
-  and the float-activation qdq and nbits encodings for reference) in an order rotated every round, sessions
-  without spin-waiting (see `_session`), median per model, ratios of medians;
+  and the float-activation qdq and nbits encodings for reference) in an order rotated every
+  round, sessions without spin-waiting (see `_session`), median per model, ratios of medians;
 - file sizes;
 - clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
   model and its Newcombe interval (qrdeploy.core.stats);
