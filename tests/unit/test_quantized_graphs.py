@@ -18,6 +18,7 @@ from qrdeploy.attacks.linf import PGD
 from qrdeploy.cli import main
 from qrdeploy.core.losses import Loss
 from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.graphio.twin import float_twin
 from qrdeploy.model.ortmodel import OrtModel
 from tests.unit.onnx_builders import cnn, inputs
 
@@ -244,3 +245,53 @@ def test_ste_gradient_equals_torch_fake_quant_autograd() -> None:
     ref = xt.grad.numpy()
     assert np.abs(ref).sum() > 0
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+def _contrib_qlinear_net() -> onnx.ModelProto:
+    """QuantizeLinear, then the com.microsoft QLinear ops (Sigmoid, LeakyRelu, Add, Mul, Concat,
+    AveragePool, GlobalAveragePool), then DequantizeLinear: logits (N, 6)."""
+    node = helper.make_node
+    ms = {"domain": "com.microsoft"}
+    scales = {f"s{i}": np.float32(v) for i, v in
+              enumerate([0.02, 0.004, 0.01, 0.012, 0.006, 0.013, 0.011, 0.009])}
+    zps = {f"z{i}": np.uint8(v) for i, v in enumerate([128, 0, 40, 90, 60, 90, 80, 70])}
+    inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in {**scales, **zps}.items()]
+    nodes = [
+        node("QuantizeLinear", ["input", "s0", "z0"], ["xq"]),
+        node("QLinearSigmoid", ["xq", "s0", "z0", "s1", "z1"], ["a"], **ms),
+        node("QLinearLeakyRelu", ["xq", "s0", "z0", "s2", "z2"], ["b"], alpha=0.1, **ms),
+        node("QLinearAdd", ["a", "s1", "z1", "b", "s2", "z2", "s3", "z3"], ["c"], **ms),
+        node("QLinearMul", ["a", "s1", "z1", "c", "s3", "z3", "s4", "z4"], ["d"], **ms),
+        node("QLinearConcat", ["s5", "z5", "c", "s3", "z3", "d", "s4", "z4"], ["e"], axis=1,
+             **ms),
+        node("QLinearAveragePool", ["e", "s5", "z5", "s6", "z6"], ["f"], kernel_shape=[2, 2],
+             strides=[2, 2], **ms),
+        node("QLinearGlobalAveragePool", ["f", "s6", "z6", "s7", "z7"], ["g"], **ms),
+        node("DequantizeLinear", ["g", "s7", "z7"], ["gd"]),
+        node("Flatten", ["gd"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "contrib", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                         ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_contrib_qlinear_ops_twin_computes_what_the_graph_computes() -> None:
+    model = _contrib_qlinear_net()
+    x = (inputs(7, (5, 3, 6, 6)) * 4 - 2).astype(np.float32)
+    sess = make_session(model.SerializeToString(), SessionConfig("cpu", threads=1))
+    deployed = np.asarray(sess.run(None, {"input": x})[0])
+    twin, info = float_twin(model)
+    assert set(info.rewritten) == {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearAdd",
+                                   "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+                                   "QLinearGlobalAveragePool"}
+    tsess = make_session(twin.SerializeToString(), SessionConfig("cpu", threads=1))
+    # the integer kernels may round an intermediate their own way: at most one output step
+    np.testing.assert_allclose(np.asarray(tsess.run(None, {"input": x})[0]), deployed,
+                               atol=0.009 * 1.001)
+    m = OrtModel(model)
+    z, g = m.vjp(x, np.ones((5, 6), np.float32))
+    np.testing.assert_array_equal(z, deployed)
+    assert m.bpda and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
