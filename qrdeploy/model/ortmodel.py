@@ -91,6 +91,7 @@ class OrtModel:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config or SessionConfig()
+        self.timing_config = self.config  # latency is always measured with the caller's settings
         self.batch_size = batch_size
         self.options = options
         self.deployed = as_proto(model)
@@ -111,7 +112,8 @@ class OrtModel:
             not self.prepared.score_deployed else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
         self._deployed_session: onnxruntime.InferenceSession | None = \
-            self._forward if forward is self.deployed else None
+            self._forward if forward is self.deployed and self.config == self.timing_config \
+            else None
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
         self.input_name = self._forward.get_inputs()[0].name
         shape = self._forward.get_outputs()[0].shape
@@ -175,9 +177,11 @@ class OrtModel:
         return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
 
     def time_run(self, x: np.ndarray) -> float:
-        """Seconds of one session run of the deployed graph on the batch x (N, C, H, W)."""
+        """Seconds of one session run of the deployed graph on the batch x (N, C, H, W), in a
+        session with the caller's settings (a quantized model's attack sessions may differ)."""
         if self._deployed_session is None:
-            self._deployed_session = make_session(self.deployed.SerializeToString(), self.config)
+            self._deployed_session = make_session(self.deployed.SerializeToString(),
+                                                  self.timing_config)
         sess = self._deployed_session
         feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
         t0 = time.perf_counter()

@@ -295,3 +295,20 @@ def test_contrib_qlinear_ops_twin_computes_what_the_graph_computes() -> None:
     z, g = m.vjp(x, np.ones((5, 6), np.float32))
     np.testing.assert_array_equal(z, deployed)
     assert m.bpda and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+
+
+def _spinning_off(session: Any) -> bool:
+    try:
+        return bool(session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == "0")
+    except Exception:  # onnxruntime raises when the entry was never set
+        return False
+
+
+def test_latency_is_timed_with_the_callers_settings(world: dict[str, Any]) -> None:
+    """A quantized model's two attack sessions run without spin-waiting; `time_run` (what check's
+    latency gate measures) uses a session with the caller's settings, like the float model's."""
+    m = OrtModel(world["paths"]["qdq"], SessionConfig("cpu", threads=1))
+    assert _spinning_off(m._forward)
+    assert m.time_run(world["x"][:2]) > 0
+    assert m._deployed_session is not None and not _spinning_off(m._deployed_session)
