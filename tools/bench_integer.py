@@ -4,7 +4,8 @@ original and onnxruntime's own quantize_static QDQ model of the same net, side b
 Measures (onnxruntime CPU, `--threads` intra-op threads):
 - latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
   and the float-activation qdq and nbits encodings for reference) in an order rotated every
-  round, sessions without spin-waiting (see `_session`), median per model, ratios of medians;
+  round, sessions without spin-waiting (see `_session`), median per model, ratios as the median
+  over rounds of the within-round ratio;
 - file sizes;
 - clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
   model and its Newcombe interval (qrdeploy.core.stats);
@@ -35,6 +36,7 @@ from qrdeploy.data.datasets import load_dataset
 from qrdeploy.graphio.graph import load_model, save_model
 from qrdeploy.hardening.integer import IntegerActivations
 from qrdeploy.hardening.passes import WeightQuant, harden
+from qrdeploy.hardening.quant import Granularity
 from qrdeploy.model.ortmodel import OrtModel
 
 
@@ -72,7 +74,8 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
 
 
-def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> dict[str, float]:
+def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int
+             ) -> dict[str, list[float]]:
     sessions = {k: _session(p, threads) for k, p in paths.items()}
     x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -89,7 +92,12 @@ def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int) -> d
             t0 = time.perf_counter()
             s.run(None, feed)
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return times
+
+
+def _ratio(times: dict[str, list[float]], k: str, base: str) -> float:
+    """Median over rounds of the within-round ratio: load that drifts between rounds cancels."""
+    return float(np.median(np.asarray(times[k]) / np.asarray(times[base])))
 
 
 def _step_cost(float_path: Path, int8_path: Path, batch: int, rounds: int, threads: int
@@ -131,14 +139,14 @@ def main() -> None:
                  "qrdeploy-qdq-float-act": d / "qdq.onnx",
                  "qrdeploy-nbits-float-act": d / "nbits.onnx"}
         _ort_qdq(src, paths["ort-qdq"], load_dataset("mnist-5k", "train", n=100).x)
-        wq = WeightQuant(args.bits, "channel")
+        wq = WeightQuant(args.bits, Granularity.CHANNEL)
         hard, _ = harden(model, [wq], activations=IntegerActivations(
             args.calibrate, args.method, "mnist-5k:train"), calibration=calib)
         save_model(hard, paths["qrdeploy-int8"])
         save_model(harden(model, [wq], "qdq")[0], paths["qrdeploy-qdq-float-act"])
         save_model(harden(model, [wq], "nbits")[0], paths["qrdeploy-nbits-float-act"])
         sizes = {k: p.stat().st_size for k, p in paths.items()}
-        lat1 = _latency(paths, 1, args.rounds * 10, args.threads)
+        lat1 = _latency(paths, 1, args.rounds * 25, args.threads)
         lat256 = _latency(paths, 256, args.rounds, args.threads)
         cfg = SessionConfig("cpu", threads=args.threads)
         preds = {k: OrtModel(p, cfg, gradients=False).predict(test.x) for k, p in paths.items()}
@@ -163,10 +171,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k in paths:
         acc = Proportion(int(ok[k].sum()), len(ok[k]))
-        print(f"| {k} | {sizes[k]:,} | {sizes[k] / sizes['float']:.3f} | {lat1[k] * 1e3:.3f} | "
-              f"{lat1[k] / lat1['float']:.2f} | {lat1[k] / lat1['ort-qdq']:.2f} | "
-              f"{lat256[k] * 1e3:.2f} | {lat256[k] / lat256['float']:.2f} | "
-              f"{lat256[k] / lat256['ort-qdq']:.2f} | {100 * acc.k / acc.n:.1f}% |")
+        print(f"| {k} | {sizes[k]:,} | {sizes[k] / sizes['float']:.3f} | "
+              f"{np.median(lat1[k]) * 1e3:.3f} | {_ratio(lat1, k, 'float'):.2f} | "
+              f"{_ratio(lat1, k, 'ort-qdq'):.2f} | {np.median(lat256[k]) * 1e3:.2f} | "
+              f"{_ratio(lat256, k, 'float'):.2f} | {_ratio(lat256, k, 'ort-qdq'):.2f} | "
+              f"{100 * acc.k / acc.n:.1f}% |")
+    print()
+    print("ratios: median over rounds of the within-round ratio; ms: median per model")
     print()
     print(f"int8 - float accuracy: {100 * counts.difference:+.1f} points, paired 95% interval "
           f"[{100 * lo:+.2f}, {100 * hi:+.2f}] (Newcombe; {counts.gains} gained, "
