@@ -146,15 +146,16 @@ def _weight_axis(r: _Rewriter, node: onnx.NodeProto, scale: str, axis: int) -> i
     return axis if r.value(scale, node, "weight scale").size > 1 else None
 
 
-def _int_bias(r: _Rewriter, node: onnx.NodeProto, k: int, a_scale: str, b_scale: str
-              ) -> str | None:
-    """An int32 bias (scale a_scale · b_scale, zero point 0) as a float constant."""
+def _int_bias(r: _Rewriter, node: onnx.NodeProto, k: int, a_scale: str, b_scale: str,
+              factor: float = 1.0) -> str | None:
+    """An int32 bias (scale factor · a_scale · b_scale, zero point 0) as a float constant."""
     b = _opt(node, k)
     if b is None:
         return None
     value = r.value(b, node, "bias").astype(np.float32)
     scale = (r.value(a_scale, node, "input scale").astype(np.float32)
-             * r.value(b_scale, node, "weight scale").astype(np.float32)).reshape(-1)
+             * r.value(b_scale, node, "weight scale").astype(np.float32)).reshape(-1) \
+        * np.float32(factor)
     return r.const((value * scale).astype(np.float32), "bias")
 
 
@@ -190,10 +191,12 @@ def _qlinear_matmul(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto
 
 def _qgemm(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
     i = node.input
-    trans_b = int(_attrs(node).get("transB", 0))
+    attrs = _attrs(node)
+    trans_b = int(attrs.get("transB", 0))
     a = r.dq(i[0], i[1], i[2], out)
     b = r.dq(i[3], i[4], i[5], out, _weight_axis(r, node, i[4], 0 if trans_b else 1))
-    c = _int_bias(r, node, 6, i[1], i[4])
+    # com.microsoft QGemm: C is int32 with scale alpha · a_scale · b_scale; Gemm adds it as is
+    c = _int_bias(r, node, 6, i[1], i[4], float(attrs.get("alpha", 1.0)))
     y_scale = _opt(node, 7)
     y = r.fresh("gemm") if y_scale else node.output[0]
     out.append(_float_op(node, "Gemm", [a, b] + ([c] if c else []), y))

@@ -312,3 +312,46 @@ def test_latency_is_timed_with_the_callers_settings(world: dict[str, Any]) -> No
     assert _spinning_off(m._forward)
     assert m.time_run(world["x"][:2]) > 0
     assert m._deployed_session is not None and not _spinning_off(m._deployed_session)
+
+
+def test_qgemm_and_qlinearmatmul_twins_compute_what_the_graph_computes() -> None:
+    """QGemm with alpha ≠ 1 and an int32 C (scale alpha·a·b), QGemm without an output scale
+    (float output), and QLinearMatMul with per-column weight scales."""
+    rng = np.random.default_rng(0)
+    c = onnx.numpy_helper.from_array
+    inits = [c(np.float32(0.02), "s0"), c(np.uint8(100), "z0"),
+             c(rng.integers(-20, 20, (6, 5)).astype(np.int8), "B"), c(np.float32(0.03), "bs"),
+             c(np.int8(0), "bz"), c(rng.integers(-500, 500, (6,)).astype(np.int32), "C"),
+             c(np.float32(0.05), "ys"), c(np.uint8(120), "yz"),
+             c(rng.integers(-20, 20, (6, 4)).astype(np.int8), "M"),
+             c(np.array([0.01, 0.02, 0.03, 0.04], np.float32), "ms"), c(np.zeros(4, np.int8), "mz"),
+             c(np.float32(0.04), "os"), c(np.uint8(128), "oz"),
+             c(rng.integers(-20, 20, (4, 3)).astype(np.int8), "G"), c(np.float32(0.05), "gs"),
+             c(np.int8(0), "gz")]
+    node = helper.make_node
+    ms = {"domain": "com.microsoft"}
+    nodes = [node("QuantizeLinear", ["input", "s0", "z0"], ["xq"]),
+             node("QGemm", ["xq", "s0", "z0", "B", "bs", "bz", "C", "ys", "yz"], ["yq"],
+                  alpha=0.5, transB=1, **ms),
+             node("QLinearMatMul", ["yq", "ys", "yz", "M", "ms", "mz", "os", "oz"], ["mq"]),
+             node("QGemm", ["mq", "os", "oz", "G", "gs", "gz"], ["logits"], **ms)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    x = (rng.random((16, 5)) * 2 - 1).astype(np.float32)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)  # also output the intermediate codes
+    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None)
+                              for n in ("yq", "mq"))
+    run = {k: make_session(m.SerializeToString(), SessionConfig("cpu", threads=1)).run(
+        None, {"input": x}) for k, m in (("deployed", probe), ("twin", float_twin(probe)[0]))}
+    for k in (1, 2):  # the codes of QGemm (alpha 0.5, int32 C) and QLinearMatMul: at most 1 apart
+        diff = run["twin"][k].astype(int) - run["deployed"][k].astype(int)
+        assert np.abs(diff).max() <= 1 and (diff == 0).mean() > 0.9
+    g_col = np.abs(onnx.numpy_helper.to_array(inits[13])).sum(0).max()
+    np.testing.assert_allclose(run["twin"][0], run["deployed"][0], atol=0.04 * 0.05 * g_col)
+    m = OrtModel(model, input_shape=(5,))
+    _, g = m.vjp(x, np.ones((16, 3), np.float32))
+    assert m.bpda and np.abs(g).sum() > 0
