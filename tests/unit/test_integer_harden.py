@@ -170,3 +170,40 @@ def test_nbits_encoding_holds_the_float_encodings_weights(trans_b: int) -> None:
     assert float_twin(nb)[1].rewritten["MatMulNBits"] == 2
     with pytest.raises(PassError, match="--encoding nbits holds at most 4 bits"):
         harden(model, [WeightQuant(5)], "nbits")
+
+
+def test_torch_legacy_export_reshape_transpose_mean() -> None:
+    """A real legacy-exporter graph (dynamic batch): Reshape fed by Shape/Gather/Mul/Div/Cast,
+    Transpose, ReduceMean over (2, 3) with keepdims 0; the shapes come from sample runs and the
+    gradient equals torch's."""
+    import io
+    import warnings
+
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x))
+            h = h.reshape(h.shape[0], 4, h.shape[2] * h.shape[3] // 8, 8).transpose(2, 3)
+            return self.fc(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.rand(2, 1, 8, 8), buf, dynamo=False, input_names=["input"],
+                          output_names=["logits"], opset_version=17,
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    model = onnx.load_from_string(buf.getvalue())
+    assert prepare(model).observed_shapes  # static inference left the Reshape output unknown
+    x = inputs(4, (3, 1, 8, 8))
+    _, g = OrtModel(model).vjp(x, np.ones((3, 3), np.float32))
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt).sum().backward()
+    np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4, atol=1e-7)
