@@ -207,3 +207,18 @@ def test_torch_legacy_export_reshape_transpose_mean() -> None:
     xt = torch.tensor(x, requires_grad=True)
     net(xt).sum().backward()
     np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_api_harden_int8(tmp_path: Path) -> None:
+    import qrdeploy
+    from qrdeploy.data.datasets import Dataset
+
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    data = Dataset("mine", "train", CALIB, None, 10)
+    r = qrdeploy.harden(src, tmp_path / "i.onnx", bits=3, granularity="channel",
+                        activations="int8", calibrate=20, calibration_data=data,
+                        calibration_method="percentile")
+    assert {x.encoding for x in r.records} == {"int8"}
+    (recipe,) = recipes_of(onnx.load(tmp_path / "i.onnx"))
+    assert recipe.activations == IntegerActivations(20, "percentile", "mine:train")
