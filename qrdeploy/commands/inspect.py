@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.errors import QrdeployError, first_line
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.twin import float_twin
@@ -33,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     info = describe_model(twin if quant.quantized else model)
     report = differentiability(model)
     info["quantization"] = twin_summary(quant)
-    info["kernels"] = kernel_summary(model)
+    try:
+        info["kernels"] = kernel_summary(model)
+    except QrdeployError as exc:  # a graph onnxruntime cannot load: still list what we can
+        info["kernels"] = {"verdict": "unknown", "error": first_line(exc, None)}
     info["differentiable"] = {
         "ok": report.ok,
         "gradient": ("BPDA (STE of the dequantized twin)" if quant.activation_quant
@@ -71,10 +75,13 @@ def _print_table(info: dict[str, Any]) -> None:
               f"time: {'yes' if quant['activation_quant'] else 'no'} (layers above are read "
               "through the dequantized twin)")
     k = info["kernels"]
-    print(f"onnxruntime runs ({k['verdict']} kernels): "
-          + "; ".join(f"{group.replace('_', ' ')}: "
-                      + ", ".join(f"{op} x{n}" for op, n in k[group].items())
-                      for group in ("integer", "float_compute", "conversions") if k[group]))
+    if "error" in k:
+        print(f"onnxruntime kernels: unknown ({k['error']})")
+    else:
+        print(f"onnxruntime runs ({k['verdict']} kernels): "
+              + "; ".join(f"{group.replace('_', ' ')}: "
+                          + ", ".join(f"{op} x{n}" for op, n in k[group].items())
+                          for group in ("integer", "float_compute", "conversions") if k[group]))
     diff = info["differentiable"]
     print("white-box gradients (qrdeploy.gradients.builder): "
           + (f"supported, {diff['gradient']}" if diff["ok"]

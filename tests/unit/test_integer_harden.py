@@ -222,3 +222,19 @@ def test_api_harden_int8(tmp_path: Path) -> None:
     assert {x.encoding for x in r.records} == {"int8"}
     (recipe,) = recipes_of(onnx.load(tmp_path / "i.onnx"))
     assert recipe.activations == IntegerActivations(20, "percentile", "mine:train")
+
+
+def test_inspect_without_loadable_kernels(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A graph onnxruntime cannot load (an op of an unknown domain) is still inspected."""
+    model = cnn(0)
+    last = model.graph.node[-1]
+    last.output[0] = "pre"
+    model.graph.node.append(helper.make_node("Scale", ["pre"], [model.graph.output[0].name],
+                                             domain="example.custom"))
+    model.opset_import.append(helper.make_opsetid("example.custom", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime kernels: unknown (onnxruntime cannot load the model" in out
