@@ -91,7 +91,10 @@ class OrtModel:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config or SessionConfig()
-        self.timing_config = self.config  # latency is always measured with the caller's settings
+        # latency: the caller's provider and threads, without spin-waiting, for every model alike
+        # (gates time two models back to back: the spinning threads of the one that ran before
+        # take the cores from the next; measured 1.2-1.3x on 2 cores, docs/benchmarks.md)
+        self.timing_config = dataclasses.replace(self.config, spinning=False)
         self.batch_size = batch_size
         self.options = options
         self.deployed = as_proto(model)
@@ -178,7 +181,8 @@ class OrtModel:
 
     def time_run(self, x: np.ndarray) -> float:
         """Seconds of one session run of the deployed graph on the batch x (N, C, H, W), in a
-        session with the caller's settings (a quantized model's attack sessions may differ)."""
+        session with the caller's provider and threads and no spin-waiting (the same for every
+        model, so that latencies timed back to back compare like with like)."""
         if self._deployed_session is None:
             self._deployed_session = make_session(self.deployed.SerializeToString(),
                                                   self.timing_config)
