@@ -26,6 +26,7 @@ from qrdeploy.gate.run import CheckResult
 from qrdeploy.gate.run import check as _check
 from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.hardening.encodings import Encoding
+from qrdeploy.hardening.integer import Calibration, IntegerActivations
 from qrdeploy.hardening.passes import (
     GraphPass,
     HardenResult,
@@ -48,13 +49,21 @@ PathLike = str | Path
 def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
            mulaw: float | None = None, mulaw_layers: str = "last:1",
            granularity: str = "tensor", encoding: str = "float",
-           recipe: PathLike | Recipe | None = None, in_place: bool = False) -> HardenResult:
+           recipe: PathLike | Recipe | None = None, in_place: bool = False,
+           activations: str = "float", calibrate: int = 500,
+           calibration_data: str | Dataset = "mnist-5k",
+           calibration_method: str = "minmax") -> HardenResult:
     """Harden an ONNX classifier's weights and write the hardened model to `out`.
 
     The paper's way: `mulaw=255` (μ-law on the `mulaw_layers`, e.g. 'last:1'), then `bits=3`
-    post-training quantization (per 'tensor' or 'channel'), stored as `encoding` 'float', 'qdq'
-    or 'int4'. Or a `recipe` (a TOML file or a Recipe) with any sequence of passes. Returns the
-    per-tensor records and the file sizes."""
+    post-training quantization (per 'tensor' or 'channel'), stored as `encoding` 'float', 'qdq',
+    'int4' or 'nbits' (float activations, for analysis). Or a `recipe` (a TOML file or a Recipe)
+    with any sequence of passes. `activations='int8'` writes the full-integer model instead,
+    calibrated on the first `calibrate` images of `calibration_data` (a name as `load_dataset`
+    takes it, train split, or a Dataset) with `calibration_method` (minmax, percentile,
+    entropy). Returns the per-tensor records and the file sizes."""
+    if activations not in ("float", "int8"):
+        raise ConfigError(f"activations must be 'float' or 'int8', got {activations!r}")
     if recipe is not None:
         if bits is not None or mulaw is not None:
             raise ConfigError("give either recipe or bits / mulaw, not both")
@@ -62,7 +71,17 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
     else:
         rec = Recipe(_passes(bits, mulaw, mulaw_layers, granularity),
                      _choice(Encoding, encoding, "encoding"))
-    return harden_file(model, out, rec, in_place=in_place)
+    calibration = None
+    if activations == "int8":
+        name = calibration_data.name if isinstance(calibration_data, Dataset) \
+            else calibration_data
+        rec = Recipe(rec.passes, rec.encoding,
+                     IntegerActivations(calibrate, _choice(Calibration, calibration_method,
+                                                           "calibration method"), f"{name}:train"))
+        ds = calibration_data if isinstance(calibration_data, Dataset) else \
+            load_dataset(calibration_data, "train", n=calibrate)
+        calibration = ds.x[:calibrate]
+    return harden_file(model, out, rec, in_place=in_place, calibration=calibration)
 
 
 E = TypeVar("E", bound=StrEnum)

@@ -1,6 +1,7 @@
 """`qrdeploy inspect`: weight layers of an ONNX model (op, shape, dtype, distinct levels per
-tensor and per channel, bits, encoding), the provenance written by `qrdeploy harden`, and
-whether qrdeploy can differentiate the model (and which ops block it)."""
+tensor and per channel, bits, encoding), the provenance written by `qrdeploy harden`, the
+kernels onnxruntime actually runs (integer vs float, from its optimized graph), and whether
+qrdeploy can differentiate the model (and which ops block it, or that the gradient is BPDA)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import json
 from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.errors import QrdeployError, first_line
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.twin import float_twin
+from qrdeploy.graphio.twin import summary as twin_summary
 from qrdeploy.hardening.passes import describe_model
+from qrdeploy.model.kernels import kernel_summary
 
 HELP = "list weight layers (levels, bits, encoding), the hardening provenance, differentiability"
 
@@ -25,10 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
     model = load_model(args.model)
-    info = describe_model(model)
+    twin, quant = float_twin(model)
+    info = describe_model(twin if quant.quantized else model)
     report = differentiability(model)
+    info["quantization"] = twin_summary(quant)
+    try:
+        info["kernels"] = kernel_summary(model)
+    except QrdeployError as exc:  # a graph onnxruntime cannot load: still list what we can
+        info["kernels"] = {"verdict": "unknown", "error": first_line(exc, None)}
     info["differentiable"] = {
         "ok": report.ok,
+        "gradient": ("BPDA (STE of the dequantized twin)" if quant.activation_quant
+                     else "exact"),
         "blocking": [{"op": op, "node": node, "reason": reason}
                      for op, node, reason in report.blocking],
     }
@@ -55,8 +68,23 @@ def _print_table(info: dict[str, Any]) -> None:
         print(f"harden step {i}: {json.dumps(step, sort_keys=True)}")
     if not prov["steps"]:
         print("no hardening recorded")
+    quant = info["quantization"]
+    if quant["integer_kernels"] or quant["activation_quant"]:
+        ops = ", ".join(f"{op} x{n}" for op, n in quant["integer_kernels"].items()) or "none"
+        print(f"quantized graph: integer ops in the file: {ops}; activations quantized at run "
+              f"time: {'yes' if quant['activation_quant'] else 'no'} (layers above are read "
+              "through the dequantized twin)")
+    k = info["kernels"]
+    if "error" in k:
+        print(f"onnxruntime kernels: unknown ({k['error']})")
+    else:
+        print(f"onnxruntime runs ({k['verdict']} kernels): "
+              + "; ".join(f"{group.replace('_', ' ')}: "
+                          + ", ".join(f"{op} x{n}" for op, n in k[group].items())
+                          for group in ("integer", "float_compute", "conversions") if k[group]))
     diff = info["differentiable"]
     print("white-box gradients (qrdeploy.gradients.builder): "
-          + ("supported" if diff["ok"] else f"blocked by {len(diff['blocking'])} node(s)"))
+          + (f"supported, {diff['gradient']}" if diff["ok"]
+             else f"blocked by {len(diff['blocking'])} node(s)"))
     for b in diff["blocking"]:
         print(f"  {b['op']} node {b['node']!r}: {b['reason']}")

@@ -35,6 +35,10 @@ class SessionConfig:
     provider: str = "auto"
     threads: int = 0
     deterministic: bool = True  # onnxruntime's use_deterministic_compute (same inputs, same bits)
+    # intra-op threads spin-wait after a run (onnxruntime's default); off where several sessions
+    # alternate (a quantized model's integer forward and its twin's gradient), whose spinning
+    # threads would otherwise take the cores from the session that runs next
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -67,8 +71,10 @@ def resolve_providers(provider: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(model: bytes, config: SessionConfig | None = None) -> onnxruntime.InferenceSession:
-    """An inference session for a serialized model; runtime failures become GraphError."""
+def make_session(model: bytes, config: SessionConfig | None = None,
+                 optimized_path: str | None = None) -> onnxruntime.InferenceSession:
+    """An inference session for a serialized model; runtime failures become GraphError.
+    `optimized_path`: where onnxruntime writes the graph it actually runs (after fusions)."""
     config = config or SessionConfig()
     rt = ort()
     opts = rt.SessionOptions()
@@ -80,6 +86,10 @@ def make_session(model: bytes, config: SessionConfig | None = None) -> onnxrunti
     if config.threads:
         opts.intra_op_num_threads = config.threads
     opts.use_deterministic_compute = config.deterministic
+    if not config.spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
     try:
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types

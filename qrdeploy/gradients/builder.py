@@ -18,12 +18,20 @@ from onnx import TensorProto, helper
 from qrdeploy.core.losses import DLR_EPS, Loss
 from qrdeploy.errors import GraphError, QrdeployError, UnsupportedOpError
 from qrdeploy.gradients import rules_act as grad_rules_act
+from qrdeploy.gradients import rules_quant as grad_rules_quant
 from qrdeploy.gradients import rules_shape as grad_rules_shape
 from qrdeploy.gradients.prepare import BATCH, Prepared, prepare
 from qrdeploy.gradients.rules import NON_DIFFERENTIABLE, RULES, Emitter, GradOptions, Shape
 
-_REGISTERED = (grad_rules_act, grad_rules_shape)  # imported for their rules
+_REGISTERED = (grad_rules_act, grad_rules_quant, grad_rules_shape)  # imported for their rules
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+#: integer outputs that carry a gradient (in units of their codes): quantized activations, and
+#: what ops that only move or select codes make of them
+_CODE_MAKERS = {"QuantizeLinear": {0}, "DynamicQuantizeLinear": {0}}
+_CODE_MOVERS = {"Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice",
+                "Concat", "Split", "Pad", "MaxPool"}
+#: float outputs held constant (BPDA): a run-time quantization scale and zero point
+_HELD = {"DynamicQuantizeLinear": {1, 2}}
 
 X_COTANGENT, Y, TEMPERATURE = "qrd_cotangent", "qrd_y", "qrd_temperature"
 LOSS, GRAD = "qrd_loss", "qrd_grad"
@@ -85,16 +93,33 @@ def _check_logits(prep: Prepared) -> None:
         "shape (N, K) float32; supported: a classifier's logits, optionally then Softmax")
 
 
+def _carries(node: onnx.NodeProto, k: int, out: str, floats: set[str], codes: set[str]) -> bool:
+    """Whether output k of a node with an x-dependent input carries a gradient."""
+    if k in _HELD.get(node.op_type, set()):
+        return False
+    if out in floats:
+        return True
+    if k in _CODE_MAKERS.get(node.op_type, set()):
+        return True
+    return node.op_type in _CODE_MOVERS and bool(node.input) and node.input[0] in codes
+
+
 def _paths(prep: Prepared) -> tuple[set[str], set[str]]:
-    """Float tensors that depend on x, and those of them the logits depend on."""
+    """Tensors that depend on x (float, or integer codes of a quantized activation), and those
+    of them the logits depend on."""
     _check_logits(prep)
     graph = prep.model.graph
     floats = _float_tensors(prep.model)
     depends = {prep.input_name}
+    codes: set[str] = set()
     for node in graph.node:
         skip = NON_DIFFERENTIABLE.get(node.op_type, set())
         if any(i in depends for k, i in enumerate(node.input) if k not in skip):
-            depends.update(o for o in node.output if o in floats)
+            for k, o in enumerate(node.output):
+                if o and _carries(node, k, o, floats, codes):
+                    depends.add(o)
+                    if o not in floats:
+                        codes.add(o)
     if prep.logits_name not in depends:
         raise GraphError("the logits do not depend on the input; check the model's graph")
     needed = {prep.logits_name}

@@ -1,10 +1,15 @@
 """Bring an ONNX classifier into the one form the gradient builder differentiates.
 
-Steps: one opset in [16, 21] (onnx.version_converter); a concrete C x H x W input with a symbolic
+Steps: integer kernels rewritten to their dequantized float twin (qrdeploy.graphio.twin: the
+gradient of a quantized graph is that of its twin, BPDA); one opset in [16, 21]
+(onnx.version_converter); a concrete C x H x W input with a symbolic
 batch axis; every sub-graph that does not depend on the input (DequantizeLinear on initializers
 incl. INT4, codebook Cast + Gather + Mul, weight Transpose/Cast, Constant nodes, Shape of
 constants) evaluated once by onnxruntime and stored as initializers; a trailing Softmax or
-LogSoftmax cut so its input is the logits; shape inference. The floor of 16 (not 13) is qrdeploy's
+LogSoftmax cut so its input is the logits; shape inference, and where static inference leaves a
+tensor's shape unknown (a Reshape fed by computed shapes, a com.microsoft op), the shape observed
+in runs on sample inputs of two batch sizes (axes that change with the batch stay symbolic). The
+floor of 16 (not 13) is qrdeploy's
 choice: ScatterElements(reduction="add"), the generic MaxPool backward, first appears there."""
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from onnx import numpy_helper
 
 from qrdeploy.core.runtime import make_session, run_session
 from qrdeploy.errors import GraphError, first_line
+from qrdeploy.graphio.twin import TwinInfo, float_twin
 
 MIN_OPSET, MAX_OPSET = 16, 21
 BATCH = "batch"
@@ -37,6 +43,29 @@ class Prepared:
     source_opset: int
     softmax_cut: str | None  # "Softmax" / "LogSoftmax" when one was cut off the output
     folded_nodes: int
+    twin: TwinInfo | None = None  # set when the source graph is quantized (integer kernels)
+    observed_shapes: tuple[str, ...] = ()  # tensors whose shape came from sample runs
+
+    @property
+    def bpda(self) -> bool:
+        """True when activations are quantized at run time: the deployed graph must be scored
+        and the gradient is the twin's (BPDA)."""
+        return self.twin is not None and self.twin.activation_quant
+
+    @property
+    def score_deployed(self) -> bool:
+        """True when the source graph has integer kernels or quantized activations: its own
+        logits (not the twin's) must be scored."""
+        return self.twin is not None
+
+    @property
+    def gradient_form(self) -> str:
+        if not self.bpda:
+            return "exact" if self.twin is None else "exact (dequantized weights)"
+        assert self.twin is not None
+        if self.twin.activations == "float":
+            return "BPDA (exact gradient of the dequantized float twin)"
+        return "BPDA (STE of the dequantized twin)"
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -180,11 +209,15 @@ def cut_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     return model, node.op_type
 
 
-def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> Prepared:
-    """Normalise, fold, cut and shape-infer a copy of `model` (the argument is not changed)."""
+def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
+            activations: str = "ste") -> Prepared:
+    """Twin, normalise, fold, cut and shape-infer a copy of `model` (the argument is not
+    changed). `activations` picks the twin's activation quantization: "ste" (fake-quantized,
+    straight-through gradient) or "float" (removed); see qrdeploy.graphio.twin."""
     source = _opset(model)
+    twinned, info = float_twin(model, activations)
     work = onnx.ModelProto()
-    work.CopyFrom(normalise_opset(model))
+    work.CopyFrom(normalise_opset(twinned))
     work.ir_version = max(work.ir_version, 8)
     chw = _set_input_shape(work, input_shape)
     work, folded = fold_constants(work)
@@ -195,8 +228,79 @@ def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) 
     except Exception as exc:  # onnx raises InferenceError and C++ errors
         first = first_line(exc, None)
         raise GraphError(f"shape inference failed on the prepared model: {first}") from exc
+    observed = observe_shapes(work, chw)
     return Prepared(work, _real_inputs(work.graph)[0].name, work.graph.output[0].name, chw,
-                    _opset(work), source, cut, folded)
+                    _opset(work), source, cut, folded, info if info.quantized else None,
+                    observed)
+
+
+SAMPLE_BATCHES = (2, 3)
+
+
+def _unknown(model: onnx.ModelProto) -> list[str]:
+    """Node outputs whose shape static inference left unknown (missing, or a dim that is
+    neither a number nor the input's batch symbol)."""
+    known: dict[str, onnx.TypeProto] = {v.name: v.type for v in model.graph.value_info}
+    known.update((v.name, v.type) for v in model.graph.output)
+    out = []
+    for node in model.graph.node:
+        for name in node.output:
+            if not name:
+                continue
+            t = known.get(name)
+            shape_known = t is not None and t.tensor_type.HasField("shape") and all(
+                d.HasField("dim_value") or d.dim_param == BATCH
+                for d in t.tensor_type.shape.dim)
+            if not shape_known:
+                out.append(name)
+    return out
+
+
+def observe_shapes(model: onnx.ModelProto, chw: tuple[int, ...]) -> tuple[str, ...]:
+    """Fill the shapes static inference could not find (in place) from runs of the graph on
+    sample inputs of two batch sizes: a dim equal in both runs is static, one that changes is
+    the batch symbol when it equals the batch size, else left unnamed. Returns the tensors
+    filled. A graph whose shapes are all known is not run; one that cannot run on those batches
+    (a batch hard-coded to 1) keeps its unknown shapes."""
+    names = _unknown(model)
+    if not names:
+        return ()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
+    x_name = _real_inputs(model.graph)[0].name
+    rng = np.random.default_rng(0)
+    runs = []
+    try:
+        session = make_session(probe.SerializeToString())
+        for n in SAMPLE_BATCHES:
+            x = rng.random((n, *chw), dtype=np.float32)
+            values = run_session(session, names, {x_name: x}, what="observe tensor shapes")
+            runs.append([np.asarray(v) for v in values])
+    except GraphError:  # e.g. a graph that hard-codes batch 1: the shapes stay unknown, and a
+        return ()       # rule that needs one refuses with its own message
+    by_name = {v.name: v for v in model.graph.value_info}
+    for k, name in enumerate(names):
+        a, b = runs[0][k], runs[1][k]
+        vi = by_name.get(name)
+        if vi is None:
+            vi = model.graph.value_info.add()
+            vi.name = name
+        tensor = vi.type.tensor_type
+        tensor.elem_type = int(onnx.helper.np_dtype_to_tensor_dtype(a.dtype))
+        tensor.ClearField("shape")
+        dims = tensor.shape.dim
+        if a.ndim != b.ndim:
+            raise GraphError(f"tensor {name!r} changes rank with the batch size ({a.shape} vs "
+                             f"{b.shape}); qrdeploy needs a fixed rank per tensor")
+        for da, db in zip(a.shape, b.shape, strict=True):
+            d = dims.add()
+            if da == db:
+                d.dim_value = int(da)
+            elif (da, db) == SAMPLE_BATCHES:
+                d.dim_param = BATCH
+    return tuple(names)
 
 
 def _drop_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

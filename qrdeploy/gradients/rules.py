@@ -235,14 +235,18 @@ def _identity(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -
     return [gout[0]] + [None] * (len(node.input) - 1)
 
 
-@register("Cast", "CastLike", limits="between float types only")
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@register("Cast", "CastLike", limits="between float types, and from quantization codes")
 def _cast(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
-    # reached only float -> float (other casts end the differentiable path); CastLike's second
-    # input gives only a dtype (see NON_DIFFERENTIABLE). The cotangent goes back to x's type.
+    # reached float -> float, or from integer codes of a quantized activation (their cotangent
+    # stays float); other casts end the differentiable path. CastLike's second input gives only
+    # a dtype (see NON_DIFFERENTIABLE). The cotangent goes back to x's type when x is a float.
     g = gout[0]
     assert g is not None
     src, dst = e.dtypes.get(node.input[0]), e.dtypes.get(node.output[0])
-    if src is not None and dst is not None and src != dst:
+    if src is not None and dst is not None and src != dst and src in _FLOAT_TYPES:
         g = e.op("Cast", [g], "cast_grad", to=src)
     return [g] + [None] * (len(node.input) - 1)
 
@@ -568,10 +572,17 @@ def _reduce_mean(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]
     axes = reduce_axes(e, node)
     if axes is None:
         return [g] + [None] * (len(node.input) - 1)
-    dims = [int(d) for d in (e.shape(x)[ax] for ax in axes) if d is not None]
-    if len(dims) < len(axes):
+    shape = e.shape(x)
+    if 0 in axes and shape[0] is None:
         raise refuse(node, "a mean over the batch axis", "reduce over C, H or W only")
-    g = e.op("Mul", [keep_dims(e, node, g, axes), e.const(np.float32(1.0 / np.prod(dims)))])
+    dims = [int(d) for d in (shape[ax] for ax in axes) if d is not None]
+    if len(dims) == len(axes):
+        inv = e.const(np.float32(1.0 / np.prod(dims)))
+    else:  # a reduced axis of unknown size: the count is size(x) / size(mean), at run time
+        size_x = e.op("Cast", [e.op("Size", [x])], to=TensorProto.FLOAT)
+        size_y = e.op("Cast", [e.op("Size", [node.output[0]])], to=TensorProto.FLOAT)
+        inv = e.op("Div", [size_y, size_x], "mean_inv")
+    g = e.op("Mul", [keep_dims(e, node, g, axes), inv])
     return [e.op("Expand", [g, e.op("Shape", [x])], "mean_grad")] + [None] * (len(node.input) - 1)
 
 

@@ -30,6 +30,7 @@ class Encoding(StrEnum):
     FLOAT = "float"
     QDQ = "qdq"
     INT4 = "int4"
+    NBITS = "nbits"  # MatMulNBits for Gemm / MatMul (qrdeploy.hardening.nbits), qdq elsewhere
 
 
 @dataclass(frozen=True)

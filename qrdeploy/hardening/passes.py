@@ -28,6 +28,8 @@ from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.hardening import quant
 from qrdeploy.hardening.encodings import Encoded, Encoding, encode_float, encode_quantized
+from qrdeploy.hardening.integer import IntegerActivations, quantize_activations
+from qrdeploy.hardening.nbits import eligible, to_matmulnbits
 from qrdeploy.hardening.quant import Granularity, Quantized, Quantizer, ScaleRule
 
 META_STEPS = "qrdeploy.harden"  # JSON list of replayable recipes, one per harden call
@@ -313,9 +315,14 @@ class Recipe:
 
     passes: tuple[GraphPass, ...]
     encoding: Encoding = Encoding.FLOAT
+    activations: IntegerActivations | None = None  # None: float activations
 
     def to_json(self) -> dict[str, Any]:
-        return {"encoding": self.encoding.value, "passes": [_pass_dict(p) for p in self.passes]}
+        out: dict[str, Any] = {"encoding": self.encoding.value,
+                               "passes": [_pass_dict(p) for p in self.passes]}
+        if self.activations is not None:
+            out["activations"] = self.activations.to_json()
+        return out
 
 
 def _pass_dict(p: GraphPass) -> dict[str, Any]:
@@ -330,19 +337,41 @@ def _check_recipe(recipe: Recipe) -> None:
     if recipe.encoding is not Encoding.FLOAT and not quants:
         raise PassError(f"--encoding {recipe.encoding.value} needs a quantization pass "
                         "(--bits B); use --encoding float for μ-law only")
+    if recipe.activations is not None and not quants:
+        raise PassError("--activations int8 needs a quantization pass (--bits B); the weights "
+                        "go into integer kernels")
+    if recipe.activations is not None and recipe.encoding is Encoding.INT4:
+        raise PassError("--activations int8 stores the weight codes in int8 for the integer "
+                        "kernels; drop --encoding int4 (or use float activations)")
+    if recipe.encoding is Encoding.NBITS and any(p.bits > 4 for p in quants):
+        raise PassError(f"--encoding nbits holds at most 4 bits, got {max(p.bits for p in quants)}"
+                        "; use --encoding qdq or --bits 4 or fewer")
+    if recipe.activations is not None and recipe.encoding is Encoding.NBITS:
+        raise PassError("--activations int8 stores the weight codes in int8 for the integer "
+                        "kernels; drop --encoding nbits (or use float activations)")
     if recipe.encoding is Encoding.INT4 and any(p.bits > 4 for p in quants):
         raise PassError(f"--encoding int4 holds at most 4 bits, got {max(p.bits for p in quants)};"
                         " use --encoding qdq or --bits 4 or fewer")
 
 
 def harden(
-    model: onnx.ModelProto, passes: Iterable[GraphPass], encoding: Encoding | str = Encoding.FLOAT
+    model: onnx.ModelProto, passes: Iterable[GraphPass], encoding: Encoding | str = Encoding.FLOAT,
+    *, activations: IntegerActivations | None = None, calibration: np.ndarray | None = None,
 ) -> tuple[onnx.ModelProto, list[PassRecord]]:
     """Apply the passes in order to a copy of the model and encode the rewritten tensors.
     Returns the new model (with provenance in metadata_props) and one record per tensor and pass.
-    Tensors are processed one at a time, so memory beyond the input is about the output's size."""
-    recipe = Recipe(tuple(passes), _enum(Encoding, encoding, "encoding"))
+    Tensors are processed one at a time, so memory beyond the input is about the output's size.
+
+    With `activations` (int8), the result is the full-integer QDQ model of
+    qrdeploy.hardening.integer, calibrated on `calibration` (N, C, H, W) images; the weights
+    are stored as int8 codes (form "int8") and the encoding is recorded as qdq."""
+    if activations is not None:
+        encoding = Encoding.QDQ if _enum(Encoding, encoding, "encoding") is Encoding.FLOAT \
+            else encoding
+    recipe = Recipe(tuple(passes), _enum(Encoding, encoding, "encoding"), activations)
     _check_recipe(recipe)
+    if activations is not None:
+        return _harden_integer(model, recipe, calibration)
     if recipe.encoding is Encoding.INT4 and graph.opset_version(model) < 21:
         model = graph.convert_opset(model, 21)  # recorded in metadata by convert_opset
     inits = graph.initializer_map(model)
@@ -351,17 +380,63 @@ def harden(
     encoded: dict[str, Encoded] = {}
     stored_bits: dict[str, int | None] = {}
     ordered: list[tuple[tuple[int, int, int], PassRecord]] = []
+    nbits_layers: dict[str, tuple[WeightLayer, Quantized]] = {}
     for name, steps in plan.items():
         arr = numpy_helper.to_array(inits[name])
         t = _Tensor(name, arr.dtype, arr.astype(np.float32, copy=False))
         ordered.extend((step.order, _apply(step, t)) for step in steps)
-        encoded[name] = _encode_one(t, recipe.encoding, taken)
+        layer = next((s.layer for s in steps if s.role == "weight"), None)
+        if recipe.encoding is Encoding.NBITS and layer is not None and t.quantized is not None \
+                and t.dtype == np.float32 and eligible(layer, t.quantized):
+            encoded[name] = encode_float(t.name, t.values, t.dtype)
+            nbits_layers[name] = (layer, t.quantized)
+            continue
+        store = Encoding.QDQ if recipe.encoding is Encoding.NBITS else recipe.encoding
+        encoded[name] = _encode_one(t, store, taken)
         if t.bits is not None:
             stored_bits[encoded[name].initializers[0].name] = t.bits
     out = _assemble(model, encoded)
+    if nbits_layers:
+        out, held = to_matmulnbits(out, nbits_layers)
+        stored_bits.update({held[n]: int(q.bits) for n, (_, q) in nbits_layers.items()})
+        encoded = {n: (Encoded(e.initializers, e.nodes, e.output, "matmulnbits")
+                       if n in held else e) for n, e in encoded.items()}
     records = [_with_encoding(r, encoded[r.tensor].form) for _, r in sorted(ordered,
                                                                          key=lambda o: o[0])]
     _write_provenance(out, recipe, records, stored_bits)
+    return out, records
+
+
+def _harden_integer(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndarray | None
+                    ) -> tuple[onnx.ModelProto, list[PassRecord]]:
+    """The passes with float storage, then onnxruntime's QDQ quantization around them."""
+    assert recipe.activations is not None
+    if calibration is None:
+        raise PassError("--activations int8 needs calibration images; pass --calibrate N "
+                        "(and --calibration-data DATA)")
+    inits = graph.initializer_map(model)
+    plan = _plan(recipe.passes, graph.weight_layers(model), inits)
+    encoded: dict[str, Encoded] = {}
+    quantized: dict[str, Quantized] = {}
+    ordered: list[tuple[tuple[int, int, int], PassRecord]] = []
+    for name, steps in plan.items():
+        arr = numpy_helper.to_array(inits[name])
+        t = _Tensor(name, arr.dtype, arr.astype(np.float32, copy=False))
+        ordered.extend((step.order, _apply(step, t)) for step in steps)
+        encoded[name] = encode_float(t.name, t.values, t.dtype)
+        if t.quantized is not None and t.values.ndim >= 2:
+            if t.dtype != np.float32:
+                raise PassError(f"--activations int8 needs float32 weights, {name!r} is "
+                                f"{t.dtype}; use float activations")
+            quantized[name] = t.quantized
+    floated = _assemble(model, encoded)
+    per_channel = any(q.axis is not None for q in quantized.values())
+    out, held = quantize_activations(floated, quantized, calibration, recipe.activations,
+                                     per_channel)
+    bits = {held[name]: int(q.bits) for name, q in quantized.items()}
+    records = [_with_encoding(r, "int8" if r.tensor in quantized else "float")
+               for _, r in sorted(ordered, key=lambda o: o[0])]
+    _write_provenance(out, recipe, records, bits)
     return out, records
 
 
@@ -435,11 +510,28 @@ _PASS_TYPES: dict[str, type[MuLawMap] | type[WeightQuant]] = {
 
 def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
     """A Recipe from its dict form ({'encoding': ..., 'passes': [{'kind': ..., ...}, ...]})."""
-    unknown = set(data) - {"encoding", "passes", "format"}
+    unknown = set(data) - {"encoding", "passes", "format", "activations"}
     if unknown:
-        raise ConfigError(f"unknown recipe keys {sorted(unknown)}; expected encoding and passes")
+        raise ConfigError(f"unknown recipe keys {sorted(unknown)}; expected encoding, passes "
+                          "and activations")
     passes = tuple(_pass_from_dict(d) for d in data.get("passes", []))
-    return Recipe(passes, _enum(Encoding, data.get("encoding", "float"), "encoding"))
+    return Recipe(passes, _enum(Encoding, data.get("encoding", "float"), "encoding"),
+                  _activations_from_dict(data.get("activations")))
+
+
+def _activations_from_dict(d: Any) -> IntegerActivations | None:
+    if d is None or d == "float" or (isinstance(d, Mapping) and d.get("kind") == "float"):
+        return None
+    if isinstance(d, str):
+        d = {"kind": d}
+    if not isinstance(d, Mapping) or d.get("kind") != "int8":
+        raise ConfigError(f"recipe activations must be 'float' or 'int8' (or a table with kind, "
+                          f"samples, method, data), got {d!r}")
+    extra = set(d) - {"kind", "samples", "method", "data"}
+    if extra:
+        raise ConfigError(f"unknown activations settings {sorted(extra)}; allowed: kind, "
+                          "samples, method, data")
+    return IntegerActivations(**{k: v for k, v in d.items() if k != "kind"})
 
 
 def _pass_from_dict(d: Mapping[str, Any]) -> GraphPass:
@@ -512,14 +604,16 @@ class HardenResult:
     bytes_out: int
 
 
-def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: bool = False
-                ) -> HardenResult:
-    """Load, harden and atomically save; refuses to overwrite the input unless in_place."""
+def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: bool = False,
+                calibration: np.ndarray | None = None) -> HardenResult:
+    """Load, harden and atomically save; refuses to overwrite the input unless in_place.
+    `calibration` (N, C, H, W) images are needed when the recipe asks for int8 activations."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() and not in_place:
         raise ConfigError(f"output {dst} is the input model; choose another -o or pass --in-place")
     model = graph.load_model(src)
-    hardened, records = harden(model, recipe.passes, recipe.encoding)
+    hardened, records = harden(model, recipe.passes, recipe.encoding,
+                               activations=recipe.activations, calibration=calibration)
     del model
     graph.save_model(hardened, dst)
     return HardenResult(dst, tuple(records), src.stat().st_size, dst.stat().st_size)

@@ -7,13 +7,21 @@ clean accuracy and latency run it as is (`gradients=False` keeps only this form)
 gradients (the default), the forward session runs the *prepared* graph instead
 (qrdeploy.gradients.prepare: opset normalised, constants folded, a trailing softmax cut, so that
 `logits` are logits), and the gradient sessions (one `vjp`, one per fused loss) are built by
-qrdeploy.gradients.builder the first time they are asked for. When a graph cannot be prepared
+qrdeploy.gradients.builder the first time they are asked for. A quantized graph (integer kernels or
+activations quantized at run time: QuantizeLinear, DynamicQuantizeLinear, QLinear*, ConvInteger,
+MatMulInteger, MatMulNBits) is different:
+`logits`, and the logits and loss values that `vjp` and `loss_and_grad` return, always come from
+the deployed integer graph, while the gradient comes from the gradient graph of its dequantized
+twin (qrdeploy.graphio.twin; BPDA with the straight-through estimator by default, or the exact
+gradient of the float twin with `quantized_gradient="float"`); `info["gradient_form"]` says
+which. When a graph cannot be prepared
 for gradients (an op the preparation cannot fold or infer), the deployed graph serves the
 forward pass and the gradient calls raise one GraphError saying why. Calls are split into
 batches of `batch_size`. No torch here."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from qrdeploy.core.losses import Loss
+from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
 from qrdeploy.errors import ConfigError, DataError, GraphError, first_line
 from qrdeploy.gradients.builder import (
@@ -62,6 +70,9 @@ class OrtModel:
         batch_size: the most samples passed to one session run.
         input_shape: (C, H, W) when the model's input does not state it.
         gradients: False runs only the deployed graph (predict, logits, latency).
+        quantized_gradient: for a quantized graph, "ste" (straight-through estimator of the
+            fake-quantized twin) or "float" (exact gradient of the twin without activation
+            quantization); see qrdeploy.graphio.twin.
     Example:
         >>> m = OrtModel("model.onnx", SessionConfig("cpu", threads=2))
         >>> m.predict(x)                                   # (N,) int64
@@ -75,10 +86,15 @@ class OrtModel:
         input_shape: tuple[int, ...] | None = None,
         options: GradOptions | None = None,
         gradients: bool = True,
+        quantized_gradient: str = "ste",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config or SessionConfig()
+        # latency: the caller's provider and threads, without spin-waiting, for every model alike
+        # (gates time two models back to back: the spinning threads of the one that ran before
+        # take the cores from the next; measured 1.2-1.3x on 2 cores, docs/benchmarks.md)
+        self.timing_config = dataclasses.replace(self.config, spinning=False)
         self.batch_size = batch_size
         self.options = options
         self.deployed = as_proto(model)
@@ -87,13 +103,20 @@ class OrtModel:
         self.gradient_error: str | None = "not asked for (gradients=False)"
         if gradients:
             try:
-                self.prepared, self.gradient_error = prepare(self.deployed, input_shape), None
+                self.prepared = prepare(self.deployed, input_shape, quantized_gradient)
+                self.gradient_error = None
             except GraphError as exc:
                 self.gradient_error = first_line(exc, None)
-        forward = self.prepared.model if self.prepared is not None else self.deployed
+        self.bpda = self.prepared is not None and self.prepared.bpda
+        if self.prepared is not None and self.prepared.score_deployed:
+            # two sessions per attack step (deployed forward, twin gradient): no spin-waiting
+            self.config = dataclasses.replace(self.config, spinning=False)
+        forward = self.prepared.model if self.prepared is not None and \
+            not self.prepared.score_deployed else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
         self._deployed_session: onnxruntime.InferenceSession | None = \
-            None if self.prepared is not None else self._forward
+            self._forward if forward is self.deployed and self.config == self.timing_config \
+            else None
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
         self.input_name = self._forward.get_inputs()[0].name
         shape = self._forward.get_outputs()[0].shape
@@ -113,6 +136,7 @@ class OrtModel:
             "source_opset": p.source_opset if p else None,
             "softmax_cut": p.softmax_cut if p else None,
             "folded_nodes": p.folded_nodes if p else 0,
+            "gradient_form": p.gradient_form if p else None,
         }
         if self.gradient_error is not None and gradients:
             self.info["gradients"] = f"unavailable: {self.gradient_error}"
@@ -156,9 +180,12 @@ class OrtModel:
         return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
 
     def time_run(self, x: np.ndarray) -> float:
-        """Seconds of one session run of the deployed graph on the batch x (N, C, H, W)."""
+        """Seconds of one session run of the deployed graph on the batch x (N, C, H, W), in a
+        session with the caller's provider and threads and no spin-waiting (the same for every
+        model, so that latencies timed back to back compare like with like)."""
         if self._deployed_session is None:
-            self._deployed_session = make_session(self.deployed.SerializeToString(), self.config)
+            self._deployed_session = make_session(self.deployed.SerializeToString(),
+                                                  self.timing_config)
         sess = self._deployed_session
         feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)}
         t0 = time.perf_counter()
@@ -177,6 +204,8 @@ class OrtModel:
             lambda s: run_session(sess, list(gm.outputs),
                                   {gm.input_name: x[s], X_COTANGENT: cot[s]}),
             len(x))
+        if self.prepared is not None and self.prepared.score_deployed:
+            z = self.logits(x)  # scored on the integer graph; the gradient is the twin's
         return z, g
 
     def loss_and_grad(
@@ -198,6 +227,11 @@ class OrtModel:
             lambda s: run_session(sess, list(gm.outputs),
                                   {gm.input_name: x[s], **{k: v[s] for k, v in feeds.items()}}),
             len(x))
+        if self.prepared is not None and self.prepared.score_deployed:
+            # logits and loss of the integer graph; the gradient is the twin's
+            z = self.logits(x)
+            t = feeds.get(TEMPERATURE, 1.0)
+            value = loss_value_and_cotangent(z, labels, loss, t)[0].astype(np.float32)
         return z, value, g
 
     # --- helpers -------------------------------------------------------------------------------

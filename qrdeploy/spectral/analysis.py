@@ -1,7 +1,9 @@
 """Lipschitz analysis of the quantization error, read from ONNX graphs (method.md §7, issue 9).
 
 For a reference model and its hardened version, matched weight layer by weight layer (whatever
-the encoding: float, qdq, int4, codebook), per layer:
+the encoding: float, qdq, int4, codebook), or any quantized version of it made by another tool
+(read through its dequantized float twin, qrdeploy.graphio.twin; matched in graph order when the
+layer outputs were renamed; the propagated error is then measured on the twin), per layer:
 
 - ‖W‖₂ of the reference weight, ‖ΔW‖₂ and ‖ΔW‖₂/‖W‖₂, where ΔW = Q(W′) − W′ is the paper's
   quantization error with W′ the μ-law-mapped weights, recomputed by replaying the μ-law passes
@@ -38,6 +40,7 @@ from qrdeploy.core.runtime import SessionConfig, make_session, run_session
 from qrdeploy.errors import ConfigError, GraphError
 from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
+from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening import passes
 from qrdeploy.spectral import norms as spectral
 from qrdeploy.spectral.norms import ConvGeometry, SpectralResult
@@ -198,16 +201,37 @@ def _output_key(model: onnx.ModelProto, layer: WeightLayer) -> str:
     return str(model.graph.node[layer.node_index].output[0])
 
 
+def comparable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model itself, or for a quantized one (QLinear*, QGemm, ConvInteger, MatMulInteger,
+    MatMulNBits, activation Q/DQ: any tool's) its dequantized float twin, whose weight layers
+    are float ops reading DequantizeLinear of the stored codes (qrdeploy.graphio.twin)."""
+    twin, info = float_twin(model, "ste")
+    if info.unscaled:
+        raise GraphError(f"the weight scale of integer layer {info.unscaled[0]!r} cannot be read "
+                         "(expected Cast -> Mul by x_scale * w_scale after it); compare a model "
+                         "quantized with onnxruntime's quantize_dynamic layout or a QDQ model")
+    return twin if info.quantized else model
+
+
 def match_layers(
-    reference: onnx.ModelProto, hardened: onnx.ModelProto
+    reference: onnx.ModelProto, hardened: onnx.ModelProto, *, in_order: bool = False
 ) -> list[tuple[WeightLayer, WeightLayer]]:
-    """Pairs (reference layer, hardened layer), matched by the consumer node's output tensor;
-    a layer missing on either side, or differing in op or shape, is a GraphError."""
-    ref = {_output_key(reference, lyr): lyr for lyr in graph.weight_layers(reference)}
-    hard = {_output_key(hardened, lyr): lyr for lyr in graph.weight_layers(hardened)}
+    """Pairs (reference layer, hardened layer), matched by the consumer node's output tensor
+    (what qrdeploy's harden keeps). With `in_order` (models another tool quantized, read through
+    `comparable`: renamed or fused outputs), when the names differ the layers are matched in
+    graph order, each pair of the same kind (Conv; Gemm or MatMul) and the same
+    weight shape up to a transpose. A layer missing on either side, or differing in op or shape,
+    is a GraphError."""
+    ref_layers, hard_layers = graph.weight_layers(reference), graph.weight_layers(hardened)
+    ref = {_output_key(reference, lyr): lyr for lyr in ref_layers}
+    hard = {_output_key(hardened, lyr): lyr for lyr in hard_layers}
     if not ref:
         raise GraphError("the reference model has no weight layers (Conv, Gemm, MatMul); "
                          "pass an ONNX classifier")
+    if in_order and set(ref) != set(hard):
+        by_order = _match_in_order(ref_layers, hard_layers)
+        if by_order is not None:
+            return by_order
     for key, lyr in ref.items():
         if key not in hard:
             raise GraphError(
@@ -225,6 +249,50 @@ def match_layers(
                 f"layer {r.node_name!r} is {r.op_type} {r.shape} in the reference but "
                 f"{h.op_type} {h.shape} in the hardened model; they are different models")
     return pairs
+
+
+_KIND = {"Conv": "conv", "ConvTranspose": "convT", "Gemm": "linear", "MatMul": "linear"}
+
+
+def _match_in_order(ref: Sequence[WeightLayer], hard: Sequence[WeightLayer]
+                    ) -> list[tuple[WeightLayer, WeightLayer]] | None:
+    if len(ref) != len(hard):
+        return None
+    for r, h in zip(ref, hard, strict=True):
+        if _KIND[r.op_type] != _KIND[h.op_type] or _matrix_shape(r) != _matrix_shape(h):
+            return None
+    return list(zip(ref, hard, strict=True))
+
+
+def _matrix_shape(layer: WeightLayer) -> tuple[int, ...]:
+    """The weight shape as the consumer applies it: (out, in, ...) for convolutions, (in, out)
+    for Gemm / MatMul."""
+    if layer.op_type == "Gemm" and layer.attrs.get("transB", 0):
+        return tuple(reversed(layer.shape))
+    return tuple(layer.shape)
+
+
+def hardened_weight(hardened: onnx.ModelProto, r: WeightLayer, h: WeightLayer) -> np.ndarray:
+    """The hardened layer's float32 weight in the reference layer's layout."""
+    w = graph.layer_weight(hardened, h)
+    if r.op_type in ("Gemm", "MatMul") and w.ndim == 2 and tuple(w.shape) != tuple(r.shape):
+        return np.ascontiguousarray(w.T)
+    return w
+
+
+def _layer_output(model: onnx.ModelProto, layer: WeightLayer) -> str:
+    """A layer's output; for a MatMul whose only reader is a bias Add, the Add's output (the
+    Gemm of a reference model includes its bias)."""
+    node = model.graph.node[layer.node_index]
+    out = str(node.output[0])
+    if node.op_type != "MatMul":
+        return out
+    readers = [n for n in model.graph.node if out in n.input]
+    inits = {t.name for t in model.graph.initializer}
+    if len(readers) == 1 and readers[0].op_type == "Add" and \
+            any(i in inits for i in readers[0].input if i != out):
+        return str(readers[0].output[0])
+    return str(out)
 
 
 def _mulaw_weights(reference: onnx.ModelProto, recipes: Sequence[passes.Recipe]
@@ -439,17 +507,20 @@ def measure_amplification(
     """Per reference layer index: local and propagated relative errors on the inputs x, running
     both graphs with every weight layer's input and output exposed."""
     config = config or LipschitzConfig()
-    pairs = match_layers(reference, hardened)
+    twin = comparable(hardened)
+    pairs = match_layers(reference, twin, in_order=twin is not hardened)
+    hardened = twin
     if x.ndim < 2 or x.shape[0] == 0:
         raise ConfigError(f"data must be a non-empty batch (N, ...), got shape {x.shape}")
     ref_nodes = [reference.graph.node[r.node_index] for r, _ in pairs]
-    weights = {r.index: (graph.layer_weight(reference, r), graph.layer_weight(hardened, h))
+    weights = {r.index: (graph.layer_weight(reference, r), hardened_weight(hardened, r, h))
                for r, h in pairs}
+    hard_outputs = {r.index: _layer_output(hardened, h) for r, h in pairs}
     ref_sess = make_session(graph.model_to_bytes(_with_outputs(
         reference, [n for node in ref_nodes for n in (node.input[0], node.output[0])])),
         config.session)
     hard_sess = make_session(graph.model_to_bytes(_with_outputs(
-        hardened, [n.output[0] for n in ref_nodes])), config.session)
+        hardened, list(hard_outputs.values()))), config.session)
     feed_name = ref_sess.get_inputs()[0].name
     acc = {r.index: _Accumulator() for r, _ in pairs}
     for start in range(0, x.shape[0], config.batch_size):
@@ -459,7 +530,7 @@ def measure_amplification(
         ref_out.setdefault(feed_name, xb)
         for (r, _), node in zip(pairs, ref_nodes, strict=True):
             w, w_hat = weights[r.index]
-            f, f_hat = ref_out[node.output[0]], hard_out[node.output[0]]
+            f, f_hat = ref_out[node.output[0]], hard_out[hard_outputs[r.index]]
             acc[r.index].propagated.append(_rel(f_hat - f, f))
             xl = ref_out[node.input[0]]
             geometry = conv_geometry(r, xl.shape[2:]) if r.op_type == "Conv" else None
@@ -503,7 +574,9 @@ def lipschitz_report(
     start = time.perf_counter()
     ref = _load(reference)
     hard, recipes, source = _hardened_and_recipes(ref, hardened, recipe)
-    pairs = match_layers(ref, hard)
+    twin = comparable(hard)
+    pairs = match_layers(ref, twin, in_order=twin is not hard)
+    hard = twin
     primes = _mulaw_weights(ref, recipes)
     shapes = _value_shapes(ref)
     amp = {}
@@ -514,7 +587,7 @@ def lipschitz_report(
     for r, h in pairs:
         geometry, in_shape, note = _layer_geometry(ref, r, shapes) if r.op_type in _CONV_OPS \
             else (None, None, "")
-        w, w_hat = graph.layer_weight(ref, r), graph.layer_weight(hard, h)
+        w, w_hat = graph.layer_weight(ref, r), hardened_weight(hard, r, h)
         norms = _layer_norms(r, w, primes.get(r.index), w_hat, geometry, config)
         if r.op_type == "MatMul" and w.ndim > 2:
             note = "batched MatMul weight flattened to (batch*K, N): an upper bound"

@@ -27,11 +27,12 @@ import pytest
 from qrdeploy.attacks import FGSM
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.gradients.builder import Report, differentiability
-from qrdeploy.graphio.graph import layer_weight, weight_layers
+from qrdeploy.graphio.graph import weight_layers
 from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.passes import WeightQuant, harden
 from qrdeploy.model.ortmodel import OrtModel
 from qrdeploy.model.torchmodel import TorchModel
+from qrdeploy.spectral.analysis import comparable, hardened_weight
 from tests.unit.test_gradients_e2e import _assert_grad, _randomise_bn, _ref, _x
 
 torch = pytest.importorskip("torch")
@@ -85,9 +86,12 @@ def _reference_module(arch: str, exporter: str) -> Any:
 
 def _graph_weights(original: onnx.ModelProto, hardened: onnx.ModelProto
                    ) -> dict[str, np.ndarray]:
-    """The float weight each layer of `hardened` sees, by the original initializer's name."""
-    names = {lyr.node_name: lyr.weight_name for lyr in weight_layers(original)}
-    return {names[lyr.node_name]: layer_weight(hardened, lyr) for lyr in weight_layers(hardened)}
+    """The float weight each layer of `hardened` sees, by the original initializer's name (read
+    through the dequantized twin, so MatMulNBits layers of the nbits encoding count too)."""
+    ref = {lyr.node_name: lyr for lyr in weight_layers(original)}
+    twin = comparable(hardened)
+    return {ref[h.node_name].weight_name: hardened_weight(twin, ref[h.node_name], h)
+            for h in weight_layers(twin)}
 
 
 _REFS: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -54,8 +55,15 @@ def _model(case: Case) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", case.opset)])
 
 
+def _torch_params(case: Case) -> dict[str, Any]:
+    """The initializers as float64 torch tensors (4-bit ones, which torch cannot hold, left out:
+    a reference that needs them uses the numpy arrays)."""
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()
+            if v.dtype not in (ml_dtypes.int4, ml_dtypes.uint4)}
+
+
 def _torch_vjp(case: Case, x: np.ndarray, cot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    params = _torch_params(case)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     z = case.ref(xt, params).flatten(1)  # (N, K)
     (z * torch.tensor(cot, dtype=torch.float64)).sum().backward()
@@ -75,7 +83,52 @@ def _conv(p: dict[str, Any], x: Any, pads: tuple[int, ...] = (0, 0, 0, 0), **kw:
     return F.conv2d(F.pad(x, (left, r, t, b)), p["w"], p.get("b"), **kw)
 
 
+def _fake_quant(x: Any, s: Any, zp: Any, qmin: int, qmax: int) -> Any:
+    """torch's fake-quant STE in float64: forward (clamp(round(x/s) + z) − z)·s, backward 1
+    where round(x/s) + z is inside [qmin, qmax], else 0 (fake_quantize_per_*_affine)."""
+    code = torch.round(x / s) + zp
+    inside = ((code >= qmin) & (code <= qmax)).to(x.dtype)
+    fq = (torch.clamp(code, qmin, qmax) - zp) * s
+    return fq.detach() + (x - x.detach()) * inside
+
+
+def _dynamic_fake_quant(x: Any) -> Any:
+    """DynamicQuantizeLinear then DequantizeLinear; scale and zero point held constant."""
+    lo, hi = min(float(x.detach().min()), 0.0), max(float(x.detach().max()), 0.0)
+    s = np.float32((hi - lo) / 255)
+    zp = float(np.clip(np.rint(-lo / s), 0, 255))
+    return _fake_quant(x, float(s), zp, 0, 255)
+
+
+_S_CH = np.array([0.004, 0.009, 0.02], np.float32)
+_W4 = np.random.default_rng(11).integers(-8, 8, (8, 6)).astype(np.int8)
+_S4 = np.array([[0.05, 0.1, 0.02, 0.07, 0.03, 0.09], [0.04, 0.06, 0.08, 0.01, 0.05, 0.02]],
+               np.float32)  # (K / block 4, N)
+
 CASES: dict[str, Case] = {
+    "quantize_dequantize_uint8_clipped": Case(
+        [_node("QuantizeLinear", ["x", "s", "z"], "q"), _node("DequantizeLinear", ["q", "s", "z"])],
+        lambda x, p: _fake_quant(x, float(np.float32(0.006)), 128, 0, 255), (3, 4, 4),
+        {"s": np.array(0.006, np.float32), "z": np.array(128, np.uint8)}),
+    "quantize_dequantize_int8_per_channel": Case(
+        [_node("QuantizeLinear", ["x", "s", "z"], "q", axis=1),
+         _node("DequantizeLinear", ["q", "s", "z"], axis=1)],
+        lambda x, p: _fake_quant(x, torch.tensor(_S_CH.astype(np.float64)).reshape(3, 1, 1),
+                                 0, -128, 127), (3, 4, 4),
+        {"s": _S_CH, "z": np.zeros(3, np.int8)}),
+    "quantize_int4_then_blocked_int4_weight": Case(
+        [_node("QuantizeLinear", ["x", "s", "z"], "q"), _node("DequantizeLinear", ["q", "s", "z"],
+                                                            "xd"),
+         _node("DequantizeLinear", ["wq", "ws"], "w", axis=0, block_size=4),
+         _node("MatMul", ["xd", "w"])],
+        lambda x, p: _fake_quant(x, float(np.float32(0.15)), 0, -8, 7) @ torch.tensor(
+            _W4.astype(np.float64) * np.repeat(_S4, 4, axis=0)),
+        (8,), {"s": np.array(0.15, np.float32), "z": np.array(0, ml_dtypes.int4),
+               "wq": _W4.astype(ml_dtypes.int4), "ws": _S4}, opset=21),
+    "dynamic_quantize_linear": Case(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"], name="dynq"),
+         _node("DequantizeLinear", ["q", "qs", "qz"])],
+        lambda x, p: _dynamic_fake_quant(x), (3, 4, 4)),
     "conv": Case([_node("Conv", ["x", "w", "b"], pads=[1, 1, 1, 1])],
                  lambda x, p: _conv(p, x, (1, 1, 1, 1)), (3, 6, 6),
                  {"w": _w(4, 3, 3, 3), "b": _w(4)}),
@@ -350,7 +403,7 @@ def _inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
     x = _tie_free((BATCH, *case.x_shape)) * 2 - 1  # (N, ...) distinct values in [-1, 1]
     if any(n.op_type in ("Div", "Sqrt", "Pow") for n in case.nodes):
         x = np.abs(x) + 0.5  # away from 0: denominators, sqrt and fractional powers
-    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    params = _torch_params(case)
     with torch.no_grad():
         out = case.ref(torch.tensor(x, dtype=torch.float64), params).flatten(1)  # (N, K)
     cot = np.random.default_rng(7).normal(size=tuple(out.shape)).astype(np.float32)  # (N, K)
@@ -375,7 +428,7 @@ def test_float64_reference_matches_finite_differences(name: str) -> None:
     case = CASES[name]
     x, cot = _inputs(case)
     _, g_ref = _torch_vjp(case, x, cot)
-    params = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.inits.items()}
+    params = _torch_params(case)
     cot_t = torch.tensor(cot, dtype=torch.float64)
     h = 1e-6
     for seed in range(3):

@@ -157,7 +157,7 @@ def test_a_graph_that_cannot_be_prepared_still_predicts_and_says_why_no_gradient
     from qrdeploy.errors import GraphError
     from qrdeploy.model import ortmodel
 
-    def refuse(model: onnx.ModelProto, shape: object = None) -> None:
+    def refuse(model: onnx.ModelProto, shape: object = None, activations: str = "ste") -> None:
         raise GraphError("shape inference failed on the prepared model: an example reason")
 
     monkeypatch.setattr(ortmodel, "prepare", refuse)

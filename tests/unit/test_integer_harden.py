@@ -1,0 +1,240 @@
+"""`harden --activations int8`: onnxruntime's QDQ quantization with calibrated uint8 activations
+around qrdeploy's low-bit weight codes; and shapes that static inference leaves unknown, taken
+from sample runs by the gradient preparation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qrdeploy.cli import main
+from qrdeploy.errors import PassError
+from qrdeploy.gradients.prepare import prepare
+from qrdeploy.graphio.graph import layer_weight
+from qrdeploy.graphio.twin import float_twin
+from qrdeploy.hardening.integer import IntegerActivations
+from qrdeploy.hardening.passes import WeightQuant, harden, recipe_from_dict, recipes_of
+from qrdeploy.hardening.quant import quantize
+from qrdeploy.model.kernels import kernel_summary
+from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.spectral.analysis import comparable, hardened_weight, match_layers
+from tests.unit.onnx_builders import cnn, inputs, ort_logits
+
+pytest.importorskip("onnxruntime.quantization")
+CALIB = inputs(5, (40, 1, 8, 8))
+
+
+def _int8(model: onnx.ModelProto, wq: WeightQuant, method: str = "minmax") -> onnx.ModelProto:
+    out, _ = harden(model, [wq], activations=IntegerActivations(40, method, "test"),
+                    calibration=CALIB)
+    return out
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_int8_weights_hold_the_pass_codes(granularity: str) -> None:
+    model = cnn(0)
+    wq = WeightQuant(3, granularity)
+    out, records = harden(model, [wq], activations=IntegerActivations(40, "minmax", "test"),
+                          calibration=CALIB)
+    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    src = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    bits = json.loads({p.key: p.value for p in out.metadata_props}["qrdeploy.bits"])
+    for r in records:
+        axis = r.axis
+        want = quantize(src[r.tensor], 3, axis).codes
+        held = f"{r.tensor}_quantized"
+        np.testing.assert_array_equal(inits[held], want.astype(np.int8))
+        assert np.abs(inits[held]).max() <= 3 and bits[held] == 3 and r.encoding == "int8"
+    (recipe,) = recipes_of(out)
+    assert recipe.activations == IntegerActivations(40, "minmax", "test")
+    assert kernel_summary(out)["verdict"] == "integer"
+
+
+def test_int8_is_deterministic_and_every_calibration_method_runs() -> None:
+    wq = WeightQuant(3, "channel")
+    a, b = _int8(cnn(0), wq), _int8(cnn(0), wq)
+    assert a.SerializeToString() == b.SerializeToString()
+    for method in ("percentile", "entropy"):
+        assert _int8(cnn(0), wq, method).graph.node
+
+
+def test_int8_model_is_scored_on_its_integer_graph_with_bpda_gradients() -> None:
+    m = OrtModel(_int8(cnn(0), WeightQuant(3, "channel")))
+    assert m.bpda and str(m.info["gradient_form"]).startswith("BPDA (STE")
+    x = inputs(1, (6, 1, 8, 8))
+    _, g = m.vjp(x, np.ones((6, 10), np.float32))
+    assert np.abs(g).sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"passes": [WeightQuant(3, quantizer="companding")]},
+         "integer kernels, which need uniform codes; the companding quantizer gives a codebook"),
+        ({"encoding": "int4"}, "drop --encoding int4"),
+        ({"passes": []}, "no pass given"),
+        ({"calibration": CALIB[:5]}, "--calibrate 40 needs that many calibration images"),
+        ({"calibration": None}, "needs calibration images"),
+    ])
+def test_refusals_are_one_line(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"passes": [WeightQuant(3)], "encoding": "float",
+                               "calibration": CALIB, **kwargs}
+    with pytest.raises(PassError, match=message) as info:
+        harden(cnn(0), args["passes"], args["encoding"],  # type: ignore[arg-type]
+               activations=IntegerActivations(40), calibration=args["calibration"])
+    assert "\n" not in str(info.value)
+
+
+def test_recipe_round_trip_and_bad_settings() -> None:
+    r = recipe_from_dict({"encoding": "qdq", "passes": [{"kind": "quant", "bits": 3}],
+                          "activations": {"kind": "int8", "samples": 10, "method": "entropy"}})
+    assert r.activations == IntegerActivations(10, "entropy")
+    assert recipe_from_dict({"passes": [], "activations": "float"}).activations is None
+    with pytest.raises(PassError, match="calibration method must be one of"):
+        IntegerActivations(10, "mse")
+    with pytest.raises(PassError, match="--calibrate needs a number of samples >= 1"):
+        IntegerActivations(0)
+
+
+def test_cli_harden_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    np.savez(tmp_path / "c.npz", x=CALIB)
+    out = tmp_path / "int8.onnx"
+    assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--granularity", "channel",
+                 "--activations", "int8", "--calibrate", "30", "--calibration-data",
+                 f"npz:{tmp_path / 'c.npz'}"]) == 0
+    assert "int8" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "onnxruntime runs (integer kernels)" in capsys.readouterr().out
+    assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--quantizer",
+                 "companding", "--activations", "int8", "--calibration-data",
+                 f"npz:{tmp_path / 'c.npz'}", "--calibrate", "30"]) == 1
+
+
+def _legacy_reduce_mean() -> onnx.ModelProto:
+    """What torch's legacy exporter makes of x.view(n, c, -1).mean over H, W after a transpose:
+    a Reshape fed by a shape computed at run time (static inference cannot follow the Cast ->
+    Mul -> Cast chain), a Transpose, then ReduceMean over axes (2, 3) with keepdims 0."""
+    w = np.random.default_rng(0).normal(size=(6, 1, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sf", "one"], ["sm"]),
+        helper.make_node("Cast", ["sm"], ["si"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["c", "si"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 2]),
+        helper.make_node("ReduceMean", ["t"], ["logits"], axes=[2, 3], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "legacy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(1.0), "one")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_shapes_static_inference_misses_come_from_sample_runs() -> None:
+    model = _legacy_reduce_mean()
+    prep = prepare(model)
+    assert {"r", "t"} <= set(prep.observed_shapes)
+    m = OrtModel(model)
+    x = inputs(2, (3, 1, 4, 5))
+    cot = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    z, g = m.vjp(x, cot)
+    w = numpy_helper.to_array(model.graph.initializer[0]).reshape(6)
+    np.testing.assert_allclose(z, x.mean(axis=(2, 3)).reshape(3, 1) * w, rtol=1e-5, atol=1e-6)
+    want = np.broadcast_to((cot @ w / 20).reshape(3, 1, 1, 1), x.shape)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_nbits_encoding_holds_the_float_encodings_weights(trans_b: int) -> None:
+    model = cnn(0, trans_b=trans_b, hidden=40)
+    wq = WeightQuant(3, "channel")
+    nb, records = harden(model, [wq], "nbits")
+    fl, _ = harden(model, [wq], "float")
+    forms = {r.op_type: r.encoding for r in records}
+    assert forms == {"Conv": "qdq", "Gemm": "matmulnbits"}
+    assert [n.op_type for n in nb.graph.node].count("MatMulNBits") == 2
+    x = inputs(3, (16, 1, 8, 8))
+    np.testing.assert_allclose(ort_logits(nb, x), ort_logits(fl, x), rtol=1e-5, atol=1e-5)
+    twin = comparable(nb)  # weights read back through the twin: bit-identical to float's
+    for r, h in match_layers(fl, twin, in_order=True):
+        np.testing.assert_array_equal(hardened_weight(twin, r, h), layer_weight(fl, r))
+    assert float_twin(nb)[1].rewritten["MatMulNBits"] == 2
+    with pytest.raises(PassError, match="--encoding nbits holds at most 4 bits"):
+        harden(model, [WeightQuant(5)], "nbits")
+
+
+def test_torch_legacy_export_reshape_transpose_mean() -> None:
+    """A real legacy-exporter graph (dynamic batch): Reshape fed by Shape/Gather/Mul/Div/Cast,
+    Transpose, ReduceMean over (2, 3) with keepdims 0; the shapes come from sample runs and the
+    gradient equals torch's."""
+    import io
+    import warnings
+
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x))
+            h = h.reshape(h.shape[0], 4, h.shape[2] * h.shape[3] // 8, 8).transpose(2, 3)
+            return self.fc(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.rand(2, 1, 8, 8), buf, dynamo=False, input_names=["input"],
+                          output_names=["logits"], opset_version=17,
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    model = onnx.load_from_string(buf.getvalue())
+    assert prepare(model).observed_shapes  # static inference left the Reshape output unknown
+    x = inputs(4, (3, 1, 8, 8))
+    _, g = OrtModel(model).vjp(x, np.ones((3, 3), np.float32))
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt).sum().backward()
+    np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_api_harden_int8(tmp_path: Path) -> None:
+    import qrdeploy
+    from qrdeploy.data.datasets import Dataset
+
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    data = Dataset("mine", "train", CALIB, None, 10)
+    r = qrdeploy.harden(src, tmp_path / "i.onnx", bits=3, granularity="channel",
+                        activations="int8", calibrate=20, calibration_data=data,
+                        calibration_method="percentile")
+    assert {x.encoding for x in r.records} == {"int8"}
+    (recipe,) = recipes_of(onnx.load(tmp_path / "i.onnx"))
+    assert recipe.activations == IntegerActivations(20, "percentile", "mine:train")
+
+
+def test_inspect_without_loadable_kernels(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A graph onnxruntime cannot load (an op of an unknown domain) is still inspected."""
+    model = cnn(0)
+    last = model.graph.node[-1]
+    last.output[0] = "pre"
+    model.graph.node.append(helper.make_node("Scale", ["pre"], [model.graph.output[0].name],
+                                             domain="example.custom"))
+    model.opset_import.append(helper.make_opsetid("example.custom", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime kernels: unknown (onnxruntime cannot load the model" in out

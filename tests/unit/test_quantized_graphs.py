@@ -1,0 +1,359 @@
+"""Models quantized by onnxruntime.quantization (built here from a small float CNN): quantize_static
+QDQ and QOperator, quantize_dynamic, and 4-bit MatMulNBits. Each is scored on its own (integer)
+graph while the gradient comes from its dequantized twin (BPDA), and inspect, eval, attack,
+lipschitz and check run on it; the twin's gradient is checked against finite differences."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from qrdeploy.attacks.linf import PGD
+from qrdeploy.cli import main
+from qrdeploy.core.losses import Loss
+from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.graphio.twin import float_twin
+from qrdeploy.model.ortmodel import OrtModel
+from tests.unit.onnx_builders import cnn, inputs
+
+ort_q = pytest.importorskip("onnxruntime.quantization")
+VARIANTS = ("qdq", "qop", "dynamic", "nbits")
+N = 24
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(transB=0, alpha=beta=1) -> MatMul + Add, the form MatMulNBits quantizes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = []
+    for n in out.graph.node:
+        if n.op_type == "Gemm":
+            mid = f"{n.output[0]}_mm"
+            nodes += [helper.make_node("MatMul", [n.input[0], n.input[1]], [mid], name=n.name),
+                      helper.make_node("Add", [mid, n.input[2]], [n.output[0]],
+                                       name=f"{n.name}_bias")]
+        else:
+            nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+class _Reader:
+    def __init__(self, x: np.ndarray) -> None:
+        self.it = iter([{"input": x[i:i + 4]} for i in range(0, len(x), 4)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("quantized")
+    ref = _gemm_to_matmul(cnn(0, hw=8, c1=4, c2=8, hidden=16, trans_b=0))
+    paths = {"ref": d / "ref.onnx"}
+    onnx.save(ref, paths["ref"])
+    calib = inputs(1, (16, 1, 8, 8))
+    ort_q.CalibrationDataReader.register(_Reader)
+    for name, fmt in (("qdq", ort_q.QuantFormat.QDQ), ("qop", ort_q.QuantFormat.QOperator)):
+        paths[name] = d / f"{name}.onnx"
+        ort_q.quantize_static(str(paths["ref"]), str(paths[name]), _Reader(calib),
+                              quant_format=fmt, per_channel=True,
+                              activation_type=ort_q.QuantType.QUInt8,
+                              weight_type=ort_q.QuantType.QInt8)
+    paths["dynamic"] = d / "dynamic.onnx"
+    ort_q.quantize_dynamic(str(paths["ref"]), str(paths["dynamic"]))
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    nbits = MatMulNBitsQuantizer(onnx.load(paths["ref"]), block_size=16, is_symmetric=True)
+    nbits.process()
+    paths["nbits"] = d / "nbits.onnx"
+    onnx.save(nbits.model.model, paths["nbits"])
+    x = inputs(0, (N, 1, 8, 8))
+    y = _plain(paths["ref"], x).argmax(1)
+    np.savez(d / "data.npz", x=x, y=y)
+    return {"root": d, "paths": paths, "x": x, "y": y}
+
+
+def _plain(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = make_session(path.read_bytes(), SessionConfig("cpu", threads=1))
+    return np.asarray(sess.run(None, {"input": x})[0])
+
+
+def test_the_variants_hold_what_they_claim(world: dict[str, Any]) -> None:
+    ops = {v: {n.op_type for n in onnx.load(world["paths"][v]).graph.node} for v in VARIANTS}
+    assert "QuantizeLinear" in ops["qdq"] and "QLinearConv" in ops["qop"]
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops["dynamic"]
+    assert "MatMulNBits" in ops["nbits"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scored_on_the_integer_graph_gradient_from_the_twin(world: dict[str, Any],
+                                                            variant: str) -> None:
+    path, x, y = world["paths"][variant], world["x"], world["y"]
+    m = OrtModel(path, SessionConfig("cpu", threads=1))
+    assert m.differentiable
+    np.testing.assert_array_equal(m.logits(x), _plain(path, x))  # the file as it ships
+    z, loss, g = m.loss_and_grad(x, y, Loss.CE)
+    np.testing.assert_array_equal(z, _plain(path, x))
+    assert g.shape == x.shape and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+    z2, _ = m.vjp(x, np.ones((N, 10), np.float32))
+    np.testing.assert_array_equal(z2, z)
+    weight_only = variant == "nbits"
+    assert m.bpda is not weight_only
+    assert str(m.info["gradient_form"]).startswith("exact" if weight_only else "BPDA (STE")
+
+
+def test_qoperator_twin_gives_the_qdq_gradient(world: dict[str, Any]) -> None:
+    """Same calibration, same scales: QLinearConv/QGemm expanded into DequantizeLinear -> float
+    op -> QuantizeLinear must give the gradient of onnxruntime's QDQ graph of the same net."""
+    x, y = world["x"], world["y"]
+    g = {v: OrtModel(world["paths"][v]).loss_and_grad(x, y, Loss.CW)[2] for v in ("qdq", "qop")}
+    a, b = (g[v].reshape(N, -1).astype(np.float64) for v in ("qdq", "qop"))
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cos) > 0.999
+
+
+@pytest.mark.parametrize("variant", ["qdq", "qop", "dynamic"])
+def test_float_twin_option(world: dict[str, Any], variant: str) -> None:
+    """quantized_gradient='float' differentiates the twin without rounding; still scored on the
+    integer graph, and close in direction to the STE gradient."""
+    path, x, y = world["paths"][variant], world["x"], world["y"]
+    m = OrtModel(path, quantized_gradient="float")
+    assert str(m.info["gradient_form"]).startswith("BPDA (exact gradient of the dequantized")
+    z, _, g = m.loss_and_grad(x, y, Loss.CE)
+    np.testing.assert_array_equal(z, _plain(path, x))
+    ste = OrtModel(path).loss_and_grad(x, y, Loss.CE)[2]
+    a, b = g.reshape(N, -1).astype(np.float64), ste.reshape(N, -1).astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert np.median(cos) > 0.9
+
+
+def test_attack_examples_are_scored_on_the_integer_graph(world: dict[str, Any]) -> None:
+    path, x, y = world["paths"]["qop"], world["x"], world["y"]
+    res = PGD(eps=1.0, step=0.2, steps=10)(OrtModel(path), x, y)
+    deployed = _plain(path, np.asarray(res.x_adv, np.float32)).argmax(1)
+    np.testing.assert_array_equal(res.fooled, deployed != y)
+    assert res.fooled.sum() > 0  # the BPDA gradient does fool the integer graph
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    root, paths = world["root"], world["paths"]
+    model, data = str(paths[variant]), f"npz:{root / 'data.npz'}"
+    assert main(["inspect", model]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime runs (" in out and "white-box gradients (qrdeploy.gradients.builder): " \
+        "supported" in out
+    assert main(["inspect", model, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = {"qdq": {"integer"}, "qop": {"integer"}, "dynamic": {"integer", "mixed"},
+                "nbits": {"mixed"}}[variant]  # nbits: integer MatMulNBits, float Conv
+    assert info["kernels"]["verdict"] in expected
+    assert main(["eval", model, "--data", data]) == 0
+    assert main(["attack", model, "--data", data, "--attacks", "clean,pgd", "--eps", "none",
+                 "--batch-size", "8", "-q", "-o", str(tmp_path / "a.json")]) == 0
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["runtime"]["info"]["gradient_form"].startswith(
+        "exact" if variant == "nbits" else "BPDA")
+    assert main(["lipschitz", str(paths["ref"]), model, "-q", "-o",
+                 str(tmp_path / "l.json")]) == 0
+    layers = json.loads((tmp_path / "l.json").read_text())["layers"]
+    assert len(layers) == 4
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[latency]\nrepeats = 2\nwarmup = 0\n"
+                      "batch_sizes = [1]\n")
+    assert main(["check", model, "--reference", str(paths["ref"]), "--data", data,
+                 "--policy", str(policy), "-q"]) == 0
+
+
+def _dyadic_qdq_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A QDQ classifier whose every value is dyadic (inputs k/16, weights c·2^-3 and c·2^-4,
+    power-of-two activation scales), so float32 convolutions and sums are exact on any machine
+    and onnxruntime and torch quantize to the same codes, ties included."""
+    rng = np.random.default_rng(4)
+    p = {"w1": rng.integers(-7, 8, (4, 1, 3, 3)).astype(np.int8),
+         "s1": np.array([2**-3, 2**-4, 2**-3, 2**-4], np.float32),
+         "b1": (rng.integers(-8, 9, 4) * 2**-6).astype(np.float32),
+         "w2": rng.integers(-7, 8, (10, 36)).astype(np.int8),
+         "b2": (rng.integers(-8, 9, 10) * 2**-6).astype(np.float32)}
+    f = onnx.TensorProto
+
+    def c(name: str, value: Any) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [c("w1", p["w1"]), c("s1", p["s1"]), c("z1", np.zeros(4, np.int8)),
+             c("b1", p["b1"]), c("w2", p["w2"]), c("s2", np.float32(2**-4)),
+             c("z2", np.int8(0)), c("b2", p["b2"]),
+             c("sx", np.float32(2**-4)), c("zx", np.uint8(0)),
+             c("sa", np.float32(2**-4)), c("za", np.uint8(0)),
+             c("so", np.float32(2**-3)), c("zo", np.uint8(128))]
+    node = helper.make_node
+    nodes = [
+        node("QuantizeLinear", ["input", "sx", "zx"], ["xq"]),
+        node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        node("DequantizeLinear", ["w1", "s1", "z1"], ["w1d"], axis=0),
+        node("Conv", ["xd", "w1d", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("QuantizeLinear", ["c1", "sa", "za"], ["c1q"]),  # uint8, zero point 0: the ReLU
+        node("DequantizeLinear", ["c1q", "sa", "za"], ["c1d"]),
+        node("MaxPool", ["c1d"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("QuantizeLinear", ["m", "sa", "za"], ["mq"]),
+        node("DequantizeLinear", ["mq", "sa", "za"], ["md"]),
+        node("MaxPool", ["md"], ["m2"], kernel_shape=[2, 2], strides=[2, 2]),
+        node("Flatten", ["m2"], ["fl"]),
+        node("DequantizeLinear", ["w2", "s2", "z2"], ["w2d"]),
+        node("Gemm", ["fl", "w2d", "b2"], ["g"], transB=1),
+        node("QuantizeLinear", ["g", "so", "zo"], ["gq"]),
+        node("DequantizeLinear", ["gq", "so", "zo"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dyadic", [helper.make_tensor_value_info("input", f.FLOAT, ["N", 1, 12, 12])],
+        [helper.make_tensor_value_info("logits", f.FLOAT, ["N", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p
+
+
+def test_ste_gradient_equals_torch_fake_quant_autograd() -> None:
+    """The whole-network STE gradient against torch autograd of the same float twin with
+    torch.fake_quantize_per_tensor_affine at every activation QuantizeLinear/DequantizeLinear."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    model, p = _dyadic_qdq_net()
+    x = (np.random.default_rng(5).integers(0, 17, (6, 1, 12, 12)) / 16).astype(np.float32)
+    cot = np.random.default_rng(6).normal(size=(6, 10)).astype(np.float32)
+    m = OrtModel(model)
+    assert m.bpda
+    z, g = m.vjp(x, cot)
+
+    def fq(t: Any, s: float, zp: int) -> Any:
+        return torch.fake_quantize_per_tensor_affine(t, s, zp, 0, 255)
+
+    w1 = torch.tensor(p["w1"].astype(np.float32) * p["s1"].reshape(4, 1, 1, 1))
+    w2 = torch.tensor(p["w2"].astype(np.float32) * np.float32(2**-4))
+    xt = torch.tensor(x, requires_grad=True)
+    h = fq(F.conv2d(fq(xt, 2**-4, 0), w1, torch.tensor(p["b1"]), padding=1), 2**-4, 0)
+    h = F.max_pool2d(fq(F.max_pool2d(h, 2), 2**-4, 0), 2).flatten(1)
+    out = fq(h @ w2.T + torch.tensor(p["b2"]), 2**-3, 128)
+    (out * torch.tensor(cot)).sum().backward()
+    np.testing.assert_array_equal(z, out.detach().numpy())  # exact: same codes everywhere
+    ref = xt.grad.numpy()
+    assert np.abs(ref).sum() > 0
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
+
+
+def _contrib_qlinear_net() -> onnx.ModelProto:
+    """QuantizeLinear, then the com.microsoft QLinear ops (Sigmoid, LeakyRelu, Add, Mul, Concat,
+    AveragePool, GlobalAveragePool), then DequantizeLinear: logits (N, 6)."""
+    node = helper.make_node
+    ms = {"domain": "com.microsoft"}
+    scales = {f"s{i}": np.float32(v) for i, v in
+              enumerate([0.02, 0.004, 0.01, 0.012, 0.006, 0.013, 0.011, 0.009])}
+    zps = {f"z{i}": np.uint8(v) for i, v in enumerate([128, 0, 40, 90, 60, 90, 80, 70])}
+    inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in {**scales, **zps}.items()]
+    nodes = [
+        node("QuantizeLinear", ["input", "s0", "z0"], ["xq"]),
+        node("QLinearSigmoid", ["xq", "s0", "z0", "s1", "z1"], ["a"], **ms),
+        node("QLinearLeakyRelu", ["xq", "s0", "z0", "s2", "z2"], ["b"], alpha=0.1, **ms),
+        node("QLinearAdd", ["a", "s1", "z1", "b", "s2", "z2", "s3", "z3"], ["c"], **ms),
+        node("QLinearMul", ["a", "s1", "z1", "c", "s3", "z3", "s4", "z4"], ["d"], **ms),
+        node("QLinearConcat", ["s5", "z5", "c", "s3", "z3", "d", "s4", "z4"], ["e"], axis=1,
+             **ms),
+        node("QLinearAveragePool", ["e", "s5", "z5", "s6", "z6"], ["f"], kernel_shape=[2, 2],
+             strides=[2, 2], **ms),
+        node("QLinearGlobalAveragePool", ["f", "s6", "z6", "s7", "z7"], ["g"], **ms),
+        node("DequantizeLinear", ["g", "s7", "z7"], ["gd"]),
+        node("Flatten", ["gd"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "contrib", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                         ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_contrib_qlinear_ops_twin_computes_what_the_graph_computes() -> None:
+    model = _contrib_qlinear_net()
+    x = (inputs(7, (5, 3, 6, 6)) * 4 - 2).astype(np.float32)
+    sess = make_session(model.SerializeToString(), SessionConfig("cpu", threads=1))
+    deployed = np.asarray(sess.run(None, {"input": x})[0])
+    twin, info = float_twin(model)
+    assert set(info.rewritten) == {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearAdd",
+                                   "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+                                   "QLinearGlobalAveragePool"}
+    tsess = make_session(twin.SerializeToString(), SessionConfig("cpu", threads=1))
+    # the integer kernels may round an intermediate their own way: at most one output step
+    np.testing.assert_allclose(np.asarray(tsess.run(None, {"input": x})[0]), deployed,
+                               atol=0.009 * 1.001)
+    m = OrtModel(model)
+    z, g = m.vjp(x, np.ones((5, 6), np.float32))
+    np.testing.assert_array_equal(z, deployed)
+    assert m.bpda and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
+
+
+def _spinning_off(session: Any) -> bool:
+    try:
+        return bool(session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == "0")
+    except Exception:  # onnxruntime raises when the entry was never set
+        return False
+
+
+@pytest.mark.parametrize("variant", ["ref", "qdq"])
+def test_latency_is_timed_alike_for_every_model(world: dict[str, Any], variant: str) -> None:
+    """`time_run` (what check's latency gate measures) uses a session without spin-waiting for
+    float and quantized models alike; a quantized model's attack sessions run without it too,
+    a float model's forward session keeps onnxruntime's default."""
+    m = OrtModel(world["paths"][variant], SessionConfig("cpu", threads=1))
+    assert _spinning_off(m._forward) is (variant != "ref")
+    assert m.time_run(world["x"][:2]) > 0
+    assert m._deployed_session is not None and _spinning_off(m._deployed_session)
+
+
+def test_qgemm_and_qlinearmatmul_twins_compute_what_the_graph_computes() -> None:
+    """QGemm with alpha ≠ 1 and an int32 C (scale alpha·a·b), QGemm without an output scale
+    (float output), and QLinearMatMul with per-column weight scales."""
+    rng = np.random.default_rng(0)
+    c = onnx.numpy_helper.from_array
+    inits = [c(np.float32(0.02), "s0"), c(np.uint8(100), "z0"),
+             c(rng.integers(-20, 20, (6, 5)).astype(np.int8), "B"), c(np.float32(0.03), "bs"),
+             c(np.int8(0), "bz"), c(rng.integers(-500, 500, (6,)).astype(np.int32), "C"),
+             c(np.float32(0.05), "ys"), c(np.uint8(120), "yz"),
+             c(rng.integers(-20, 20, (6, 4)).astype(np.int8), "M"),
+             c(np.array([0.01, 0.02, 0.03, 0.04], np.float32), "ms"), c(np.zeros(4, np.int8), "mz"),
+             c(np.float32(0.04), "os"), c(np.uint8(128), "oz"),
+             c(rng.integers(-20, 20, (4, 3)).astype(np.int8), "G"), c(np.float32(0.05), "gs"),
+             c(np.int8(0), "gz")]
+    node = helper.make_node
+    ms = {"domain": "com.microsoft"}
+    nodes = [node("QuantizeLinear", ["input", "s0", "z0"], ["xq"]),
+             node("QGemm", ["xq", "s0", "z0", "B", "bs", "bz", "C", "ys", "yz"], ["yq"],
+                  alpha=0.5, transB=1, **ms),
+             node("QLinearMatMul", ["yq", "ys", "yz", "M", "ms", "mz", "os", "oz"], ["mq"]),
+             node("QGemm", ["mq", "os", "oz", "G", "gs", "gz"], ["logits"], **ms)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    x = (rng.random((16, 5)) * 2 - 1).astype(np.float32)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)  # also output the intermediate codes
+    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None)
+                              for n in ("yq", "mq"))
+    run = {k: make_session(m.SerializeToString(), SessionConfig("cpu", threads=1)).run(
+        None, {"input": x}) for k, m in (("deployed", probe), ("twin", float_twin(probe)[0]))}
+    for k in (1, 2):  # the codes of QGemm (alpha 0.5, int32 C) and QLinearMatMul: at most 1 apart
+        diff = run["twin"][k].astype(int) - run["deployed"][k].astype(int)
+        assert np.abs(diff).max() <= 1 and (diff == 0).mean() > 0.9
+    g_col = np.abs(onnx.numpy_helper.to_array(inits[13])).sum(0).max()
+    np.testing.assert_allclose(run["twin"][0], run["deployed"][0], atol=0.04 * 0.05 * g_col)
+    m = OrtModel(model, input_shape=(5,))
+    _, g = m.vjp(x, np.ones((16, 3), np.float32))
+    assert m.bpda and np.abs(g).sum() > 0
