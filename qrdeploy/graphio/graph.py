@@ -53,8 +53,7 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True,
     checks declared sizes against `limits` and that external data lies inside the model's folder.
     A model outside opset 13–21 is converted (recorded in metadata) or refused."""
     path = Path(path)
-    if not path.is_file():
-        raise GraphError(f"model file {path} does not exist; pass the path of an .onnx file")
+    check_model_path(path)
     model = prevalidate_file(path, limits)
     _check_provenance(model, path)
     has_external = bool(_external_tensors(model))
@@ -65,6 +64,26 @@ def load_model(path: str | os.PathLike[str], *, check: bool = True,
     if check:
         _check(model, path if has_external else None)
     return _supported_opset(model, path)
+
+
+#: Suffixes of training checkpoints, which `qrdeploy export` turns into ONNX.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
+
+
+def check_model_path(path: Path) -> None:
+    """One-line GraphErrors for the usual wrong paths: missing, a folder, a checkpoint."""
+    if path.is_dir():
+        raise GraphError(f"{path} is a folder; pass the path of an .onnx file inside it")
+    if not path.exists():
+        raise GraphError(f"model file {path} does not exist; pass the path of an .onnx file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        raise GraphError(f"{path} is a training checkpoint, not ONNX; convert it first: "
+                         f"qrdeploy export {path} -o {path.with_suffix('.onnx').name}")
+    if suffix in CHECKPOINT_SUFFIXES:
+        raise GraphError(f"{path} is a PyTorch checkpoint, not ONNX; export the model with "
+                         "torch.onnx.export (qrdeploy export converts the .safetensors "
+                         "checkpoints of qrdeploy train)")
 
 
 def _check_provenance(model: onnx.ModelProto, path: Path) -> None:
