@@ -17,7 +17,7 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
-from qrdeploy.evaluation.clean import EvalResult, evaluate_onnx
+from qrdeploy.evaluation.clean import EvalResult, Tolerance, evaluate_files
 from qrdeploy.evaluation.results import Results
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import CWBudget, Family
@@ -112,25 +112,33 @@ def _passes(bits: int | None, mulaw: float | None, mulaw_layers: str,
 
 def evaluate(model: PathLike, data: str | Dataset = "mnist-5k", *, split: str = "test",
              n: int | None = None, reference: PathLike | None = None,
-             provider: str = "auto", threads: int = 0) -> EvalResult:
+             provider: str = "auto", threads: int = 0, input_spec: str | None = None,
+             input_guard: bool = True, atol: float = 1e-5, rtol: float = 1e-5,
+             batch_size: int = 500) -> EvalResult:
     """Clean accuracy (95 % Wilson interval) of an ONNX classifier on a data set (a name as
-    `load_dataset` takes it, or a Dataset); with `reference`, also top-1 agreement with it."""
+    `load_dataset` takes it, or a Dataset); with `reference`, also top-1 agreement, the logit
+    differences (pass rate under atol/rtol) and the paired accuracy drop. The input guard
+    first checks that `input_spec` (default float32 NCHW in [0, 1]) fits the model."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
-    return evaluate_onnx(model, ds, reference=reference,
-                         config=SessionConfig(provider, threads))
+    contract = None if input_spec is None else InputContract.from_options(input_spec)
+    return evaluate_files(model, ds, reference=reference, contract=contract,
+                          config=SessionConfig(provider, threads), batch_size=batch_size,
+                          tolerance=Tolerance(atol, rtol), guard=input_guard)
 
 
 def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            suite: str = "paper", attacks: str | None = None,
-           eps: Sequence[float] | None = None, split: str = "test", n: int | None = None,
+           eps: Sequence[float] | None = (), split: str = "test", n: int | None = None,
            source: PathLike | None = None, unhardened: PathLike | None = None,
            reference: PathLike | None = None, labels: str = "true",
            family: str | None = None, cw_budget: str = "quick", seed: int = 0,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
-           input_spec: str | None = None) -> Results:
+           input_spec: str | None = None, input_guard: bool = True) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
-    options as `qrdeploy attack` (docs/attacks.md); `eps=()` turns the eps sweep off."""
+    options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
+    ('pgd:eps=8/255,steps=100'); `eps` is an eps sweep, () (default) none, None the paper
+    suite's sweep."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
@@ -139,18 +147,18 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return attack_files(model, ds, opts, out=out, source=source, reference=reference,
                         session=SessionConfig(provider, threads), unhardened=unhardened,
-                        contract=contract)
+                        contract=contract, input_guard=input_guard)
 
 
 def check(model: PathLike, reference: PathLike, data: str | Dataset,
           policy: PathLike | Policy, *, seed: int = 0, batch_size: int = 256,
           provider: str = "auto", threads: int = 0,
-          input_spec: str | None = None) -> CheckResult:
+          input_spec: str | None = None, input_guard: bool = True) -> CheckResult:
     """The pipeline gate: measure every threshold of `policy` (a TOML file or a Policy) on
     `model` against `reference`; read `.passed` and `.exit_code` (0 pass, 3 fail)."""
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
-                  seed=seed, batch_size=batch_size, contract=contract)
+                  seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard)
 
 
 def lipschitz(reference: PathLike, hardened: PathLike | None = None, *,

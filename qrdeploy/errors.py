@@ -41,3 +41,8 @@ def first_line(exc: BaseException, limit: int | None = 200) -> str:
     characters (None: the whole line): onnx's and onnxruntime's messages run over many lines."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+class InputContractError(QrdeployError):
+    """The declared input contract does not fit the model (the input guard); the message names
+    the --input-spec that does."""

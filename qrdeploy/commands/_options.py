@@ -49,6 +49,9 @@ def add_input_contract(p: argparse.ArgumentParser) -> None:
                    help="the logits output, when the model has several")
     g.add_argument("--upcast-fp16", action="store_true",
                    help="run a float16 model as its float32 twin")
+    g.add_argument("--no-input-guard", action="store_true",
+                   help="skip the check that the declared input contract fits the model "
+                        "(docs/input-spec.md): go on as declared")
 
 
 def input_contract(args: argparse.Namespace) -> InputContract | None:

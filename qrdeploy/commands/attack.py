@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     r = attack_files(args.model, data, opts, out=args.output,
                      source=args.source, reference=args.reference,
                      session=session_config(args), unhardened=args.unhardened,
-                     contract=input_contract(args))
+                     contract=input_contract(args), input_guard=not args.no_input_guard)
     # the summary is the command's answer: printed with --quiet too; notes are not
     print(f"{r.victim.name}: {r.measure} in % on {r.data.n} samples "
           "(95% intervals; noise: mean over draws, then the worst of k)")

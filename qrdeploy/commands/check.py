@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, args.reference, probe=True)
     result = check(args.model, args.reference, load_data(args), args.policy,
                    session=session_config(args), seed=args.seed, batch_size=args.batch_size,
-                   contract=input_contract(args))
+                   contract=input_contract(args), input_guard=not args.no_input_guard)
     if args.output:
         write_summary(args.output, result)
     if args.junit:

@@ -1,4 +1,5 @@
-"""`qrdeploy eval`: clean accuracy of an ONNX classifier run by onnxruntime."""
+"""`qrdeploy eval`: clean accuracy of an ONNX classifier run by onnxruntime; against a reference,
+agreement, logit differences and the paired accuracy drop."""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from qrdeploy.commands._options import (
     load_data,
     session_config,
 )
-from qrdeploy.evaluation.clean import evaluate_onnx
-from qrdeploy.graphio.graph import load_model
-from qrdeploy.graphio.inputspec import contracted
+from qrdeploy.evaluation.clean import Tolerance, evaluate_files
 
-HELP = "accuracy of an ONNX classifier on onnxruntime (and agreement with a reference)"
+HELP = ("accuracy of an ONNX classifier on onnxruntime; with --reference also agreement, logit "
+        "differences and the accuracy drop")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX classifier (output: logits)")
-    p.add_argument("--reference", help="reference ONNX model: also report top-1 agreement")
+    p.add_argument("--reference", help="reference ONNX model (e.g. the one before hardening): "
+                                       "top-1 agreement, logit differences, accuracy drop")
+    p.add_argument("--atol", type=float, default=Tolerance.atol,
+                   help="absolute logit tolerance of the pass rate (default: %(default)g)")
+    p.add_argument("--rtol", type=float, default=Tolerance.rtol,
+                   help="relative logit tolerance of the pass rate (default: %(default)g)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data(p)
     add_runtime(p)
@@ -34,12 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, args.reference, probe=True)
-    contract = input_contract(args)
-    model, batch_size = args.model, args.batch_size
-    if contract is not None:
-        model, batch_size = contracted(load_model(args.model), contract, batch_size)
-    result = evaluate_onnx(model, load_data(args), reference=args.reference,
-                           config=session_config(args), batch_size=batch_size)
+    result = evaluate_files(args.model, load_data(args), reference=args.reference,
+                            contract=input_contract(args), config=session_config(args),
+                            batch_size=args.batch_size, tolerance=Tolerance(args.atol, args.rtol),
+                            guard=not args.no_input_guard)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -19,6 +19,7 @@ user; the built-in default source takes float32 NCHW in [0, 1]."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.build import build_results
+from qrdeploy.evaluation.guard import Verdict, enforce
+from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import (
@@ -46,6 +49,8 @@ from qrdeploy.evaluation.suites import (
 from qrdeploy.graphio.graph import get_metadata, load_model
 from qrdeploy.graphio.inputspec import InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
+
+log = logging.getLogger(__name__)
 
 HARDEN_KEY = "qrdeploy.harden"
 #: The default transfer source of mnist runs (issue 7: the second standard reference model).
@@ -168,11 +173,13 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                  source: str | Path | None = None, reference: str | Path | None = None,
                  session: SessionConfig | None = None,
                  state_path: Path | None = None, unhardened: str | Path | None = None,
-                 contract: InputContract | None = None) -> Results:
+                 contract: InputContract | None = None, input_guard: bool = True) -> Results:
     """Run the suite on `model` over `data`, write the validated results JSON to `out`, and
     return the results. A state file left by an interrupted run with the same settings is resumed.
     `unhardened`: the model before hardening, for the adaptive transfer column; `contract`:
-    the input contract of the user's models (see the module docstring)."""
+    the input contract of the user's models (see the module docstring). `input_guard` first
+    checks that the contract fits the victim (qrdeploy.evaluation.guard): a mismatch raises
+    InputContractError before any attack runs; a suspicion becomes a note."""
     session = session or SessionConfig()
     out = Path(out)
     bs = opts.run.batch_size
@@ -180,11 +187,18 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     def open_(path: str | Path | None) -> Subject | None:
         return open_subject(path, session, bs, contract) if path else None
 
+    guard_note = None
+    if input_guard:
+        found = guard_input(load_model(model), data, contract, session, bs)
+        enforce(found)
+        if found.verdict is Verdict.SUSPECT:
+            log.warning("%s", found.message())
+            guard_note = found.message()
     victim = open_subject(model, session, bs, contract)
     ref = open_(reference)
     srcs = resolve_sources(opts, data, open_(source), open_(unhardened), session)
     suite = make_suite(opts, data, srcs.black is not None)
-    notes = list(srcs.notes)
+    notes = list(srcs.notes) + ([guard_note] if guard_note else [])
     if srcs.adaptive_note is not None and _transfer_keys(suite):
         notes.append(srcs.adaptive_note)
     if srcs.adaptive is None and _transfer_keys(suite):

@@ -30,6 +30,8 @@ from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import DataError
 from qrdeploy.evaluation.build import masking_result
+from qrdeploy.evaluation.guard import Verdict as GuardVerdict
+from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.results import MaskingResult
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import Mode, family_of
@@ -344,17 +346,29 @@ def _size_and_latency(run: _Run, pm: OrtModel, pr: OrtModel) -> tuple[LatencyRow
 
 def check(model: str | Path, reference: str | Path, data: Dataset | str,
           policy: Policy | str | Path, *, session: SessionConfig | None = None, seed: int = 0,
-          batch_size: int = 256, contract: Any = None) -> CheckResult:
+          batch_size: int = 256, contract: Any = None, input_guard: bool = True) -> CheckResult:
     """Measure every threshold of `policy` on `model` against `reference` over `data` (a Dataset,
     or a data set name whose test split is loaded). `contract`
     (qrdeploy.graphio.inputspec.InputContract) adapts models whose input is not float32 NCHW in [0,
-    1]. Never raises for a failed threshold: read `.passed` / `.exit_code`."""
+    1]. `input_guard` first checks that the contract fits the reference
+    (qrdeploy.evaluation.guard); unless it found the contract fitting, its finding is the first
+    threshold, `input.contract_mismatch` (max 0): a mismatch fails the gate like any threshold,
+    a suspicion (near-chance accuracy, nothing fits better) passes with the warning as detail. Never raises for a failed
+    threshold: read `.passed` / `.exit_code`."""
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
     run = _Run(pol, open_model_file(model, contract, batch_size),
                open_model_file(reference, contract, batch_size), ds, session or SessionConfig(),
                seed)
+    if input_guard:
+        # the reference (the model before hardening) carries the contract: a hardened model
+        # near chance is a finding of the gate, not a wrong contract
+        found = guard_input(load_model(reference), ds, contract, run.session, batch_size)
+        if found.verdict is not GuardVerdict.OK:  # a mismatch fails; a suspicion only notes
+            run.results.append(judge("input.contract_mismatch",
+                                     int(found.verdict is GuardVerdict.MISMATCH), None, 0,
+                                     Direction.MAX, Unit.COUNT, Bound.POINT, found.message()))
     pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False)
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,
                   gradients=False)

@@ -17,8 +17,9 @@ Conventions (qrdeploy's own [DEFAULT]s, the paper has no such models):
   A uint8 model normalises inside itself, so mean/std are refused with dtype=uint8.
 - float16 models are refused unless `upcast_fp16=True`, which stores the fp16 weights as float32
   (exact) and runs every op in float32: the attack then sees the fp32 twin, not fp16 rounding.
-- QOperator models (QLinearConv, MatMulNBits, ...) and quantized activations (QuantizeLinear on
-  a tensor computed from the input) are refused: their gradient is zero almost everywhere.
+- quantized graphs (QDQ activations, QOperator ops, MatMulNBits) are wrapped like float ones:
+  their gradient comes from the dequantized twin (qrdeploy.graphio.twin, BPDA), so the
+  conversion nodes stay in front of the integer graph the device runs.
 
 >>> spec = InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8")
 >>> wrapped = wrap_model(onnx.load("model.onnx"), spec, output_name="logits")
@@ -40,12 +41,6 @@ from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
 PIXELS = "pixels"
 BATCH = "batch"
 META_SPEC, META_ONE_BY_ONE = "qrdeploy.input_spec", "qrdeploy.one_by_one"
-# ops that compute on quantized integers: no float path for a gradient
-QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearConcat",
-                 "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
-                 "QLinearSigmoid", "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger",
-                 "MatMulNBits", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
-                 "MatMulIntegerToFloat", "QAttention"}
 _BATCH_AXIS_OPS = {"Concat", "Split", "Slice", "Gather"}
 
 
@@ -57,6 +52,11 @@ class Range(StrEnum):
 class Layout(StrEnum):
     NCHW = "nchw"
     NHWC = "nhwc"
+
+
+class Channels(StrEnum):
+    RGB = "rgb"
+    BGR = "bgr"
 
 
 class DType(StrEnum):
@@ -91,9 +91,11 @@ class InputSpec:
     std: tuple[float, ...] | None = None
     layout: Layout = Layout.NCHW
     dtype: DType = DType.FLOAT32
+    channels: Channels = Channels.RGB
 
     def __post_init__(self) -> None:
-        for key, cls in (("range", Range), ("layout", Layout), ("dtype", DType)):
+        for key, cls in (("range", Range), ("layout", Layout), ("dtype", DType),
+                         ("channels", Channels)):
             object.__setattr__(self, key, _enum(cls, key, getattr(self, key)))
         for key in ("mean", "std"):
             object.__setattr__(self, key, _floats(key, getattr(self, key)))
@@ -114,7 +116,8 @@ class InputSpec:
 
     @classmethod
     def parse(cls, text: str) -> InputSpec:
-        """From 'range=0-255,mean=0.485/0.456/0.406,std=...,layout=nhwc,dtype=uint8'."""
+        """From 'range=0-255,mean=0.485/0.456/0.406,std=...,layout=nhwc,dtype=uint8,
+        channels=bgr'."""
         known = {f.name for f in fields(cls)}
         values: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -132,6 +135,15 @@ class InputSpec:
             value = getattr(self, key)
             if value is not None:
                 terms.append(f"{key}={'/'.join(f'{v:g}' for v in value)}")
+        if self.channels is Channels.BGR:
+            terms.append("channels=bgr")
+        return ",".join(terms)
+
+    def cli(self) -> str:
+        """The --input-spec value that states this spec, defaults left out ('' for the
+        default float32 NCHW RGB in [0, 1])."""
+        default = InputSpec()
+        terms = [t for t in str(self).split(",") if t not in str(default).split(",")]
         return ",".join(terms)
 
     @property
@@ -154,10 +166,10 @@ def _pick_input(graph: onnx.GraphProto, name: str | None) -> onnx.ValueInfoProto
         return real[0]
     if name is None:
         raise GraphError(f"the model has inputs {', '.join(names)}; choose the image with "
-                         "--input NAME")
+                         "--input-name NAME")
     if name not in names:
         raise GraphError(f"input {name!r} is not among the model's inputs ({', '.join(names)}); "
-                         "pass one of them to --input")
+                         "pass one of them to --input-name")
     others = [n for n in names if n != name]
     if others:
         raise GraphError(f"inputs {', '.join(others)} have no default (initializer); qrdeploy "
@@ -172,7 +184,7 @@ def _keep_output(graph: onnx.GraphProto, name: str | None) -> None:
     if name is None or name not in names:
         what = "has outputs" if name is None else f"has no output {name!r}; its outputs are"
         raise GraphError(f"the model {what} {', '.join(names)}; choose the logits with "
-                         "--output NAME")
+                         "--output-name NAME")
     keep = graph.output[names.index(name)]
     chosen = onnx.ValueInfoProto()
     chosen.CopyFrom(keep)
@@ -196,33 +208,6 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
               {t.name for t in inits}]
     del graph.input[:]
     graph.input.extend(inputs)
-
-
-# --- refusing what has no gradient -------------------------------------------------------------
-
-
-def _depends_on(graph: onnx.GraphProto, source: str) -> set[str]:
-    seen = {source}
-    for node in graph.node:
-        if any(i in seen for i in node.input):
-            seen.update(node.output)
-    return seen
-
-
-def _check_quantized(graph: onnx.GraphProto, source: str) -> None:
-    for node in graph.node:
-        if node.op_type in QOPERATOR_OPS:
-            raise UnsupportedOpError(
-                f"op {node.op_type} (node {node.name or node.output[0]!r}) computes on quantized "
-                "integers (QOperator format) and has no gradient; supported: float models and "
-                "QDQ weights (DequantizeLinear on initializers): harden the float model instead")
-    dependent = _depends_on(graph, source)
-    for node in graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] in dependent:
-            raise UnsupportedOpError(
-                f"op QuantizeLinear (node {node.name or node.output[0]!r}) quantizes the "
-                f"activation {node.input[0]!r}, whose gradient is zero almost everywhere; "
-                "supported: quantized weights only (export without activation QDQ)")
 
 
 def _upcast_fp16(model: onnx.ModelProto) -> None:
@@ -278,6 +263,9 @@ def _chw(x: onnx.ValueInfoProto, spec: InputSpec) -> tuple[int | None, list[int]
         if value is not None and len(value) not in (1, chw[0]):
             raise ConfigError(f"input spec {key} has {len(value)} values for {chw[0]} channels "
                               f"of input {x.name!r}; give one per channel")
+    if spec.channels is Channels.BGR and chw[0] != 3:
+        raise ConfigError(f"input spec channels=bgr needs 3 channels; input {x.name!r} has "
+                          f"{chw[0]}")
     return dims[0], chw
 
 
@@ -293,6 +281,8 @@ def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.N
     steps: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
     if spec.scale != 1.0:
         steps.append(("Mul", np.asarray(spec.scale, np.float32), {}))
+    if spec.channels is Channels.BGR:  # mean and std are in the model's (BGR) order
+        steps.append(("Gather", np.asarray([2, 1, 0], np.int64), {"axis": 1}))
     if spec.mean is not None:
         steps.append(("Sub", _per_channel(spec.mean), {}))
     if spec.std is not None:
@@ -388,7 +378,6 @@ def wrap_model(model: onnx.ModelProto, spec: InputSpec, input_name: str | None =
     _drop_dead(graph)
     x = _pick_input(graph, input_name)
     _check_dtype(out, x, spec, upcast_fp16)
-    _check_quantized(graph, x.name)
     batch, chw = _chw(x, spec)
     names = _all_names(graph)
     float_in = _unique(f"{x.name}_float", names) if spec.dtype is DType.UINT8 else x.name

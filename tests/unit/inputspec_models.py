@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qrdeploy.graphio.inputspec import DType, InputSpec, Layout
+from qrdeploy.graphio.inputspec import Channels, DType, InputSpec, Layout
 
 C, H, W, K = 3, 6, 6, 5
 _RNG = np.random.default_rng(4)
@@ -50,6 +50,8 @@ def undo_nodes(spec: InputSpec) -> tuple[list[onnx.NodeProto], dict[str, np.ndar
         steps.append(("Mul", _per_channel(spec.std), {}))
     if spec.mean is not None:
         steps.append(("Add", _per_channel(spec.mean), {}))
+    if spec.channels is Channels.BGR:
+        steps.append(("Gather", np.asarray([2, 1, 0], np.int64), {"axis": 1}))
     if spec.scale != 1:
         steps.append(("Div", np.float32(spec.scale), {}))
     steps.append(("Identity", None, {}))

@@ -174,6 +174,23 @@ def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path:
                  "--policy", str(policy), "-q"]) == 0
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_input_contracts_wrap_quantized_graphs(world: dict[str, Any], variant: str,
+                                               tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The input wrapper goes in front of an integer graph (its gradient comes from the twin).
+    (This world's labels are one class, so any contract fits; test_input_guard.py catches a
+    wrong contract on a full-integer MNIST model.)"""
+    model, data = str(world["paths"][variant]), f"npz:{world['root'] / 'data.npz'}"
+    common = ["--data", data, "--batch-size", "8", "-q"]
+    assert main(["eval", model, *common, "--input-spec", "range=0-1"]) == 0
+    assert main(["attack", model, *common, "--input-spec", "range=0-1", "--attacks", "pgd",
+                 "-o", str(tmp_path / "a.json")]) == 0
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["runtime"]["info"]["gradient_form"].startswith(
+        "exact" if variant == "nbits" else "BPDA")
+
+
 def _dyadic_qdq_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A QDQ classifier whose every value is dyadic (inputs k/16, weights c·2^-3 and c·2^-4,
     power-of-two activation scales), so float32 convolutions and sums are exact on any machine

@@ -1,0 +1,189 @@
+"""The input-contract guard: a model that expects other pixels than declared stops eval, attack
+and check with one line naming the --input-spec that fits (0-255 and mean/std wrappers of the
+MNIST reference model, its full-integer version, BGR and NHWC twins of a 3-channel model); a
+model near chance with nothing better warns and goes on; --no-input-guard goes on as declared;
+reproduce never runs it."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from qrdeploy.cli import main
+from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.evaluation.guard import Verdict, candidates, input_guard
+from qrdeploy.graphio.inputspec import InputContract, InputSpec
+from qrdeploy.model.ortmodel import OrtModel
+from tests.unit import inputspec_models as im
+from tests.unit.onnx_builders import cnn
+
+ROOT = Path(__file__).resolve().parents[2]
+MNIST = ROOT / "models" / "mnist-standard.onnx"
+
+
+def expecting(model: onnx.ModelProto, spec: InputSpec) -> onnx.ModelProto:
+    """`model` (float NCHW pixels in [0, 1]) behind nodes that undo `spec`: a model that
+    expects its input as the spec says, as a model zoo would ship it."""
+    undo, consts = im.undo_nodes(spec)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    old = out.graph.input[0].name
+    for node in out.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = "img"
+    out.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    for node in reversed(undo):
+        out.graph.node.insert(0, node)
+    out.graph.input[0].name = "in"
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("guard")
+    base = onnx.load(MNIST)
+    out = {}
+    for name, spec in {"byte": "range=0-255", "norm": "mean=0.1307,std=0.3081",
+                       "plain": ""}.items():
+        out[name] = d / f"{name}.onnx"
+        onnx.save(expecting(base, InputSpec.parse(spec)), out[name])
+    data = load_dataset("mnist-5k", "test", n=120)
+    np.savez(d / "unlabelled.npz", x=data.x)
+    out["unlabelled"] = d / "unlabelled.npz"
+    return out
+
+
+def cli(*argv: str) -> list[str]:
+    return [*argv, "--data", "mnist-5k", "-n", "120", "-q"]
+
+
+@pytest.mark.parametrize(("name", "flag"), [("byte", "range=0-255"),
+                                            ("norm", "mean=0.1307,std=0.3081")])
+def test_eval_and_attack_stop_and_name_the_spec(mnist: dict[str, Path], name: str, flag: str,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(mnist[name])
+    for argv in (cli("eval", model), cli("attack", model, "--attacks", "pgd", "-o",
+                                          str(tmp_path / "r.json"))):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "input contract mismatch" in err
+        assert f"pass --input-spec {flag} (or --no-input-guard" in err
+    assert not (tmp_path / "r.json").exists()  # stopped before any attack
+    assert main([*cli("eval", model), "--input-spec", flag]) == 0
+    accuracy = float(capsys.readouterr().out.split("accuracy: ")[1].split("%")[0])
+    assert accuracy > 90
+    assert main([*cli("eval", model), "--no-input-guard"]) == 0  # goes on as declared
+    assert float(capsys.readouterr().out.split("accuracy: ")[1].split("%")[0]) < 60
+
+
+def test_the_plain_model_passes_quietly(mnist: dict[str, Path]) -> None:
+    found = input_guard(onnx.load(mnist["plain"]), load_dataset("mnist-5k", "test", n=120))
+    assert found.verdict is Verdict.OK and found.best is None
+    assert found.declared_score is not None and found.declared_score > 0.9
+
+
+def test_full_integer_model(mnist: dict[str, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """qrdeploy's own int8 model behind a 0-255 front: the guard runs the integer graph."""
+    int8 = tmp_path / "int8.onnx"
+    assert main(["harden", str(MNIST), "-o", str(int8), "--bits", "8", "--activations", "int8",
+                 "--calibrate", "64", "-q"]) == 0
+    front = tmp_path / "int8-0255.onnx"
+    onnx.save(expecting(onnx.load(int8), InputSpec.parse("range=0-255")), front)
+    capsys.readouterr()
+    assert main(cli("eval", str(front))) == 1
+    assert "pass --input-spec range=0-255 " in capsys.readouterr().err
+    assert main([*cli("eval", str(front)), "--input-spec", "range=0-255"]) == 0
+
+
+@pytest.mark.parametrize(("spec", "flag"), [("channels=bgr", "channels=bgr"),
+                                            ("layout=nhwc", "layout=nhwc"),
+                                            ("range=0-255,channels=bgr", "range=0-255,"
+                                                                         "channels=bgr")])
+def test_three_channel_twins(spec: str, flag: str) -> None:
+    x = np.random.default_rng(0).uniform(size=(200, im.C, im.H, im.W)).astype(np.float32)
+    y = OrtModel(im.twin(InputSpec()), gradients=False).predict(x)
+    assert len(np.unique(y)) >= 3  # labels with some spread: accuracy can tell contracts apart
+    data = Dataset("npz:twins", "test", x, y, im.K)
+    model = im.twin(InputSpec.parse(spec))
+    found = input_guard(model, data)
+    assert found.verdict is Verdict.MISMATCH and found.best is not None
+    assert found.best.cli() == InputSpec.parse(flag).cli()
+    assert found.p_value is None or found.p_value < 1e-3
+    right = input_guard(model, data, InputContract.from_options(flag))
+    assert right.verdict is Verdict.OK and right.declared_score == 1.0
+
+
+def test_near_chance_warns_and_goes_on(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A network that answers class 0 whatever the input scores at chance (class 0's share of
+    the digits) under every contract: nothing fits better, so the guard only warns, and the
+    warning lands in the results' notes."""
+    model = cnn(seed=0, c=1, hw=28)
+    for t in model.graph.initializer:
+        zero = np.zeros_like(numpy_helper.to_array(t))
+        if t.name == "fc2.bias":
+            zero[0] = 1.0
+        t.CopyFrom(numpy_helper.from_array(zero, t.name))
+    path = tmp_path / "constant.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "r.json"
+    assert main(cli("attack", str(path), "--attacks", "clean", "-o", str(out))) == 0
+    notes = json.loads(out.read_text())["notes"]
+    assert any("near chance, and no common input contract does better" in n for n in notes)
+    assert main(cli("eval", str(path))) == 0
+    assert "warning: input guard:" in capsys.readouterr().out
+
+
+def test_without_labels_the_guard_never_stops(mnist: dict[str, Path],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Diversity shows a collapse but cannot say which contract is right: it warns."""
+    data = Dataset("npz:x", "test", np.load(mnist["unlabelled"])["x"], None, 10)
+    found = input_guard(onnx.load(mnist["byte"]), data)
+    assert found.verdict is Verdict.SUSPECT and found.measure == "prediction diversity"
+    assert "without labels qrdeploy cannot tell" in found.message()
+    assert main(["eval", str(mnist["byte"]), "--data", f"npz:{mnist['unlabelled']}",
+                 "--reference", str(MNIST), "-q"]) == 0
+
+
+def test_check_fails_the_gate_on_a_wrong_contract(mnist: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[latency]\nrepeats = 2\nwarmup = 0\n"
+                      "batch_sizes = [1]\n")
+    argv = ["check", str(mnist["byte"]), "--reference", str(mnist["byte"]), "--data",
+            "mnist-5k", "-n", "120", "--policy", str(policy)]
+    assert main(argv) == 3
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("FAIL input.contract_mismatch = 1") and "range=0-255" in first
+    assert main([*argv, "--input-spec", "range=0-255"]) == 0
+    assert main([*argv, "--no-input-guard"]) == 0  # agreement of a model with itself
+
+
+def test_candidates_keep_layout_and_dtype() -> None:
+    declared = InputSpec.parse("layout=nhwc")
+    specs = candidates(declared, 3)
+    assert all(s.layout == declared.layout for s in specs) and declared not in specs
+    assert len(candidates(InputSpec(), 1)) == 2 * 3 - 1  # ranges x (none, mnist, symmetric)
+    byte = candidates(InputSpec.parse("range=0-255,dtype=uint8"), 1)
+    assert byte == []  # a uint8 input holds raw 0-255 pixels: nothing else to try
+
+
+def test_reproduce_never_runs_the_guard() -> None:
+    """The paper pipeline scores qrdeploy's own models, where a 2-bit model at chance is a
+    result: no module of qrdeploy.paper imports the guard or the file-level calls that run it
+    (attack_files, evaluate_files, check)."""
+    guarded = {"input_guard", "attack_files", "evaluate_files", "check", "enforce"}
+    for path in (ROOT / "qrdeploy" / "paper").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                 and (n.module or "").startswith("qrdeploy.") for a in n.names}
+        assert not names & guarded, (path.name, names & guarded)
