@@ -353,8 +353,8 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     1]. `input_guard` first checks that the contract fits the reference
     (qrdeploy.evaluation.guard); unless it found the contract fitting, its finding is the first
     threshold, `input.contract_mismatch` (max 0): a mismatch fails the gate like any threshold,
-    a suspicion (near-chance accuracy, nothing fits better) passes with the warning as detail. Never raises for a failed
-    threshold: read `.passed` / `.exit_code`."""
+    a suspicion (near-chance accuracy, nothing fits better) passes with the warning as detail.
+    Never raises for a failed threshold: read `.passed` / `.exit_code`."""
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)

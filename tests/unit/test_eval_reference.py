@@ -37,7 +37,8 @@ def test_a_hardened_model_against_its_reference(hardened: Path) -> None:
     strict = evaluate_files(hardened, data, reference=MNIST)
     loose = evaluate_files(hardened, data, reference=MNIST, tolerance=Tolerance(atol=1e6))
     assert strict.logits is not None and loose.logits is not None
-    assert strict.logits.max_abs > 0 and strict.logits.passed.k < 300 and loose.logits.passed.k == 300
+    assert strict.logits.max_abs > 0 and strict.logits.passed.k < 300
+    assert loose.logits.passed.k == 300
     assert strict.logits.max_abs >= strict.logits.mean_abs > 0
     d, acc, ref = strict.drop, strict.accuracy, strict.reference_accuracy
     assert d is not None and acc is not None and ref is not None
