@@ -15,7 +15,8 @@ from qrdeploy.graphio.inputspec import InputSpec, wrap_model
 from tests.unit.inputspec_models import twin
 
 PARSE_CASES = {
-    "unknown_key": ("scale=2", r"term 'scale=2' is not KEY=VALUE with KEY in channels\|dtype\|layout"),
+    "unknown_key": ("scale=2",
+                    r"term 'scale=2' is not KEY=VALUE with KEY in channels\|dtype\|layout"),
     "no_equals": ("nhwc", r"term 'nhwc' is not KEY=VALUE"),
     "bad_range": ("range=0-2", r"range must be one of 0-1\|0-255, got '0-2'"),
     "bad_layout": ("layout=chw", r"layout must be one of nchw\|nhwc"),
@@ -61,7 +62,8 @@ def _fp16() -> onnx.ModelProto:
 QDQ = {"s": np.float32(0.1), "z": np.uint8(0)}
 WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], type, str]] = {
     "two_inputs_no_choice": (_two_inputs, "", {}, GraphError,
-                             r"the model has inputs in, aux; choose the image with --input-name NAME"),
+                             r"the model has inputs in, aux; choose the image with "
+                             r"--input-name NAME"),
     "unknown_input": (_two_inputs, "", {"input_name": "image"}, GraphError,
                       r"input 'image' is not among the model's inputs \(in, aux\)"),
     "other_input_without_default": (_two_inputs, "", {"input_name": "in"}, GraphError,
