@@ -133,17 +133,20 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            reference: PathLike | None = None, labels: str = "true",
            family: str | None = None, cw_budget: str = "quick", seed: int = 0,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
-           input_spec: str | None = None, input_guard: bool = True) -> Results:
+           input_spec: str | None = None, input_guard: bool = True,
+           baseline: bool = True) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
     options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
     ('pgd:eps=8/255,steps=100'); `eps` is an eps sweep, () (default) none, None the paper
-    suite's sweep."""
+    suite's sweep. With `unhardened`, that model runs the same suite too (unless
+    `baseline=False`): the results' `baseline`, the report's before/after."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
                          Family(family) if family else None,
-                         RunConfig(seed=seed, batch_size=batch_size), CWBudget(cw_budget))
+                         RunConfig(seed=seed, batch_size=batch_size), CWBudget(cw_budget),
+                         baseline)
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return attack_files(model, ds, opts, out=out, source=source, reference=reference,
                         session=SessionConfig(provider, threads), unhardened=unhardened,

@@ -77,6 +77,14 @@ class AdaptiveAttack:
     def eps(self) -> float:
         return float(self.attack.eps)
 
+    def describe(self) -> str:
+        """The entry as a reader wants it: its attack's settings and how it reaches the victim."""
+        how = {Role.WHITE: "gradients of the victim", Role.QUERY: "the victim's outputs only",
+               Role.TRANSFER: "crafted on the model before hardening, scored on the victim"}
+        wrap = {Wrap.NONE: "", Wrap.FLOAT64: ", float64 cotangent",
+                Wrap.NJS: ", NJS rescaled logits"}
+        return f"{self.attack.describe()} ({how[self.role]}{wrap[self.wrap]})"
+
     def cost(self) -> float:
         """Model evaluations per sample at most (progress estimates only)."""
         return self.attack.cost() * (2.0 if self.wrap is Wrap.NJS else 1.0)

@@ -28,6 +28,20 @@ class Config:
         args = ", ".join(f"{n}={show(getattr(self, n))}" for n in names)
         return f"{type(self).__name__}({args})"
 
+    def describe(self) -> str:
+        """'PGD: eps 0.1, step 0.0025, steps 100, ...', the settings as a reader wants them (no
+        quotes, enum values, booleans in lower case)."""
+        def show(v: object) -> str:
+            if isinstance(v, Enum):
+                return str(v.value)
+            if isinstance(v, bool):
+                return str(v).lower()
+            return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+        parts = ", ".join(f"{f.name} {show(getattr(self, f.name))}"
+                          for f in fields(self))  # type: ignore[arg-type]
+        return f"{type(self).__name__}: {parts}"
+
     def cost(self) -> float:
         """Model evaluations per sample at most (a forward and backward pass counts 1), for
         progress estimates only; the attacks override it."""

@@ -14,6 +14,7 @@ from qrdeploy.commands._options import (
     load_data,
     session_config,
 )
+from qrdeploy.core.stats import Proportion
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files, data_family
 from qrdeploy.evaluation.runner import Labels, RunConfig
@@ -58,8 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "mnist, models/mnist-standard-seed1.onnx when present; otherwise none, "
                         "and black-box columns are skipped)")
     g.add_argument("--unhardened", default=None, metavar="MODEL",
-                   help="the model before hardening: the adaptive 'transfer' column crafts on it "
-                        "(default: the transfer source)")
+                   help="the model before hardening: it runs the same suite for the report's "
+                        "before/after, and the adaptive 'transfer' column crafts on it (default: "
+                        "the transfer source, no before/after)")
+    g.add_argument("--no-baseline", action="store_true",
+                   help="with --unhardened: do not attack it too (no before/after; faster)")
     g.add_argument("--cw-budget", choices=[b.value for b in CWBudget], default=CWBudget.QUICK,
                    help="CW-L2 budget: quick = qrdeploy [DEFAULT] 5 x 100 iterations at lr 0.1; "
                         "paper = cleverhans v3's 5 x 1,000 at lr 5e-3 (default: %(default)s)")
@@ -83,7 +87,7 @@ def options(args: argparse.Namespace) -> AttackOptions:
     family = Family(args.family) if args.family else None
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
     return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
-                         CWBudget(args.cw_budget))
+                         CWBudget(args.cw_budget), baseline=not args.no_baseline)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {'clean':<22} {fmt_cell(r.clean)}")
     for c in r.columns:
         print(f"  {c.key:<22} {fmt_column(c)}")
-    print(f"  {'worst case':<22} {fmt_cell(r.worst_case.robust)}")
+    keys, paper = r.paper_worst()
+    if keys:
+        print(f"  {'paper worst case':<22} {fmt_cell(Proportion(int(paper.sum()), paper.size))}")
     if r.adaptive is not None:
         print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}")
     if not args.quiet:

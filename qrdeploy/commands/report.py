@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qrdeploy.report.render import write_report
+from qrdeploy.report.render import Format, write_report
 
 HELP = "report of results JSON files: markdown + CSV tables with intervals, eps-curve plots"
 
@@ -15,12 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="markdown file; the CSV and PNGs go beside it (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true",
                    help="leave out the eps-curve PNGs (no matplotlib needed)")
+    p.add_argument("--format", choices=[f.value for f in Format], default=Format.MARKDOWN.value,
+                   help="markdown: report.md + CSV + PNGs; github: one file to paste as a "
+                        "pull-request comment (summary first, details collapsed, under 65,000 "
+                        "characters, no CSV or plots) (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    files = write_report(args.results, args.output, plots=not args.no_plots)
+    files = write_report(args.results, args.output, plots=not args.no_plots, fmt=args.format)
     print(f"report: {files.markdown}")  # the answer, also with --quiet
-    if not args.quiet:
+    if not args.quiet and files.csv is not None:
         print(f"table: {files.csv}")
         for p in files.plots:
             print(f"plot: {p}")

@@ -37,6 +37,29 @@ def pyplot(skip: str = "leave out --plot") -> Any:
     return plt
 
 
+#: Markers and line styles that, with the colours, keep every series of a plot distinct.
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<", ">", "p")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_styles(n: int) -> list[dict[str, Any]]:
+    """Keyword arguments for `ax.plot` of n series, each distinct in colour, marker and (beyond
+    ten series) line style: tab10 colours up to 10 series, tab20 beyond."""
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    size = 10 if n <= 10 else 20
+    return [{"color": cmap(i % size), "marker": MARKERS[i % len(MARKERS)],
+             "linestyle": LINESTYLES[(i // size) % len(LINESTYLES)] if n > 10 else "-"}
+            for i in range(n)]
+
+
+def legend_outside(ax: Any, fontsize: int = 7) -> None:
+    """The legend to the right of the axes, never over the data."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0, frameon=False)
+
+
 def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
     """Write the figure atomically as PNG (labels kept inside the canvas) and close it."""
     def save(tmp: Path) -> None:

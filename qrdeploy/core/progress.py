@@ -25,6 +25,9 @@ from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 
+#: No ETA before this many seconds of work: the first batches say little about the rate.
+MIN_ETA_SECONDS = 3.0
+
 _SINK: ContextVar[Callable[[float], None] | None] = ContextVar("qrdeploy_progress", default=None)
 
 
@@ -210,8 +213,8 @@ class RunProgress:
         """Seconds left at the rate of the work done in this process; None before any."""
         timed = self.fraction() * self.total - self.resumed
         elapsed = self.clock() - self.t0
-        if timed <= 0 or elapsed <= 0:
-            return None
+        if timed <= 0 or elapsed < MIN_ETA_SECONDS:
+            return None  # too little measured yet for a rate
         return elapsed / timed * (self.total - self.fraction() * self.total)
 
     def text(self) -> str:

@@ -23,6 +23,7 @@ from qrdeploy.evaluation.metrics import (
     cw_summary,
     noise_summary,
     paired_test,
+    paper_worst_case,
     robust_flags,
     sweep_curves,
     worst_case,
@@ -30,6 +31,7 @@ from qrdeploy.evaluation.metrics import (
 from qrdeploy.evaluation.results import (
     AdaptiveResult,
     AttackSetting,
+    Baseline,
     CheckEntry,
     ColumnResult,
     Comparison,
@@ -87,7 +89,7 @@ def _column(ev: Evaluation, c: Column) -> ColumnResult:
         noise = NoiseResult(ns.draws, ns.mean, ns.mean_ci95, ns.mean_attacked, ns.worst,
                             tuple(flags(d) for d in rec.draws))
     return ColumnResult(c.key, c.name, c.mode.value, c.eps, c.origin.value,
-                        None if c.attack is None else repr(c.attack),
+                        None if c.attack is None else c.attack.describe(),
                         _prop(robust_flags(ev, c.key)), _prop(attacked_flags(ev, c.key)), cw,
                         noise, restricted(c),
                         PerSample(flags(rec.fooled), _norms(rec.linf), _norms(rec.l2)))
@@ -137,17 +139,29 @@ def _sweeps(ev: Evaluation) -> tuple[SweepResult, ...]:
     by_key = {(p.kind, p.eps): p for p in ev.suite.sweep}
     out = []
     for kind, points in sweep_curves(ev).items():
-        pts = tuple(SweepPointResult(p.eps, repr(by_key[kind, p.eps].attack), p.robust,
+        pts = tuple(SweepPointResult(p.eps, by_key[kind, p.eps].attack.describe(), p.robust,
                                      p.worst, flags(ev.records[by_key[kind, p.eps].key].fooled))
                     for p in points)
         out.append(SweepResult(kind, pts))
     return tuple(out)
 
 
+def build_baseline(ev: Evaluation) -> Baseline:
+    """The before-hardening block of the results: the baseline model's run of the same suite."""
+    wc_keys, wc = paper_worst_case(ev)
+    m = masking(ev)
+    adaptive = None if ev.suite.adaptive_eps is None else adaptive_worst_case(ev)
+    awc = None if adaptive is None else WorstCase(tuple(adaptive[0]), _prop(adaptive[1]))
+    return Baseline(_model(ev.victim), _prop(ev.clean_correct),
+                    WorstCase(tuple(wc_keys), _prop(wc)), awc,
+                    None if m is None else m.verdict.text, flags(ev.clean_correct), flags(wc),
+                    None if adaptive is None else flags(adaptive[1]))
+
+
 def build_results(ev: Evaluation, *, data_name: str, split: str,
                   session: SessionConfig | None = None, source_origin: str = "user",
                   adaptive_source_role: str = "unhardened",
-                  notes: Sequence[str] = ()) -> Results:
+                  notes: Sequence[str] = (), baseline: Baseline | None = None) -> Results:
     """The results of an Evaluation (validated before they are returned). source_origin:
     'user' or 'default' (qrdeploy chose the transfer source); adaptive_source_role: what the
     adaptive transfer column crafted on ('unhardened' or 'black-box source'); notes: lines the
@@ -156,7 +170,7 @@ def build_results(ev: Evaluation, *, data_name: str, split: str,
     wc_keys, wc = worst_case(ev)
     settings = Settings(
         ev.suite.name, ev.config.seed, ev.config.batch_size, ev.suite.cw_budget.value,
-        tuple(AttackSetting(c.key, None if c.attack is None else repr(c.attack), c.eps,
+        tuple(AttackSetting(c.key, None if c.attack is None else c.attack.describe(), c.eps,
                             c.origin.value) for c in ev.suite.columns),
         tuple(sorted({p.eps for p in ev.suite.sweep})), tuple(ev.suite.cw_radii), ALPHA,
         BOOTSTRAP_RESAMPLES)
@@ -176,6 +190,6 @@ def build_results(ev: Evaluation, *, data_name: str, split: str,
               for a, b in attack_pairs(ev.suite)),
         PerSampleSummary(tuple(int(v) for v in ev.y.tolist()), flags(ev.clean_correct),
                          flags(wc)),
-        dict(ev.timings))
+        dict(ev.timings), baseline)
     validate_results(results.to_json())
     return results

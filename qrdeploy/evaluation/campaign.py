@@ -30,7 +30,7 @@ from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError
-from qrdeploy.evaluation.build import build_results
+from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.results import Results, write_results
@@ -69,6 +69,7 @@ class AttackOptions:
     family: Family | None = None
     run: RunConfig = field(default_factory=RunConfig)
     cw_budget: CWBudget = CWBudget.QUICK
+    baseline: bool = True  # with an unhardened model: run it too, for the before/after
 
 
 def harden_recipe(meta: dict[str, str]) -> list[Any] | None:
@@ -176,7 +177,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                  contract: InputContract | None = None, input_guard: bool = True) -> Results:
     """Run the suite on `model` over `data`, write the validated results JSON to `out`, and
     return the results. A state file left by an interrupted run with the same settings is resumed.
-    `unhardened`: the model before hardening, for the adaptive transfer column; `contract`:
+    `unhardened`: the model before hardening, for the adaptive transfer column and (unless
+    `opts.baseline` is False) run on the same suite for the report's before/after; `contract`:
     the input contract of the user's models (see the module docstring). `input_guard` first
     checks that the contract fits the victim (qrdeploy.evaluation.guard): a mismatch raises
     InputContractError before any attack runs; a suspicion becomes a note."""
@@ -196,7 +198,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
             guard_note = found.message()
     victim = open_subject(model, session, bs, contract)
     ref = open_(reference)
-    srcs = resolve_sources(opts, data, open_(source), open_(unhardened), session)
+    before = open_(unhardened)
+    srcs = resolve_sources(opts, data, open_(source), before, session)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
     if srcs.adaptive_note is not None and _transfer_keys(suite):
@@ -210,9 +213,20 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
                   labels=opts.labels, config=run,
                   adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    baseline = None
+    if before is not None and opts.baseline:
+        log.info("the model before hardening, %s, on the same suite (the report's before/after)",
+                 before.name)
+        base_state = out.with_name(out.name + ".baseline.state.npz")
+        bev = evaluate(before, data.x, data.y, _drop_keys(suite, _transfer_keys(suite)),
+                       source=black, reference=ref, labels=opts.labels,
+                       config=replace(run, state_path=base_state))
+        baseline = build_baseline(bev)
     results = build_results(ev, data_name=data.name, split=data.split, session=session,
                             source_origin=srcs.black_origin,
-                            adaptive_source_role=srcs.adaptive_role, notes=notes)
+                            adaptive_source_role=srcs.adaptive_role, notes=notes,
+                            baseline=baseline)
     write_results(out, results)
     state.unlink(missing_ok=True)
+    out.with_name(out.name + ".baseline.state.npz").unlink(missing_ok=True)
     return results

@@ -40,6 +40,14 @@ def worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
     return keys, robust_under(ev.records, keys)
 
 
+def paper_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
+    """The per-sample worst case over the paper's L-inf columns only (white-box and black-box at
+    their own eps, no adaptive column): the paper's robustness number, the 'before' and 'after'
+    of the report's summary."""
+    keys = [c.key for c in ev.suite.columns if c.bounded]
+    return keys, robust_under(ev.records, keys)
+
+
 def adaptive_worst_case(ev: Evaluation) -> tuple[list[str], np.ndarray]:
     """The per-sample worst case at the adaptive eps (N,): correct on the clean input, robust to
     every paper L-inf column and sweep point of at most that eps, and to every adaptive column.

@@ -456,6 +456,41 @@ class PerSampleSummary:
         return cls(tuple(int(v) for v in d["labels"]), d["clean_correct"], d["worst_case"])
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The model before hardening (`attack --unhardened`), run on the same suite and samples
+    (without the adaptive transfer column, which would craft on the model itself): its clean
+    accuracy, the paper's worst case (its L-inf columns), the adaptive worst case and the
+    verdict, with per-sample flags for the paired tests of the report's before/after."""
+
+    model: ModelEntry
+    clean: Proportion
+    worst_case: WorstCase
+    adaptive_worst_case: WorstCase | None
+    verdict: str | None
+    clean_correct: str
+    worst_flags: str
+    adaptive_flags: str | None
+
+    def to_json(self) -> JSON:
+        return {"model": self.model.to_json(), "clean": self.clean.to_json(),
+                "worst_case": self.worst_case.to_json(),
+                "adaptive_worst_case": None if self.adaptive_worst_case is None
+                else self.adaptive_worst_case.to_json(),
+                "verdict": self.verdict,
+                "per_sample": {"clean_correct": self.clean_correct,
+                               "worst_case": self.worst_flags,
+                               "adaptive_worst_case": self.adaptive_flags}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Baseline:
+        ps = d["per_sample"]
+        return cls(ModelEntry.from_json(d["model"]), _prop(d["clean"]),
+                   WorstCase.from_json(d["worst_case"]),
+                   _opt(d["adaptive_worst_case"], WorstCase.from_json), d["verdict"],
+                   ps["clean_correct"], ps["worst_case"], ps["adaptive_worst_case"])
+
+
 # ------------------------------------------------------------------------------- the document
 
 
@@ -480,6 +515,7 @@ class Results:
     comparisons: tuple[Comparison, ...]
     per_sample: PerSampleSummary
     timings: dict[str, float] = field(default_factory=dict)
+    baseline: Baseline | None = None
 
     def column(self, key: str) -> ColumnResult | None:
         """The column `key` ('white/pgd', ...), None when the run has none."""
@@ -487,6 +523,16 @@ class Results:
 
     def clean_flags(self) -> np.ndarray:
         return unflag(self.per_sample.clean_correct)
+
+    def paper_worst(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """The per-sample worst case over the paper's L-inf columns (white-box and black-box at
+        their own eps), as qrdeploy.evaluation.metrics.paper_worst_case computes it."""
+        keys = tuple(c.key for c in self.columns
+                     if c.mode in ("white", "black") and c.eps is not None)
+        alive = self.clean_flags()
+        for k in keys:
+            alive = alive & ~self.columns[[c.key for c in self.columns].index(k)].fooled()
+        return keys, np.asarray(alive)
 
     def robust_flags(self, key: str) -> np.ndarray:
         """Correct on the clean input and not fooled by column `key` (N,)."""
@@ -520,6 +566,7 @@ class Results:
             "comparisons": [c.to_json() for c in self.comparisons],
             "per_sample": self.per_sample.to_json(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "baseline": None if self.baseline is None else self.baseline.to_json(),
         }
 
     @classmethod
@@ -538,7 +585,8 @@ class Results:
             tuple(SweepResult.from_json(s) for s in d["sweeps"]),
             tuple(Comparison.from_json(c) for c in d["comparisons"]),
             PerSampleSummary.from_json(d["per_sample"]),
-            {k: float(v) for k, v in d["timings"].items()})
+            {k: float(v) for k, v in d["timings"].items()},
+            _opt(d.get("baseline"), Baseline.from_json))
 
 
 # ------------------------------------------------------------------------------- files

@@ -330,6 +330,36 @@ def _pass_dict(p: GraphPass) -> dict[str, Any]:
             for f in fields(p) if (v := getattr(p, f.name)) is not None}
 
 
+def describe_recipe(step: Mapping[str, Any]) -> str:
+    """One harden call's recipe (its JSON form, as a hardened model's metadata carries it) as a
+    sentence: 'μ-law (μ = 255, layers last:1, rescaled), then 3-bit weights (uniform, per tensor,
+    scale max, narrow range); stored as float'."""
+    def pass_text(p: Mapping[str, Any]) -> str:
+        kind = p.get("kind")
+        if kind == "mulaw":
+            rescale = ", rescaled" if p.get("rescale") else ", not rescaled"
+            return f"μ-law (μ = {p.get('mu', 0):g}, layers {p.get('layers', 'all')}{rescale})"
+        if kind == "quant":
+            gran = {"tensor": "per tensor", "channel": "per channel"}.get(
+                str(p.get("granularity")), str(p.get("granularity")))
+            extra = [str(p.get("quantizer", "uniform")), gran, f"scale {p.get('scale', 'max')}"]
+            if p.get("narrow"):
+                extra.append("narrow range")
+            if p.get("layers", "all") != "all":
+                extra.append(f"layers {p['layers']}")
+            return f"{p.get('bits')}-bit weights ({', '.join(extra)})"
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(p.items()) if k != "kind")
+        return f"{kind} ({rest})"
+
+    text = ", then ".join(pass_text(p) for p in step.get("passes", [])) or "no pass"
+    text += f"; stored as {step.get('encoding', 'float')}"
+    act = step.get("activations")
+    if isinstance(act, Mapping):
+        text += (f"; {act.get('kind', 'int8')} activations calibrated on {act.get('samples')} "
+                 f"images ({act.get('method')})")
+    return text
+
+
 def _check_recipe(recipe: Recipe) -> None:
     if not recipe.passes:
         raise PassError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.attacks import CWL2, GaussianNoise, UniformNoise
-from qrdeploy.core.plotting import pyplot, save_png
+from qrdeploy.core.plotting import legend_outside, pyplot, save_png, series_styles
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.margins import search as mg
@@ -205,17 +205,33 @@ def margin_criteria(model: mg.VjpClassifier, ds: Dataset, config: CriteriaConfig
 
 def plot_criteria(reports: dict[str, CriteriaReport], path: str | Path) -> Path:
     """Per-class bars of the L2 distance and the top-k margin, one bar group per model."""
-    fig, axes = pyplot().subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.2))
     width = 0.8 / max(len(reports), 1)
+    colors = [s["color"] for s in series_styles(len(reports))]
+    capped_any = False
     for i, (name, rep) in enumerate(reports.items()):
         rows = [r for r in rep.rows if r.label != "all"]
         pos = np.arange(len(rows)) + i * width
-        axes[0].bar(pos, [r.l2_mean for r in rows], width, label=name)
-        axes[1].bar(pos, [r.margin_top_mean for r in rows], width, label=name)
-    for ax, title in zip(axes, ["mean minimal L2 adversarial distance",
-                                "mean top-k random-direction margin"], strict=True):
+        axes[0].bar(pos, [r.l2_mean for r in rows], width, label=name, color=colors[i])
+        # a class whose margins hit the search cap t_max: its mean is a lower bound (hatched)
+        capped = [r.margin_cap_fraction > 0 for r in rows]
+        capped_any |= any(capped)
+        axes[1].bar(pos, [r.margin_top_mean for r in rows], width, label=name, color=colors[i],
+                    hatch=["//" if c else "" for c in capped], edgecolor="black", linewidth=0.3)
+        labels = [r.label for r in rows]
+    for ax, title, ylabel in zip(
+            axes, ["mean minimal L2 adversarial distance", "mean top-k random-direction margin"],
+            ["L2 distance ([0, 1] pixel units)", "margin t along a random direction"],
+            strict=True):
         ax.set_title(title)
         ax.set_xlabel("class")
-        ax.legend()
-    fig.tight_layout()
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
+        ax.set_xticklabels(labels)
+        legend_outside(ax)
+    if capped_any:
+        t_max = next(iter(reports.values())).settings["t_max"]
+        axes[1].text(0.0, -0.2, f"hatched: some directions reached no other class within "
+                     f"t_max = {t_max:g}; the bar is a lower bound", transform=axes[1].transAxes,
+                     fontsize=8)
     return save_png(fig, path, dpi=110)

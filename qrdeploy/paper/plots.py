@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.core.plotting import pyplot, save_png
+from qrdeploy.core.plotting import legend_outside, pyplot, save_png, series_styles
 from qrdeploy.evaluation.results import unflag
 from qrdeploy.paper import claims as cl
 from qrdeploy.paper.collected import Collected
@@ -20,27 +20,26 @@ NO_PLOTS = "qrdeploy reproduce --no-plots"
 
 def _figure(draw: Callable[[Any], None], path: Path, xlabel: str, ylabel: str, title: str
             ) -> Path:
-    fig, ax = pyplot(NO_PLOTS).subplots(figsize=(6, 3.8))
+    fig, ax = pyplot(NO_PLOTS).subplots(figsize=(7.5, 4.2))
     draw(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        legend_outside(ax)
     else:
         ax.text(0.5, 0.5, "not run", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    return save_png(fig, path, dpi=90)
+    return save_png(fig, path, dpi=100)
 
 
 def plot_ablation(c: Collected, path: Path) -> Path:
     def draw(ax: Any) -> None:
-        for regime, a in c.ablation.items():
-            for quant in (False, True):
-                pts = [p for p in a["points"] if p["quant"] is quant]
-                xs = [max(p["mu"], 0.5) for p in pts]  # μ = 0 drawn at 0.5 on the log axis
-                for key, style in (("paper", "-o"), ("adaptive", "--x")):
-                    ys = [100 * unflag(p[key]).mean() for p in pts]
-                    label = f"{cl.REGIME_LABEL[regime]}{' (Q)' if quant else ''} {key}"
-                    ax.plot(xs, ys, style, label=label)
+        series = [(regime, quant, key) for regime in c.ablation for quant in (False, True)
+                  for key in ("paper", "adaptive")]
+        for (regime, quant, key), style in zip(series, series_styles(len(series)), strict=True):
+            pts = [p for p in c.ablation[regime]["points"] if p["quant"] is quant]
+            xs = [max(p["mu"], 0.5) for p in pts]  # μ = 0 drawn at 0.5 on the log axis
+            ys = [100 * unflag(p[key]).mean() for p in pts]
+            label = f"{cl.REGIME_LABEL[regime]}{' (Q)' if quant else ''} {key}"
+            ax.plot(xs, ys, label=label, **style)
         ax.set_xscale("log")
 
     return _figure(draw, path, "μ (0 drawn at 0.5)", "robust accuracy (%)",
@@ -49,12 +48,13 @@ def plot_ablation(c: Collected, path: Path) -> Path:
 
 def plot_bits(c: Collected, path: Path) -> Path:
     def draw(ax: Any) -> None:
-        for regime, b in c.bits.items():
+        for (regime, b), style in zip(c.bits.items(), series_styles(len(c.bits)), strict=True):
             xs = [p["bits"] for p in b["points"]]
-            ax.plot(xs, [100 * p["value"] for p in b["points"]], "-o",
-                    label=cl.REGIME_LABEL[regime])
+            ax.plot(xs, [100 * p["value"] for p in b["points"]],
+                    label=cl.REGIME_LABEL[regime], **style)
             ax.fill_between(xs, [100 * p["ci95"][0] for p in b["points"]],
-                            [100 * p["ci95"][1] for p in b["points"]], alpha=0.2)
+                            [100 * p["ci95"][1] for p in b["points"]], alpha=0.15,
+                            color=style["color"])
 
     return _figure(draw, path, "weight bits", "clean accuracy (%)", "clean accuracy vs bits")
 
@@ -77,12 +77,12 @@ def plot_dw(c: Collected, path: Path) -> Path:
 
 def plot_eps(c: Collected, kind: str, path: Path) -> Path:
     def draw(ax: Any) -> None:
-        for row, doc in c.results.items():
-            correct = doc.clean_flags()
-            for s in (s for s in doc.sweeps if s.kind == kind):
-                xs = [p.eps for p in s.points]
-                ys = [100 * (correct & ~unflag(p.fooled)).mean() for p in s.points]
-                ax.plot(xs, ys, "-o", label=cl.row_label(row))
+        curves = [(row, doc, s) for row, doc in c.results.items() for s in doc.sweeps
+                  if s.kind == kind]
+        for (row, doc, s), style in zip(curves, series_styles(len(curves)), strict=True):
+            xs = [p.eps for p in s.points]
+            ys = [100 * (doc.clean_flags() & ~unflag(p.fooled)).mean() for p in s.points]
+            ax.plot(xs, ys, label=cl.row_label(row), **style)
 
     return _figure(draw, path, "eps (L-inf, [0, 1] pixels)", "robust accuracy (%)",
                    f"white-box {kind} vs eps")

@@ -1,10 +1,11 @@
 """The report's adaptive and gradient-masking sections, from typed results
 (qrdeploy.evaluation.results).
 
-Per model: the paper's worst case and the adaptive worst case side by side, the adaptive columns
-(a restricted column ran on the survivors of the cheaper attacks and of the gradient entries before
-it, so its cell is the worst case of it and them), the one-line verdict, and every check with its
-statistic, threshold and a link to its section of docs/masking.md."""
+Per model: the adaptive columns (a restricted column ran on the survivors of the cheaper attacks
+and of the gradient entries before it, so its cell is the worst case of it and them), the
+one-line verdict, and every check with its statistic, threshold and a link to its explanation,
+which the report carries itself (`check_help`): a link must resolve wherever the report is
+written."""
 
 from __future__ import annotations
 
@@ -15,24 +16,6 @@ from qrdeploy.evaluation.results import CheckEntry, ColumnResult, Results
 
 Fmt = Callable[[Proportion | None], str]
 Table = Callable[[Sequence[str], Sequence[Sequence[str]]], list[str]]
-
-
-def side_by_side(docs: Sequence[Results], names: Sequence[str], fmt: Fmt,
-                 table: Table) -> list[str]:
-    """Paper worst case | adaptive worst case | verdict, one row per model with adaptive runs."""
-    rows = [[name, fmt(d.clean), fmt(d.worst_case.robust),
-             f"{fmt(d.adaptive.worst_case.robust)} (eps {d.adaptive.eps:.4g})",
-             d.masking.verdict if d.masking else "—"]
-            for name, d in zip(names, docs, strict=True) if d.adaptive is not None]
-    if not rows:
-        return []
-    return ["## Paper columns vs adaptive worst case", "",
-            "The worst case is over every L-inf column that ran, at its own eps; the adaptive "
-            "worst case is over every paper L-inf column and sweep point of at most the adaptive "
-            "eps and every adaptive attack (docs/masking.md). An attack gives an upper bound on "
-            "robust accuracy, not a certificate.", "",
-            *table(["model", "clean", "worst case", "adaptive worst case", "verdict"], rows),
-            ""]
 
 
 def adaptive_columns(docs: Sequence[Results], names: Sequence[str], fmt: Fmt,
@@ -70,7 +53,7 @@ def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) 
         if m is None:
             continue
         checks = sorted(m.checks, key=lambda c: (not c.fired, not c.ran))
-        rows = [[f"[{c.name}]({c.doc})",
+        rows = [[f"[{c.name}](#{anchor(c.name)})",
                  "**fired**" if c.fired else ("not run" if not c.ran else "no"),
                  _stat(c), c.detail] for c in checks]
         edges = ["∞" if e is None else f"{e:.4g}" for e in m.gap_edges]
@@ -83,6 +66,68 @@ def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) 
         out += [""] if d.notes else []
     if not out:
         return []
-    return ["## Gradient masking checks", "",
-            "Each check is explained, with its threshold and what to do when it fires, in "
-            "docs/masking.md (linked per check).", "", *out]
+    return ["Each check is explained, with its threshold and what to do when it fires, under "
+            "'How to read the checks' at the end of this report (linked per check).", "", *out]
+
+
+#: What each masking check measures, when it fires and what to do then: the report's own copy
+#: of the explanations (paraphrased from the documentation), so its links always resolve.
+CHECK_HELP: dict[str, tuple[str, str, str]] = {
+    "zero-gradient": (
+        "the share of inputs whose cross-entropy input gradient is exactly zero at the clean "
+        "point", "above 1 %",
+        "sign(0) = 0, so FGSM, BIM and MIM do not move those inputs: the CE white-box columns "
+        "are no evidence of robustness. Read the adaptive columns (pgd-cw, apgd-dlr, pgd-f64, "
+        "pgd-njs); a μ-law model may need --mulaw-rescale."),
+    "logit-gap": (
+        "the share of inputs whose top-1 − top-2 logit gap exceeds 24 ln 2 ≈ 16.6, where "
+        "float32 softmax rounds the true class's probability to exactly 1", "above 50 %",
+        "CE attacks lose their pull away from the true class; prefer margin/DLR losses or "
+        "temperature-scaled CE. A confident but honest model can fire this check alone."),
+    "probability-outputs": (
+        "the share of output rows that are probabilities or log-probabilities rather than "
+        "logits", "above 99 %",
+        "attacks are defined on logits; export the model without its final softmax or point "
+        "qrdeploy at the logits output (--output-name)."),
+    "black-box-stronger": (
+        "the paired gap of every transfer or noise column below the per-sample worst case of "
+        "the gradient attacks with at least its eps",
+        "when the gap exceeds max(2 points, 2 standard errors of the paired difference)",
+        "an attacker with the gradients should never do worse than one who transfers examples "
+        "or adds noise: the white-box gradients are broken; trust the transfer column, Square "
+        "and the adaptive worst case."),
+    "one-step-stronger": (
+        "the paired gap of FGSM below PGD, BIM or MIM at the same or a larger eps",
+        "when the gap exceeds max(2 points, 2 standard errors)",
+        "an iterative attack can take FGSM's step and more; when FGSM wins, later steps are "
+        "misled. Read APGD (adaptive step size) and pgd-f64."),
+    "square-stronger": (
+        "the paired gap of Square (queries only, no gradients) below the gradient attacks' "
+        "per-sample worst case", "when the gap exceeds max(2 points, 2 standard errors)",
+        "a random search should not beat gradient attacks on a differentiable model: the "
+        "gradients are uninformative; trust Square and the adaptive worst case."),
+    "unbounded-below-100": (
+        "robust accuracy under L-inf PGD at eps = 1, where any image is reachable", "above 1 %",
+        "an attack that fails with an unlimited budget is not using working gradients: never "
+        "report its bounded-eps numbers as robustness."),
+    "eps-no-effect": (
+        "along an eps curve (or the PGD column against PGD at eps = 1), accuracy rising with eps "
+        "or not falling from the smallest to the largest", "when either is significant",
+        "a larger budget contains every smaller one, so accuracy must fall; a flat curve means "
+        "the attack does not move the inputs. Look at zero-gradient and the adaptive columns."),
+}
+
+
+def anchor(name: str) -> str:
+    """The in-report anchor of a check's explanation."""
+    return f"check-{name}"
+
+
+def check_help() -> list[str]:
+    out = ["The paired rule: a check that compares two accuracies on the same images fires when "
+           "A < B − max(2 points, 2 SE), SE the standard error of the paired difference. "
+           "Thresholds are qrdeploy's [DEFAULT]s.", ""]
+    for name, (statistic, fires, action) in CHECK_HELP.items():
+        out += [f'<a id="{anchor(name)}"></a>**{name}**: {statistic}; fires {fires}. {action}',
+                ""]
+    return out

@@ -17,8 +17,9 @@ import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text
 from qrdeploy.core.markdown import table
-from qrdeploy.core.plotting import pyplot, save_png
+from qrdeploy.core.plotting import legend_outside, pyplot, save_png
 from qrdeploy.errors import ConfigError
+from qrdeploy.hardening.passes import describe_recipe
 from qrdeploy.spectral.analysis import AMPLIFICATION_NOTE, LayerReport, LipschitzReport
 
 
@@ -100,10 +101,7 @@ def render_markdown(report: LipschitzReport) -> str:
 
 
 def _recipe_text(recipe: Mapping[str, Any]) -> str:
-    steps = ", ".join(
-        f"{p['kind']}(" + ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k != "kind") + ")"
-        for p in recipe.get("passes", []))
-    return f"{steps} -> {recipe.get('encoding', 'float')}"
+    return describe_recipe(recipe)
 
 
 def _legend(report: LipschitzReport) -> list[str]:
@@ -183,6 +181,5 @@ def plot_reports(
     which = "operator norm" if norm is PlotNorm.OPERATOR else "matrix / reshaped kernel"
     ax.set_ylabel(f"‖ΔW‖₂ ({which})")
     ax.set_title(title or "‖ΔW‖₂ per layer")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_outside(ax, fontsize=8)
     return save_png(fig, path, dpi=120)

@@ -135,7 +135,11 @@ def test_report_shows_verdict_and_checks(runs: dict[str, dict[str, Any]], tmp_pa
     md = out.read_text()
     for d in (runs["plain"]["doc"], runs["scaled"]["doc"]):
         assert f"**Verdict:** {d['masking']['verdict']}" in md
-    assert "[zero-gradient](docs/masking.md#zero-gradient) | **fired**" in md
-    assert "| worst case | adaptive worst case |" in md  # side by side in the main table
+    assert "[zero-gradient](#check-zero-gradient) | **fired**" in md  # explained in the report
+    assert '<a id="check-zero-gradient"></a>' in md
+    main_table = md.split("## Robust accuracy per attack")[1].split("\n## ")[0]
+    assert "| paper worst case | own eps |" in main_table  # both worst cases, as rows
+    assert "| adaptive worst case | " in main_table
     assert "| adaptive worst case | scaled.onnx " in md  # paired against the first model
+    assert "**suspected**: zero-gradient" in md.split("## Robust accuracy")[0]  # the summary
     assert "## Adaptive attacks" in md and "pgd-cw" in md

@@ -256,7 +256,7 @@ def test_attack_summary_shows_clean_without_asking(
     assert main(["attack", str(files["v"]), "--data", f"npz:{files['d']}", "--attacks",
                  "pgd:steps=3", "-o", str(tmp_path / "r.json")]) == 0
     keys = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()[1:4]]
-    assert keys == ["clean", "white/pgd", "worst"]
+    assert keys == ["clean", "white/pgd", "paper"]  # then the paper worst case
 
 
 # --------------------------------------------------------------------------------- CUDA note

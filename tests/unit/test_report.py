@@ -1,11 +1,15 @@
-"""Reports: markdown and CSV tables with intervals (models as rows, attacks as columns), paired
-tests that say when a difference is not significant, eps-curve PNGs with matplotlib, the tables
-and a note with --no-plots, and one error without matplotlib in every command that plots."""
+"""Reports: a summary block first (recipe, before/after with named paired statistics, verdict,
+conclusion), attacks as rows and models as columns with intervals, paired tests with both
+statistics named, no Python reprs, links that resolve where the report is written, the github
+format under 65,000 characters, CSV, eps-curve PNGs with matplotlib, the tables and a note with
+--no-plots, and one error without matplotlib in every command that plots."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -13,11 +17,20 @@ import numpy as np
 import pytest
 
 from qrdeploy.core.stats import Proportion
-from qrdeploy.evaluation.build import build_results
+from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import build_suite
-from qrdeploy.report.render import PLOTS_HINT, fmt_cell, render_csv, render_markdown, write_report
+from qrdeploy.report.masking import CHECK_HELP
+from qrdeploy.report.render import (
+    GITHUB_LIMIT,
+    PLOTS_HINT,
+    Format,
+    fmt_cell,
+    render_csv,
+    render_markdown,
+    write_report,
+)
 from tests.unit.attack_models import NumpyLinear
 
 ATTACKS = "clean,fgsm-s,pgd,normal"
@@ -28,12 +41,19 @@ def linear(seed: int, scale: float = 1.0) -> NumpyLinear:
     return NumpyLinear(r.normal(size=(4, 16)) * scale, r.normal(size=4) * 0.1)
 
 
-def make_doc(model: NumpyLinear, name: str, sha: str, data_seed: int = 1) -> Results:
+def make_doc(model: NumpyLinear, name: str, sha: str, data_seed: int = 1,
+             before: NumpyLinear | None = None, attacks: str = ATTACKS,
+             suite_name: str = "paper") -> Results:
     x = np.random.default_rng(data_seed).uniform(size=(40, 1, 4, 4)).astype(np.float32)
     y = linear(0).logits(x).argmax(1)
-    suite = build_suite("paper", "mnist", attacks=ATTACKS, eps=(0.05, 0.1, 0.2))
-    ev = evaluate(Subject(name, sha * 64, model), x, y, suite, config=RunConfig(batch_size=20))
-    return build_results(ev, data_name="toy", split="test")
+    suite = build_suite(suite_name, "mnist", attacks=attacks, eps=(0.05, 0.1, 0.2))
+    cfg = RunConfig(batch_size=20)
+    ev = evaluate(Subject(name, sha * 64, model), x, y, suite, config=cfg)
+    base = None
+    if before is not None:
+        base = build_baseline(evaluate(Subject("before.onnx", "f" * 64, before), x, y, suite,
+                                       config=cfg))
+    return build_results(ev, data_name="toy", split="test", baseline=base)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +71,15 @@ def test_cell_format(cell: Proportion, attacked: Proportion | None, text: str) -
     assert fmt_cell(cell, attacked) == text
 
 
-def test_markdown_has_models_as_rows_and_attacks_as_columns(docs: list[Results]) -> None:
+def test_markdown_has_attacks_as_rows_and_models_as_columns(docs: list[Results]) -> None:
     md = render_markdown(docs, [], None)
-    header = next(line for line in md.splitlines() if line.startswith("| model | clean"))
-    assert header.split(" | ")[2:5] == ["white/fgsm-s", "white/pgd", "noise/normal"]
-    rows = [line for line in md.splitlines() if line.startswith("| a.onnx (")]
-    assert len(rows) >= 2  # same name, made unique by sha256 prefix
+    table = md.split("## Robust accuracy per attack")[1].split("\n## ")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| attack | eps"))
+    names = header.strip("| ").split(" | ")[2:]
+    assert len(names) == 3 and names[0].startswith("a.onnx (")  # same name: sha256 prefix
+    keys = [line.split(" | ")[0].strip("| ") for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| attack", "|---"))]
+    assert keys == ["clean", "white/fgsm-s", "white/pgd", "noise/normal", "paper worst case"]
     pgd = docs[0].column("white/pgd")
     assert pgd is not None
     lo, hi = pgd.robust.interval
@@ -69,9 +92,10 @@ def test_markdown_has_models_as_rows_and_attacks_as_columns(docs: list[Results])
 
 def test_paired_tests_say_not_significant(docs: list[Results]) -> None:
     md = render_markdown(docs, [], None)
-    section = md.split("## Paired differences between models")[1].split("##")[0]
-    assert "**not significant**" in section  # a 2 % weight change: no detectable difference
+    section = md.split("## Paired differences between models")[1].split("\n## ")[0]
+    assert "| not significant |" in section  # a 2 % weight change: no detectable difference
     assert "not compared" in section and "different samples" in section  # the third result
+    assert "paired bootstrap CI" in section and "McNemar exact p" in section  # both named
 
 
 def test_csv_has_one_row_per_model_and_cell(docs: list[Results]) -> None:
@@ -110,7 +134,7 @@ def test_report_without_plots_says_how_and_keeps_tables(
     files = write_report(_files(docs[:2], tmp_path), tmp_path / "report.md", plots=False)
     md = files.markdown.read_text()
     assert files.plots == () and files.plot_note == PLOTS_HINT
-    assert "pip install 'qrdeploy[plots]'" in md and "| model | clean" in md
+    assert "pip install 'qrdeploy[plots]'" in md and "| attack | eps |" in md
     assert not list(tmp_path.glob("*.png")) and files.csv.exists()
 
 
@@ -146,3 +170,79 @@ def test_every_plotting_command_gives_one_error_without_matplotlib_before_any_wo
     assert lines["margins"].endswith("leave out --plot)") and lines["lipschitz"] == lines["margins"]
     assert not (tmp_path / "l.json").exists() and not (tmp_path / "rep").exists()
     assert not (tmp_path / "repro").exists()
+
+
+@pytest.fixture(scope="module")
+def before_after() -> Results:
+    """A 'hardened' model (weights scaled by 0.05: the same predictions, flatter logits) with
+    the model before hardening as baseline, on the paper and adaptive suites."""
+    return make_doc(linear(0, 0.05), "hard.onnx", "d", before=linear(0),
+                    attacks="clean,fgsm-s,pgd,pgd-cw,square", suite_name="paper,adaptive")
+
+
+def test_summary_block_comes_first_with_before_after(before_after: Results) -> None:
+    md = render_markdown([before_after], [], None)
+    assert md.startswith("# Robustness report: hard.onnx\n\n## Summary\n")
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "before hardening: before.onnx" in summary and "after: hard.onnx" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    labels = [r.split(" | ")[0].strip("| ") for r in rows[1:]]  # rows[0]: the header
+    assert labels[0] == "clean accuracy" and labels[1].startswith("paper worst case")
+    assert labels[2].startswith("adaptive worst case") and labels[3] == "gradient-masking verdict"
+    assert all("Newcombe CI" in r and "McNemar exact p" in r for r in rows[1:4])
+    assert "**Conclusion:** Hardening " in summary
+    assert md.index("## Summary") < md.index("## Robust accuracy per attack")
+
+
+def test_summary_numbers_are_the_paired_ones(before_after: Results) -> None:
+    b = before_after.baseline
+    assert b is not None
+    before = np.array([c == "1" for c in b.clean_correct])
+    after = before_after.clean_flags()
+    md = render_markdown([before_after], [], None)
+    diff = 100 * (after.mean() - before.mean())
+    assert f"| clean accuracy | {fmt_cell(b.clean)} | {fmt_cell(before_after.clean)} | " \
+        f"{diff:+.1f} points" in md
+
+
+def test_without_baseline_the_summary_says_how_to_get_one(docs: list[Results]) -> None:
+    md = render_markdown(docs[:1], [], None)
+    assert "Attack the model before hardening too (--unhardened)" in md
+    assert "before hardening:" not in md
+
+
+def test_no_python_reprs(before_after: Results) -> None:
+    md = render_markdown([before_after], [], None)
+    for pattern in (r"<\w+\.\w+: ", r"\w+=<", r"'\w+'", r"\w+\(\w+="):
+        assert not re.search(pattern, md), (pattern, re.search(pattern, md))
+    assert "PGD: eps 0.1" in md  # settings as a reader wants them
+
+
+def test_every_link_resolves_where_the_report_is_written(before_after: Results,
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "report.md"
+    files = write_report([write_results(tmp_path / "r.json", before_after)], out)
+    md = files.markdown.read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', md))
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    assert links, "the report links its checks and plots"
+    for target in links:
+        if target.startswith("#"):
+            assert target[1:] in anchors, target
+        else:
+            assert (out.parent / target).is_file(), target
+    assert {f"check-{name}" for name in CHECK_HELP} <= anchors
+
+
+def test_github_format_collapses_and_fits(docs: list[Results], before_after: Results,
+                                         tmp_path: Path) -> None:
+    paths = _files([before_after, *docs], tmp_path)
+    files = write_report(paths, tmp_path / "comment.md", fmt=Format.GITHUB)
+    text = files.markdown.read_text()
+    assert files.csv is None and files.plots == ()
+    assert len(text) < GITHUB_LIMIT and "<details><summary>" in text
+    assert text.index("## Summary") < text.index("<details>")
+    # many large results still fit: sections that do not are named, not cut mid-table
+    many = [dataclasses.replace(before_after, notes=("x" * 3000,) * 3) for _ in range(12)]
+    big = render_markdown(many, [], None, Format.GITHUB)
+    assert len(big) < GITHUB_LIMIT
