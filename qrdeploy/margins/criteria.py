@@ -228,9 +228,11 @@ def plot_criteria(reports: dict[str, CriteriaReport], path: str | Path) -> Path:
         ax.set_ylabel(ylabel)
         ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
         ax.set_xticklabels(labels)
-        legend_outside(ax)
+    t_max = next(iter(reports.values())).settings["t_max"]
+    axes[1].axhline(t_max, color="black", linestyle="--", linewidth=0.8,
+                    label=f"search cap t_max = {t_max:g}")
+    legend_outside(axes[1])  # one legend for both panels (the same models)
     if capped_any:
-        t_max = next(iter(reports.values())).settings["t_max"]
         axes[1].text(0.0, -0.2, f"hatched: some directions reached no other class within "
                      f"t_max = {t_max:g}; the bar is a lower bound", transform=axes[1].transAxes,
                      fontsize=8)
