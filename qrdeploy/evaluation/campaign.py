@@ -44,6 +44,7 @@ from qrdeploy.evaluation.suites import (
     build_suite,
     family_of,
     suite_names,
+    with_integer_columns,
     without_mode,
 )
 from qrdeploy.graphio.graph import get_metadata, load_model
@@ -202,6 +203,11 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     srcs = resolve_sources(opts, data, open_(source), before, session)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
+    if str(victim.info.get("gradient_form") or "").startswith("BPDA"):
+        suite, added = with_integer_columns(suite)
+        if added:
+            notes.append(f"integer graph: its white-box gradient is BPDA (straight-through), so "
+                         f"{' and '.join(added)} were added beside it (check bpda-weaker)")
     if srcs.adaptive_note is not None and _transfer_keys(suite):
         notes.append(srcs.adaptive_note)
     if srcs.adaptive is None and _transfer_keys(suite):

@@ -45,6 +45,7 @@ class CheckName(StrEnum):
     UNBOUNDED = "unbounded-below-100"
     SQUARE = "square-stronger"
     PROBABILITIES = "probability-outputs"
+    BPDA_WEAKER = "bpda-weaker"
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,24 @@ def check_square(square: Arm | None, gradient: Sequence[Arm]) -> Check:
     if square is None or not ref:
         return _skipped(CheckName.SQUARE, "no Square arm or no gradient arm of equal eps")
     return _compare(CheckName.SQUARE, [(square, "gradient worst case", _worst(ref))], "")
+
+
+def check_bpda(bpda: bool, white: Sequence[Arm], free: Sequence[Arm]) -> Check:
+    """On an integer graph (white-box gradients through the straight-through estimator of its
+    dequantized twin, BPDA): the gradient-free and transfer arms (Square, transfer from the float
+    model, black-box columns) vs the per-sample worst case of the BPDA white-box arms with at
+    least their eps; fires when one is significantly stronger (paired rule): the STE gradient
+    misleads on this graph, and its white-box columns overstate robustness. Skipped on graphs
+    whose gradient is exact."""
+    if not bpda:
+        return _skipped(CheckName.BPDA_WEAKER, "the gradient is exact (no integer activations)")
+    pairs = []
+    for o in free:
+        ref = [w for w in white if _within(o, w)]
+        if ref:
+            pairs.append((o, "BPDA white-box worst case", _worst(ref)))
+    return _compare(CheckName.BPDA_WEAKER, pairs,
+                    "no gradient-free or transfer arm to pair with the BPDA white-box arms")
 
 
 def check_unbounded(arm: Arm | None, threshold: float = 0.01) -> Check:

@@ -546,6 +546,26 @@ def build_suite(
                  unbounded)
 
 
+#: The adaptive entries every run on an integer graph carries: its white-box gradient is BPDA,
+#: so a gradient-free and a transfer column stand beside it (the bpda-weaker check).
+INTEGER_ENTRIES = ("square", "transfer")
+
+
+def with_integer_columns(suite: Suite) -> tuple[Suite, list[str]]:
+    """The suite plus the INTEGER_ENTRIES it lacks (and, with them, the masking checks and PGD
+    at eps 1); returns the added keys."""
+    have = {c.name for c in suite.by_mode(Mode.ADAPTIVE)}
+    extra = tuple(c for c in build_suite(SuiteName.ADAPTIVE, suite.family).columns
+                  if c.name in INTEGER_ENTRIES and c.name not in have)
+    if not extra:
+        return suite, []
+    unbounded = suite.unbounded or Column("pgd@1", Mode.WHITE,
+                                          _linf("pgd", PARAMS[suite.family], 1.0), 1.0,
+                                          Origin.DEFAULT)
+    return replace(suite, columns=suite.columns + extra, unbounded=unbounded), \
+        [c.key for c in extra]
+
+
 def without_mode(suite: Suite, mode: Mode) -> Suite:
     """The suite less the columns of one mode (black-box columns when no source is given)."""
     return replace(suite, columns=tuple(c for c in suite.columns if c.mode is not mode))

@@ -8,6 +8,8 @@ points (logits, CE input gradients) feeds the statistics of one model:
   column, against every gradient-based attack of the run (`gradient_arms`);
 - one-step-stronger: FGSM columns and sweep points against PGD/BIM/MIM ones;
 - square-stronger: the adaptive `square` column against every gradient-based attack of the run;
+- bpda-weaker (integer graphs only, whose gradient is BPDA): Square, the adaptive transfer column
+  and the black-box columns against the BPDA white-box attacks;
 - unbounded-below-100: PGD at eps = 1 (`Suite.unbounded`);
 - eps-no-effect: every iterative kind of the eps sweep (one check; the first kind that fires is
   named); FGSM curves are not monotone in eps even on honest models, see `sweep_check`.
@@ -30,6 +32,7 @@ from qrdeploy.evaluation.masking import (
     CheckName,
     Verdict,
     check_black_box,
+    check_bpda,
     check_eps_sweep,
     check_logit_gap,
     check_one_step,
@@ -92,9 +95,13 @@ def comparison_checks(ev: Evaluation) -> list[Check]:
     others += [_arm(ev, c.key, None) for c in ev.suite.by_mode(Mode.NOISE)]
     transfer = _adaptive_arm(ev, "transfer")
     others += [transfer] if transfer is not None else []
+    square = _adaptive_arm(ev, "square")
+    free = [a for a in others if a.name != "noise" and not a.name.startswith("noise/")]
+    free += [square] if square is not None else []
+    bpda = str(ev.victim.info.get("gradient_form") or "").startswith("BPDA")
     return [check_black_box(white, others),
             check_one_step(_by_kind(ev, ("fgsm",)), _by_kind(ev, ITERATIVE)),
-            check_square(_adaptive_arm(ev, "square"), white)]
+            check_square(square, white), check_bpda(bpda, white, free)]
 
 
 def sweep_check(ev: Evaluation) -> Check:

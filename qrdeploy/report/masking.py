@@ -110,6 +110,13 @@ CHECK_HELP: dict[str, tuple[str, str, str]] = {
         "robust accuracy under L-inf PGD at eps = 1, where any image is reachable", "above 1 %",
         "an attack that fails with an unlimited budget is not using working gradients: never "
         "report its bounded-eps numbers as robustness."),
+    "bpda-weaker": (
+        "on an integer graph, whose white-box gradient is the straight-through estimator of its "
+        "dequantized twin (BPDA): the paired gap of Square, the transfer column and the "
+        "black-box columns below the BPDA white-box worst case",
+        "when the gap exceeds max(2 points, 2 standard errors)",
+        "the straight-through gradient misleads on this graph: its white-box columns overstate "
+        "robustness; trust Square, the transfer column and the adaptive worst case."),
     "eps-no-effect": (
         "along an eps curve (or the PGD column against PGD at eps = 1), accuracy rising with eps "
         "or not falling from the smallest to the largest", "when either is significant",

@@ -18,6 +18,7 @@ from qrdeploy.evaluation.masking import (
     CheckName,
     Verdict,
     check_black_box,
+    check_bpda,
     check_eps_sweep,
     check_logit_gap,
     check_one_step,
@@ -169,6 +170,22 @@ def test_unbounded(acc: int, fired: bool) -> None:
 def test_square_stronger(square: np.ndarray, fired: bool) -> None:
     c = check_square(Arm("square", square, 0.1), [Arm("pgd", flags(45), 0.1)])
     assert c.fired is fired
+
+
+@pytest.mark.parametrize(
+    ("free", "fired"), [([Arm("adaptive/square", flags(50), 0.1)], False),
+                        ([Arm("adaptive/square", flags(44), 0.1),
+                          Arm("adaptive/transfer", flags(20), 0.1)], True),
+                        ([Arm("black/fgsm-s", flags(5), 0.3)], False)],
+    ids=["weaker", "transfer-stronger", "larger-eps-not-compared"])
+def test_bpda_weaker(free: list[Arm], fired: bool) -> None:
+    white = [Arm("white/pgd", flags(45), 0.1), Arm("adaptive/apgd-ce", flags(44), 0.1)]
+    c = check_bpda(True, white, free)
+    assert c.fired is fired and c.name is CheckName.BPDA_WEAKER
+    if fired:
+        assert "adaptive/transfer" in c.detail and "BPDA white-box worst case" in c.detail
+    skipped = check_bpda(False, white, free)  # an exact gradient: nothing to check
+    assert not skipped.ran and not skipped.fired and "exact" in skipped.detail
 
 
 @pytest.mark.parametrize(

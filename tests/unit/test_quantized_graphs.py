@@ -191,6 +191,28 @@ def test_input_contracts_wrap_quantized_graphs(world: dict[str, Any], variant: s
         "exact" if variant == "nbits" else "BPDA")
 
 
+def test_integer_graph_runs_carry_square_transfer_and_the_bpda_check(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """A white-box-only request on an integer graph still gets Square and the transfer from the
+    float model beside the BPDA columns, and the verdict includes bpda-weaker."""
+    out = tmp_path / "q.json"
+    assert main(["attack", str(world["paths"]["qdq"]), "--data",
+                 f"npz:{world['root'] / 'data.npz'}", "--suite", "white", "--attacks", "pgd",
+                 "--unhardened", str(world["paths"]["ref"]), "--no-baseline", "--batch-size",
+                 "8", "-q", "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    keys = [c["key"] for c in doc["columns"]]
+    assert keys == ["white/pgd", "adaptive/square", "adaptive/transfer"]
+    assert any("integer graph" in n for n in doc["notes"])
+    (bpda,) = [c for c in doc["masking"]["checks"] if c["name"] == "bpda-weaker"]
+    assert bpda["ran"] and bpda["statistic"] is not None
+    float_out = tmp_path / "f.json"
+    assert main(["attack", str(world["paths"]["ref"]), "--data",
+                 f"npz:{world['root'] / 'data.npz'}", "--suite", "white", "--attacks", "pgd",
+                 "-q", "-o", str(float_out)]) == 0
+    assert [c["key"] for c in json.loads(float_out.read_text())["columns"]] == ["white/pgd"]
+
+
 def _dyadic_qdq_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A QDQ classifier whose every value is dyadic (inputs k/16, weights c·2^-3 and c·2^-4,
     power-of-two activation scales), so float32 convolutions and sums are exact on any machine
