@@ -32,6 +32,8 @@ _API = {
     "evaluate": "qrdeploy.api",
     "attack": "qrdeploy.api",
     "check": "qrdeploy.api",
+    "replay": "qrdeploy.api",
+    "InputContractError": "qrdeploy.errors",
     "lipschitz": "qrdeploy.api",
     "reproduce": "qrdeploy.api",
     "load_dataset": "qrdeploy.api",

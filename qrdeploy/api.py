@@ -18,6 +18,8 @@ from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
 from qrdeploy.evaluation.clean import EvalResult, Tolerance, evaluate_files
+from qrdeploy.evaluation.replay import ReplayResult
+from qrdeploy.evaluation.replay import replay as _replay
 from qrdeploy.evaluation.results import Results
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import CWBudget, Family
@@ -41,7 +43,8 @@ from qrdeploy.paper.pipeline import ReproduceResult
 from qrdeploy.paper.pipeline import reproduce as _reproduce
 from qrdeploy.spectral.analysis import LipschitzConfig, LipschitzReport, lipschitz_report
 
-__all__ = ["harden", "evaluate", "attack", "check", "lipschitz", "reproduce", "load_dataset"]
+__all__ = ["harden", "evaluate", "attack", "check", "replay", "lipschitz", "reproduce",
+           "load_dataset"]
 
 PathLike = str | Path
 
@@ -134,7 +137,7 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            family: str | None = None, cw_budget: str = "quick", seed: int = 0,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
            input_spec: str | None = None, input_guard: bool = True,
-           baseline: bool = True) -> Results:
+           baseline: bool = True, save_adversarials: PathLike | None = None) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
     options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
@@ -146,7 +149,7 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
                          Family(family) if family else None,
                          RunConfig(seed=seed, batch_size=batch_size), CWBudget(cw_budget),
-                         baseline)
+                         baseline, None if save_adversarials is None else Path(save_adversarials))
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return attack_files(model, ds, opts, out=out, source=source, reference=reference,
                         session=SessionConfig(provider, threads), unhardened=unhardened,
@@ -162,6 +165,14 @@ def check(model: PathLike, reference: PathLike, data: str | Dataset,
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
                   seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard)
+
+
+def replay(model: PathLike, adversarials: PathLike, *, input_spec: str | None = None,
+           provider: str = "auto", threads: int = 0, batch_size: int = 256) -> ReplayResult:
+    """Score `model` on an adversarial set saved by `attack(save_adversarials=...)`: robust
+    accuracy per column on this model, beside what the set recorded on the analysis graph."""
+    contract = None if input_spec is None else InputContract.from_options(input_spec)
+    return _replay(model, adversarials, contract, SessionConfig(provider, threads), batch_size)
 
 
 def lipschitz(reference: PathLike, hardened: PathLike | None = None, *,

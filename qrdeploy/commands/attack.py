@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from qrdeploy.commands._options import (
     add_data,
@@ -64,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the transfer source, no before/after)")
     g.add_argument("--no-baseline", action="store_true",
                    help="with --unhardened: do not attack it too (no before/after; faster)")
+    g.add_argument("--save-adversarials", default=None, metavar="FILE.npz",
+                   help="write every adversarial input (with sample ids, labels and the attack "
+                        "settings) for qrdeploy replay on the runtime that ships")
     g.add_argument("--cw-budget", choices=[b.value for b in CWBudget], default=CWBudget.QUICK,
                    help="CW-L2 budget: quick = qrdeploy [DEFAULT] 5 x 100 iterations at lr 0.1; "
                         "paper = cleverhans v3's 5 x 1,000 at lr 5e-3 (default: %(default)s)")
@@ -87,7 +91,9 @@ def options(args: argparse.Namespace) -> AttackOptions:
     family = Family(args.family) if args.family else None
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
     return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
-                         CWBudget(args.cw_budget), baseline=not args.no_baseline)
+                         CWBudget(args.cw_budget), baseline=not args.no_baseline,
+                         save_adversarials=None if args.save_adversarials is None
+                         else Path(args.save_adversarials))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
+from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, evaluate
 from qrdeploy.evaluation.suites import (
@@ -71,6 +72,7 @@ class AttackOptions:
     run: RunConfig = field(default_factory=RunConfig)
     cw_budget: CWBudget = CWBudget.QUICK
     baseline: bool = True  # with an unhardened model: run it too, for the before/after
+    save_adversarials: Path | None = None  # write every adversarial input here (replay)
 
 
 def harden_recipe(meta: dict[str, str]) -> list[Any] | None:
@@ -214,11 +216,14 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         notes.append("adaptive transfer dropped: no --unhardened model and no transfer source")
         suite = _drop_keys(suite, _transfer_keys(suite))
     state = state_path or out.with_name(out.name + ".state.npz")
-    run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"))
+    run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"),
+                    keep_adversarials=opts.save_adversarials is not None)
     black = srcs.black if suite.by_mode(Mode.BLACK) else None
     ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
                   labels=opts.labels, config=run,
                   adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    if opts.save_adversarials is not None:
+        save_adversarials(opts.save_adversarials, ev, data.x, data.name, data.split)
     baseline = None
     if before is not None and opts.baseline:
         log.info("the model before hardening, %s, on the same suite (the report's before/after)",
@@ -226,7 +231,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         base_state = out.with_name(out.name + ".baseline.state.npz")
         bev = evaluate(before, data.x, data.y, _drop_keys(suite, _transfer_keys(suite)),
                        source=black, reference=ref, labels=opts.labels,
-                       config=replace(run, state_path=base_state))
+                       config=replace(run, state_path=base_state, keep_adversarials=False))
         baseline = build_baseline(bev)
     results = build_results(ev, data_name=data.name, split=data.split, session=session,
                             source_origin=srcs.black_origin,

@@ -78,6 +78,7 @@ class RunConfig:
     batch_size: int = 100
     state_path: Path | None = None  # per-batch state of the victim's run (None: not resumable)
     transfer_dir: Path | None = None  # cache of transfer sets (None: crafted in memory only)
+    keep_adversarials: bool = False  # records keep every adversarial input (x_adv)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -97,30 +98,38 @@ class Record:
     l2: np.ndarray  # (N,) float32
     done: np.ndarray  # (N,) bool
     draws: np.ndarray | None = None  # (D, N) bool, noise only
+    x_adv: np.ndarray | None = None  # (N, C, H, W) float32, when the run keeps adversarials
 
     @classmethod
-    def empty(cls, n: int, draws: int | None) -> Record:
+    def empty(cls, n: int, draws: int | None, image: tuple[int, ...] | None = None) -> Record:
+        """An empty record; with `image` (C, H, W) it also keeps every adversarial input."""
         d = None if draws is None else np.zeros((draws, n), bool)
+        adv = None if image is None else np.zeros((n, *image), np.float32)
         return cls(np.zeros(n, bool), np.zeros(n, np.float32), np.zeros(n, np.float32),
-                   np.zeros(n, bool), d)
+                   np.zeros(n, bool), d, adv)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         out = {f"{prefix}.{k}": getattr(self, k) for k in ("fooled", "linf", "l2", "done")}
-        if self.draws is not None:
-            out[f"{prefix}.draws"] = self.draws
+        for k in ("draws", "x_adv"):
+            if getattr(self, k) is not None:
+                out[f"{prefix}.{k}"] = getattr(self, k)
         return out
 
     def restore(self, arrays: dict[str, np.ndarray], prefix: str) -> None:
-        for name in ("fooled", "linf", "l2", "done", "draws"):
+        for name in ("fooled", "linf", "l2", "done", "draws", "x_adv"):
             if f"{prefix}.{name}" in arrays:
                 setattr(self, name, arrays[f"{prefix}.{name}"].copy())
 
-    def put(self, sl: slice, fooled: np.ndarray, delta: np.ndarray) -> None:
-        """Store verdicts (B,) and norms of delta (B, C, H, W) for the samples of `sl`."""
+    def put(self, sl: slice, fooled: np.ndarray, delta: np.ndarray,
+            x_adv: np.ndarray | None = None) -> None:
+        """Store verdicts (B,) and norms of delta (B, C, H, W) for the samples of `sl`, and the
+        adversarial inputs (B, C, H, W) when the record keeps them."""
         flat = delta.reshape(len(delta), -1).astype(np.float64)  # (B, D)
         self.fooled[sl] = fooled
         self.linf[sl] = np.abs(flat).max(axis=1, initial=0.0)
         self.l2[sl] = np.sqrt((flat * flat).sum(axis=1))
+        if self.x_adv is not None and x_adv is not None:
+            self.x_adv[sl] = x_adv
         self.done[sl] = True
 
 
@@ -272,7 +281,8 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                 suite: Suite | None = None, adaptive_source: Subject | None = None
                 ) -> dict[str, Record]:
     n = len(y)
-    records = {j.id: Record.empty(n, j.draws) for j in jobs}
+    image = tuple(x.shape[1:]) if cfg.keep_adversarials else None
+    records = {j.id: Record.empty(n, j.draws, image) for j in jobs}
     state = StateFile(cfg.state_path, settings)
     saved = state.load(_layout(records))
     for i, j in enumerate(jobs):
@@ -308,7 +318,7 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                                                       x, y, sl, cfg.seed, keep), None
             else:
                 fooled, xa, draws = _attack_batch(j, victim.model, x, y, sl, cfg.seed)
-            rec.put(sl, fooled, xa - x[sl])
+            rec.put(sl, fooled, xa - x[sl], xa)
             if draws is not None and rec.draws is not None:
                 rec.draws[:, sl] = draws
 
