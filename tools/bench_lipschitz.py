@@ -1,7 +1,7 @@
 """Benchmark of qrdeploy.spectral.norms on every weight layer of WRN-32-10 (46 M parameters, random
 weights), against a dense-SVD / plain power-iteration baseline measured in the same run.
 
-Layers (method.md §6, Madry's w32-10): conv 3x3 3->16 at 32x32, then 3 stages x 5
+Layers (docs/method.md section 6, Madry's w32-10): conv 3x3 3->16 at 32x32, then 3 stages x 5
 pre-activation units of two 3x3 convs, widths 160/320/640 at 32/16/8 (the first conv of stages 2
 and 3 has stride 2, TF 'SAME' padding), then FC 640->10. He-normal conv weights, uniform FC.
 

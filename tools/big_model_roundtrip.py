@@ -1,4 +1,4 @@
-"""A model above protobuf's 2 GB limit saves and loads (issue 14, item 3; not in CI: it needs
+"""A model above protobuf's 2 GB limit saves and loads (not in CI: it needs
 about 3x the model size in memory and 1x on disk).
 
 Builds Flatten -> MatMul chain whose float32 weights total --gib GiB (default 2.2), saves it with

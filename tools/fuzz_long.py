@@ -1,4 +1,4 @@
-"""The long fuzz run (issue 14, item 2): random byte and protobuf-field mutants of valid tiny ONNX
+"""The long fuzz run: random byte and protobuf-field mutants of valid tiny ONNX
 files fed to load, inspect, harden (qdq, int4), eval, the gradient builder run by onnxruntime and
 lipschitz, in a crash-proof worker (tests/unit/fuzz_cases.py). Stops after --cases mutants or
 --minutes, whichever comes first; prints outcome counts and findings grouped by exception and

@@ -1,4 +1,4 @@
-"""SIGKILL trials of `python -m qrdeploy harden` (issue 14, item 5): at least 20 kills at delays
+"""SIGKILL trials of `python -m qrdeploy harden` : at least 20 kills at delays
 spread uniformly over an uninterrupted run (imports, load, harden, save), each checked for a
 partial output, a changed input, leftover temporary files and a byte-identical rerun
 (tests/unit/crash_cases.py). Prints one line per trial and a JSON summary.

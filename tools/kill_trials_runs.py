@@ -1,4 +1,4 @@
-"""SIGKILL trials of `qrdeploy train`, `attack` and `reproduce` (issue 14, item 5): kill each
+"""SIGKILL trials of `qrdeploy train`, `attack` and `reproduce` : kill each
 command at a random moment of an uninterrupted run's duration, check that no output file exists
 unless it is complete (identical to the uninterrupted run's), that no temporary file of a dead
 writer is left after the rerun, and that rerunning the same command finishes with the same result

@@ -1,4 +1,4 @@
-"""The `adaptive` suite as data: named, configured attacks that the runner iterates (issue 11).
+"""The `adaptive` suite as data: named, configured attacks that the runner iterates.
 
 Each entry is an `AdaptiveAttack`: a name (the report column), an attack config, how the victim
 is wrapped (temperature.py), and its role: a gradient attack on the victim, a query-only attack
@@ -12,8 +12,8 @@ and returns an AttackResult scored on the victim's forward pass.
 | apgd-ce     | APGD, cross-entropy                                   | AutoAttack's first attack  |
 | apgd-dlr    | APGD, DLR (shift and scale invariant)                 | AutoAttack                 |
 | apgd-t-dlr  | APGD, targeted DLR over the top-9 other classes       | AutoAttack                 |
-| pgd-ce-t10  | PGD, CE of z / 10                                     | method.md section 10       |
-| pgd-ce-t100 | PGD, CE of z / 100                                    | method.md section 10       |
+| pgd-ce-t10  | PGD, CE of z / 10                                     | docs/method.md section 10  |
+| pgd-ce-t100 | PGD, CE of z / 100                                    | docs/method.md section 10  |
 | pgd-njs     | PGD, CE of z / T(x), Gupta & Ajanthan NJS temperature | G&A 2020                   |
 | pgd-f64     | PGD, CE with a float64 unit-max cotangent             | removes softmax underflow  |
 | square      | Square, 5,000 queries, logits only                    | gradient-free              |

@@ -17,7 +17,7 @@ depend on batch size; the L2 term is measured to x itself, not to its tanh round
 differs by about 1e-6). CW-L2 is deterministic: `seed` and `indices` are accepted (and checked)
 only so that every attack has the same call.
 
->>> res = CWL2()(model, x, y)                # cleverhans v3 defaults (method.md section 5)
+>>> res = CWL2()(model, x, y)                # cleverhans v3 defaults (docs/method.md section 5)
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _search(const: np.ndarray, lower: np.ndarray, upper: np.ndarray, success: np
 
 @dataclass(frozen=True, repr=False)
 class CWL2(Config):
-    """Carlini-Wagner L2, untargeted. Defaults are cleverhans v3's (method.md section 5)."""
+    """Carlini-Wagner L2, untargeted. Defaults are cleverhans v3's (docs/method.md section 5)."""
 
     confidence: float = 0.0
     learning_rate: float = 5e-3

@@ -23,7 +23,8 @@ class L2PGD(Preset):
 
     eps is an L2 radius in [0, 1] pixel units over all C*H*W values. The defaults eps 0.5,
     step 0.1 (= 2 * eps / steps), 10 steps, random start, restarts 1, early_stop are qrdeploy's
-    [DEFAULT]s: method.md names no L2 PGD settings (cleverhans v3's 0.3 / 0.05 are L-inf values).
+    [DEFAULT]s: docs/method.md names no L2 PGD settings (cleverhans v3's 0.3 / 0.05 are L-inf
+    values).
     """
 
     eps: float = 0.5

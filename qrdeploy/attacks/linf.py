@@ -1,8 +1,8 @@
 """The L-inf presets of the one gradient loop (loop.py): FGSM, BIM, PGD and MIM.
 
-Settings in the constructor, data in the call (style.md items 1-3):
+Settings in the constructor, data in the call (docs/design.md, conventions 1-3):
 `attack(model, x, y, seed=0, indices=None) -> AttackResult`. Defaults are cleverhans v3's
-(method.md section 5); `restarts=1` and `early_stop=True` are qrdeploy's [DEFAULT]s.
+(docs/method.md section 5); `restarts=1` and `early_stop=True` are qrdeploy's [DEFAULT]s.
 
 >>> result = PGD(eps=0.3, step=0.01, steps=40)(model, x, y, seed=0)
 >>> robust = ~result.fooled                                  # (N,) host bool

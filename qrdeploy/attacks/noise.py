@@ -5,8 +5,8 @@ They need only `Classifier.logits`. Each draw d of sample i comes from the count
 per-draw verdicts (`fooled_draws`, for the paper's mean accuracy over draws) and, as for every
 attack, the per-sample worst case over the draws (`fooled`, qrdeploy's column).
 
-Defaults sigma = bound = 0.3 are qrdeploy's [DEFAULT] for MNIST (method.md section 5; CIFAR 0.1);
-the paper states neither. draws=1 is also ours.
+Defaults sigma = bound = 0.3 are qrdeploy's [DEFAULT] for MNIST (docs/method.md section 5;
+CIFAR 0.1); the paper states neither. draws=1 is also ours.
 
 >>> res = GaussianNoise(sigma=0.3, draws=10)(model, x, y, seed=0)
 >>> mean_acc, worst_acc = 1 - res.fooled_draws.mean(), 1 - res.fooled.mean()

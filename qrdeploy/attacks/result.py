@@ -1,4 +1,5 @@
-"""What an attack returns, and the runner's bookkeeping that decides it (style.md item 2).
+"""What an attack returns, and the runner's bookkeeping that decides it (docs/design.md,
+convention 2).
 
 The attack proposes points; the runner keeps, per sample, the worst case for the victim:
 - an example that fools the victim is kept, and nothing offered later replaces it;

@@ -1,6 +1,6 @@
 """Attacks that undo softmax saturation: temperature-scaled cross-entropy and float64 cotangents.
 
-A model whose logits are large (μ-law on the last layers, method.md section 10) saturates the
+A model whose logits are large (μ-law on the last layers, docs/method.md section 10) saturates the
 float32 softmax: the CE gradient p - e_y becomes exactly 0 and sign steps go nowhere. Three
 remedies, each usable with the one L-inf loop (loop.py) unchanged:
 

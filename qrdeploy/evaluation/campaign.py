@@ -8,7 +8,7 @@ the results are written. Transfer sets are cached in the user cache folder (`QRD
 default ~/.cache/qrdeploy/transfer; qrdeploy.core.cache), keyed by the source's sha256, the data,
 the attack settings and the seed, and reused by every victim and every output folder.
 
-Transfer sources (issue 7 item 3, issue 11): without `source`, an mnist-family run on 1x28x28
+Transfer sources: without `source`, an mnist-family run on 1x28x28
 inputs uses the second standard reference model, `models/mnist-standard-seed1.onnx` beside the
 package, when it exists (recorded as `source.origin: default` and in `notes`); otherwise the
 default suite drops its black-box columns. The adaptive `transfer` column crafts on `unhardened`
@@ -55,7 +55,7 @@ from qrdeploy.model.ortmodel import OrtModel
 log = logging.getLogger(__name__)
 
 HARDEN_KEY = "qrdeploy.harden"
-#: The default transfer source of mnist runs (issue 7: the second standard reference model).
+#: The default transfer source of mnist runs (the second standard reference model).
 DEFAULT_MNIST_SOURCE = "mnist-standard-seed1.onnx"
 MNIST_SHAPE = (1, 28, 28)
 

@@ -1,4 +1,4 @@
-"""Gradient-masking checks (issue 11, method.md section 10; explained in docs/masking.md).
+"""Gradient-masking checks (docs/method.md section 10; explained in docs/masking.md).
 
 Each check is a defined statistic with a threshold; a check comparing two accuracies on the same
 samples uses the paired rule of `paired`: A is significantly below B when
@@ -31,7 +31,7 @@ SE_FACTOR = 2.0
 #: (1 + exp(-gap) rounds to 1): the -e_y term of the CE gradient vanishes.
 SATURATION_GAP = 24 * math.log(2)
 #: Default histogram edges of the top-1 - top-2 logit gap; 104 is where float32 exp underflows
-#: without flush-to-zero, so the whole CE gradient is 0 (method.md section 10).
+#: without flush-to-zero, so the whole CE gradient is 0 (docs/method.md section 10).
 GAP_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, SATURATION_GAP, 50.0, 104.0, math.inf)
 DOC = "docs/masking.md"
 
@@ -291,7 +291,7 @@ class Verdict:
 
     @property
     def text(self) -> str:
-        """The report's one-line verdict (issue 11 item 3)."""
+        """The report's one-line verdict."""
         bound = "an attack gives an upper bound on robust accuracy, not a certificate"
         wc = "" if self.worst_case is None else f"adaptive worst case {100 * self.worst_case:.1f}%"
         skipped = [c.name.value for c in self.checks if not c.ran]

@@ -181,7 +181,7 @@ def paired_test(a_flags: np.ndarray, b_flags: np.ndarray, a: str = "a", b: str =
 
 
 def attack_pairs(suite: Suite) -> list[tuple[str, str]]:
-    """Column pairs whose difference is a gradient-masking warning sign (method.md section 10):
+    """Column pairs whose difference is a gradient-masking warning sign (docs/method.md section 10):
     white vs black of the same attack, and one-step FGSM (s) vs iterative PGD."""
     keys = {c.key for c in suite.columns}
     pairs = [(f"white/{c.name}", c.key) for c in suite.by_mode(Mode.BLACK)

@@ -1,9 +1,9 @@
 """The attack runner: a suite (qrdeploy.evaluation.suites) run on a victim, batch by batch,
 resumable.
 
-Per sample and per column it records whether the victim was fooled and the perturbation's L-inf
-and L2 norms (noise: the verdict of every draw). The runner decides success (style.md item 2):
-white-box attacks are scored by the attack's final forward pass on the victim, transfer examples
+Per sample and per column it records whether the victim was fooled and the perturbation's L-inf and
+L2 norms (noise: the verdict of every draw). The runner decides success (docs/design.md, convention
+2): white-box attacks are scored by the attack's final forward pass on the victim, transfer examples
 by the victim's own forward pass. After every batch the arrays are saved to a state file keyed by
 the victim's sha256 and every setting (qrdeploy.evaluation.runstate), so a killed run re-run
 finishes with the same numbers: per-sample randomness is counter-based (qrdeploy.core.rng), keyed by
@@ -14,7 +14,7 @@ cached per column under a key of the source's sha256 and the settings, then reus
 victim. The numbers computed from the recorded flags are in qrdeploy.evaluation.metrics; see
 docs/evaluation.md.
 
-Adaptive columns (Mode.ADAPTIVE, issue 11) run after every paper column and sweep point. The
+Adaptive columns (Mode.ADAPTIVE) run after every paper column and sweep point. The
 gradient entries run as a cascade, in suite order: each only on the samples that survive the
 cheaper attacks of at most their eps (`survivors`) and the gradient entries before it. A sample
 already fooled is recorded as fooled without running the entry, which is exact for a per-sample

@@ -1,15 +1,15 @@
-"""Named attack suites: the paper's columns (method.md section 5) as frozen, typed configs.
+"""Named attack suites: the paper's columns (docs/method.md section 5) as frozen, typed configs.
 
 A suite is a tuple of `Column`s. Each column names one cell of the paper's tables (white-box
 `clean, cw-l2, fgsm-w, fgsm-s, pgd, bim, mim`; black-box `cw-l2, fgsm-w, fgsm-m, fgsm-s`; noise
 `normal, uniform`) and carries the attack config that fills it plus `origin`, which says where its
 settings come from:
 - `cleverhans`: cleverhans v3's defaults, which the paper most likely used (CW-L2, MIM decay);
-- `default`: qrdeploy's own choice where the paper is silent (method.md [DEFAULT]: every eps,
+- `default`: qrdeploy's own choice where the paper is silent (docs/method.md [DEFAULT]: every eps,
   step count and noise scale);
 - `user`: overridden on the command line (`--attacks pgd=0.2`).
 
-Per-dataset [DEFAULT]s (method.md section 5), in [0, 1] pixel units:
+Per-dataset [DEFAULT]s (docs/method.md section 5), in [0, 1] pixel units:
 
 | family  | FGSM w / m / s      | PGD, BIM, MIM eps / step / steps | noise sigma = bound | draws |
 |---------|---------------------|----------------------------------|---------------------|-------|
@@ -19,7 +19,7 @@ Per-dataset [DEFAULT]s (method.md section 5), in [0, 1] pixel units:
 `build_suite` also takes an eps sweep: every L-inf white-box kind of the suite (fgsm, pgd, bim,
 mim) is run at every listed eps, with the step scaled by eps / table eps ([DEFAULT]). Without an
 explicit list the paper suite sweeps FGSM and PGD over `Params.sweep_eps` ([DEFAULT]: up to eps 1
-on MNIST, 64/255 on CIFAR, where accuracy must reach 0, method.md section 10).
+on MNIST, 64/255 on CIFAR, where accuracy must reach 0, docs/method.md section 5).
 
 CW-L2's budget: cleverhans v3's 5 binary-search steps x 1,000 Adam iterations (`--cw-budget
 paper`, origin `cleverhans`) cannot finish 10 MNIST digits in 300 s on a 2-core CPU, so
@@ -28,7 +28,7 @@ paper`, origin `cleverhans`) cannot finish 10 MNIST digits in 300 s on a 2-core 
 `build_suite` itself keeps cleverhans' budget unless given `cw_budget="quick"`, so library callers
 that set their own CW iterations keep cleverhans' learning rate.
 
-The `adaptive` suite (issue 11, docs/masking.md) has one `Mode.ADAPTIVE` column per entry of
+The `adaptive` suite (docs/masking.md) has one `Mode.ADAPTIVE` column per entry of
 `qrdeploy.attacks.adaptive.ADAPTIVE[family]` (pgd-cw, apgd-ce, apgd-dlr, apgd-t-dlr, pgd-ce-t10,
 pgd-ce-t100, pgd-njs, pgd-f64, square, transfer), at the family's iterative eps. Suites combine
 as a comma list (`paper,adaptive`); a suite with adaptive columns also carries `unbounded`, the

@@ -477,7 +477,7 @@ def _maxpool(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) ->
     source = e.producer.get(x)
     if source is not None and source.op_type == "Relu" and e.consumers.get(x) == 1:
         # relu'(x) at each window's argmax is [pooled > 0]: mask the small pooled gradient and
-        # let the Relu rule pass its cotangent through (variant D of environment.md)
+        # let the Relu rule pass its cotangent through (docs/gradients.md, the MaxPool rule)
         g = _positive_mask(e, g, node.output[0])
         e.premasked.add(x)
     shape_x = e.op("Shape", [x])

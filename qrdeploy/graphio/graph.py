@@ -360,7 +360,8 @@ def _trace(name: str, prod: dict[str, onnx.NodeProto], inits: Mapping[str, Any]
 
 
 def consumer_channel_axis(op_type: str, ndim: int, attrs: Mapping[str, Any]) -> int:
-    """Output-channel axis of the weight as the consumer sees it (issue 4's rule)."""
+    """Output-channel axis of the weight as the consumer sees it (docs/passes.md, per-channel
+    scales)."""
     if op_type == "Conv":
         return 0
     if op_type == "ConvTranspose":

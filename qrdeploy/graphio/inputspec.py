@@ -1,7 +1,7 @@
 """The input contract of a deployed classifier, and the wrapper that makes it take pixels.
 
-qrdeploy attacks and evaluates float32 NCHW images in [0, 1] (design.md, decision 2), so eps and
-clipping are in pixel units. Models ship expecting other things: 0-255 values, per-channel
+qrdeploy attacks and evaluates float32 NCHW images in [0, 1] (docs/design.md, decision 2), so
+eps and clipping are in pixel units. Models ship expecting other things: 0-255 values, per-channel
 mean/std normalisation, NHWC, uint8. `InputSpec` states what the model expects and
 `wrap_model(model, spec)` prepends the Mul / Sub / Div / Transpose nodes that turn pixels into
 it, keeps one chosen input and output, makes a static batch of 1 dynamic when that is safe, and

@@ -1,6 +1,6 @@
 """Open an untrusted ONNX file in a child process, so that a crash (segfault, abort), a hang or
 memory exhaustion inside onnx.checker or onnxruntime (both C++) becomes a clean GraphError in the
-caller instead of killing it (issue 14, `--isolate`).
+caller instead of killing it (`--isolate`).
 
 The child is `python -m qrdeploy.graphio.isolate`: it loads the file with
 qrdeploy.graphio.graph.load_model (pre-validation and checker), creates an onnxruntime session and,

@@ -1,5 +1,5 @@
 """Pure-Python checks of an untrusted ONNX file before onnx.checker or onnxruntime (both C++,
-both able to crash or exhaust memory on a hostile file) see it (design decision 8, issue 14).
+both able to crash or exhaust memory on a hostile file) see it (docs/design.md, decision 8).
 
 The file is parsed with protobuf only; then every tensor (initializers, Constant / attribute
 tensors, sparse tensors, in every subgraph and function) is checked: a known data type, dims >= 0

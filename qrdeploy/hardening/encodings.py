@@ -1,4 +1,5 @@
-"""Weight encodings: how a rewritten tensor is stored in the hardened graph (design decision 4).
+"""Weight encodings: how a rewritten tensor is stored in the hardened graph (docs/design.md,
+decision 4).
 
 - float:    the dequantized float32 values baked into the initializer.
 - qdq:      int8 codes + DequantizeLinear (scale per tensor, or per channel with `axis`).

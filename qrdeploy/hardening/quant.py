@@ -2,8 +2,9 @@
 uniform quantization (per tensor or per channel), ternary / binary special cases, and a μ-law
 companding (nonuniform) quantizer. No onnx here: graph plumbing lives in graph.py / passes.py.
 
-Sources: F(x) = sgn(x)·ln(1 + μ|x|)/ln(1 + μ) is the paper's (method.md §2). Everything about
-scales, ranges, 2-bit / 1-bit and companding is qrdeploy's own choice ([DEFAULT], docs/passes.md).
+Sources: F(x) = sgn(x)·ln(1 + μ|x|)/ln(1 + μ) is the paper's (docs/method.md section 2). Everything
+about scales, ranges, 2-bit / 1-bit and companding is qrdeploy's own choice ([DEFAULT],
+docs/passes.md).
 
 Dequantized values are computed exactly as onnxruntime's DequantizeLinear does (float32 codes
 times a float32 scale), so a `float` encoding and a `qdq` encoding hold bit-identical weights.
@@ -45,7 +46,8 @@ def check_mu(mu: float) -> float:
 
 
 def mu_law(x: np.ndarray, mu: float) -> np.ndarray:
-    """F(x) = sgn(x)·ln(1 + μ|x|)/ln(1 + μ) for x in [-1, 1] (paper, method.md §2); μ = 0 -> x."""
+    """F(x) = sgn(x)·ln(1 + μ|x|)/ln(1 + μ) for x in [-1, 1] (paper, docs/method.md section 2);
+    μ = 0 -> x."""
     mu = check_mu(mu)
     x64 = np.asarray(x, dtype=np.float64)
     if mu == 0:

@@ -1,5 +1,5 @@
-"""The F.L. paper's distance-based criteria, per class and overall (method.md section 1, step 7;
-the exact definitions of 1909.05443 are unavailable, so these are ours):
+"""The F.L. paper's distance-based criteria, per class and overall (docs/method.md section 1,
+step 7; the exact definitions of 1909.05443 are unavailable, so these are ours):
 
 (a) mean minimal L2 adversarial distance, by DeepFool (Moosavi-Dezfooli et al. 2016,
     arXiv 1511.04599; written here through `vjp`) or Carlini-Wagner L2 (qrdeploy.attacks.CWL2),
@@ -49,7 +49,7 @@ class CriteriaConfig:
     deepfool_steps: int = 50
     overshoot: float = 0.02  # DeepFool's default
     cw_iterations: int = 100  # ours: cleverhans' 1,000 is too slow on a CPU
-    sigma: float = 0.3  # method.md section 5 [DEFAULT] for MNIST
+    sigma: float = 0.3  # docs/method.md section 5 [DEFAULT] for MNIST
     bound: float = 0.3
     batch_size: int = 100
 

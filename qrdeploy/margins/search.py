@@ -1,14 +1,14 @@
 """Margins along directions, per-class robustness and the F.L. paper's distance-based criteria.
 
 The margin of a sample x with prediction y along a unit-L2 direction d is the smallest t > 0 at
-which argmax f(clip(x + t d, 0, 1)) != y (method.md section 1, step 1). It is found by doubling
+which argmax f(clip(x + t d, 0, 1)) != y (docs/method.md section 1, step 1). It is found by doubling
 from t0 until the prediction changes or t reaches t_max ("not reached": the margin is inf), then
 by bisection; the returned value is the bracket's upper end, a point known to be past the boundary.
 Everything here needs only `Classifier.logits` on numpy arrays (DeepFool also `vjp`), so it runs on
 an OrtModel as is and on a TorchModel through `NumpyModel`. No torch at module level.
 
-Paper (F.L., method.md section 1): class levels high (top 20 %), medium, low (bottom 50 %), seeds
-20 / 100 / 150 per class for MNIST's 60,000 digits, the 40 smallest margins. Ours: everything
+Paper (F.L., docs/method.md section 1): class levels high (top 20 %), medium, low (bottom 50 %),
+seeds 20 / 100 / 150 per class for MNIST's 60,000 digits, the 40 smallest margins. Ours: everything
 else, notably the search (t0 0.5, t_max 10, 6 bisections), the score of a sample (the mean of its
 `top` smallest margins, a not-reached direction counting as t_max), the scaling of seed counts by
 training-set size and the 1 : 1 cap on generated : real examples.
@@ -76,7 +76,8 @@ def random_directions(seed: int, name: str, indices: np.ndarray, k: int,
 
 def gradient_directions(model: VjpClassifier, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The normalised input gradients of z_j - z_y for every j != y (N, K-1, C, H, W): the
-    directions in which the linearised boundary to class j is nearest (method.md's variant)."""
+    directions in which the linearised boundary to class j is nearest (docs/method.md section 1,
+    step 2)."""
     n, k = len(y), model.num_classes
     out = np.zeros((n, k - 1, *x.shape[1:]), np.float32)
     eye = np.eye(k, dtype=np.float32)
@@ -152,9 +153,9 @@ class BoundaryExamples:
 
 def boundary_examples(model: Classifier, x: np.ndarray, y: np.ndarray, d: np.ndarray,
                       margins: np.ndarray, alpha: np.ndarray) -> BoundaryExamples:
-    """F.L. generation (method.md step 5): for each seed x (S, C, H, W) and each of its T smallest
-    finite margins (T = alpha.shape[1]) along d (S, K, C, H, W), clip(x + alpha m d) labelled with
-    y; an example the model does not misclassify is discarded and counted."""
+    """F.L. generation (docs/method.md section 1, step 5): for each seed x (S, C, H, W) and each
+    of its T smallest finite margins (T = alpha.shape[1]) along d (S, K, C, H, W), clip(x + alpha m
+    d) labelled with y; an example the model does not misclassify is discarded and counted."""
     top = alpha.shape[1]
     order = np.argsort(margins, axis=1, kind="stable")[:, :top]  # (S, T)
     m = np.take_along_axis(margins, order, axis=1)  # (S, T)
@@ -212,8 +213,8 @@ def seed_counts(levels: list[Level], n_train: int, per_level: tuple[int, int, in
 
 
 def pick_seeds(scores: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Positions (S,) of the counts[c] samples of each class c with the smallest scores (method.md
-    step 4), class by class; ties by position."""
+    """Positions (S,) of the counts[c] samples of each class c with the smallest scores
+    (docs/method.md section 1, step 4), class by class; ties by position."""
     picked = [np.flatnonzero(y == c)[np.argsort(scores[y == c], kind="stable")[:counts[c]]]
               for c in range(len(counts))]
     return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)

@@ -1,4 +1,4 @@
-"""Cached, resumable steps for `qrdeploy reproduce` (design decision 7).
+"""Cached, resumable steps for `qrdeploy reproduce` (docs/design.md, decision 7).
 
 A `Step` has a name, settings and input files; its key is the sha256 of the name, the settings
 and the sha256 of every input file. Its outputs live in `<root>/steps/<name>-<key16>/`:

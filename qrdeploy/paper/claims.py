@@ -46,7 +46,7 @@ REGIMES = ("orig", "adv", "fl")
 FORMS = ("plain", "q", "mu", "mu-q")
 REGIME_LABEL = {"orig": "Orig.", "adv": "Adv.", "fl": "F.L.", "orig-seed1": "Orig. seed 1"}
 FORM_SUFFIX = {"plain": "", "q": " (Q)", "mu": "+mu", "mu-q": "+mu (Q)"}
-PAPER_SOURCE = "workshop slides, transcribed in method.md section 9 [slides]"
+PAPER_SOURCE = "workshop slides, transcribed in docs/method.md section 9 [slides]"
 
 
 def row_label(row: str) -> str:
@@ -64,8 +64,8 @@ def _rows(text: str) -> dict[str, tuple[float, ...]]:
     return out
 
 
-#: Accuracies in % from the slides (method.md section 9), keyed by dataset then row; each row is
-#: the 7 white-box columns followed by the 6 black-box and noise columns (ALL_COLUMNS order).
+#: Accuracies in % from the slides (docs/method.md section 9), keyed by dataset then row; each
+#: row is the 7 white-box columns followed by the 6 black-box and noise columns (ALL_COLUMNS order).
 PAPER: dict[str, dict[str, tuple[float, ...]]] = {
     "mnist": _rows("""
         orig:plain 99.17 39.40 73.53 7.67 4.38 5.68 6.77 97.56 98.95 97.80 93.30 97.19 98.85

@@ -1,4 +1,4 @@
-"""`qrdeploy reproduce`: the paper's experiment as a cached, resumable pipeline (issue 13).
+"""`qrdeploy reproduce`: the paper's experiment as a cached, resumable pipeline.
 
 >>> result = reproduce("quick", "runs/quick")       # report in runs/quick/report.md
 >>> [e.status.value for e in result.events]         # ran / reused / forced / rerun-corrupt

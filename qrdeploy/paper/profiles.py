@@ -7,7 +7,7 @@ Which settings are the paper's and which are qrdeploy's own:
 - the paper's: the 12 rows (3 regimes × plain, (Q), +mu, +mu (Q)), the 13 columns, 3-bit
   weight-only quantization, μ-law on "the last few layers", bits 1–8 for the bit sweep;
 - cleverhans v3 defaults (most likely the paper's): CW-L2 5 binary-search steps × 1,000 iterations;
-- qrdeploy [DEFAULT]s (method.md): μ = 255, last:1 (MNIST) / last:3 (CIFAR-10), per-tensor
+- qrdeploy [DEFAULT]s (docs/method.md): μ = 255, last:1 (MNIST) / last:3 (CIFAR-10), per-tensor
   max-scale narrow 7-level quantizer, every eps, step count and noise scale
   (qrdeploy.evaluation.suites), the adaptive suite's budgets (qrdeploy.attacks.adaptive), the
   transfer source (a second standard model, another seed), the μ ablation values;
@@ -24,7 +24,7 @@ from typing import Any
 
 from qrdeploy.errors import ConfigError
 
-#: μ ablation values of method.md section 2 ([DEFAULT]; 0 is the identity).
+#: μ ablation values of docs/method.md section 8 ([DEFAULT]; 0 is the identity).
 PAPER_ABLATION_MU = (0.0, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 255.0, 500.0, 1000.0)
 
 
@@ -155,8 +155,9 @@ _PAPER_CIFAR = Profile(
     note="CIFAR-10 WRN-32-10 (BN kept), paper budgets, 1,000 test images (the paper's WB "
          "columns are multiples of 0.1 %); meant for a GPU. The μ ablation maps the last layer "
          "only, as the paper's.",
-    # Madry's CIFAR-10 recipe shape (method.md section 6; epochs ours, never run here) and
-    # method.md step 6's F.L. fine-tuning (SGD 0.01, 10 epochs, t_max 5)
+    # Madry's CIFAR-10 recipe shape (docs/method.md section 6; epochs ours, never run here) and
+    # the F.L. fine-tuning of docs/method.md section 1, step 6 (SGD 0.01, 10 epochs; t_max 5:
+    # step 1)
     retrain={"net": "wrn-32-10", "data": "cifar10", "optimizer": "sgd", "lr": 0.1,
              "weight_decay": 2e-4, "momentum": 0.9, "batch_size": 128, "shift": 4, "flip": True,
              "epochs": 100, "eps": 8 / 255, "attack_steps": 7, "attack_step_size": 2 / 255,

@@ -326,9 +326,9 @@ def header(c: Collected, files: ModelFiles) -> list[str]:
     return [f"# Reproduction of Song, Fallon, Li (AAAI-21 RSEML): profile `{p.name}`", "",
             p.note, "", f"Data: {p.data} {p.split}, n = {c.n}; seed {c.seed}; machine: "
             f"{platform.machine()} ({platform.system()}).", "",
-            "The paper's numbers come from the slides (method.md section 9). The paper states "
+            "The paper's numbers come from the slides (docs/method.md section 9). The paper states "
             "no eps, step counts, noise scales, μ value, layer choice or quantizer details: "
-            "those are qrdeploy's [DEFAULT]s (method.md, qrdeploy/suites.py, "
+            "those are qrdeploy's [DEFAULT]s (docs/method.md, qrdeploy/evaluation/suites.py, "
             "qrdeploy/reproduce_profiles.py), as are all reduced budgets below.", "",
             *models_table(c, files),
             "## Profile and budgets", "", *budget, "## Not run", "",

@@ -157,7 +157,7 @@ def adaptive_attacks(p: Profile, budget: Budget | None = None) -> tuple[Adaptive
 
 def form_passes(p: Profile, form: str, mu: float | None = None, layers: str | None = None
                 ) -> list[Any]:
-    """The passes of a form: μ-law first, then quantization (method.md section 2)."""
+    """The passes of a form: μ-law first, then quantization (docs/method.md section 2)."""
     m = p.mu if mu is None else mu
     out: list[Any] = []
     if form in ("mu", "mu-q") and m > 0:

@@ -1,4 +1,4 @@
-"""Lipschitz analysis of the quantization error, read from ONNX graphs (method.md §7, issue 9).
+"""Lipschitz analysis of the quantization error, read from ONNX graphs (docs/method.md section 7).
 
 For a reference model and its hardened version, matched weight layer by weight layer (whatever
 the encoding: float, qdq, int4, codebook), or any quantized version of it made by another tool

@@ -5,7 +5,8 @@ What each function computes (docs/lipschitz.md has the longer story):
 - `largest_singular_value(a)`: ‖a‖₂ of a dense matrix. Exact (eigenvalue of the Gram matrix of
   the smaller side, or full SVD) for small matrices, Golub-Kahan-Lanczos for large ones.
 - `reshaped_kernel_norm(w)`: ‖w.reshape(C_out, C_in/groups·∏k)‖₂, the "unfolded kernel"
-  convention (Cisse et al. 2017) that the paper most likely used [DEFAULT: method.md §7].
+  convention (Cisse et al. 2017) that the paper most likely used [DEFAULT: docs/method.md,
+  section 7].
 - `conv_operator_norm(w, geometry)`: the true operator norm of the convolution x ↦ w ⋆ x at one
   input shape, with its stride, zero padding, dilation and groups, by Lanczos bidiagonalization on
   the convolution and its transpose (both written here with strided slices and matmuls).
@@ -233,7 +234,7 @@ def reshaped_kernel_norm(
     """‖W‖₂ of a conv kernel (C_out, C_in/groups, *k) unfolded to C_out × (C_in/groups·∏k).
 
     This is the Parseval-networks convention and our reading of the paper's ‖ΔW‖₂ for conv
-    layers [DEFAULT: method.md §7]; it is not the operator norm of the convolution."""
+    layers [DEFAULT: docs/method.md section 7]; it is not the operator norm of the convolution."""
     return largest_singular_value(weight.reshape(weight.shape[0], -1), method, **kw)  # type: ignore[arg-type]
 
 

@@ -1,6 +1,6 @@
 """Training recipes as frozen, validated configs. Defaults are qrdeploy's own choices for the
-small embedded data set (the paper gives no training budget; Madry's recipes are in method.md §4,
-§6 and would take 100k steps), except where marked as the paper's or Madry's."""
+small embedded data set (the paper gives no training budget; Madry's recipes are in docs/method.md
+sections 4 and 6 and would take 100k steps), except where marked as the paper's or Madry's."""
 
 from __future__ import annotations
 
@@ -39,13 +39,13 @@ class Optim(StrEnum):
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    """Feedback learning (F.L., method.md section 1; docs/feedback.md). Paper: the class levels
+    """Feedback learning (F.L., docs/method.md section 1; docs/feedback.md). Paper: the class levels
     (top 20 % high, bottom 50 % low), the seed counts 20 / 100 / 150 per class on MNIST's 60,000
     training digits, the 40 smallest-margin directions and alpha in [1.5, 2.0]. Everything else is
-    ours (method.md [DEFAULT], narrowed by issue 10 to fit a CPU)."""
+    ours (docs/method.md [DEFAULT], narrowed to fit a 2-core CPU)."""
 
-    rounds: int = 3  # ours (method.md: R = 3)
-    directions: int = 64  # ours (issue 10; method.md: 200) random unit directions per sample
+    rounds: int = 3  # ours (docs/method.md section 1, step 6)
+    directions: int = 64  # ours (fits a 2-core CPU) random unit directions per sample
     top: int = 40  # paper: "direction with top-40 minimum margins"
     rank_per_class: int = 150  # ours: correctly classified samples per class used for ranking
     seeds: tuple[int, int, int] = (20, 100, 150)  # paper: high / medium / low, for 60,000 digits
@@ -53,10 +53,10 @@ class FeedbackConfig:
     max_ratio: float = 1.0  # ours: generated : real examples at most 1 : 1
     alpha: tuple[float, float] = (1.5, 2.0)  # paper: 1.5x-2.0x the margin
     t0: float = 0.5  # ours: first step of the doubling search (L2, [0, 1] pixel units)
-    t_max: float = 10.0  # ours (method.md MNIST cap); beyond it a direction is "not reached"
+    t_max: float = 10.0  # ours (docs/method.md section 1, step 1); beyond: "not reached"
     bisect_steps: int = 6  # ours: ~12 forward passes per direction with the doubling
-    epochs: int = 5  # ours (method.md step 6: Adam 1e-4, 5 epochs per round)
-    lr: float = 1e-4  # ours (method.md step 6), cosine decay within each round
+    epochs: int = 5  # ours (docs/method.md section 1, step 6: Adam 1e-4, 5 epochs per round)
+    lr: float = 1e-4  # ours (docs/method.md section 1, step 6), cosine decay within each round
     # ours: a round is kept when it is non-inferior on the validation digits (Acceptance). The
     # margin is sized to the 500 mnist-5k validation digits: with the 5-20 discordant pairs a
     # fine-tuning round gives, the one-sided 95 % bound lies 0.7-1.4 points below the estimate,

@@ -1,4 +1,4 @@
-"""Feedback learning (F.L., Song, Wang, Li, ICTAI 2019; method.md section 1): boundary-based
+"""Feedback learning (F.L., Song, Wang, Li, ICTAI 2019; docs/method.md section 1): boundary-based
 retraining of a trained model, in rounds. Each round (docs/feedback.md):
 
 1. ranks the classes by robustness: for at most `rank_per_class` correctly classified training

@@ -1,8 +1,8 @@
 """The paper's networks in PyTorch. Inputs are [0, 1] images; any normalisation lives inside.
 
-- `mnist-cnn`: Madry's MNIST model, the paper's "4-layer CNN" (method.md §6): conv 5x5x32 SAME,
-  ReLU, max-pool 2; conv 5x5x64 SAME, ReLU, max-pool 2; fc 3136->1024, ReLU; fc 1024->10.
-  Init as Madry's code: truncated normal std 0.1, biases 0.1.
+- `mnist-cnn`: Madry's MNIST model, the paper's "4-layer CNN" (docs/method.md section 6):
+  conv 5x5x32 SAME, ReLU, max-pool 2; conv 5x5x64 SAME, ReLU, max-pool 2; fc 3136->1024, ReLU; fc
+  1024->10. Init as Madry's code: truncated normal std 0.1, biases 0.1.
 - `wrn-32-k`: Madry's CIFAR-10 wide ResNet-32 with widen factor k (`wrn-32-10` is the paper's;
   `wrn-32-1` is CPU-sized): per-image standardisation, conv 3x3x16, 3 stages x 5 pre-activation
   units (BN, leaky-ReLU 0.1, conv) of widths 16k/32k/64k with strides 1/2/2, shortcut = average

@@ -1,7 +1,7 @@
 """The training recipes of the reference models (models/*.onnx), in one place: tools/make_models.py
 builds the committed models from them, `qrdeploy reproduce --retrain` retrains them.
 
-Every recipe is qrdeploy's own (the paper gives no training budget; method.md sections 4 and 6
+Every recipe is qrdeploy's own (the paper gives no training budget; docs/method.md sections 4 and 6
 hold Madry's, which would take 100k steps). `for_profile` applies a profile's overrides, e.g. the
 smoke profile's few digits and one epoch, or the full MNIST folder of paper-mnist.
 """
@@ -28,7 +28,8 @@ RECIPES: dict[str, TrainConfig] = {
     "adversarial": TrainConfig(method=Method.ADVERSARIAL, seed=0, epochs=12, threads=1,
                                attack_steps=7, attack_step_size=0.05, eps_warmup=6,
                                init="torch"),
-    # F.L. from the standard model; one round (ours: method.md's default is 3 rounds, about
+    # F.L. from the standard model; one round (ours: docs/method.md section 1, step 6 has 3 rounds,
+    # about
     # 10-20 minutes each on this 2-core machine)
     "feedback": TrainConfig(method=Method.FEEDBACK, seed=0, threads=1,
                             from_checkpoint=FROM_STANDARD, feedback=FeedbackConfig(rounds=1)),

@@ -1,4 +1,4 @@
-"""Crash safety and determinism of `qrdeploy harden` (issue 14, items 5 and 6, harden part):
+"""Crash safety and determinism of `qrdeploy harden` (harden part):
 SIGKILL at random moments never leaves a partial output or a changed input, a rerun gives the
 uninterrupted bytes, and two processes (different PYTHONHASHSEED) write identical bytes.
 A few trials here; tools/kill_trials.py runs >= 20 (docs/reliability.md)."""

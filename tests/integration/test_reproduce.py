@@ -244,7 +244,7 @@ def _stable(path: Path) -> dict[str, object]:
 
 def test_sigkill_mid_run_then_rerun_gives_the_same_results(smoke: tuple[Path, Path],
                                                             tmp_path: Path) -> None:
-    """Issue 14 item 5 in CI (tools/kill_trials_runs.py runs 20 trials at random moments): kill
+    """SIGKILL trials in CI (tools/kill_trials_runs.py runs 20 trials at random moments): kill
     a run after its 8th step, check that every finished step folder is complete and that nothing
     else is there, then rerun: it reuses those steps and ends with the uninterrupted results."""
     import os

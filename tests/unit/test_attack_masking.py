@@ -1,4 +1,4 @@
-"""`qrdeploy attack --suite paper,adaptive` end to end (issue 11): the masking checks fire on a
+"""`qrdeploy attack --suite paper,adaptive` end to end: the masking checks fire on a
 model whose logits are multiplied by 1e4 and not on the same model unscaled, the adaptive worst
 case brings the scaled model back to the unscaled one, and the report shows the verdict.
 

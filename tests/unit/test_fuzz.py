@@ -1,4 +1,4 @@
-"""Bounded fuzzing (issue 14, item 2): hypothesis mutates valid tiny ONNX files (bytes, and
+"""Bounded fuzzing: hypothesis mutates valid tiny ONNX files (bytes, and
 protobuf fields: dims, dtypes, raw data, node inputs, op types, attribute values, external-data
 entries, opset imports, input shapes) and feeds each mutant to load, inspect, harden, eval, the
 gradient builder (run by onnxruntime) and lipschitz, in a spawned worker that a segfault or a hang
