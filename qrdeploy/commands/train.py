@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
               f"rounds accepted, val accuracy {ck.meta['source']['val_accuracy']:.4f} -> "
               f"{ck.meta['val_accuracy']:.4f}")
         return 0
-    print(f"wrote {args.output}: best epoch {ck.meta['best_epoch']}, "
-          f"val accuracy {ck.meta['val_accuracy']:.4f}")
+    by = ck.meta.get("selected_by", "clean accuracy")
+    robust = "" if by == "clean accuracy" else f" (val {by} {ck.meta['val_score']:.4f})"
+    print(f"wrote {args.output}: epoch {ck.meta['best_epoch']} selected by val {by}{robust}; "
+          f"val clean accuracy {ck.meta['val_accuracy']:.4f}")
     return 0

@@ -31,7 +31,7 @@ from qrdeploy.train.checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from qrdeploy.train.config import Optim, TrainConfig
+from qrdeploy.train.config import Method, Optim, TrainConfig
 from qrdeploy.train.nets import build_net
 
 #: (model, x, y, epoch, sample indices) -> the inputs to train on
@@ -187,25 +187,35 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
     if rpath.exists() and not fresh:
         _restore(rpath, st, config)
         log(f"resuming from {rpath} after epoch {st.epoch}")
+    adversarial = config.method is not Method.STANDARD
     while st.epoch < config.epochs:
         stats = run_epoch(st, train, config, perturb)
         stats["val_score"] = score(st.model, val)
+        # the figure that selects the epoch, and for adversarial training the clean one too
+        stats["val_clean"] = accuracy(st.model, val) if adversarial else stats["val_score"]
         if stats["val_score"] > st.best_score:
             st.best_score, st.best_epoch = stats["val_score"], st.epoch
             st.best = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
         st.epoch += 1
         st.history.append({"epoch": float(st.epoch), **stats})  # type: ignore[union-attr]
         _save_state(rpath, st, config)
-        log(f"epoch {st.epoch}/{config.epochs}: loss {stats['loss']:.4f} "
-            f"train acc {stats['train_acc']:.4f} val {stats['val_score']:.4f}")
+        robust = f", val {SCORE_NAME[adversarial]} {stats['val_score']:.4f}" if adversarial else ""
+        log(f"epoch {st.epoch}/{config.epochs}: loss {stats['loss']:.4f}, train "
+            f"{'(adversarial) ' if adversarial else ''}accuracy {stats['train_acc']:.4f}, val "
+            f"clean accuracy {stats['val_clean']:.4f}{robust}")
     return _finish(out, rpath, st, config, val)
+
+
+#: What the validation score that selects the epoch measures (adversarial training or not).
+SCORE_NAME = {False: "clean accuracy", True: "PGD accuracy"}
 
 
 def _finish(out: Path, rpath: Path, st: State, config: TrainConfig, val: Dataset) -> Checkpoint:
     assert st.best is not None
     st.model.load_state_dict(st.best)
     meta = {"kind": "model", "config": config.to_json(), "qrdeploy_version": __version__,
-            "num_classes": val.num_classes,
+            "num_classes": val.num_classes, "selected_by": SCORE_NAME[
+                config.method is not Method.STANDARD],
             "best_epoch": st.best_epoch + 1, "val_score": st.best_score,
             "val_accuracy": accuracy(st.model, val), "history": st.history}
     ck = Checkpoint({"model": st.best}, meta)
