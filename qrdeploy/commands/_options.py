@@ -6,6 +6,7 @@ import argparse
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
+from qrdeploy.evaluation.shard import Parallel
 from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
@@ -31,6 +32,22 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
     g.add_argument("--batch-size", type=int, default=500, help="default: %(default)s")
+
+
+def add_parallel(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallel runs (docs/evaluation.md, sharded runs)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="split the samples over N local processes (threads split so that "
+                        "workers x threads = cores); the results equal the one-process run's")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="shard over a Ray cluster: no ADDRESS starts one on this machine, 'auto' "
+                        "joins the running one (needs the cluster extra)")
+    g.add_argument("--shards", type=int, default=None, metavar="K",
+                   help="pieces of the samples (default: one per worker)")
+
+
+def parallel(args: argparse.Namespace) -> Parallel:
+    return Parallel(args.workers, args.ray, args.shards)
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:

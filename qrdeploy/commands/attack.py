@@ -9,10 +9,12 @@ from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
     add_isolate,
+    add_parallel,
     add_runtime,
     check_isolated,
     input_contract,
     load_data,
+    parallel,
     session_config,
 )
 from qrdeploy.core.stats import Proportion
@@ -80,6 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data(p)
     add_runtime(p)
     add_input_contract(p)
+    add_parallel(p)
     add_isolate(p)
     p.set_defaults(batch_size=100)
 
@@ -92,6 +95,7 @@ def options(args: argparse.Namespace) -> AttackOptions:
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
     return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
                          CWBudget(args.cw_budget), baseline=not args.no_baseline,
+                         parallel=parallel(args),
                          save_adversarials=None if args.save_adversarials is None
                          else Path(args.save_adversarials))
 

@@ -18,7 +18,6 @@ user; the built-in default source takes float32 NCHW in [0, 1]."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
-from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import ConfigError
@@ -35,7 +33,9 @@ from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
-from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, evaluate
+from qrdeploy.evaluation.runner import Evaluation, Labels, RunConfig, Subject, evaluate
+from qrdeploy.evaluation.shard import Parallel, evaluate_sharded, remove_shard_states
+from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import (
     CWBudget,
     Family,
@@ -48,13 +48,11 @@ from qrdeploy.evaluation.suites import (
     with_integer_columns,
     without_mode,
 )
-from qrdeploy.graphio.graph import get_metadata, load_model
-from qrdeploy.graphio.inputspec import InputContract, contracted
-from qrdeploy.model.ortmodel import OrtModel
+from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.inputspec import InputContract
 
 log = logging.getLogger(__name__)
 
-HARDEN_KEY = "qrdeploy.harden"
 #: The default transfer source of mnist runs (the second standard reference model).
 DEFAULT_MNIST_SOURCE = "mnist-standard-seed1.onnx"
 MNIST_SHAPE = (1, 28, 28)
@@ -73,28 +71,7 @@ class AttackOptions:
     cw_budget: CWBudget = CWBudget.QUICK
     baseline: bool = True  # with an unhardened model: run it too, for the before/after
     save_adversarials: Path | None = None  # write every adversarial input here (replay)
-
-
-def harden_recipe(meta: dict[str, str]) -> list[Any] | None:
-    """The recipes a hardened model carries in its metadata, one per harden call (validated as a
-    JSON list by qrdeploy.graphio.graph.load_model); None for a plain model."""
-    raw = meta.get(HARDEN_KEY)
-    if raw is None:
-        return None
-    recipe = json.loads(raw)
-    return recipe if isinstance(recipe, list) else [recipe]
-
-
-def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
-                 contract: InputContract | None = None) -> Subject:
-    """An ONNX classifier file as a Subject run by onnxruntime (OrtModel); with a contract the
-    model first gets its input conversion (a kept batch of 1 runs samples one at a time)."""
-    proto = load_model(path)
-    meta = get_metadata(proto)
-    proto, batch_size = contracted(proto, contract, batch_size)
-    model = OrtModel(proto, session, batch_size=batch_size)
-    return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
-                   dict(model.info))
+    parallel: Parallel = field(default_factory=Parallel)  # --workers / --ray sharding
 
 
 #: The committed reference models of a checkout (an installed wheel has none).
@@ -219,9 +196,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"),
                     keep_adversarials=opts.save_adversarials is not None)
     black = srcs.black if suite.by_mode(Mode.BLACK) else None
-    ev = evaluate(victim, data.x, data.y, suite, source=black, reference=ref,
-                  labels=opts.labels, config=run,
-                  adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    ev = _evaluate(opts.parallel, victim, data.x, data.y, suite, source=black, reference=ref,
+                   labels=opts.labels, config=run,
+                   adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
     if opts.save_adversarials is not None:
         save_adversarials(opts.save_adversarials, ev, data.x, data.name, data.split)
     baseline = None
@@ -229,15 +206,25 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         log.info("the model before hardening, %s, on the same suite (the report's before/after)",
                  before.name)
         base_state = out.with_name(out.name + ".baseline.state.npz")
-        bev = evaluate(before, data.x, data.y, _drop_keys(suite, _transfer_keys(suite)),
-                       source=black, reference=ref, labels=opts.labels,
-                       config=replace(run, state_path=base_state, keep_adversarials=False))
+        bev = _evaluate(opts.parallel, before, data.x, data.y,
+                        _drop_keys(suite, _transfer_keys(suite)), source=black, reference=ref,
+                        labels=opts.labels,
+                        config=replace(run, state_path=base_state, keep_adversarials=False))
         baseline = build_baseline(bev)
     results = build_results(ev, data_name=data.name, split=data.split, session=session,
                             source_origin=srcs.black_origin,
                             adaptive_source_role=srcs.adaptive_role, notes=notes,
                             baseline=baseline)
     write_results(out, results)
-    state.unlink(missing_ok=True)
-    out.with_name(out.name + ".baseline.state.npz").unlink(missing_ok=True)
+    for path in (state, out.with_name(out.name + ".baseline.state.npz")):
+        path.unlink(missing_ok=True)
+        remove_shard_states(path)
     return results
+
+
+def _evaluate(parallel: Parallel, victim: Subject, x: Any, y: Any, suite: Suite,
+              **kw: Any) -> Evaluation:
+    """The runner, in this process or sharded (qrdeploy.evaluation.shard)."""
+    if parallel.active:
+        return evaluate_sharded(victim, x, y, suite, parallel, **kw)
+    return evaluate(victim, x, y, suite, **kw)

@@ -68,6 +68,7 @@ class Subject:
     model: Classifier
     harden: list[Any] | None = None  # the recipes of `qrdeploy harden`, one per call
     info: dict[str, Any] = field(default_factory=dict)
+    ref: Any = None  # a picklable way to open the model again (qrdeploy.evaluation.subjects)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class RunConfig:
     state_path: Path | None = None  # per-batch state of the victim's run (None: not resumable)
     transfer_dir: Path | None = None  # cache of transfer sets (None: crafted in memory only)
     keep_adversarials: bool = False  # records keep every adversarial input (x_adv)
+    index_offset: int = 0  # global position of x[0]: a shard keys its rng by global positions
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -256,15 +258,17 @@ def _loop(record: Record, n: int, cfg: RunConfig, desc: str,
 
 
 def _attack_batch(job: Job, model: Classifier, x: np.ndarray, y: np.ndarray, sl: slice,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(fooled (B,), x_adv (B, C, H, W), draws (D, B) or None) of one job on one batch."""
+                  seed: int, offset: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(fooled (B,), x_adv (B, C, H, W), draws (D, B) or None) of one job on one batch; the
+    samples' global positions (the rng keys) are `offset` + their positions in x."""
     xb, yb = x[sl], y[sl]
     if job.attack is None:
         return predict(model, xb, len(xb)) != yb, xb, None
     if job.mode is Mode.WHITE and not isinstance(model, Differentiable):
         raise ConfigError(f"{job.id} needs input gradients, and {type(model).__name__} gives none;"
                           " evaluate an OrtModel or drop the white-box columns with --attacks")
-    idx = np.arange(sl.start, sl.stop, dtype=np.int64)
+    idx = np.arange(sl.start, sl.stop, dtype=np.int64) + offset
     res = job.attack(model, xb, yb, seed=seed, indices=idx)  # type: ignore[arg-type]
     draws = res.fooled_draws if isinstance(res, NoiseResult) else None
     return np.asarray(res.fooled, bool), to_numpy(res.x_adv), draws
@@ -315,9 +319,11 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
                 fooled, draws = predict(victim.model, xa, len(xa)) != y[sl], None
             elif isinstance(j.attack, AdaptiveAttack):
                 (fooled, xa), draws = _adaptive_batch(j.attack, victim.model, source_model,
-                                                      x, y, sl, cfg.seed, keep), None
+                                                      x, y, sl, cfg.seed, keep,
+                                                      cfg.index_offset), None
             else:
-                fooled, xa, draws = _attack_batch(j, victim.model, x, y, sl, cfg.seed)
+                fooled, xa, draws = _attack_batch(j, victim.model, x, y, sl, cfg.seed,
+                                                  cfg.index_offset)
             rec.put(sl, fooled, xa - x[sl], xa)
             if draws is not None and rec.draws is not None:
                 rec.draws[:, sl] = draws
@@ -366,7 +372,7 @@ def survivors(suite: Suite, records: dict[str, Record]) -> np.ndarray:
 
 def _adaptive_batch(entry: AdaptiveAttack, model: Classifier, source: Classifier | None,
                     x: np.ndarray, y: np.ndarray, sl: slice, seed: int,
-                    keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                    keep: np.ndarray | None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(fooled (B,), x_adv (B, C, H, W)) of an adaptive entry on one batch. With `keep` (N,) the
     entry runs only on the kept samples; the others are recorded as fooled (by a cheaper attack)
     with their clean input."""
@@ -377,7 +383,7 @@ def _adaptive_batch(entry: AdaptiveAttack, model: Classifier, source: Classifier
         raise ConfigError(f"adaptive/{entry.name} needs input gradients, and "
                           f"{type(model).__name__} gives none; evaluate an OrtModel")
     if run.any():
-        idx = np.arange(sl.start, sl.stop, dtype=np.int64)[run]
+        idx = (np.arange(sl.start, sl.stop, dtype=np.int64) + offset)[run]
         res = entry(model, xb[run], yb[run], seed=seed, indices=idx, source=source)
         fooled[run] = np.asarray(res.fooled, bool)
         xa[run] = to_numpy(res.x_adv)
@@ -427,6 +433,8 @@ def craft_transfer(source: Subject, x: np.ndarray, y: np.ndarray, columns: tuple
     for col in columns:
         settings = {"format": STATE_FORMAT, "source": source.sha256, "source_name": source.name,
                     "data": data_fp, "attack": repr(col.attack), "seed": cfg.seed}
+        if cfg.index_offset:  # a shard: its rng keys start elsewhere
+            settings["offset"] = cfg.index_offset
         name = f"transfer-{settings_key(settings)[:20]}.npz"
         path = None if cfg.transfer_dir is None else cfg.transfer_dir / name
         if path is not None and path.exists():
@@ -449,7 +457,7 @@ def _craft_column(source: Subject, x: np.ndarray, y: np.ndarray, col: Column, cf
     job = Job(job_id(Mode.WHITE, col.attack), Mode.WHITE, col.attack)
 
     def step(sl: slice) -> None:
-        fooled, adv, _ = _attack_batch(job, source.model, x, y, sl, cfg.seed)
+        fooled, adv, _ = _attack_batch(job, source.model, x, y, sl, cfg.seed, cfg.index_offset)
         xa[sl] = adv
         rec.put(sl, fooled, adv - x[sl])
 
@@ -502,6 +510,8 @@ def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
     settings = {"format": STATE_FORMAT, "victim": victim.sha256, "data": data_fp,
                 "seed": cfg.seed, "jobs": [j.id for j in jobs],
                 "source": source.sha256 if source else None}
+    if cfg.index_offset:
+        settings["offset"] = cfg.index_offset
     if suite.checks:
         _check_adaptive_source(suite, adaptive_source)
         settings["adaptive_source"] = adaptive_source.sha256 if adaptive_source else None

@@ -30,11 +30,11 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.evaluation.build import build_results
-from qrdeploy.evaluation.campaign import open_subject
 from qrdeploy.evaluation.clean import evaluate_onnx
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
 from qrdeploy.evaluation.results import Results, flags, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import (
     DEFAULT_SWEEP_KINDS,
     PARAMS,

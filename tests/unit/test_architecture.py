@@ -31,8 +31,7 @@ LAYERS: list[set[str]] = [
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 #: Third-party modules that may be imported inside functions: optional extras and heavy imports.
-LAZY_OK = {"torch", "torchvision", "matplotlib", "onnxruntime", "mlxtend", "safetensors", "tqdm",
-           "ray"}
+LAZY_OK = {"torch", "torchvision", "matplotlib", "onnxruntime", "mlxtend", "safetensors", "ray"}
 #: qrdeploy modules that need torch at import time; the deploy side imports them lazily.
 TORCH_SIDE = ("qrdeploy.train.",)
 

@@ -1,0 +1,283 @@
+"""Sharded evaluation: the runner's work split by samples over local worker processes
+(`--workers N`) or a Ray cluster (`--ray [ADDRESS]`), merged into the Evaluation a single process
+would have produced.
+
+Why this is exact: every attack keys its randomness by (seed, attack, global sample position)
+(qrdeploy.core.rng), treats samples independently, and the runner's cascade and worst cases are
+per sample; a shard of samples [a, b) runs `evaluate` on x[a:b] with `RunConfig.index_offset = a`
+and gives the records a single process gives for those samples. On one host the merged results
+are byte-identical to the one-process run apart from timings (tests/unit/test_shard.py).
+
+One shard function serves both back ends (`run_shard`): it opens the models again from their
+`ModelRef`s (qrdeploy.evaluation.subjects), so nothing unpicklable crosses a process boundary;
+with Ray the images travel through the object store once (`ray.put`) and a lost task is retried
+by Ray (it is deterministic, so a retry changes nothing). Each shard keeps its own state file
+(`<state>.shard-<i>-of-<n>.npz`), so an interrupted sharded run resumes shard by shard.
+Workers run with `threads = cores // workers` unless the session asks for a count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qrdeploy.core.progress import Bar, bar
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.errors import ConfigError, RuntimeMissingError
+from qrdeploy.evaluation.runner import (
+    Evaluation,
+    Labels,
+    Probe,
+    Record,
+    RunConfig,
+    Subject,
+    Transfer,
+    evaluate,
+    fingerprint,
+    resolve_labels,
+    survivor_keys,
+)
+from qrdeploy.evaluation.subjects import ModelRef
+from qrdeploy.evaluation.suites import Suite
+
+log = logging.getLogger(__name__)
+
+CLUSTER_HINT = "pip install 'qrdeploy[cluster]'"
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How to spread a run: `workers` local processes, or a Ray cluster (`ray`: None for no Ray,
+    'local' to start one on this machine, 'auto' or an address to join one); `shards` pieces of
+    the samples (default: one per worker)."""
+
+    workers: int = 1
+    ray: str | None = None
+    shards: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.shards is not None and self.shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {self.shards}")
+
+    @property
+    def active(self) -> bool:
+        return self.ray is not None or self.workers > 1 or (self.shards or 1) > 1
+
+    def pieces(self, n: int) -> list[tuple[int, int]]:
+        """Contiguous sample ranges, as equal as possible, at most n of them."""
+        k = min(n, self.shards or (self.workers if self.ray is None else max(self.workers, 2)))
+        edges = np.linspace(0, n, k + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a shard needs, picklable."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+    victim: ModelRef
+    source: ModelRef | None
+    adaptive_source: ModelRef | None
+    suite: Suite
+    config: RunConfig
+    threads: int
+
+
+@dataclass(frozen=True)
+class ShardOut:
+    """What a shard measured (numpy arrays and plain data only)."""
+
+    start: int
+    stop: int
+    records: dict[str, Record]
+    transfer_x: dict[str, np.ndarray] | None
+    transfer_records: dict[str, Record] | None
+    source_correct: np.ndarray | None
+    probe: Probe | None
+    timings: dict[str, float]
+
+
+def run_shard(task: ShardTask, x: np.ndarray, y: np.ndarray) -> ShardOut:
+    """Evaluate samples [start, stop) of x (N, C, H, W) / y (N,) with the global rng keys."""
+    os.environ["QRDEPLOY_QUIET"] = "1"  # the driver shows the progress
+    session = dataclasses.replace(task.victim.session, threads=task.threads)
+    victim = task.victim.open(session)
+    source = None if task.source is None else task.source.open(session)
+    adaptive = None if task.adaptive_source is None else task.adaptive_source.open(session)
+    xs, ys = x[task.start:task.stop], y[task.start:task.stop]
+    ev = evaluate(victim, xs, ys, task.suite, source=source, labels=Labels.TRUE,
+                  config=task.config, adaptive_source=adaptive)
+    t = ev.transfer
+    return ShardOut(task.start, task.stop, ev.records, None if t is None else t.x_adv,
+                    None if t is None else t.records,
+                    None if t is None else t.source_correct, ev.probe, ev.timings)
+
+
+def _state(path: Path | None, i: int, n: int) -> Path | None:
+    return None if path is None else path.with_name(f"{path.name}.shard-{i + 1}-of-{n}.npz")
+
+
+def _threads(session: SessionConfig, parallel: Parallel) -> int:
+    if session.threads:
+        return session.threads
+    return max(1, (os.cpu_count() or 1) // parallel.workers)
+
+
+def _merge_records(parts: Sequence[dict[str, Record]]) -> dict[str, Record]:
+    """Concatenate per key; keys that shared one Record in every shard share one again."""
+    out: dict[str, Record] = {}
+    first = parts[0]
+    by_id: dict[int, Record] = {}
+    for key, rec in first.items():
+        if id(rec) in by_id:
+            out[key] = by_id[id(rec)]
+            continue
+        pieces = [p[key] for p in parts]
+        draws = None if rec.draws is None else np.concatenate([p.draws for p in pieces], axis=1)
+        adv = None if rec.x_adv is None else np.concatenate([p.x_adv for p in pieces])
+        fooled, linf, l2, done = (np.concatenate([getattr(p, f) for p in pieces])
+                                  for f in ("fooled", "linf", "l2", "done"))
+        merged = Record(fooled, linf, l2, done, draws, adv)
+        by_id[id(rec)] = out[key] = merged
+    return out
+
+
+def _merge(outs: list[ShardOut], victim: Subject, source: Subject | None,
+           adaptive_source: Subject | None, suite: Suite, y: np.ndarray, labels: Labels,
+           data_fp: str, config: RunConfig, reference: Subject | None) -> Evaluation:
+    outs = sorted(outs, key=lambda o: o.start)
+    records = _merge_records([o.records for o in outs])
+    transfer = None
+    tx = [o.transfer_x for o in outs if o.transfer_x is not None]
+    tr = [o.transfer_records for o in outs if o.transfer_records is not None]
+    tc = [o.source_correct for o in outs if o.source_correct is not None]
+    if source is not None and len(tx) == len(outs):
+        transfer = Transfer(source, {k: np.concatenate([t[k] for t in tx]) for k in tx[0]},
+                            _merge_records(tr), np.concatenate(tc))
+    probe = None
+    probes = [o.probe for o in outs if o.probe is not None]
+    if len(probes) == len(outs):
+        grads = [p.grads for p in probes if p.grads is not None]
+        probe = Probe(np.concatenate([p.logits for p in probes]),
+                      np.concatenate(grads) if len(grads) == len(probes) else None)
+    timings: dict[str, float] = {}
+    for o in outs:
+        for k, v in o.timings.items():
+            timings[k] = max(timings.get(k, 0.0), v)  # the slowest shard: the wall time
+    return Evaluation(suite, victim, labels, y, data_fp, config, records, transfer, reference,
+                      timings, probe, adaptive_source, survivor_keys(suite))
+
+
+def _ray(address: str) -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeMissingError(f"--ray needs Ray, which is not installed; {CLUSTER_HINT} "
+                                  "(or use --workers N on this machine)") from exc
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+        if address == "local":
+            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    return ray
+
+
+def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, address: str,
+             done: Callable[[ShardOut], None]) -> list[ShardOut]:
+    ray = _ray(address)
+    remote = ray.remote(max_retries=3, retry_exceptions=False)(run_shard)
+    x_ref, y_ref = ray.put(x), ray.put(y)  # once, through the object store
+    pending = [remote.options(num_cpus=t.threads).remote(t, x_ref, y_ref) for t in tasks]
+    outs = []
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        out = ray.get(ready[0])
+        done(out)
+        outs.append(out)
+    return outs
+
+
+def _run_local(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, workers: int,
+               done: Callable[[ShardOut], None]) -> list[ShardOut]:
+    if workers == 1:
+        outs = []
+        for t in tasks:
+            out = run_shard(t, x, y)
+            done(out)
+            outs.append(out)
+        return outs
+    outs = []
+    # spawn: no fork of a process that holds onnxruntime sessions and threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_shard, t, x, y) for t in tasks]
+        for f in as_completed(futures):
+            out = f.result()
+            done(out)
+            outs.append(out)
+    return outs
+
+
+def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
+                     parallel: Parallel, *, source: Subject | None = None,
+                     reference: Subject | None = None, labels: Labels = Labels.TRUE,
+                     config: RunConfig | None = None,
+                     adaptive_source: Subject | None = None) -> Evaluation:
+    """`runner.evaluate` split into sample shards run by `parallel`; the merged Evaluation. The
+    Subjects must have been opened by qrdeploy.evaluation.subjects.open_subject (their ModelRef
+    reopens them in the workers)."""
+    cfg = config or RunConfig()
+    x = np.ascontiguousarray(x, np.float32)
+    for s in (victim, source, adaptive_source):
+        if s is not None and not isinstance(s.ref, ModelRef):
+            raise ConfigError(f"{s.name}: sharded runs need models opened from files "
+                              "(qrdeploy.evaluation.subjects.open_subject)")
+    yy, mode, ref = resolve_labels(x, y, Labels(labels), reference, victim, cfg.batch_size)
+    data_fp = fingerprint(x, yy)
+    ranges = parallel.pieces(len(yy))
+    threads = _threads(victim.ref.session, parallel)
+    tasks = [ShardTask(i, len(ranges), a, b, victim.ref, None if source is None else source.ref,
+                       None if adaptive_source is None else adaptive_source.ref, suite,
+                       dataclasses.replace(cfg, state_path=_state(cfg.state_path, i,
+                                                                  len(ranges)),
+                                           index_offset=a), threads)
+             for i, (a, b) in enumerate(ranges)]
+    progress: Bar | None = bar(len(yy), f"{len(tasks)} shards")
+    t0 = time.perf_counter()
+
+    def done(out: ShardOut) -> None:
+        if progress is not None:
+            progress.update(out.stop - out.start)
+
+    try:
+        if parallel.ray is not None:
+            outs = _run_ray(tasks, x, yy, parallel.ray, done)
+        else:
+            outs = _run_local(tasks, x, yy, parallel.workers, done)
+    finally:
+        if progress is not None:
+            progress.close()
+    log.info("%d shards in %.1f s", len(tasks), time.perf_counter() - t0)
+    return _merge(outs, victim, source, adaptive_source, suite, yy, mode, data_fp, cfg, ref)
+
+
+def remove_shard_states(state_path: Path) -> None:
+    """Delete the shard state files of a finished run (the caller has written its results)."""
+    for p in state_path.parent.glob(f"{state_path.name}.shard-*-of-*.npz"):
+        p.unlink(missing_ok=True)

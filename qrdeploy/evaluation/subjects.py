@@ -1,0 +1,56 @@
+"""The models of a run as Subjects (qrdeploy.evaluation.runner): an ONNX file opened through the
+validating loader, its input contract applied, run by onnxruntime (OrtModel). Each Subject keeps a
+picklable `ModelRef`, so a worker process or a Ray task opens the same model again
+(qrdeploy.evaluation.shard)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qrdeploy.core.fileio import sha256_file
+from qrdeploy.core.runtime import SessionConfig
+from qrdeploy.evaluation.runner import Subject
+from qrdeploy.graphio.graph import get_metadata, load_model
+from qrdeploy.graphio.inputspec import InputContract, contracted
+from qrdeploy.model.ortmodel import OrtModel
+
+HARDEN_KEY = "qrdeploy.harden"
+
+
+def harden_recipe(meta: dict[str, str]) -> list[Any] | None:
+    """The recipes a hardened model carries in its metadata, one per harden call (validated as a
+    JSON list by qrdeploy.graphio.graph.load_model); None for a plain model."""
+    raw = meta.get(HARDEN_KEY)
+    if raw is None:
+        return None
+    recipe = json.loads(raw)
+    return recipe if isinstance(recipe, list) else [recipe]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How to open a model again in another process: its file, session settings, batch size and
+    input contract (all picklable)."""
+
+    path: str
+    session: SessionConfig
+    batch_size: int
+    contract: InputContract | None = None
+
+    def open(self, session: SessionConfig | None = None) -> Subject:
+        return open_subject(self.path, session or self.session, self.batch_size, self.contract)
+
+
+def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
+                 contract: InputContract | None = None) -> Subject:
+    """An ONNX classifier file as a Subject run by onnxruntime (OrtModel); with a contract the
+    model first gets its input conversion (a kept batch of 1 runs samples one at a time)."""
+    proto = load_model(path)
+    meta = get_metadata(proto)
+    wrapped, bs = contracted(proto, contract, batch_size)
+    model = OrtModel(wrapped, session, batch_size=bs)
+    return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
+                   dict(model.info), ModelRef(str(path), session, batch_size, contract))

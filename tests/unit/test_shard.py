@@ -1,0 +1,131 @@
+"""Sharded runs (--shards, --workers, --ray) give the results of the one-process run, byte for
+byte apart from timings: every attack keys its randomness by global sample position."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from qrdeploy.cli import main
+from qrdeploy.errors import ConfigError
+from qrdeploy.evaluation.shard import Parallel
+from tests.unit.onnx_builders import cnn, ort_logits
+
+SUITE = ["--suite", "paper,adaptive", "--attacks",
+         "clean,fgsm-s,pgd,black/fgsm-s,normal,pgd-cw,apgd-t-dlr,square,transfer",
+         "--eps", "0.05,0.2"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("shard")
+    onnx.save(cnn(seed=0, c=1, hw=8), d / "v.onnx")
+    onnx.save(cnn(seed=1, c=1, hw=8), d / "s.onnx")
+    x = np.random.default_rng(0).uniform(size=(23, 1, 8, 8)).astype(np.float32)
+    y = ort_logits(cnn(seed=0, c=1, hw=8), x).argmax(1)
+    y[:3] = (y[:3] + 1) % 10
+    np.savez(d / "d.npz", x=x, y=y)
+    return {"root": d, "v": d / "v.onnx", "s": d / "s.onnx", "d": d / "d.npz"}
+
+
+def run(world: dict[str, Path], out: Path, *extra: str) -> dict[str, Any]:
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--source",
+                 str(world["s"]), "--unhardened", str(world["s"]), "--no-baseline",
+                 "--batch-size", "5", "-q", "-o", str(out), *SUITE, *extra]) == 0
+    doc = json.loads(out.read_text())
+    doc.pop("timings")
+    return dict(doc)
+
+
+@pytest.fixture(scope="module")
+def plain(world: dict[str, Path]) -> dict[str, Any]:
+    return run(world, world["root"] / "plain.json")
+
+
+def test_shards_in_process_equal_the_plain_run(world: dict[str, Path], plain: dict[str, Any],
+                                               tmp_path: Path) -> None:
+    sharded = run(world, tmp_path / "s.json", "--shards", "3")
+    assert sharded == plain
+    assert plain["masking"] is not None and len(plain["columns"]) == 9
+    assert not list(tmp_path.glob("*.shard-*"))  # the shard state files are gone
+
+
+def test_two_worker_processes_equal_the_plain_run(world: dict[str, Path], plain: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    assert run(world, tmp_path / "w.json", "--workers", "2") == plain
+
+
+def test_ray_missing_is_one_line(world: dict[str, Path], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--ray", "-q", "-o", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'qrdeploy[cluster]'" in err
+
+
+@pytest.mark.parametrize(("n", "shards", "pieces"), [
+    (10, 3, [(0, 3), (3, 7), (7, 10)]), (2, 5, [(0, 1), (1, 2)]), (7, 1, [(0, 7)])])
+def test_pieces_cover_the_samples_once(n: int, shards: int, pieces: list[tuple[int, int]]
+                                       ) -> None:
+    assert Parallel(shards=shards).pieces(n) == pieces
+
+
+def test_bad_counts_are_refused() -> None:
+    with pytest.raises(ConfigError, match="--workers must be >= 1"):
+        Parallel(workers=0)
+
+
+def test_ray_local_cluster_equals_the_plain_run(world: dict[str, Path], plain: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
+    try:
+        assert run(world, tmp_path / "r.json", "--ray", "--shards", "2") == plain
+    finally:
+        ray.shutdown()
+
+
+def _kill_first_shard_worker(found: list[int], stop: Any) -> None:
+    """Poll /proc for a Ray worker running run_shard and SIGKILL it once."""
+    import os
+    import signal
+
+    while not stop.is_set() and not found:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::run_shard" in cmd:
+                os.kill(int(pid), signal.SIGKILL)
+                found.append(int(pid))
+                return
+        stop.wait(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_killed_ray_worker_changes_nothing(world: dict[str, Path], plain: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    import threading
+
+    ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
+    killed: list[int] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_kill_first_shard_worker, args=(killed, stop))
+    poller.start()
+    try:
+        assert run(world, tmp_path / "k.json", "--ray", "--shards", "3") == plain
+    finally:
+        stop.set()
+        poller.join()
+        ray.shutdown()
+    assert killed, "no shard worker was seen running, so none was killed"
