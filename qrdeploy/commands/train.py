@@ -35,13 +35,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="epochs over which eps ramps up linearly")
     g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    q = p.add_argument_group("hardening-aware training (docs/training.md)")
+    q.add_argument("--quant-aware", type=int, default=_D.quant_aware, metavar="BITS",
+                   help="train through the harden pass's B-bit weight quantizer (straight-"
+                        "through gradient); the checkpoint holds the quantized weights, so "
+                        "harden --bits B leaves them unchanged (default: off)")
+    q.add_argument("--quant-granularity", choices=["tensor", "channel"],
+                   default=_D.quant_granularity, help="as harden --granularity")
+    q.add_argument("--lipschitz-reg", type=float, default=_D.lipschitz_reg, metavar="BETA",
+                   help="Parseval orthogonality penalty BETA * sum ||W W^T - I||^2 (default: "
+                        "off)")
     _add_feedback(p)
 
 
 def _add_feedback(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("feedback learning (--method feedback; see docs/feedback.md)")
     g.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
-                   help="the trained (standard) checkpoint that feedback learning starts from")
+                   help="the trained checkpoint to start from: feedback learning's standard "
+                        "model, or for standard/adversarial training a fine-tuning start")
     g.add_argument("--fl-rounds", type=int, default=_F.rounds)
     g.add_argument("--fl-directions", type=int, default=_F.directions,
                    help="random directions per sample (default: %(default)s)")
@@ -97,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, weight_decay=args.weight_decay, shift=args.shift, flip=args.flip,
         eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size,
         eps_warmup=args.eps_warmup, n_train=args.n_train, threads=args.threads,
+        quant_aware=args.quant_aware, quant_granularity=args.quant_granularity,
+        lipschitz_reg=args.lipschitz_reg,
         data_root=args.data_root, from_checkpoint=args.from_checkpoint,
         feedback=feedback_from_args(args),
     )

@@ -135,6 +135,13 @@ class TrainConfig:
     # short adversarial schedule collapsed to chance, loss stuck at ln 10). Recorded only when not
     # "madry", so older recipes serialise exactly as before.
     init: str = "madry"
+    # Quantization-aware training (ours): train through the harden pass's fake quantizer at this
+    # many weight bits (0: off), per tensor or per channel; the checkpoint holds the quantized
+    # weights. lipschitz_reg: the Parseval orthogonality penalty's weight (0: off). Recorded only
+    # when set.
+    quant_aware: int = 0
+    quant_granularity: str = "tensor"
+    lipschitz_reg: float = 0.0
     # Feedback learning: the standard checkpoint to start from, and the F.L. settings. Recorded
     # only for method "feedback", so other recipes serialise exactly as before.
     from_checkpoint: str | None = None
@@ -154,6 +161,11 @@ class TrainConfig:
                               "model's checkpoint, e.g. --from runs/mnist-standard.safetensors")
         checks = [
             (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
+            (self.quant_aware == 0 or 2 <= self.quant_aware <= 8,
+             f"--quant-aware takes weight bits in 2..8 (0: off), got {self.quant_aware}"),
+            (self.quant_granularity in ("tensor", "channel"),
+             f"quant granularity must be tensor or channel, got {self.quant_granularity!r}"),
+            (self.lipschitz_reg >= 0, f"--lipschitz-reg must be >= 0, got {self.lipschitz_reg}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
@@ -175,6 +187,10 @@ class TrainConfig:
         d.pop("data_root")  # a local path: not part of the recipe, never recorded
         if self.init == "madry":
             d.pop("init")
+        if not self.quant_aware:
+            d.pop("quant_aware"), d.pop("quant_granularity")
+        if not self.lipschitz_reg:
+            d.pop("lipschitz_reg")
         if self.method is Method.FEEDBACK:
             # the file name only: a local folder is not part of the recipe
             d["from_checkpoint"] = Path(str(self.from_checkpoint)).name
@@ -182,7 +198,11 @@ class TrainConfig:
                              for k, v in d["feedback"].items()}
             d["feedback"]["acceptance"] = self.feedback.acceptance.value
         else:
-            d.pop("from_checkpoint"), d.pop("feedback")
+            d.pop("feedback")
+            if self.from_checkpoint:  # a warm start (fine-tuning): its file name
+                d["from_checkpoint"] = Path(str(self.from_checkpoint)).name
+            else:
+                d.pop("from_checkpoint")
         return d
 
     @classmethod

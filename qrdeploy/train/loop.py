@@ -32,7 +32,9 @@ from qrdeploy.train.checkpoint import (
     save_checkpoint,
 )
 from qrdeploy.train.config import Method, Optim, TrainConfig
+from qrdeploy.train.load import load_trained
 from qrdeploy.train.nets import build_net
+from qrdeploy.train.quantaware import attach, bake, orthogonality
 
 #: (model, x, y, epoch, sample indices) -> the inputs to train on
 Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
@@ -123,6 +125,8 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb,
         st.model.train()
         logits = st.model(x)
         loss = F.cross_entropy(logits, y)
+        if config.lipschitz_reg:
+            loss = loss + config.lipschitz_reg * orthogonality(st.model)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch types backward loosely
         st.opt.step()
@@ -182,6 +186,10 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
     val = load_dataset(config.data, "val", data_root=config.data_root)
     torch.manual_seed(config.seed)
     model = build_net(config.net, num_classes=train.num_classes, init=config.init)
+    if config.from_checkpoint:  # fine-tuning: start from a trained model's weights
+        model.load_state_dict(load_trained(config.from_checkpoint)[0].state_dict())
+    if config.quant_aware:
+        attach(model, config.quant_aware, config.quant_granularity)
     st = State(model, make_optimizer(model, config), history=[])
     rpath = resume_path(out)
     if rpath.exists() and not fresh:
@@ -213,6 +221,9 @@ SCORE_NAME = {False: "clean accuracy", True: "PGD accuracy"}
 def _finish(out: Path, rpath: Path, st: State, config: TrainConfig, val: Dataset) -> Checkpoint:
     assert st.best is not None
     st.model.load_state_dict(st.best)
+    if config.quant_aware:  # the checkpoint holds the quantized weights the net trained with
+        bake(st.model)
+        st.best = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
     meta = {"kind": "model", "config": config.to_json(), "qrdeploy_version": __version__,
             "num_classes": val.num_classes, "selected_by": SCORE_NAME[
                 config.method is not Method.STANDARD],
