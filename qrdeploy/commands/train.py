@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
-from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, Optim, TrainConfig
+from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
+from qrdeploy.train.recipes import RECIPES
 
 HELP = "train mnist-cnn or wrn-32-K (standard, PGD adversarial or feedback learning)"
 _D = TrainConfig()
@@ -20,8 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=[m.value for m in Method], default=_D.method.value)
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.safetensors)")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's resume file")
-    g = p.add_argument_group("recipe (defaults are qrdeploy's own; see docs/training.md)")
-    g.add_argument("--epochs", type=int, default=_D.epochs)
+    g = p.add_argument_group(
+        "recipe (defaults: the reference model's recipe for --method, qrdeploy's own; "
+        "docs/training.md)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="default: the reference recipe's (standard 20, adversarial 12)")
     g.add_argument("--batch-size", type=int, default=_D.batch_size)
     g.add_argument("--optimizer", choices=[o.value for o in Optim], default=_D.optimizer.value)
     g.add_argument("--lr", type=float, default=_D.lr)
@@ -29,10 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shift", type=int, default=_D.shift, help="max random shift in pixels")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
     g.add_argument("--eps", type=float, default=_D.eps, help="adversarial training eps")
-    g.add_argument("--attack-steps", type=int, default=_D.attack_steps)
-    g.add_argument("--attack-step-size", type=float, default=_D.attack_step_size)
-    g.add_argument("--eps-warmup", type=int, default=_D.eps_warmup,
-                   help="epochs over which eps ramps up linearly")
+    g.add_argument("--attack-steps", type=int, default=None,
+                   help="PGD steps in training (default: the adversarial recipe's 7)")
+    g.add_argument("--attack-step-size", type=float, default=None,
+                   help="PGD step (default: the adversarial recipe's 0.05)")
+    g.add_argument("--eps-warmup", type=int, default=None,
+                   help="epochs over which eps ramps up linearly (default: the adversarial "
+                        "recipe's 6)")
+    g.add_argument("--init", choices=list(INITS), default=None,
+                   help="initialisation: madry (truncated normal 0.1, the paper's network) or "
+                        "torch (PyTorch's defaults); default: the recipe's (adversarial: torch, "
+                        "with which the short PGD schedule learns; madry collapses to chance)")
     g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     q = p.add_argument_group("hardening-aware training (docs/training.md)")
@@ -101,13 +113,28 @@ def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
     )
 
 
+def reference_recipe(method: Method, net: str) -> TrainConfig:
+    """The recipe the reference model of `method` was trained with (qrdeploy.train.recipes),
+    the base the CLI's defaults come from; TrainConfig() for a net without reference models."""
+    if net != TrainConfig().net or method.value not in RECIPES:
+        return TrainConfig(method=method) if method is not Method.FEEDBACK else TrainConfig()
+    return RECIPES[method.value]
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = reference_recipe(Method(args.method), args.net)
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return getattr(base, name) if value is None else value
+
     return TrainConfig(
         net=args.net, data=args.data, method=Method(args.method), seed=args.seed,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=Optim(args.optimizer),
+        epochs=pick("epochs"), batch_size=args.batch_size, optimizer=Optim(args.optimizer),
         lr=args.lr, weight_decay=args.weight_decay, shift=args.shift, flip=args.flip,
-        eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size,
-        eps_warmup=args.eps_warmup, n_train=args.n_train, threads=args.threads,
+        eps=args.eps, attack_steps=pick("attack_steps"),
+        attack_step_size=pick("attack_step_size"), eps_warmup=pick("eps_warmup"),
+        init=pick("init"), n_train=args.n_train, threads=args.threads,
         quant_aware=args.quant_aware, quant_granularity=args.quant_granularity,
         lipschitz_reg=args.lipschitz_reg,
         data_root=args.data_root, from_checkpoint=args.from_checkpoint,
