@@ -15,7 +15,7 @@ _F = FeedbackConfig()
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", default=_D.net, help="mnist-cnn or wrn-32-K (default: %(default)s)")
     p.add_argument("--data", default=_D.data,
-                   help="mnist-5k, mnist or cifar10 (default: %(default)s)")
+                   help="mnist-5k, cifar10-10k, mnist or cifar10 (default: %(default)s)")
     p.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     p.add_argument("--method", choices=[m.value for m in Method], default=_D.method.value)
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.safetensors)")
@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attack-step-size", type=float, default=_D.attack_step_size)
     g.add_argument("--eps-warmup", type=int, default=_D.eps_warmup,
                    help="epochs over which eps ramps up linearly")
+    g.add_argument("--val-attack-steps", type=int, default=_D.val_attack_steps,
+                   help="PGD steps of the validation attack that selects the epoch "
+                   "(0: the training attack)")
     g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     _add_feedback(p)
@@ -96,7 +99,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=Optim(args.optimizer),
         lr=args.lr, weight_decay=args.weight_decay, shift=args.shift, flip=args.flip,
         eps=args.eps, attack_steps=args.attack_steps, attack_step_size=args.attack_step_size,
-        eps_warmup=args.eps_warmup, n_train=args.n_train, threads=args.threads,
+        eps_warmup=args.eps_warmup, val_attack_steps=args.val_attack_steps,
+        n_train=args.n_train, threads=args.threads,
         data_root=args.data_root, from_checkpoint=args.from_checkpoint,
         feedback=feedback_from_args(args),
     )
