@@ -181,7 +181,8 @@ _PAPER_CIFAR = Profile(
              "weight_decay": 2e-4, "momentum": 0.9, "batch_size": 128, "shift": 4, "flip": True,
              "epochs": 100, "eps": 8 / 255, "attack_steps": 7, "attack_step_size": 2 / 255,
              "eps_warmup": 0, "val_attack_steps": 0, "init": "madry", "threads": 0},
-    retrain_feedback={"t_max": 5.0, "lr": 0.01, "epochs": 10, "rank_per_class": 150})
+    retrain_feedback={"t_max": 5.0, "lr": 0.01, "epochs": 10, "rank_per_class": 150,
+                      "max_ratio": 1.0})
 
 #: The five profiles (the one documented place).
 PROFILES: dict[ProfileName, Profile] = {

@@ -54,10 +54,13 @@ CIFAR10_RECIPES: dict[str, TrainConfig] = {
                                        attack_steps=1, attack_step_size=10 / 255, eps_warmup=5,
                                        val_attack_steps=5),
     # F.L. from the standard model, one round; ranking on 50 training images per class (ours:
-    # the ranking's margin searches are the costly part on a WRN), t_max 5 (method.md, CIFAR)
+    # the ranking's margin searches are the costly part on a WRN), t_max 5 (method.md, CIFAR);
+    # at most 1 generated example per 10 real ones (ours): with more, the BN running statistics
+    # drift to the noisy examples and the round loses clean accuracy (docs/training.md)
     "feedback": dataclasses.replace(
         _CIFAR, method=Method.FEEDBACK, from_checkpoint=FROM_STANDARD,
-        feedback=FeedbackConfig(rounds=1, rank_per_class=50, t_max=5.0, epochs=5, lr=1e-3)),
+        feedback=FeedbackConfig(rounds=1, rank_per_class=50, t_max=5.0, epochs=5, lr=1e-3,
+                                max_ratio=0.1)),
 }
 
 #: The recipes of each model prefix (qrdeploy.paper.profiles.Profile.model_prefix).
