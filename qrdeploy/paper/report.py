@@ -117,9 +117,9 @@ def paper_table(c: Collected, title: str, family: str, keys: Sequence[str]) -> l
     head = [f"### {title}", ""]
     if c.profile.family != family:
         folder = "CIFAR-10" if family == "cifar10" else "MNIST"
-        return [*head, f"not run (no {folder} folder: profile {c.profile.name} is "
-                       f"{c.profile.family}; use --profile paper-"
-                       f"{'cifar' if family == 'cifar10' else 'mnist'})", ""]
+        profiles = "quick-cifar or paper-cifar" if family == "cifar10" else "quick or paper-mnist"
+        return [*head, f"not run ({folder}: profile {c.profile.name} is {c.profile.family}; "
+                       f"use --profile {profiles})", ""]
     rows = [_row_cells(c, r, keys, family) for r in PAPER_ROWS]
     floor = [_row_cells(c, r, keys, family) for r in FLOOR_ROWS if r in c.results]
     note = ("Each cell: ours (robust accuracy %, correct on the clean input and under the "

@@ -186,7 +186,7 @@ def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
     """Train one reference recipe (qrdeploy.train.recipes, with the profile's overrides) and export
     it; the training resumes from the step's work folder after a kill."""
     config = for_profile(recipe, p.retrain, p.retrain_feedback,
-                         None if standard is None else str(standard))
+                         None if standard is None else str(standard), prefix=p.model_prefix)
     config = replace(config, data_root=None if data_root is None else str(data_root))
 
     def body(out: Path, work: Path) -> None:

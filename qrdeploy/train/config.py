@@ -127,6 +127,11 @@ class TrainConfig:
     attack_steps: int = 10
     attack_step_size: float = 0.04
     eps_warmup: int = 0
+    # PGD steps of the validation attack that selects the epoch (step 2.5 eps / steps, random
+    # start; ours). 0: the training attack itself. A one-step training attack (FGSM with a random
+    # start, Wong et al. 2020) needs a multi-step one here: its own accuracy rises when training
+    # overfits catastrophically to it. Recorded only when not 0.
+    val_attack_steps: int = 0
     n_train: int | None = None  # use only the first n training samples (tests, smoke runs)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     data_root: str | None = None
@@ -172,6 +177,8 @@ class TrainConfig:
             (0 <= self.eps <= 1, f"eps must be in [0, 1], got {self.eps}"),
             (self.attack_steps >= 1, f"attack steps must be >= 1, got {self.attack_steps}"),
             (self.attack_step_size > 0, f"attack step must be > 0, got {self.attack_step_size}"),
+            (self.val_attack_steps >= 0,
+             f"val attack steps must be >= 0, got {self.val_attack_steps}"),
             (self.shift >= 0, f"shift must be >= 0, got {self.shift}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.n_train is None or self.n_train >= 1,
@@ -191,6 +198,8 @@ class TrainConfig:
             d.pop("quant_aware"), d.pop("quant_granularity")
         if not self.lipschitz_reg:
             d.pop("lipschitz_reg")
+        if not self.val_attack_steps:
+            d.pop("val_attack_steps")
         if self.method is Method.FEEDBACK:
             # the file name only: a local folder is not part of the recipe
             d["from_checkpoint"] = Path(str(self.from_checkpoint)).name

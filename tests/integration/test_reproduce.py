@@ -153,7 +153,7 @@ def _md(p: Path) -> None:
                     "## Models"):
         assert heading in text
     assert "not run (model missing" in text  # F.L.
-    assert "not run (no CIFAR-10 folder" in text
+    assert "not run (CIFAR-10: profile smoke is mnist; use --profile quick-cifar" in text
 
 
 ARTEFACTS = [

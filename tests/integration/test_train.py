@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -93,3 +94,17 @@ def test_adversarial_training_trains_on_pgd_examples(tmp_path: Path) -> None:
     with torch.no_grad():
         ce = [torch.nn.functional.cross_entropy(net(v), y).item() for v in (x, x_adv)]
     assert ce[1] > ce[0]
+
+
+def test_validation_attack_is_multi_step_pgd_when_asked() -> None:
+    """A one-step training attack (FGSM with a random start) selects its epoch with PGD of
+    `val_attack_steps` steps of 2.5 eps / steps; without it, with the training attack."""
+    from qrdeploy.train.adversarial import attack_for, validation_attack
+
+    fgsm_rs = TrainConfig(method="adversarial", eps=8 / 255, attack_steps=1,
+                          attack_step_size=10 / 255)
+    assert validation_attack(fgsm_rs) == attack_for(fgsm_rs, None)
+    pgd = validation_attack(dataclasses.replace(fgsm_rs, val_attack_steps=5))
+    assert (pgd.eps, pgd.steps, pgd.step) == (8 / 255, 5, pytest.approx(2.5 * 8 / 255 / 5))
+    assert "val_attack_steps" not in fgsm_rs.to_json()
+    assert dataclasses.replace(fgsm_rs, val_attack_steps=5).to_json()["val_attack_steps"] == 5

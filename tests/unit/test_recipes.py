@@ -15,13 +15,35 @@ from qrdeploy.train import recipes
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
+@pytest.mark.parametrize("prefix", list(recipes.BY_PREFIX))
 @pytest.mark.parametrize("name", recipes.ORDER)
-def test_committed_cards_record_the_recipes(name: str) -> None:
-    card = MODELS / f"mnist-{name}.json"
+def test_committed_cards_record_the_recipes(prefix: str, name: str) -> None:
+    card = MODELS / f"{prefix}-{name}.json"
     if not card.is_file():
         pytest.skip(f"{card.name} not committed")
-    config = recipes.for_profile(name, {}, {}, "runs/make_models/mnist-standard.safetensors")
+    config = recipes.for_profile(name, {}, {}, f"runs/make_models/{prefix}-standard.safetensors",
+                                 prefix=prefix)
     assert json.loads(card.read_text())["recipe"] == config.to_json()
+
+
+def test_cifar_recipes_train_wrn_on_the_embedded_images() -> None:
+    for name in recipes.ORDER:
+        c = recipes.for_profile(name, {}, {}, "s.safetensors", prefix="cifar10")
+        assert (c.net, c.data, c.threads) == ("wrn-32-1", "cifar10-10k", 1)
+    adv = recipes.CIFAR10_RECIPES["adversarial"]
+    # FGSM with a random start and a 1.25 eps step, selected by multi-step PGD on val
+    assert (adv.attack_steps, adv.attack_step_size) == (1, 1.25 * adv.eps)
+    assert adv.val_attack_steps > 1
+
+
+def test_paper_cifar_overrides_the_cifar_recipes() -> None:
+    p = get_profile("paper-cifar")
+    adv = recipes.for_profile("adversarial", p.retrain, p.retrain_feedback, prefix="cifar10")
+    assert (adv.net, adv.data, adv.attack_steps, adv.val_attack_steps) == \
+        ("wrn-32-10", "cifar10", 7, 0)
+    fl = recipes.for_profile("feedback", p.retrain, p.retrain_feedback, "s.safetensors",
+                             prefix="cifar10")
+    assert (fl.feedback.lr, fl.feedback.epochs, fl.feedback.t_max) == (0.01, 10, 5.0)
 
 
 def test_profile_overrides_apply_to_every_recipe() -> None:
@@ -39,6 +61,8 @@ def test_profile_overrides_apply_to_every_recipe() -> None:
     (lambda: recipes.for_profile("standard", {"epoch": 3}, {}), "bad recipe override"),
     (lambda: recipes.for_profile("standard", {"epochs": 0}, {}), "epochs must be >= 1"),
     (lambda: recipes.for_profile("feedback", {}, {}), "needs the standard model's checkpoint"),
+    (lambda: recipes.for_profile("standard", {}, {}, prefix="imagenet"),
+     "no recipes for model prefix 'imagenet'"),
 ])
 def test_bad_recipes_are_one_line_config_errors(call: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
