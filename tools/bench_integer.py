@@ -7,12 +7,13 @@ Measures (onnxruntime CPU, `--threads` intra-op threads):
   round, sessions without spin-waiting (see `_session`), median per model, ratios as the median
   over rounds of the within-round ratio;
 - file sizes;
-- clean accuracy on the mnist-5k test split (1,000 digits) with the paired difference to the float
-  model and its Newcombe interval (qrdeploy.core.stats);
+- clean accuracy on the test split of `--data` (mnist-5k: 1,000 digits) with the paired
+  difference to the float model and its Newcombe interval (qrdeploy.core.stats);
 - the cost of one attack step (loss_and_grad, CE, batch `--step-batch`) through the int8 QDQ graph
   (BPDA: integer forward + gradient of the dequantized twin) against the float graph, interleaved.
 
 Usage: python tools/bench_integer.py [--model models/mnist-standard.onnx] [--rounds 30]
+       python tools/bench_integer.py --model models/cifar10-standard.onnx --data cifar10-10k
 Prints a markdown block for docs/benchmarks.md (command, commit, machine, load average)."""
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
 
 
-def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int
-             ) -> dict[str, list[float]]:
+def _latency(paths: dict[str, Path], batch: int, rounds: int, threads: int,
+             shape: tuple[int, ...]) -> dict[str, list[float]]:
     sessions = {k: _session(p, threads) for k, p in paths.items()}
-    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
     times: dict[str, list[float]] = {k: [] for k in paths}
     for s in sessions.values():  # warm up
         for _ in range(3):
@@ -100,11 +101,11 @@ def _ratio(times: dict[str, list[float]], k: str, base: str) -> float:
     return float(np.median(np.asarray(times[k]) / np.asarray(times[base])))
 
 
-def _step_cost(float_path: Path, int8_path: Path, batch: int, rounds: int, threads: int
-               ) -> dict[str, float]:
+def _step_cost(float_path: Path, int8_path: Path, batch: int, rounds: int, threads: int,
+               shape: tuple[int, ...]) -> dict[str, float]:
     cfg = SessionConfig("cpu", threads=threads)
     models = {"float": OrtModel(float_path, cfg), "int8": OrtModel(int8_path, cfg)}
-    x = np.random.default_rng(1).random((batch, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(1).random((batch, *shape), dtype=np.float32)
     y = np.arange(batch) % 10
     times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
@@ -127,10 +128,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--step-batch", type=int, default=100)
+    ap.add_argument("--data", default="mnist-5k",
+                    help="embedded data set of the model (cifar10-10k for models/cifar10-*)")
     args = ap.parse_args()
     load_before = os.getloadavg()
-    test = load_dataset("mnist-5k", "test")
-    calib = load_dataset("mnist-5k", "train", n=args.calibrate).x
+    test = load_dataset(args.data, "test")
+    shape = tuple(int(v) for v in test.x.shape[1:])
+    calib = load_dataset(args.data, "train", n=args.calibrate).x
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         src = Path(args.model)
@@ -138,19 +142,20 @@ def main() -> None:
         paths = {"float": src, "ort-qdq": d / "ort-qdq.onnx", "qrdeploy-int8": d / "int8.onnx",
                  "qrdeploy-qdq-float-act": d / "qdq.onnx",
                  "qrdeploy-nbits-float-act": d / "nbits.onnx"}
-        _ort_qdq(src, paths["ort-qdq"], load_dataset("mnist-5k", "train", n=100).x)
+        _ort_qdq(src, paths["ort-qdq"], load_dataset(args.data, "train", n=100).x)
         wq = WeightQuant(args.bits, Granularity.CHANNEL)
         hard, _ = harden(model, [wq], activations=IntegerActivations(
-            args.calibrate, args.method, "mnist-5k:train"), calibration=calib)
+            args.calibrate, args.method, f"{args.data}:train"), calibration=calib)
         save_model(hard, paths["qrdeploy-int8"])
         save_model(harden(model, [wq], "qdq")[0], paths["qrdeploy-qdq-float-act"])
         save_model(harden(model, [wq], "nbits")[0], paths["qrdeploy-nbits-float-act"])
         sizes = {k: p.stat().st_size for k, p in paths.items()}
-        lat1 = _latency(paths, 1, args.rounds * 25, args.threads)
-        lat256 = _latency(paths, 256, args.rounds, args.threads)
+        lat1 = _latency(paths, 1, args.rounds * 25, args.threads, shape)
+        lat256 = _latency(paths, 256, args.rounds, args.threads, shape)
         cfg = SessionConfig("cpu", threads=args.threads)
         preds = {k: OrtModel(p, cfg, gradients=False).predict(test.x) for k, p in paths.items()}
-        step = _step_cost(src, paths["qrdeploy-int8"], args.step_batch, args.rounds, args.threads)
+        step = _step_cost(src, paths["qrdeploy-int8"], args.step_batch, args.rounds, args.threads,
+                          shape)
     assert test.y is not None
     ok = {k: v == test.y for k, v in preds.items()}
     counts = PairedCounts.from_flags(ok["qrdeploy-int8"], ok["float"])
@@ -159,9 +164,9 @@ def main() -> None:
                             text=True, check=False).stdout.strip()
     import onnxruntime
 
-    print(f"command: python tools/bench_integer.py --rounds {args.rounds} --threads "
-          f"{args.threads} (bits {args.bits} per channel, --calibrate {args.calibrate} "
-          f"{args.method})")
+    print(f"command: python tools/bench_integer.py --model {args.model} --data {args.data} "
+          f"--rounds {args.rounds} --threads {args.threads} (bits {args.bits} per channel, "
+          f"--calibrate {args.calibrate} {args.method})")
     print(f"commit {commit}; onnxruntime {onnxruntime.__version__}; {platform.processor() or ''} "
           f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, after "
           f"{os.getloadavg()[0]:.2f}")

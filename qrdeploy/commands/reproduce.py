@@ -36,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rerun the steps matching this name or pattern (e.g. attack.orig.q, "
                         "'ablation.*'); repeatable")
     p.add_argument("--retrain", action="store_true",
-                   help="train the four models from the reference recipes (qrdeploy/recipes.py) "
-                        "as cached steps instead of reading --models")
+                   help="train the four models from the reference recipes of the profile's "
+                        "model prefix (qrdeploy/train/recipes.py) as cached steps instead of "
+                        "reading --models")
     p.add_argument("--no-plots", action="store_true",
                    help="leave out the PNG figures (no matplotlib needed)")
 
