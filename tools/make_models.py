@@ -231,8 +231,9 @@ def adaptive_card(model_path: Path, prefix: str) -> dict[str, object]:
                              if c.key.startswith("adaptive/")},
             "restricted": list(res.adaptive.restricted),
             "verdict": None if res.masking is None else res.masking.verdict,
+            "masking_suspected": None if res.masking is None else res.masking.suspected,
             "command": f"python tools/make_models.py --adaptive-only {model_path.stem}",
-            "seconds": round(time.time() - t0, 1),
+            "seconds": round(time.time() - t0, 1), "qrdeploy_commit": commit(),
             "loadavg": [round(v, 2) for v in os.getloadavg()]}
 
 
