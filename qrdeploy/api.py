@@ -22,6 +22,7 @@ from qrdeploy.evaluation.replay import ReplayResult
 from qrdeploy.evaluation.replay import replay as _replay
 from qrdeploy.evaluation.results import Results
 from qrdeploy.evaluation.runner import Labels, RunConfig
+from qrdeploy.evaluation.shard import Parallel
 from qrdeploy.evaluation.suites import CWBudget, Family
 from qrdeploy.gate.policy import Policy
 from qrdeploy.gate.run import CheckResult
@@ -137,19 +138,23 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            family: str | None = None, cw_budget: str = "quick", seed: int = 0,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
            input_spec: str | None = None, input_guard: bool = True,
-           baseline: bool = True, save_adversarials: PathLike | None = None) -> Results:
+           baseline: bool = True, save_adversarials: PathLike | None = None,
+           workers: int = 1, ray: str | None = None, shards: int | None = None) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
     options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
     ('pgd:eps=8/255,steps=100'); `eps` is an eps sweep, () (default) none, None the paper
     suite's sweep. With `unhardened`, that model runs the same suite too (unless
-    `baseline=False`): the results' `baseline`, the report's before/after."""
+    `baseline=False`): the results' `baseline`, the report's before/after. `workers`, `ray`
+    ('local', 'auto' or an address) and `shards` split the samples (docs/evaluation.md); the
+    results equal the one-process run's."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
                          Family(family) if family else None,
                          RunConfig(seed=seed, batch_size=batch_size), CWBudget(cw_budget),
-                         baseline, None if save_adversarials is None else Path(save_adversarials))
+                         baseline, None if save_adversarials is None else Path(save_adversarials),
+                         Parallel(workers, ray, shards))
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return attack_files(model, ds, opts, out=out, source=source, reference=reference,
                         session=SessionConfig(provider, threads), unhardened=unhardened,
@@ -159,12 +164,15 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
 def check(model: PathLike, reference: PathLike, data: str | Dataset,
           policy: PathLike | Policy, *, seed: int = 0, batch_size: int = 256,
           provider: str = "auto", threads: int = 0,
-          input_spec: str | None = None, input_guard: bool = True) -> CheckResult:
+          input_spec: str | None = None, input_guard: bool = True, workers: int = 1,
+          ray: str | None = None, shards: int | None = None) -> CheckResult:
     """The pipeline gate: measure every threshold of `policy` (a TOML file or a Policy) on
-    `model` against `reference`; read `.passed` and `.exit_code` (0 pass, 3 fail)."""
+    `model` against `reference`; read `.passed` and `.exit_code` (0 pass, 3 fail). `workers`,
+    `ray` ('local', 'auto' or an address) and `shards` split the attack runs, as `attack`'s."""
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
-                  seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard)
+                  seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard,
+                  parallel=Parallel(workers, ray, shards))
 
 
 def replay(model: PathLike, adversarials: PathLike, *, input_spec: str | None = None,
@@ -191,8 +199,10 @@ def lipschitz(reference: PathLike, hardened: PathLike | None = None, *,
 
 def reproduce(profile: str = "smoke", out: PathLike = "runs/reproduce", *,
               models_dir: PathLike = "models", models: Mapping[str, PathLike] | None = None,
-              retrain: bool = False, seed: int = 0, plots: bool = True) -> ReproduceResult:
+              retrain: bool = False, seed: int = 0, plots: bool = True, workers: int = 1,
+              ray: str | None = None, shards: int | None = None) -> ReproduceResult:
     """The paper's experiment as a cached, resumable pipeline (profiles 'smoke', 'quick',
-    'paper-mnist', 'paper-cifar'; docs/reproduce.md): every table, the claims, the report."""
+    'quick-cifar', 'paper-mnist', 'paper-cifar'; docs/reproduce.md): every table, the claims, the
+    report. `workers` / `ray` / `shards` shard the attack steps (the same results)."""
     return _reproduce(profile, out, models_dir=models_dir, models=models, seed=seed,
-                      retrain=retrain, plots=plots)
+                      retrain=retrain, plots=plots, parallel=Parallel(workers, ray, shards))

@@ -9,10 +9,12 @@ from qrdeploy.commands._options import (
     add_data,
     add_input_contract,
     add_isolate,
+    add_parallel,
     add_runtime,
     check_isolated,
     input_contract,
     load_data,
+    parallel,
     session_config,
 )
 from qrdeploy.gate.junit import write_junit
@@ -34,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
     add_input_contract(p)
     add_isolate(p)
+    add_parallel(p)
     p.set_defaults(batch_size=256)
 
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, args.reference, probe=True)
     result = check(args.model, args.reference, load_data(args), args.policy,
                    session=session_config(args), seed=args.seed, batch_size=args.batch_size,
-                   contract=input_contract(args), input_guard=not args.no_input_guard)
+                   contract=input_contract(args), input_guard=not args.no_input_guard,
+                   parallel=parallel(args))
     if args.output:
         write_summary(args.output, result)
     if args.junit:

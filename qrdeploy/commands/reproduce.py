@@ -1,11 +1,12 @@
 """`qrdeploy reproduce`: the paper's experiment as a cached, resumable pipeline with its report.
 
     qrdeploy reproduce --profile smoke -o runs/smoke
-    qrdeploy reproduce --profile quick -o runs/quick            # about 45 min on 2 CPU cores
+    qrdeploy reproduce --profile quick -o runs/quick            # about 20 min on 2 CPU cores
+    qrdeploy reproduce --profile quick-cifar -o runs/quick-cifar  # the CIFAR-10 half
     qrdeploy reproduce --profile quick -o runs/quick --force 'attack.orig.*'
     qrdeploy reproduce --profile quick -o runs/quick-retrain --retrain   # train the models too
 
-Profiles and their budgets: qrdeploy/reproduce_profiles.py and docs/reproduce.md.
+Profiles and their budgets: qrdeploy/paper/profiles.py and docs/reproduce.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qrdeploy.commands._options import add_parallel, parallel
 from qrdeploy.errors import ConfigError
 from qrdeploy.paper.pipeline import REGIME_FILES, reproduce
 from qrdeploy.paper.profiles import ProfileName
@@ -41,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "reading --models")
     p.add_argument("--no-plots", action="store_true",
                    help="leave out the PNG figures (no matplotlib needed)")
+    add_parallel(p)
 
 
 def parse_models(items: list[str]) -> dict[str, Path]:
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = reproduce(args.profile, args.output, models_dir=args.models,
                        models=parse_models(args.model), data_root=args.data_root,
                        force=args.force, seed=args.seed, retrain=args.retrain,
-                       plots=not args.no_plots)
+                       plots=not args.no_plots, parallel=parallel(args))
     counts: dict[str, int] = {}
     for e in result.events:
         counts[e.status.value] = counts.get(e.status.value, 0) + 1

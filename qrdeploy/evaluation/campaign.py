@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
@@ -33,8 +32,8 @@ from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
-from qrdeploy.evaluation.runner import Evaluation, Labels, RunConfig, Subject, evaluate
-from qrdeploy.evaluation.shard import Parallel, evaluate_sharded, remove_shard_states
+from qrdeploy.evaluation.runner import Labels, RunConfig, Subject
+from qrdeploy.evaluation.shard import Parallel, remove_shard_states, run_evaluation
 from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import (
     CWBudget,
@@ -196,9 +195,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"),
                     keep_adversarials=opts.save_adversarials is not None)
     black = srcs.black if suite.by_mode(Mode.BLACK) else None
-    ev = _evaluate(opts.parallel, victim, data.x, data.y, suite, source=black, reference=ref,
-                   labels=opts.labels, config=run,
-                   adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    ev = run_evaluation(opts.parallel, victim, data.x, data.y, suite, source=black,
+                        reference=ref, labels=opts.labels, config=run,
+                        adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
     if opts.save_adversarials is not None:
         save_adversarials(opts.save_adversarials, ev, data.x, data.name, data.split)
     baseline = None
@@ -206,10 +205,10 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         log.info("the model before hardening, %s, on the same suite (the report's before/after)",
                  before.name)
         base_state = out.with_name(out.name + ".baseline.state.npz")
-        bev = _evaluate(opts.parallel, before, data.x, data.y,
-                        _drop_keys(suite, _transfer_keys(suite)), source=black, reference=ref,
-                        labels=opts.labels,
-                        config=replace(run, state_path=base_state, keep_adversarials=False))
+        bev = run_evaluation(opts.parallel, before, data.x, data.y,
+                             _drop_keys(suite, _transfer_keys(suite)), source=black,
+                             reference=ref, labels=opts.labels,
+                             config=replace(run, state_path=base_state, keep_adversarials=False))
         baseline = build_baseline(bev)
     results = build_results(ev, data_name=data.name, split=data.split, session=session,
                             source_origin=srcs.black_origin,
@@ -222,9 +221,3 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     return results
 
 
-def _evaluate(parallel: Parallel, victim: Subject, x: Any, y: Any, suite: Suite,
-              **kw: Any) -> Evaluation:
-    """The runner, in this process or sharded (qrdeploy.evaluation.shard)."""
-    if parallel.active:
-        return evaluate_sharded(victim, x, y, suite, parallel, **kw)
-    return evaluate(victim, x, y, suite, **kw)

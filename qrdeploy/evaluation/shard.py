@@ -277,6 +277,15 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
     return _merge(outs, victim, source, adaptive_source, suite, yy, mode, data_fp, cfg, ref)
 
 
+def run_evaluation(parallel: Parallel | None, victim: Subject, x: np.ndarray,
+                   y: np.ndarray | None, suite: Suite, **kw: Any) -> Evaluation:
+    """The attack runner, in this process (`parallel` None or inactive) or sharded: the one entry
+    `attack`, `check` and `reproduce` call; the results are the same either way."""
+    if parallel is not None and parallel.active:
+        return evaluate_sharded(victim, x, y, suite, parallel, **kw)
+    return evaluate(victim, x, y, suite, **kw)
+
+
 def remove_shard_states(state_path: Path) -> None:
     """Delete the shard state files of a finished run (the caller has written its results)."""
     for p in state_path.parent.glob(f"{state_path.name}.shard-*-of-*.npz"):

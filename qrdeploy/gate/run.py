@@ -33,7 +33,9 @@ from qrdeploy.evaluation.build import masking_result
 from qrdeploy.evaluation.guard import Verdict as GuardVerdict
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.results import MaskingResult
-from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.runner import RunConfig, Subject
+from qrdeploy.evaluation.shard import Parallel, run_evaluation
+from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import Mode, family_of
 from qrdeploy.evaluation.verdict import masking
 from qrdeploy.gate.measure import (
@@ -239,6 +241,8 @@ class _Run:
     data: Dataset
     session: SessionConfig
     seed: int
+    contract: Any = None
+    parallel: Parallel | None = None
     results: list[ThresholdResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -292,15 +296,12 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
     t0 = time.perf_counter()
     n = min(rp.n or len(labels), len(labels))
     x, y = run.data.x[:n], labels[:n]
-    victim = Subject(run.model.path.name, run.model.sha256,
-                     OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size))
-    ref = Subject(run.reference.path.name, run.reference.sha256,
-                  OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size))
+    victim, ref = _subject(run, run.model), _subject(run, run.reference)
     family = family_of(run.data.name, int(x.shape[1]))
     config = RunConfig(seed=run.seed, batch_size=run.model.batch_size)
     for t in rp.thresholds:
-        ev = evaluate(victim, x, y, threshold_suite(t, family), config=config,
-                      adaptive_source=ref)
+        ev = run_evaluation(run.parallel, victim, x, y, threshold_suite(t, family),
+                            config=config, adaptive_source=ref)
         flags, keys = threshold_flags(t, ev)
         res = _proportion(t.metric, _prop(flags), t.min_accuracy, run.policy.use_bound)
         run.results.append(_with_detail(res, f"{res.detail} on {', '.join(keys)}"))
@@ -309,8 +310,9 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
         return None
     t0 = time.perf_counter()
     suite = masking_suite(mp, family)
-    ev = evaluate(victim, x, y, suite, source=ref if suite.by_mode(Mode.BLACK) else None,
-                  config=config, adaptive_source=ref)
+    ev = run_evaluation(run.parallel, victim, x, y, suite,
+                        source=ref if suite.by_mode(Mode.BLACK) else None, config=config,
+                        adaptive_source=ref)
     found = masking_result(masking(ev))
     assert found is not None  # the masking suite has adaptive columns (policy validation)
     fired = ", ".join(c.name for c in found.fired) or "none fired"
@@ -318,6 +320,14 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
                              Direction.MAX, Unit.COUNT, Bound.POINT, f"checks fired: {fired}"))
     run.timed("masking", t0)
     return found
+
+
+def _subject(run: _Run, f: ModelFile) -> Subject:
+    """A model of the check as the attack runner's Subject; opened from its file (which a worker
+    reopens) when the run is sharded."""
+    if run.parallel is not None and run.parallel.active:
+        return open_subject(f.path, run.session, f.batch_size, run.contract)
+    return Subject(f.path.name, f.sha256, OrtModel(f.proto, run.session, batch_size=f.batch_size))
 
 
 def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:
@@ -346,7 +356,8 @@ def _size_and_latency(run: _Run, pm: OrtModel, pr: OrtModel) -> tuple[LatencyRow
 
 def check(model: str | Path, reference: str | Path, data: Dataset | str,
           policy: Policy | str | Path, *, session: SessionConfig | None = None, seed: int = 0,
-          batch_size: int = 256, contract: Any = None, input_guard: bool = True) -> CheckResult:
+          batch_size: int = 256, contract: Any = None, input_guard: bool = True,
+          parallel: Parallel | None = None) -> CheckResult:
     """Measure every threshold of `policy` on `model` against `reference` over `data` (a Dataset,
     or a data set name whose test split is loaded). `contract`
     (qrdeploy.graphio.inputspec.InputContract) adapts models whose input is not float32 NCHW in [0,
@@ -354,13 +365,15 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     (qrdeploy.evaluation.guard); unless it found the contract fitting, its finding is the first
     threshold, `input.contract_mismatch` (max 0): a mismatch fails the gate like any threshold,
     a suspicion (near-chance accuracy, nothing fits better) passes with the warning as detail.
-    Never raises for a failed threshold: read `.passed` / `.exit_code`."""
+    `parallel` (qrdeploy.evaluation.shard.Parallel) shards the attack runs over local workers or
+    a Ray cluster, with the same results. Never raises for a failed threshold: read `.passed` /
+    `.exit_code`."""
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
     run = _Run(pol, open_model_file(model, contract, batch_size),
                open_model_file(reference, contract, batch_size), ds, session or SessionConfig(),
-               seed)
+               seed, contract, parallel)
     if input_guard:
         # the reference (the model before hardening) carries the contract: a hardened model
         # near chance is a finding of the gate, not a wrong contract

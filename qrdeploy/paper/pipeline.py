@@ -31,6 +31,7 @@ from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.results import load_results
 from qrdeploy.evaluation.runner import fingerprint
+from qrdeploy.evaluation.shard import Parallel
 from qrdeploy.paper import steps
 from qrdeploy.paper.cache import Step, StepCache, StepEvent, check_force
 from qrdeploy.paper.collected import Collected
@@ -85,7 +86,7 @@ def _one(cache: StepCache, step: Step, name: str) -> Path:
 
 
 def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: str,
-               tdir: Path) -> dict[str, Path]:
+               tdir: Path, parallel: Parallel | None) -> dict[str, Path]:
     """Harden and attack steps of one regime (the attack step runs the adaptive suite too, except
     on the seed-variance floor); the ONNX path of every form."""
     p, src = c.profile, c.models[regime]
@@ -99,7 +100,8 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
                                "model.onnx")
         row = f"{regime}:{form}"
         res = _one(cache, steps.attack_step(f"attack.{regime}.{form}", p, paths[form], source,
-                                            data, fp, c.seed, tdir, None if floor else src),
+                                            data, fp, c.seed, tdir, None if floor else src,
+                                            parallel),
                    "results.json")
         c.results[row] = load_results(res)
     return paths
@@ -123,14 +125,15 @@ def _regime_steps(cache: StepCache, c: Collected, regime: str, paths: dict[str, 
 
 
 def _sufficiency(cache: StepCache, c: Collected, all_paths: dict[str, dict[str, Path]],
-                 data: Dataset, fp: str) -> None:
+                 data: Dataset, fp: str, parallel: Parallel | None) -> None:
     p = c.profile
     for row in p.sufficiency_rows if p.sufficiency_n > 0 else ():
         regime, form = row.split(":")
         if form not in all_paths.get(regime, {}):
             continue
         folder = cache.run(steps.sufficiency_step(f"sufficiency.{regime}.{form}", p,
-                                                  all_paths[regime][form], data, fp, c.seed))
+                                                  all_paths[regime][form], data, fp, c.seed,
+                                                  parallel))
         c.sufficiency[row] = {k: load_results(folder / f"{k}.json")
                               for k in ("budget", "doubled")}
 
@@ -150,8 +153,8 @@ def _regime(recipe: str) -> str:
 
 
 def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequence[str],
-                 retrain: bool = False) -> None:
-    """Every step of the profile, in order; fills `c`."""
+                 retrain: bool = False, parallel: Parallel | None = None) -> None:
+    """Every step of the profile, in order; fills `c`. `parallel` shards the attack steps."""
     cache = StepCache(out, force)
     if retrain:
         c.models, c.missing = retrain_models(cache, c.profile, data_root), {}
@@ -164,20 +167,22 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
         all_paths = {}
         order = ("orig", "adv", "fl", "orig-seed1")
         for regime in (r for r in order if c.models[r] is not None):
-            all_paths[regime] = _row_steps(cache, c, regime, data, fp, tdir)
+            all_paths[regime] = _row_steps(cache, c, regime, data, fp, tdir, parallel)
             _regime_steps(cache, c, regime, all_paths[regime], data, fp)
-        _sufficiency(cache, c, all_paths, data, fp)
+        _sufficiency(cache, c, all_paths, data, fp, parallel)
     c.events = cache.events
 
 
 def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path = "models",
               models: Mapping[str, str | Path] | None = None,
               data_root: str | Path | None = None, force: Sequence[str] = (),
-              seed: int = 0, retrain: bool = False, plots: bool = True) -> ReproduceResult:
+              seed: int = 0, retrain: bool = False, plots: bool = True,
+              parallel: Parallel | None = None) -> ReproduceResult:
     """Run (or reuse) every step of `profile` and write the report into `out`; `retrain`
     trains the models from qrdeploy.train.recipes instead of reading the committed files; `plots`
     False leaves out the PNG figures (no matplotlib needed; without it and with `plots`, a
-    one-line RuntimeMissingError before any step runs)."""
+    one-line RuntimeMissingError before any step runs); `parallel` shards the attack steps over
+    local workers or a Ray cluster (the same results, so cached steps are reused either way)."""
     if plots:
         require(NO_PLOTS)
     t0 = time.perf_counter()
@@ -189,7 +194,7 @@ def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path
     found, missing = resolve_models(p, Path(models_dir),
                                     {k: Path(v) for k, v in (models or {}).items()})
     c = Collected(p, seed, found, missing)
-    run_pipeline(c, out, Path(data_root) if data_root else None, force, retrain)
+    run_pipeline(c, out, Path(data_root) if data_root else None, force, retrain, parallel)
     c.wall_seconds = time.perf_counter() - t0
     files = write_report(c, out, plots)
     return ReproduceResult(out, out / "report.md", files, tuple(c.events), c.wall_seconds)

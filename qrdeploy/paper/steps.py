@@ -34,6 +34,7 @@ from qrdeploy.evaluation.clean import evaluate_onnx
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
 from qrdeploy.evaluation.results import Results, flags, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.shard import Parallel, run_evaluation
 from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import (
     DEFAULT_SWEEP_KINDS,
@@ -72,14 +73,15 @@ def _write_json(path: Path, doc: Any) -> None:
 
 def run_suite(victim: Path, data: Dataset, suite: Suite, out: Path, *, source: Path | None,
               seed: int, batch: int, state: Path, transfer_dir: Path,
-              adaptive_source: Path | None = None) -> Results:
-    """Run `suite` on the victim file with the attack runner; write and return the results."""
+              adaptive_source: Path | None = None, parallel: Parallel | None = None) -> Results:
+    """Run `suite` on the victim file with the attack runner (sharded by `parallel`, with the
+    same results); write and return the results."""
     session = SessionConfig()
     vic = open_subject(victim, session, batch)
     src = open_subject(source, session, batch) if source is not None else None
     ada = open_subject(adaptive_source, session, batch) if adaptive_source is not None else None
-    ev = evaluate(vic, data.x, data.y, suite, source=src,
-                  config=RunConfig(seed, batch, state, transfer_dir), adaptive_source=ada)
+    ev = run_evaluation(parallel, vic, data.x, data.y, suite, source=src,
+                        config=RunConfig(seed, batch, state, transfer_dir), adaptive_source=ada)
     results = build_results(ev, data_name=data.name, split=data.split, session=session)
     write_results(out, results)
     return results
@@ -207,11 +209,12 @@ def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
 
 
 def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: Dataset,
-                data_fp: str, seed: int, transfer_dir: Path, plain: Path | None = None) -> Step:
+                data_fp: str, seed: int, transfer_dir: Path, plain: Path | None = None,
+                parallel: Parallel | None = None) -> Step:
     """The paper's columns and, with `plain` (the model before hardening, which the adaptive
     transfer entry crafts on), the adaptive suite: one run of the attack runner, so the results
     carry the adaptive worst case and the masking verdict exactly as `qrdeploy attack` writes
-    them."""
+    them. `parallel` is not part of the step's key: a sharded run's results are the same."""
     suite = paper_suite(p, source is not None)
     if plain is not None and p.budget.adaptive:
         suite = with_adaptive(suite, p)
@@ -219,7 +222,7 @@ def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: 
     def body(out: Path, work: Path) -> None:
         run_suite(victim, data, suite, out / "results.json", source=source, seed=seed,
                   batch=p.batch_size, state=work / "state.npz", transfer_dir=transfer_dir,
-                  adaptive_source=plain)
+                  adaptive_source=plain, parallel=parallel)
 
     inputs = {"victim": victim, **({"source": source} if source is not None else {}),
               **({"plain": plain} if plain is not None else {})}
@@ -317,7 +320,7 @@ def ablation_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: st
 
 
 def sufficiency_step(name: str, p: Profile, victim: Path, data: Dataset, data_fp: str,
-                     seed: int) -> Step:
+                     seed: int, parallel: Parallel | None = None) -> Step:
     """The budget-sensitive columns at the profile's budget and at twice it, on a few samples."""
     n = min(p.sufficiency_n, len(data))
     suites = {"budget": sufficiency_suite(p, p.budget),
@@ -328,7 +331,7 @@ def sufficiency_step(name: str, p: Profile, victim: Path, data: Dataset, data_fp
         for label, suite in suites.items():
             run_suite(victim, sub, suite, out / f"{label}.json", source=None, seed=seed,
                       batch=p.batch_size, state=work / f"{label}.npz",
-                      transfer_dir=work / "transfer")
+                      transfer_dir=work / "transfer", parallel=parallel)
 
     settings = {k: repr(s) for k, s in suites.items()} | {"n": n, "data": data_fp, "seed": seed}
     return Step(name, settings, {"victim": victim}, body)

@@ -55,3 +55,35 @@ def test_attack_and_check_report_the_same_verdict_and_worst_case(files: dict[str
     (pgd,) = [t for t in summary["thresholds"] if t["metric"] == "robust.pgd@0.1"]
     (col,) = [k for k in results["columns"] if k["key"] == "white/pgd"]
     assert pgd["value"] == col["robust"]["value"]  # the suite's PGD at its own eps 0.1
+
+
+def test_sharded_check_equals_the_one_process_check(files: dict[str, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check --shards 3` and `check --workers 2` split the attack runs and give the same
+    thresholds, masking checks and verdict as the one-process check (timings apart)."""
+    from qrdeploy.evaluation import shard
+
+    calls: list[int] = []
+    sharded = shard.evaluate_sharded
+
+    def counted(*a: object, **kw: object) -> object:
+        calls.append(1)
+        return sharded(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shard, "evaluate_sharded", counted)
+    root = files["root"]
+    common = ["--data", f"npz:{files['data']}", "--seed", "3", "--batch-size", "8", "-q",
+              "--reference", str(files["ref"]), "--policy", str(files["policy"])]
+    docs = {}
+    for label, extra in (("plain", []), ("shards", ["--shards", "3"]),
+                         ("workers", ["--workers", "2"])):
+        out = root / f"check-{label}.json"
+        assert main(["check", str(files["victim"]), "-o", str(out), *common, *extra]) in (0, 3)
+        doc = json.loads(out.read_text())
+        for key in ("timings", "latency"):
+            doc.pop(key, None)
+        doc["thresholds"] = [t for t in doc["thresholds"] if not t["metric"].startswith("latency")]
+        docs[label] = doc
+    assert docs["shards"] == docs["plain"] == docs["workers"]
+    assert docs["plain"]["masking"]["checks"]  # the masking suite ran
+    assert len(calls) == 4  # the threshold's and the masking suite's runs, sharded twice

@@ -129,3 +129,32 @@ def test_a_killed_ray_worker_changes_nothing(world: dict[str, Path], plain: dict
         poller.join()
         ray.shutdown()
     assert killed, "no shard worker was seen running, so none was killed"
+
+
+def test_reproduce_attack_steps_shard_with_the_same_results(world: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """reproduce's runner adapter (qrdeploy.paper.steps.run_suite) takes --workers / --ray /
+    --shards and writes the results of the one-process run; the CLI passes the options on."""
+    from qrdeploy.cli import build_parser
+    from qrdeploy.commands._options import parallel
+    from qrdeploy.data.datasets import Dataset
+    from qrdeploy.evaluation.suites import build_suite
+    from qrdeploy.paper.steps import run_suite
+
+    d = np.load(world["d"])
+    data = Dataset("npz", "test", d["x"], d["y"], 10)
+    suite = build_suite("paper,adaptive", "mnist",
+                        "clean,pgd,black/fgsm-s,pgd-cw,square,transfer", ())
+    docs = []
+    for label, par in (("plain", None), ("sharded", Parallel(shards=3))):
+        out = tmp_path / label / "results.json"
+        out.parent.mkdir()
+        run_suite(world["v"], data, suite, out, source=world["s"], seed=0, batch=5,
+                  state=out.parent / "state.npz", transfer_dir=out.parent / "t",
+                  adaptive_source=world["s"], parallel=par)
+        doc = json.loads(out.read_text())
+        doc.pop("timings")
+        docs.append(doc)
+    assert docs[0] == docs[1] and docs[0]["adaptive"] is not None
+    args = build_parser().parse_args(["reproduce", "-o", "x", "--workers", "2", "--shards", "4"])
+    assert parallel(args) == Parallel(2, None, 4)
