@@ -45,7 +45,8 @@ BLACK_COLUMNS = BLACK_NOISE_COLUMNS[:4]
 REGIMES = ("orig", "adv", "fl")
 FORMS = ("plain", "q", "mu", "mu-q")
 REGIME_LABEL = {"orig": "Orig.", "adv": "Adv.", "fl": "F.L.", "orig-seed1": "Orig. seed 1"}
-FORM_SUFFIX = {"plain": "", "q": " (Q)", "mu": "+mu", "mu-q": "+mu (Q)"}
+FORM_SUFFIX = {"plain": "", "q": " (Q)", "mu": "+mu", "mu-q": "+mu (Q)",
+               "q-int8": " (Q, int8 act.)"}
 PAPER_SOURCE = "workshop slides, transcribed in docs/method.md section 9 [slides]"
 
 

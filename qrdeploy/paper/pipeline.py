@@ -44,6 +44,7 @@ REGIME_FILES = {"orig": "standard", "adv": "adversarial", "fl": "feedback",
                 "orig-seed1": "standard-seed1"}
 FORMS = ("plain", "q", "mu", "mu-q")
 FLOOR_FORMS = ("plain", "q")
+INT8_FORMS = ("q-int8",)  # the (Q) weights with int8 activations: the integer graph that ships
 TRANSFER = ".transfer"
 
 
@@ -94,7 +95,8 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
     floor = regime == "orig-seed1"
     source = None if floor else c.models["orig-seed1"]
     paths = {"plain": src}
-    for form in FLOOR_FORMS if floor else FORMS:
+    forms = FLOOR_FORMS if floor else FORMS + (INT8_FORMS if regime in p.int8_regimes else ())
+    for form in forms:
         if form != "plain":
             paths[form] = _one(cache, steps.harden_step(f"harden.{regime}.{form}", p, src, form),
                                "model.onnx")

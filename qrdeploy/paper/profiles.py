@@ -95,6 +95,11 @@ class Profile:
     lipschitz_n: int = 100  # inputs for the measured amplification (0: none)
     operator_norms: bool = True
     target_minutes: float | None = None
+    # regimes that also run as the integer graph that ships (ours): the (Q) weights with int8
+    # activations calibrated on `calibrate` images of the data set's train split, the
+    # "(Q, int8)" rows (qrdeploy.hardening.integer; BPDA gradients, transfer and Square)
+    int8_regimes: tuple[str, ...] = ()
+    calibrate: int = 500
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     # --retrain: overrides of every reference recipe (qrdeploy.train.recipes) and of its F.L.
@@ -128,6 +133,7 @@ _SMOKE = Profile(
            adaptive_names=("pgd-cw", "pgd-ce-t10", "square", "transfer")),
     "mnist", ablation_mu=(0.0, 255.0), ablation_n=8, bit_widths=(1, 3, 8), bits_n=50,
     sufficiency_n=8, lipschitz_n=8, operator_norms=False, target_minutes=2.0,
+    int8_regimes=("orig",), calibrate=50,
     note="CI only: a few samples and steps so that every artefact is produced; its numbers "
          "mean nothing.",
     retrain={"n_train": 96, "epochs": 1, "batch_size": 32, "attack_steps": 2, "eps_warmup": 0},
@@ -142,8 +148,10 @@ _QUICK = Profile(
            adaptive_names=("pgd-cw", "pgd-ce-t100", "apgd-dlr", "transfer", "square")),
     "mnist", ablation_mu=(0.0, 10.0, 100.0, 255.0, 1000.0), ablation_n=200,
     bits_n=1000, sufficiency_n=100, lipschitz_n=100, target_minutes=45.0,
+    int8_regimes=("orig", "adv", "fl"),
     note="mnist-5k (embedded), the committed reference models, 500 test digits, reduced budgets "
-         "checked by the sufficiency run (2x iterations and restarts on 100 samples).")
+         "checked by the sufficiency run (2x iterations and restarts on 100 samples); the "
+         "(Q, int8) rows are the full-integer graphs of the (Q) rows.")
 
 #: The CIFAR-10 half on a CPU: the paper's CIFAR settings (eps in units of 1/255, μ-law on the
 #: last three weight layers; the ablation maps the last layer) at the budgets of `quick`, with an

@@ -22,6 +22,7 @@ import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
 from qrdeploy.core.markdown import table
+from qrdeploy.core.stats import PairedCounts, newcombe_paired_interval
 from qrdeploy.evaluation.results import AdaptiveResult, Results, unflag
 from qrdeploy.paper import claims as cl
 from qrdeploy.paper.collected import Collected
@@ -31,6 +32,8 @@ Doc = dict[str, Any]
 PAPER_ROWS = ("orig:plain", "orig:q", "adv:plain", "adv:q", "fl:plain", "fl:q", "orig:mu",
               "orig:mu-q", "adv:mu", "adv:mu-q", "fl:mu", "fl:mu-q")
 FLOOR_ROWS = ("orig-seed1:plain", "orig-seed1:q")
+#: the integer graphs of the (Q) rows (profiles with int8_regimes; ours, not the paper's)
+INT8_ROWS = ("orig:q-int8", "adv:q-int8", "fl:q-int8")
 HEADERS = {"clean": "Clean", "white/cw-l2": "CW-L2", "white/fgsm-w": "FGSM w",
            "white/fgsm-s": "FGSM s", "white/pgd": "PGD", "white/bim": "BIM", "white/mim": "MIM",
            "black/cw-l2": "BB CW-L2", "black/fgsm-w": "BB FGSM w", "black/fgsm-m": "BB FGSM m",
@@ -121,11 +124,12 @@ def paper_table(c: Collected, title: str, family: str, keys: Sequence[str]) -> l
         return [*head, f"not run ({folder}: profile {c.profile.name} is {c.profile.family}; "
                        f"use --profile {profiles})", ""]
     rows = [_row_cells(c, r, keys, family) for r in PAPER_ROWS]
-    floor = [_row_cells(c, r, keys, family) for r in FLOOR_ROWS if r in c.results]
+    floor = [_row_cells(c, r, keys, family) for r in FLOOR_ROWS + INT8_ROWS if r in c.results]
     note = ("Each cell: ours (robust accuracy %, correct on the clean input and under the "
             "attack; noise: mean over draws) [95 % interval] / the paper's (slides). Black-box "
             "columns transfer from Orig. seed 1, so its own rows (the seed-variance floor) have "
-            "none.")
+            "none. Rows marked (Q, int8 act.) are ours: the (Q) model as a full-integer graph, "
+            "white-box columns through BPDA gradients.")
     return [*head, note, "", *_table(["Model", *(HEADERS[k] for k in keys)], rows + floor)]
 
 
@@ -166,7 +170,7 @@ def _adaptive_row(doc: Results, row: str, ad: AdaptiveResult) -> list[str]:
 
 def adaptive_table(c: Collected) -> list[str]:
     ran = {r: d for r, d in c.results.items() if d.adaptive is not None}
-    rows = [_adaptive_row(ran[r], r, ad) for r in PAPER_ROWS
+    rows = [_adaptive_row(ran[r], r, ad) for r in PAPER_ROWS + INT8_ROWS
             if r in ran and (ad := ran[r].adaptive) is not None]
     if not rows:
         return ["## Adaptive attacks", "", "not run (no model, or adaptive attacks off)", ""]
@@ -181,6 +185,40 @@ def adaptive_table(c: Collected) -> list[str]:
     return ["## Adaptive attacks (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "paper PGD∧BIM∧MIM %", "adaptive worst case %", "n",
                      "broken (cascade)", "masking verdict"], rows)]
+
+
+def int8_table(c: Collected) -> list[str]:
+    """(Q) against its full-integer graph (Q, int8 act.), paired on the same samples: clean
+    accuracy and the adaptive worst case, each difference with Newcombe's interval."""
+    pairs = [(r.replace(":q-int8", ":q"), r) for r in INT8_ROWS if r in c.results]
+    pairs = [(q, i) for q, i in pairs if q in c.results]
+    if not pairs:
+        return []
+    rows = []
+    for q, i in pairs:
+        a, b = c.results[q], c.results[i]
+        cells = [row_name(i)]
+        for new, old in ((b.clean_flags(), a.clean_flags()),
+                         (None if b.adaptive is None else b.adaptive.worst_flags(),
+                          None if a.adaptive is None else a.adaptive.worst_flags())):
+            if new is None or old is None:
+                cells += ["not run", ""]
+                continue
+            pc = PairedCounts.from_flags(new, old)
+            lo, hi = newcombe_paired_interval(pc)
+            cells += [f"{100 * new.mean():.1f} vs {100 * old.mean():.1f}",
+                      f"{100 * pc.difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                      f"({pc.gains} gained, {pc.losses} lost)"]
+        rows.append(cells)
+    intro = ("The (Q) models as the integer graphs an edge runtime executes (ours, not the "
+             "paper's): the same 3-bit weights with int8 activations calibrated min-max on "
+             f"{c.profile.calibrate} training images (qrdeploy.hardening.integer). Attacks score "
+             "the integer graph; white-box gradients are the straight-through (BPDA) gradients "
+             "of its dequantized twin, and Square and transfer need none. Paired on the same "
+             "samples; differences in points with Newcombe's 95 % interval.")
+    return ["## The integer graphs that ship (qrdeploy's, not the paper's)", "", intro, "",
+            *_table(["Model", "clean % (int8 vs Q)", "clean difference",
+                     "adaptive worst case % (int8 vs Q)", "adaptive difference"], rows)]
 
 
 def row_verdict(doc: Results) -> str:
@@ -347,7 +385,8 @@ def render_markdown(c: Collected, claim_results: Sequence[cl.ClaimResult],
              *paper_table(c, "Table 4: CIFAR-10 black-box and noise", "cifar10",
                           cl.BLACK_NOISE_COLUMNS),
              "Eps curves: ![pgd](eps-pgd.png) ![fgsm](eps-fgsm.png)", "",
-             *adaptive_table(c), *claims_table(claim_results), *headline_table(c, obs),
+             *adaptive_table(c), *int8_table(c), *claims_table(claim_results),
+             *headline_table(c, obs),
              *ablation_table(c), *bits_table(c), *dw_table(c), *sufficiency_table(c),
              *steps_table(c)]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
 from qrdeploy.core.fileio import atomic_write_text
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
-from qrdeploy.data.datasets import Dataset
+from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.evaluation.build import build_results
 from qrdeploy.evaluation.clean import evaluate_onnx
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
@@ -49,6 +49,7 @@ from qrdeploy.evaluation.suites import (
     without_mode,
 )
 from qrdeploy.graphio.graph import load_model, save_model
+from qrdeploy.hardening.integer import Calibration, IntegerActivations
 from qrdeploy.hardening.passes import MuLawMap, WeightQuant, bits_sweep, harden
 from qrdeploy.model.ortmodel import OrtModel
 from qrdeploy.paper.cache import Step
@@ -164,20 +165,28 @@ def form_passes(p: Profile, form: str, mu: float | None = None, layers: str | No
     out: list[Any] = []
     if form in ("mu", "mu-q") and m > 0:
         out.append(MuLawMap(m, True, layers or p.mu_layers))
-    if form in ("q", "mu-q"):
+    if form in ("q", "mu-q", "q-int8"):
         out.append(WeightQuant(p.bits))  # per tensor, max scale, narrow: 7 levels at 3 bits
     return out
 
 
 def harden_step(name: str, p: Profile, src: Path, form: str) -> Step:
+    """The form's passes on the plain model; "q-int8" is the (Q) form as a full-integer graph
+    (int8 activations calibrated on the profile's training images, min-max)."""
     passes = form_passes(p, form)
+    act = IntegerActivations(p.calibrate, Calibration.MINMAX, f"{p.data}:train") \
+        if form == "q-int8" else None
 
     def body(out: Path, work: Path) -> None:
-        hardened, _ = harden(load_model(src), passes, "float")
+        calib = None if act is None else load_dataset(p.data, "train", n=p.calibrate).x
+        hardened, _ = harden(load_model(src), passes, "float", activations=act,
+                             calibration=calib)
         save_model(hardened, out / "model.onnx")
 
-    return Step(name, {"passes": [repr(x) for x in passes], "encoding": "float"},
-                {"model": src}, body)
+    settings: dict[str, Any] = {"passes": [repr(x) for x in passes], "encoding": "float"}
+    if act is not None:
+        settings |= {"encoding": "qdq", "activations": repr(act)}
+    return Step(name, settings, {"model": src}, body)
 
 
 # ---------------------------------------------------------------------------- train

@@ -275,3 +275,22 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_results(smoke: tuple[Path, Pa
     assert _stable(run / "results.json") == _stable(out / "results.json")
     assert not [p for p in run.rglob("*") if p.name.startswith(".tmp-") or
                 p.name.endswith(".tmp")]
+
+
+def test_int8_row_is_the_integer_graph_of_the_q_row(smoke: tuple[Path, Path]) -> None:
+    """The (Q, int8 act.) row: its model is the (Q) model's weights as a full-integer graph
+    (onnxruntime runs integer kernels), attacked through BPDA with the adaptive suite, and the
+    report pairs it with the (Q) row."""
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.model.kernels import kernel_summary
+
+    out, _ = smoke
+    (folder,) = (out / "steps").glob("harden.orig.q-int8-*")
+    summary = kernel_summary(load_model(folder / "model.onnx"))
+    assert summary["verdict"] == "integer", summary
+    doc = json.loads(next((out / "steps").glob("attack.orig.q-int8-*/results.json")).read_text())
+    assert doc["adaptive"] is not None and doc["masking"] is not None
+    assert {c["key"] for c in doc["columns"]} >= {"adaptive/square", "adaptive/transfer"}
+    text = (out / "report.md").read_text()
+    assert "## The integer graphs that ship" in text
+    assert "| Orig. (Q, int8 act.) |" in text
