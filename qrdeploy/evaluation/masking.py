@@ -254,7 +254,9 @@ def check_unbounded(arm: Arm | None, threshold: float = 0.01) -> Check:
 def check_eps_sweep(curve: Sequence[Arm]) -> Check:
     """One attack kind at increasing eps. Fires when accuracy rises significantly from a smaller
     to a larger eps, or when it does not fall significantly from the smallest to the largest eps
-    (unless it is already 0 at the smallest: plateaus at 0% are ignored)."""
+    although a fall could be seen: a fall all the way to 0% would be significant. Accuracy already
+    at or near 0% at the smallest eps (2 % of 250 samples, say) cannot fall significantly, so
+    it says nothing about masking."""
     pts = sorted((a for a in curve if a.eps is not None), key=lambda a: float(a.eps or 0.0))
     if len(pts) < 2 or pts[0].eps == pts[-1].eps:
         return _skipped(CheckName.EPS_NO_EFFECT, "fewer than two eps values")
@@ -265,7 +267,8 @@ def check_eps_sweep(curve: Sequence[Arm]) -> Check:
             return Check(CheckName.EPS_NO_EFFECT, True, rise.gap, rise.margin, why)
     first, last = pts[0], pts[-1]
     fall = paired(last.robust, first.robust)
-    flat = first.accuracy > 0 and not fall.significant
+    detectable = paired(np.zeros_like(first.robust), first.robust).significant
+    flat = detectable and not fall.significant
     return Check(CheckName.EPS_NO_EFFECT, flat, fall.gap, fall.margin,
                  f"accuracy falls {100 * fall.gap:.1f} points from eps {first.eps} to {last.eps} "
                  f"(needs > {100 * fall.margin:.1f})")

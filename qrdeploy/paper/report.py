@@ -230,7 +230,7 @@ def claims_table(results: Sequence[cl.ClaimResult]) -> list[str]:
     by_id = {c.id: c for c in cl.CLAIMS}
     rows = [[r.claim, by_id[r.claim].paper, by_id[r.claim].rule_text, r.view.value,
              f"**{r.outcome.value}**", r.statistic, r.detail] for r in results]
-    intro = ("Written down as rules before anything ran (qrdeploy/claims.py). Thresholds "
+    intro = ("Written down as rules before anything ran (qrdeploy/paper/claims.py). Thresholds "
              f"that are ours [DEFAULT]: {cl.THRESHOLDS} (points). Intervals: paired, normal "
              "approximation, 95 %.")
     return ["## Claims", "", intro, "",
@@ -367,7 +367,7 @@ def header(c: Collected, files: ModelFiles) -> list[str]:
             "The paper's numbers come from the slides (docs/method.md section 9). The paper states "
             "no eps, step counts, noise scales, μ value, layer choice or quantizer details: "
             "those are qrdeploy's [DEFAULT]s (docs/method.md, qrdeploy/evaluation/suites.py, "
-            "qrdeploy/reproduce_profiles.py), as are all reduced budgets below.", "",
+            "qrdeploy/paper/profiles.py), as are all reduced budgets below.", "",
             *models_table(c, files),
             "## Profile and budgets", "", *budget, "## Not run", "",
             *(notes or ["- everything ran"]), ""]

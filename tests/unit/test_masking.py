@@ -151,8 +151,10 @@ def test_one_step_stronger(fgsm: np.ndarray, pgd: np.ndarray, fired: bool) -> No
         ([90, 50, 80, 0], True),  # rises from 0.1 to 0.2
         ([0, 0, 0, 0], False),  # plateau at 0%
         ([50, 0, 0, 0], False),  # reaches 0% and stays
+        ([2, 2, 1, 0], False),  # near 0%: even a fall to 0 would not be significant
+        ([6, 6, 6, 6], True),  # low but a fall to 0 would show: flat
     ],
-    ids=["falls", "flat", "rises", "zero", "zero-plateau"],
+    ids=["falls", "flat", "rises", "zero", "zero-plateau", "near-zero", "low-flat"],
 )
 def test_eps_sweep(accs: list[int], fired: bool) -> None:
     curve = [Arm(f"pgd@{e}", flags(a), e) for a, e in zip(accs, [0.05, 0.1, 0.2, 0.3], strict=True)]
