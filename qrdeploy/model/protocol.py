@@ -4,8 +4,8 @@ torch tensors; NumpyModel there shows it through numpy arrays).
 
 `Classifier` maps a batch x (N, C, H, W) float32 in [0, 1] to logits (N, K); query-only attacks
 need nothing more. `Differentiable` adds a vector-Jacobian product and a fused loss gradient.
-Arrays stay in the caller's namespace: numpy for OrtModel (qrdeploy/model/ortmodel.py), torch tensors
-for TorchModel. The losses (all maximised by an untargeted attack) are those of
+Arrays stay in the caller's namespace: numpy for OrtModel (qrdeploy/model/ortmodel.py), torch
+tensors for TorchModel. The losses (all maximised by an untargeted attack) are those of
 qrdeploy.core.losses, whose numpy float64 functions are the reference TorchModel is tested against.
 
 torch is imported only inside TorchModel's methods, so this module imports without torch."""
