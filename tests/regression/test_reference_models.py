@@ -179,7 +179,10 @@ def test_cifar_feedback_card_records_its_round_and_the_paired_test_difference() 
     assert diff >= -0.01
 
 
-ADAPTIVE_CARDS = [p for p in CARDS if "adaptive_test" in _card(p)]
+# the MNIST cards' adaptive entries (about 3 minutes for the four); the CIFAR-10 one takes about
+# 8 minutes of WRN attacks on 250 images and is re-measured by tools/make_models.py
+# --adaptive-only instead of on every CI run
+ADAPTIVE_CARDS = [p for p in MNIST_CARDS if "adaptive_test" in _card(p)]
 
 
 @pytest.mark.slow
