@@ -193,7 +193,9 @@ def _ray(address: str) -> Any:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "configure_logging": False}
         if address == "local":
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            # a fresh instance even when a cluster already runs here (ray.init() without an
+            # address would join that one and refuse num_cpus)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     return ray

@@ -92,6 +92,29 @@ def test_ray_local_cluster_equals_the_plain_run(world: dict[str, Path], plain: d
         ray.shutdown()
 
 
+def test_ray_beside_a_running_cluster(world: dict[str, Path], plain: dict[str, Any],
+                                      tmp_path: Path) -> None:
+    """With a cluster already running on this machine (`ray start --head`), `--ray auto` joins it
+    and plain `--ray` still starts its own local instance; both give the plain run's results."""
+    import shutil
+    import subprocess
+
+    ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
+    cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    started = subprocess.run([cli, "start", "--head", "--num-cpus", "2",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        for flags in (["--ray", "auto"], ["--ray"]):
+            try:
+                assert run(world, tmp_path / "c.json", *flags, "--shards", "2") == plain
+            finally:
+                ray.shutdown()
+    finally:
+        subprocess.run([cli, "stop", "--force"], check=False, capture_output=True)
+
+
 def _kill_first_shard_worker(found: list[int], stop: Any) -> None:
     """Poll /proc for a Ray worker running run_shard and SIGKILL it once."""
     import os
