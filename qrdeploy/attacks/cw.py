@@ -40,6 +40,7 @@ from qrdeploy.core.arrays import (
     take_rows,
     to_numpy,
 )
+from qrdeploy.core.losses import Loss
 from qrdeploy.model.protocol import Differentiable
 
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # tf.train.AdamOptimizer defaults
@@ -173,7 +174,9 @@ class CWL2(Config):
             progress.report((search_step + it / self.max_iterations) / self.binary_search_steps)
             th = xp.tanh(s.w + s.t0)  # (M, C, H, W)
             xa = (th + 1) / 2
-            zh = to_numpy(model.logits(xa))  # (M, K)
+            # one forward-backward: the logits and d(max_{j != y} z_j - z_y)/dx (M, C, H, W)
+            z, _, g_cw = model.loss_and_grad(xa, from_numpy(s.y, xa), Loss.CW)
+            zh = to_numpy(z)  # (M, K)
             l2 = to_numpy(xp.sum((xa - s.x0) ** 2, axis=_AXES))  # (M,)
             ok = self._succeeds(zh, s.y)
             success[s.pos] |= ok
@@ -185,20 +188,18 @@ class CWL2(Config):
                     break
                 if not live.all():
                     s.keep(live)
-                    th, xa = take_rows(th, live), take_rows(xa, live)
+                    th, xa, g_cw = take_rows(th, live), take_rows(xa, live), take_rows(g_cw, live)
                     zh, hinge = zh[live], hinge[live]
-            grad_x = self._margin_grad(model, xa, zh, s, hinge) + 2 * (xa - s.x0)
+            grad_x = _margin_grad(g_cw, s.c, hinge) + 2 * (xa - s.x0)
             s.step(grad_x * (1 - th * th) / 2, it + 1, self.learning_rate)
         return success
 
-    def _margin_grad(
-        self, model: Differentiable, xa: Array, z: np.ndarray, s: _Adam, hinge: np.ndarray
-    ) -> Array:
-        """d/dx of c * hinge via vjp with cotangent c * [hinge > 0] * (e_y - e_j*) (M, K)."""
-        rows, eye = np.arange(len(s.y)), np.eye(z.shape[1])
-        others = z.astype(np.float64)
-        others[rows, s.y] = -np.inf
-        j = others.argmax(axis=1)  # (M,) the strongest other class
-        cot = (s.c * (hinge > 0))[:, None] * (eye[s.y] - eye[j])  # (M, K)
-        _, g = model.vjp(xa, namespace(xa).astype(from_numpy(cot, xa), xa.dtype))
-        return g
+
+def _margin_grad(g_cw: Array, const: np.ndarray, hinge: np.ndarray) -> Array:
+    """d/dx of c * hinge per sample: -c * [hinge > 0] * d(max_{j != y} z_j - z_y)/dx (M, C, H, W).
+
+    Each row of g_cw is its own sample's gradient (an inference graph has no coupling across the
+    batch), so scaling rows equals back-propagating the cotangent c * [hinge > 0] * (e_y - e_j*)."""
+    w = -(const * (hinge > 0))  # (M,)
+    shape = (-1,) + (1,) * (len(g_cw.shape) - 1)
+    return namespace(g_cw).astype(from_numpy(w.reshape(shape), g_cw), g_cw.dtype) * g_cw

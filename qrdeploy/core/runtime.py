@@ -35,10 +35,12 @@ class SessionConfig:
     provider: str = "auto"
     threads: int = 0
     deterministic: bool = True  # onnxruntime's use_deterministic_compute (same inputs, same bits)
-    # intra-op threads spin-wait after a run (onnxruntime's default); off where several sessions
-    # alternate (a quantized model's integer forward and its twin's gradient), whose spinning
-    # threads would otherwise take the cores from the session that runs next
-    spinning: bool = True
+    # spin-waiting of the intra-op threads after a run (onnxruntime's default: on) is off: between
+    # two runs an attack does numpy work, and a second session may run next (a quantized model's
+    # integer forward and its twin's gradient); spinning threads take the cores from both.
+    # Measured on 2 cores (docs/benchmarks.md): CW-L2 on 100 digits 1.8x faster without it, the
+    # README's attack 1.4x, with identical results; True restores onnxruntime's default
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:

@@ -1,4 +1,5 @@
-"""CW-L2 through vjp: analytic minimum distance on linear models, confidence, binary search."""
+"""CW-L2 (one fused loss_and_grad call per iteration): analytic minimum distance on linear models,
+confidence, binary search."""
 
 from __future__ import annotations
 

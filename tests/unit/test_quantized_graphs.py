@@ -347,12 +347,17 @@ def _spinning_off(session: Any) -> bool:
 @pytest.mark.parametrize("variant", ["ref", "qdq"])
 def test_latency_is_timed_alike_for_every_model(world: dict[str, Any], variant: str) -> None:
     """`time_run` (what check's latency gate measures) uses a session without spin-waiting for
-    float and quantized models alike; a quantized model's attack sessions run without it too,
-    a float model's forward session keeps onnxruntime's default."""
+    float and quantized models alike, whatever the caller's configuration; attack sessions run
+    without it by default, and a float model's forward spins only when asked
+    (SessionConfig(spinning=True)), a quantized model's never (two sessions alternate)."""
     m = OrtModel(world["paths"][variant], SessionConfig("cpu", threads=1))
-    assert _spinning_off(m._forward) is (variant != "ref")
+    assert _spinning_off(m._forward)
     assert m.time_run(world["x"][:2]) > 0
     assert m._deployed_session is not None and _spinning_off(m._deployed_session)
+    spun = OrtModel(world["paths"][variant], SessionConfig("cpu", threads=1, spinning=True))
+    assert _spinning_off(spun._forward) is (variant != "ref")
+    assert spun.time_run(world["x"][:2]) > 0
+    assert spun._deployed_session is not None and _spinning_off(spun._deployed_session)
 
 
 def test_qgemm_and_qlinearmatmul_twins_compute_what_the_graph_computes() -> None:
