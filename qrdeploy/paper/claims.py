@@ -217,7 +217,7 @@ class ClaimResult:
 
 #: qrdeploy [DEFAULT] thresholds (points) for claims the paper words without numbers.
 THRESHOLDS = {
-    "collapse": 20.0,  # "Adv. collapses": at least this drop (the rule)
+    "collapse": 20.0,  # "Adv. collapses": at least this drop (set before the first run)
     "equivalence": 3.0,  # "unchanged": the 95 % interval lies within ± this
     "tolerance": 3.0,  # "tolerates 3 bits": non-inferior at this margin (one-sided 95 % bound)
 }

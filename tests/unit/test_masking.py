@@ -1,4 +1,4 @@
-"""Gradient-masking checks: exact statistics on synthetic flags, and the issue-11 end-to-end
+"""Gradient-masking checks: exact statistics on synthetic flags, and the end-to-end
 property: a model whose logits are x1e4 fires the zero-gradient and strength checks, a normally
 trained model fires none, and the adaptive suite restores the unscaled model's robust accuracy."""
 
