@@ -29,6 +29,8 @@ _API = {
     "PassError": "qrdeploy.errors",
     "UnsupportedOpError": "qrdeploy.errors",
     "harden": "qrdeploy.api",
+    "search_recipe": "qrdeploy.api",
+    "SearchConfig": "qrdeploy.bitsearch.search",
     "evaluate": "qrdeploy.api",
     "attack": "qrdeploy.api",
     "check": "qrdeploy.api",

@@ -13,6 +13,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from qrdeploy.bitsearch.render import SearchFiles, write_search
+from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError
@@ -44,8 +46,8 @@ from qrdeploy.paper.pipeline import ReproduceResult
 from qrdeploy.paper.pipeline import reproduce as _reproduce
 from qrdeploy.spectral.analysis import LipschitzConfig, LipschitzReport, lipschitz_report
 
-__all__ = ["harden", "evaluate", "attack", "check", "replay", "lipschitz", "reproduce",
-           "load_dataset"]
+__all__ = ["harden", "search_recipe", "evaluate", "attack", "check", "replay", "lipschitz",
+           "reproduce", "load_dataset"]
 
 PathLike = str | Path
 
@@ -86,6 +88,22 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
             load_dataset(calibration_data, "train", n=calibrate)
         calibration = ds.x[:calibrate]
     return harden_file(model, out, rec, in_place=in_place, calibration=calibration)
+
+
+def search_recipe(model: PathLike, out: PathLike, config: SearchConfig | None = None, *,
+                  calibration_data: str = "mnist-5k", calibrate: int = 500,
+                  report_dir: PathLike | None = None, plot: bool = True
+                  ) -> tuple[SearchResult, SearchFiles]:
+    """`qrdeploy harden --search`: choose per-layer bits under the budgets of `config`
+    (qrdeploy.bitsearch.search.SearchConfig: avg_bits / max_bytes, max_drop, candidate bits,
+    confirmation), write the chosen graph to `out` and recipe.toml, search.json, report.md and
+    pareto.png into `report_dir` (default: `out` without .onnx + '.search')."""
+    cfg = config or SearchConfig()
+    result = search_file(model, out, cfg, calibration_data=calibration_data,
+                         calibrate=calibrate)
+    folder = Path(report_dir) if report_dir is not None else \
+        Path(out).with_name(Path(out).stem + ".search")
+    return result, write_search(result, folder, str(out), plot=plot)
 
 
 E = TypeVar("E", bound=StrEnum)

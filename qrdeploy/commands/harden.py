@@ -4,10 +4,15 @@ written in the chosen encoding with its provenance inside."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
+from qrdeploy.bitsearch.render import summary_lines, write_search
+from qrdeploy.bitsearch.search import DEFAULT_MAX_DROP, SearchConfig, search_file
 from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.hardening.encodings import Encoding
@@ -32,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-place", action="store_true", help="allow OUT to be IN")
     add_isolate(p)
     add_recipe_options(p)
+    add_search_options(p)
 
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -51,9 +57,10 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     q.add_argument("--layers", default="all", metavar="SEL",
                    help="all | first:N | last:N | Conv|Gemm|MatMul|ConvTranspose | glob; "
                         "comma-separated, '!' excludes (default: %(default)s)")
-    q.add_argument("--encoding", choices=[e.value for e in Encoding], default="float",
+    q.add_argument("--encoding", choices=[e.value for e in Encoding], default=None,
                    help="weight storage with float activations (for analysis: onnxruntime "
-                        "dequantizes the weights on every run)")
+                        "dequantizes the weights on every run); default float, qdq with "
+                        "--search")
     a = p.add_argument_group("activations (deployment: integer kernels)")
     a.add_argument("--activations", choices=["float", "int8"], default="float",
                    help="int8: uint8 activations calibrated on images, int8 weight codes, QDQ "
@@ -86,7 +93,93 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         if acts is not None:
             recipe = Recipe(recipe.passes, recipe.encoding, acts)
         return recipe
-    return Recipe(tuple(passes), Encoding(args.encoding), acts) if passes else None
+    return Recipe(tuple(passes), Encoding(args.encoding or "float"), acts) if passes else None
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group(
+        "recipe search (--search: per-layer bits under a size and a clean budget, confirmed by "
+        "the adaptive worst case; writes OUT plus recipe.toml, report.md, search.json and "
+        "pareto.png)")
+    s.add_argument("--search", action="store_true",
+                   help="choose per-layer bits (with --mulaw MU: and whether to mu-map each "
+                        "layer) instead of --bits; calibration images from --calibration-data")
+    s.add_argument("--search-bits", default="2-8", metavar="LIST",
+                   help="candidate widths, e.g. 2-8 or 2,3,4,8 (default: %(default)s)")
+    s.add_argument("--avg-bits", type=float, metavar="B",
+                   help="size budget: mean bits per weight of the searched layers")
+    s.add_argument("--max-bytes", type=int, metavar="N",
+                   help="size budget: bytes of the written model in its encoding")
+    s.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="F",
+                   help="clean budget: non-inferiority margin against the float model, a "
+                        "fraction (default: %(default)s = 2 points)")
+    s.add_argument("--confirm", type=int, default=200, metavar="N",
+                   help="held-out test images for the adaptive confirmation (0: skip; "
+                        "default: %(default)s)")
+    s.add_argument("--confirm-eps", type=float, metavar="EPS",
+                   help="L-inf budget of the confirmation (default: the adaptive suite's, "
+                        "0.1 for MNIST, 4/255 for CIFAR-10)")
+    s.add_argument("--confirm-steps", type=int, default=100, metavar="S",
+                   help="gradient steps of the adaptive attacks (default: %(default)s)")
+    s.add_argument("--confirm-queries", type=int, default=5000, metavar="Q",
+                   help="Square's query budget (default: %(default)s)")
+    s.add_argument("--frontier", type=int, default=2, metavar="K",
+                   help="path points confirmed besides the chosen one (default: %(default)s)")
+    s.add_argument("--search-dir", metavar="DIR",
+                   help="where the search's files go (default: OUT without .onnx + .search)")
+    s.add_argument("--no-plot", action="store_true", help="no pareto.png")
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    """'2-8' or '2,3,4,8' as widths."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            return tuple(range(lo, hi + 1))
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--search-bits takes a range or a list, e.g. 2-8 or 2,3,4,8; got "
+                          f"{text!r}") from None
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    """The search the options ask for (--search)."""
+    if args.bits is not None or args.recipe:
+        raise ConfigError("--search chooses the bits itself; drop --bits / --recipe (or drop "
+                          "--search)")
+    acts = None
+    if args.activations == "int8":
+        acts = IntegerActivations(args.calibrate, args.calibration_method,
+                                  f"{args.calibration_data}:train")
+    return SearchConfig(
+        bits=parse_bits(args.search_bits), avg_bits=args.avg_bits, max_bytes=args.max_bytes,
+        max_drop=args.max_drop, mulaw=args.mulaw, layers=args.layers,
+        granularity=Granularity(args.granularity), scale=ScaleRule(args.scale),
+        quantizer=Quantizer(args.quantizer), narrow=not args.full_range,
+        encoding=Encoding(args.encoding or "qdq"), activations=acts, confirm=args.confirm,
+        eps=args.confirm_eps, steps=args.confirm_steps, queries=args.confirm_queries,
+        frontier=args.frontier, seed=args.seed)
+
+
+def search_dir(output: str | Path, given: str | None) -> Path:
+    out = Path(output)
+    return Path(given) if given else out.with_name(out.stem + ".search")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    cfg = search_config(args)
+    if not args.no_plot:
+        plotting.require("pass --no-plot")
+    result = search_file(args.model, args.output, cfg, calibration_data=args.calibration_data,
+                         calibrate=args.calibrate,
+                         log=None if args.quiet else lambda m: print(m, file=sys.stderr))
+    files = write_search(result, search_dir(args.output, args.search_dir), args.output,
+                         plot=not args.no_plot)
+    if not args.quiet:
+        print("\n".join(summary_lines(result, args.output)))
+    print(f"wrote {args.output} and {files.report.parent}/ (recipe.toml, report.md, "
+          f"search.json{', pareto.png' if files.plot else ''})")
+    return 0
 
 
 def calibration_images(recipe: Recipe, data_root: str | None = None) -> np.ndarray | None:
@@ -101,7 +194,9 @@ def calibration_images(recipe: Recipe, data_root: str | None = None) -> np.ndarr
 
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
-    recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding))
+    if args.search:
+        return run_search(args)
+    recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding or "float"))
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
                          calibration=calibration_images(recipe))
     for r in () if args.quiet else result.records:  # --quiet: only the final line

@@ -190,6 +190,26 @@ def select_layers(layers: Sequence[WeightLayer], spec: str) -> list[WeightLayer]
     return picked
 
 
+_GLOB_SPECIAL = str.maketrans({"[": "[[]", "*": "[*]", "?": "[?]"})
+
+
+def exact_selection(layers: Sequence[WeightLayer], chosen: Sequence[WeightLayer]) -> str:
+    """A layer selection that names exactly `chosen` among `layers` (their weight names, glob
+    characters escaped); a PassError when a name cannot be written as a selection term."""
+    if not chosen:
+        raise PassError("an exact layer selection needs at least one layer")
+    spec = ",".join(lyr.weight_name.translate(_GLOB_SPECIAL) for lyr in chosen)
+    try:
+        picked = [lyr.index for lyr in select_layers(layers, spec)]
+    except PassError:
+        picked = []
+    if picked != sorted(lyr.index for lyr in chosen):
+        raise PassError(f"the weight names {[lyr.weight_name for lyr in chosen][:4]} cannot be "
+                        "named in a layer selection (a comma, a leading '!' or an op name); "
+                        "rename the initializers")
+    return spec
+
+
 # ---------------------------------------------------------------- tensor state
 
 
@@ -298,6 +318,16 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     step = 1 << 20
     return max(float(np.max(np.abs(fa[i:i + step] - fb[i:i + step])))
                for i in range(0, fa.size, step))
+
+
+def rewritten_weight(layer: WeightLayer, weight: np.ndarray,
+                     gpasses: Sequence[GraphPass]) -> np.ndarray:
+    """The float values a layer's stored weight takes after the passes, computed as `harden`
+    computes them (every pass applies to this layer; selections are not consulted)."""
+    t = _Tensor(layer.weight_name, weight.dtype, weight.astype(np.float32, copy=False))
+    for i, p in enumerate(gpasses):
+        _apply(_Step((i, layer.index, 0), p, layer, "weight", _axis(p, layer)), t)
+    return t.values
 
 
 def _axis(p: GraphPass, layer: WeightLayer) -> int | None:
@@ -586,6 +616,33 @@ def load_recipe(path: str | Path) -> Recipe:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path} is not valid TOML: {exc}") from None
     return recipe_from_dict(data)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if np.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a TOML basic string
+    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) into a TOML recipe")
+
+
+def recipe_to_toml(recipe: Recipe, comment: str = "") -> str:
+    """The recipe as a TOML file that `load_recipe` (and `qrdeploy harden --recipe`) reads back
+    to an equal Recipe; `comment` lines go on top."""
+    data = recipe.to_json()
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    lines.append(f"encoding = {_toml_value(data['encoding'])}")
+    if "activations" in data:
+        lines += ["", "[activations]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data["activations"].items()]
+    for p in data["passes"]:
+        lines += ["", "[[passes]]", f"kind = {_toml_value(p['kind'])}"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in p.items() if k != "kind"]
+    return "\n".join(lines) + "\n"
 
 
 def recipes_of(model: onnx.ModelProto) -> list[Recipe]:

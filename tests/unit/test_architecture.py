@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"attacks"},
     {"evaluation", "spectral", "margins"},
-    {"report", "gate", "train"},
+    {"report", "gate", "train", "bitsearch"},
     {"paper"},
     {"commands"},
     {"cli"},
