@@ -99,10 +99,10 @@ def search_recipe(model: PathLike, out: PathLike, config: SearchConfig | None = 
     confirmation), write the chosen graph to `out` and recipe.toml, search.json, report.md and
     pareto.png into `report_dir` (default: `out` without .onnx + '.search')."""
     cfg = config or SearchConfig()
-    result = search_file(model, out, cfg, calibration_data=calibration_data,
-                         calibrate=calibrate)
     folder = Path(report_dir) if report_dir is not None else \
         Path(out).with_name(Path(out).stem + ".search")
+    result = search_file(model, out, cfg, calibration_data=calibration_data,
+                         calibrate=calibrate, state_dir=folder)
     return result, write_search(result, folder, str(out), plot=plot)
 
 

@@ -159,7 +159,8 @@ def draw_pareto(result: SearchResult, path: Path) -> Path:
     for conf in sorted(result.confirmed, key=lambda k: k.avg_bits):
         lo, hi = conf.adaptive.interval
         v = conf.adaptive.value
-        ax2.errorbar([conf.avg_bits], [100 * v], yerr=[[100 * (v - lo)], [100 * (hi - v)]],
+        below, above = max(0.0, v - lo), max(0.0, hi - v)
+        ax2.errorbar([conf.avg_bits], [100 * v], yerr=[[100 * below], [100 * above]],
                      marker="*" if conf.final_graph else "o", ms=9 if conf.final_graph else 5,
                      capsize=3, ls="", label=conf.label)
     ax2.set_xlabel("average weight bits")
@@ -181,7 +182,7 @@ def write_search(result: SearchResult, out_dir: str | Path, model_out: str,
                f"{result.chosen.avg_bits:.2f} average weight bits\n"
                f"replay: qrdeploy harden MODEL.onnx -o OUT.onnx --recipe recipe.toml")
     recipe = atomic_write_text(d / "recipe.toml", recipe_to_toml(result.recipe, comment))
-    js = atomic_write_text(d / "search.json",
+    js = atomic_write_text(d / "search.json",  # the measurements first: a plot error loses none
                            json.dumps(result.to_json(), indent=1, sort_keys=True) + "\n")
     png: Path | None = None
     if plot:

@@ -405,8 +405,9 @@ def _subject(label: str, proto: onnx.ModelProto, cfg: SearchConfig,
 
 
 def _flags(subject: Subject, source: Subject, data: Dataset, suite: Suite,
-           cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
-    ev = evaluate(subject, data.x, data.y, suite, config=RunConfig(cfg.seed, cfg.batch_size),
+           cfg: SearchConfig, state: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    ev = evaluate(subject, data.x, data.y, suite,
+                  config=RunConfig(cfg.seed, cfg.batch_size, state_path=state),
                   adaptive_source=source)
     return ev.clean_correct, adaptive_worst_case(ev)[1]
 
@@ -475,10 +476,12 @@ def _frontier(path: Sequence[PathPoint], chosen: int, k: int) -> list[int]:
 def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | None,
            cfg: SearchConfig, *, session: SessionConfig | None = None,
            calibration_images: np.ndarray | None = None, model_name: str = "model",
-           log: Callable[[str], None] | None = None) -> SearchResult:
+           log: Callable[[str], None] | None = None,
+           state_dir: Path | None = None) -> SearchResult:
     """The whole search on an in-memory model: `calibration` (labelled) drives steps 1-4,
     `held_out` (labelled, or None with cfg.confirm = 0) the confirmation. With int8
-    activations, `calibration_images` calibrate the final graph."""
+    activations, `calibration_images` calibrate the final graph. `state_dir` keeps the
+    confirmation's progress for a rerun after an interruption."""
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     if calibration.y is None or (cfg.confirm and (held_out is None or held_out.y is None)):
@@ -515,7 +518,7 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
     if cfg.confirm:
         assert held_out is not None
         confirmed = _confirm(model, hardened, path, choice, cfg, held_out, suite, session,
-                             32.0)
+                             32.0, state_dir)
     return SearchResult(cfg, model_name, len(graph.model_to_bytes(model)), calibration.name,
                         "" if held_out is None else held_out.name, family, tuple(sens),
                         tuple(path), choice, recipe, hardened, float_clean, tuple(confirmed),
@@ -524,15 +527,28 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
 
 def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[PathPoint],
              choice: Choice, cfg: SearchConfig, data: Dataset, suite: Suite,
-             session: SessionConfig | None, float_bits: float) -> list[Confirmed]:
+             session: SessionConfig | None, float_bits: float,
+             state_dir: Path | None) -> list[Confirmed]:
+    """Step 5. With a state_dir, every attack run saves its progress there per batch (keyed by
+    model, images, seed and attacks), so an interrupted search resumes its confirmation; the
+    files are removed once every run is complete."""
+    states: list[Path] = []
+
+    def state(label: str) -> Path | None:
+        if state_dir is None:
+            return None
+        state_dir.mkdir(parents=True, exist_ok=True)
+        states.append(state_dir / f"{label.replace(' ', '-')}.state.npz")
+        return states[-1]
+
     source = _subject("float", model, cfg, session)
-    clean0, adv0 = _flags(source, source, data, suite, cfg)
+    clean0, adv0 = _flags(source, source, data, suite, cfg, state("float"))
 
     def entry(label: str, step: int | None, proto: onnx.ModelProto, avg: float,
               final: bool = False) -> Confirmed:
         subject = source if step is None else _subject(label, proto, cfg, session)
         clean, adv = (clean0, adv0) if step is None else _flags(subject, source, data, suite,
-                                                                cfg)
+                                                                cfg, state(label))
         c = Confirmed(label, step, avg, len(graph.model_to_bytes(proto)),
                       Proportion(int(clean.sum()), int(clean.size)),
                       Proportion(int(adv.sum()), int(adv.size)), final_graph=final)
@@ -549,13 +565,16 @@ def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[P
         p = path[i]
         proto, _ = harden(model, p.passes, cfg.encoding)
         out.append(entry(f"step {p.step}", p.step, proto, p.avg_bits))
+    for f in states:
+        f.unlink(missing_ok=True)
     return out
 
 
 def search_file(src: str | Path, dst: str | Path, cfg: SearchConfig, *,
                 calibration_data: str = "mnist-5k", calibrate: int = 500,
                 data_root: str | None = None, session: SessionConfig | None = None,
-                log: Callable[[str], None] | None = None) -> SearchResult:
+                log: Callable[[str], None] | None = None,
+                state_dir: Path | None = None) -> SearchResult:
     """The search on a model file: calibration images are the first `calibrate` of the data's
     train split, the held-out images the first cfg.confirm of its test split; the chosen graph
     is written atomically to dst (never over src)."""
@@ -570,6 +589,6 @@ def search_file(src: str | Path, dst: str | Path, cfg: SearchConfig, *,
         if cfg.confirm else None
     result = search(model, cal, held, cfg, session=session,
                     calibration_images=cal.x if cfg.activations is not None else None,
-                    model_name=src.name, log=log)
+                    model_name=src.name, log=log, state_dir=state_dir)
     graph.save_model(result.hardened, dst)
     return result

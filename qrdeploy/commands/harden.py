@@ -170,11 +170,11 @@ def run_search(args: argparse.Namespace) -> int:
     cfg = search_config(args)
     if not args.no_plot:
         plotting.require("pass --no-plot")
+    folder = search_dir(args.output, args.search_dir)
     result = search_file(args.model, args.output, cfg, calibration_data=args.calibration_data,
-                         calibrate=args.calibrate,
+                         calibrate=args.calibrate, state_dir=folder,
                          log=None if args.quiet else lambda m: print(m, file=sys.stderr))
-    files = write_search(result, search_dir(args.output, args.search_dir), args.output,
-                         plot=not args.no_plot)
+    files = write_search(result, folder, args.output, plot=not args.no_plot)
     if not args.quiet:
         print("\n".join(summary_lines(result, args.output)))
     print(f"wrote {args.output} and {files.report.parent}/ (recipe.toml, report.md, "

@@ -3,6 +3,7 @@ TOML recipe it writes, and the whole search on the reference MNIST model (real d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from onnx import numpy_helper
 
 from qrdeploy.bitsearch.render import write_search
 from qrdeploy.bitsearch.search import (
+    Confirmed,
     LayerSensitivity,
     Option,
     PathPoint,
@@ -24,7 +26,7 @@ from qrdeploy.bitsearch.search import (
     greedy_path,
     search_file,
 )
-from qrdeploy.core.stats import non_inferiority
+from qrdeploy.core.stats import Proportion, non_inferiority
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import ConfigError, PassError
 from qrdeploy.graphio import graph
@@ -316,3 +318,15 @@ def test_search_with_int8_activations_writes_the_integer_graph(tmp_path: Path) -
 
 def graph_calibration(n: int) -> np.ndarray:
     return load_dataset("mnist-5k", "train", n=n).x
+
+
+def test_pareto_plot_draws_points_at_zero_and_full_accuracy(
+        searched: tuple[SearchResult, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result, out = searched
+    ends = (Confirmed("none", 1, 3.0, 10, Proportion(0, 200), Proportion(0, 200)),
+            Confirmed("all", 2, 2.0, 10, Proportion(200, 200), Proportion(200, 200)))
+    files = write_search(dataclasses.replace(result, confirmed=result.confirmed + ends),
+                         tmp_path / "s", str(out))
+    assert files.plot is not None and files.plot.stat().st_size > 1000
+    assert "![size against clean accuracy" in files.report.read_text(encoding="utf-8")

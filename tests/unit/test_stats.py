@@ -115,3 +115,13 @@ def test_scores_between_0_and_1_use_the_paired_normal_bound() -> None:
 def test_errors(args: tuple[object, ...], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         non_inferiority(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [1, 24, 200, 1000])
+def test_wilson_bounds_never_pass_the_estimate_at_the_ends(n: int) -> None:
+    # k = 0 and k = n: the exact ends (rounding once left 1.7e-18 above 0/200)
+    assert wilson_interval(0, n)[0] == 0.0
+    assert wilson_interval(n, n)[1] == 1.0
+    for k in range(0, n + 1, max(1, n // 10)):
+        lo, hi = wilson_interval(k, n)
+        assert lo <= k / n <= hi
