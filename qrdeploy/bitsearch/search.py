@@ -53,7 +53,8 @@ from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError, DataError, PassError
 from qrdeploy.evaluation.clean import predict_logits
 from qrdeploy.evaluation.metrics import adaptive_worst_case
-from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
+from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate, fingerprint
+from qrdeploy.evaluation.runstate import StateFile
 from qrdeploy.evaluation.suites import Column, Family, Mode, Origin, Suite, family_of
 from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
@@ -79,6 +80,7 @@ DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8)
 #: [DEFAULT] the clean budget: the same 2-point margin as the F.L. acceptance rule.
 DEFAULT_MAX_DROP = 0.02
 SENSITIVITY_SAMPLES = 256  # calibration images used for the measured gains
+PATH_CACHE = "path.cache.npz"  # in the search folder: the measured path, reused by reruns
 
 
 @dataclass(frozen=True)
@@ -227,15 +229,17 @@ def _passes(cfg: SearchConfig, layer_list: Sequence[WeightLayer],
 
 
 def sensitivities(model: onnx.ModelProto, x: np.ndarray, cfg: SearchConfig,
-                  session: SessionConfig | None = None) -> list[LayerSensitivity]:
-    """Step 1 of the method for every layer the selection names."""
+                  session: SessionConfig | None = None,
+                  cache: PathCache | None = None) -> list[LayerSensitivity]:
+    """Step 1 of the method for every layer the selection names (measured logit errors already
+    in `cache` are reused, new ones recorded there)."""
     all_layers = graph.weight_layers(model)
     chosen = select_layers(all_layers, cfg.layers)
-    z = predict_logits(model, x, session, cfg.batch_size)
+    z: np.ndarray | None = None
     low = Option(cfg.bits[-1], False)
     out = []
     inits = graph.initializer_map(model)
-    for layer in progress(chosen, "search: layer sensitivity", len(chosen)):
+    for pos, layer in enumerate(progress(chosen, "search: layer sensitivity", len(chosen))):
         stored = numpy_helper.to_array(inits[layer.weight_name]).astype(np.float32)
         norm = _norm(stored, layer)
         errors: dict[Option, float] = {}
@@ -244,13 +248,67 @@ def sensitivities(model: onnx.ModelProto, x: np.ndarray, cfg: SearchConfig,
                 else []
             w_hat = rewritten_weight(layer, stored, [*gp, cfg.quant(o.bits, "all")])
             errors[o] = _norm(w_hat - stored, layer) / norm if norm > 0 else 0.0
-        probe, _ = harden(model, _passes(cfg, all_layers, {layer.index: low}), Encoding.FLOAT)
-        measured = _relative_logit_error(predict_logits(probe, x, session, cfg.batch_size), z)
+        measured = None if cache is None else cache.probe(pos)
+        if measured is None:
+            if z is None:
+                z = predict_logits(model, x, session, cfg.batch_size)
+            probe, _ = harden(model, _passes(cfg, all_layers, {layer.index: low}),
+                              Encoding.FLOAT)
+            measured = _relative_logit_error(predict_logits(probe, x, session, cfg.batch_size),
+                                             z)
+            if cache is not None:
+                cache.set_probe(pos, measured)
         gain = measured / errors[low] if errors[low] > 0 else 0.0
         out.append(LayerSensitivity(layer.index, layer.node_name, layer.weight_name,
                                     layer.op_type, int(np.prod(layer.weight_shape)), norm, gain,
                                     measured, errors))
     return out
+
+
+class PathCache:
+    """The measurements of steps 1 and 3 (each layer's probe logit error; each path point's
+    per-image clean flags and written bytes) in `path`, keyed by the model, the calibration
+    images and every setting that shapes the path, not by the budgets: a rerun with other
+    budgets, or after an interruption, measures only what is missing. Saved after each
+    measurement (a few KB); None as path keeps everything in memory."""
+
+    def __init__(self, path: Path | None, model_sha: str, data_fp: str, cfg: SearchConfig,
+                 n_layers: int, n_images: int) -> None:
+        points = 1 + n_layers * (len(cfg.bits) - 1)
+        settings = {"format": 1, "model": model_sha, "data": data_fp,
+                    "sensitivity_images": SENSITIVITY_SAMPLES, "batch": cfg.batch_size,
+                    "path": {k: v for k, v in cfg.to_json().items() if k in _PATH_KEYS}}
+        self.file = StateFile(path, settings)
+        layout: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {
+            "probe": ((n_layers,), np.dtype(np.float64)),
+            "ok": ((points, n_images), np.dtype(np.bool_)),
+            "bytes": ((points,), np.dtype(np.int64)), "done": ((points,), np.dtype(np.bool_))}
+        fresh = {name: np.full(shape, np.nan) if name == "probe" else np.zeros(shape, dtype)
+                 for name, (shape, dtype) in layout.items()}
+        self.arrays = self.file.load(layout) or fresh
+
+    def probe(self, pos: int) -> float | None:
+        v = float(self.arrays["probe"][pos])
+        return None if np.isnan(v) else v
+
+    def set_probe(self, pos: int, value: float) -> None:
+        self.arrays["probe"][pos] = value
+        self.file.save(self.arrays)
+
+    def point(self, step: int) -> tuple[np.ndarray, int] | None:
+        if not self.arrays["done"][step]:
+            return None
+        return self.arrays["ok"][step].copy(), int(self.arrays["bytes"][step])
+
+    def set_point(self, step: int, ok: np.ndarray, nbytes: int) -> None:
+        self.arrays["ok"][step], self.arrays["bytes"][step] = ok, nbytes
+        self.arrays["done"][step] = True
+        self.file.save(self.arrays)
+
+
+#: The settings that shape the path (the budgets, the margin and the confirmation do not).
+_PATH_KEYS = ("bits", "mulaw", "layers", "granularity", "scale", "quantizer", "narrow",
+              "encoding")
 
 
 # ---------------------------------------------------------------- the path
@@ -457,10 +515,15 @@ class SearchResult:
 
 def _measure(model: onnx.ModelProto, point: PathPoint, passes: tuple[GraphPass, ...],
              cfg: SearchConfig, x: np.ndarray, ok_float: np.ndarray, y: np.ndarray,
-             session: SessionConfig | None) -> PathPoint:
-    proto, _ = harden(model, passes, cfg.encoding)
-    ok = predict_logits(proto, x, session, cfg.batch_size).argmax(axis=1) == y  # (N,)
-    return replace(point, passes=passes, bytes=len(graph.model_to_bytes(proto)),
+             session: SessionConfig | None, cache: PathCache) -> PathPoint:
+    known = cache.point(point.step)
+    if known is None:
+        proto, _ = harden(model, passes, cfg.encoding)
+        ok = predict_logits(proto, x, session, cfg.batch_size).argmax(axis=1) == y  # (N,)
+        known = ok, len(graph.model_to_bytes(proto))
+        cache.set_point(point.step, *known)
+    ok, nbytes = known
+    return replace(point, passes=passes, bytes=nbytes,
                    clean=Proportion(int(ok.sum()), int(ok.size)),
                    test=non_inferiority(ok, ok_float, cfg.max_drop))
 
@@ -481,7 +544,8 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
     """The whole search on an in-memory model: `calibration` (labelled) drives steps 1-4,
     `held_out` (labelled, or None with cfg.confirm = 0) the confirmation. With int8
     activations, `calibration_images` calibrate the final graph. `state_dir` keeps the
-    confirmation's progress for a rerun after an interruption."""
+    measured path (reused by reruns with other budgets) and the confirmation's progress (for a
+    rerun after an interruption)."""
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     if calibration.y is None or (cfg.confirm and (held_out is None or held_out.y is None)):
@@ -491,7 +555,16 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
         raise PassError("--activations int8 needs calibration images; pass --calibrate N")
     x, y = np.ascontiguousarray(calibration.x, np.float32), np.asarray(calibration.y)
     layers_all = graph.weight_layers(model)
-    sens = sensitivities(model, x[:SENSITIVITY_SAMPLES], cfg, session)
+    model_bytes = graph.model_to_bytes(model)
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    cache = PathCache(None if state_dir is None else state_dir / PATH_CACHE,
+                      hashlib.sha256(model_bytes).hexdigest(), fingerprint(x, y), cfg,
+                      len(select_layers(layers_all, cfg.layers)), len(y))
+    reused = int(cache.arrays["done"].sum())
+    if reused:
+        say(f"search: {reused} recipes already measured in {cache.file.path}; measuring the rest")
+    sens = sensitivities(model, x[:SENSITIVITY_SAMPLES], cfg, session, cache)
     ok_float = predict_logits(model, x, session, cfg.batch_size).argmax(axis=1) == y  # (N,)
     float_clean = Proportion(int(ok_float.sum()), int(ok_float.size))
     raw = greedy_path(sens, cfg.bits)
@@ -500,7 +573,7 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
     path: list[PathPoint] = []
     for p in progress(raw, "search: clean test of each recipe", len(raw)):
         path.append(_measure(model, p, _passes(cfg, layers_all, p.assignment), cfg, x, ok_float,
-                             y, session))
+                             y, session, cache))
     choice = choose(path, cfg)
     chosen = path[choice.index]
     recipe = Recipe(chosen.passes, cfg.encoding, cfg.activations)
@@ -519,7 +592,7 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
         assert held_out is not None
         confirmed = _confirm(model, hardened, path, choice, cfg, held_out, suite, session,
                              32.0, state_dir)
-    return SearchResult(cfg, model_name, len(graph.model_to_bytes(model)), calibration.name,
+    return SearchResult(cfg, model_name, len(model_bytes), calibration.name,
                         "" if held_out is None else held_out.name, family, tuple(sens),
                         tuple(path), choice, recipe, hardened, float_clean, tuple(confirmed),
                         eps, final_test, time.perf_counter() - t_start)

@@ -285,7 +285,7 @@ def test_search_cli_equals_the_api_and_exits_cleanly(searched: tuple[SearchResul
     cli_json = json.loads(tmp_path.joinpath("cli.search", "search.json").read_text())
     assert api_json == cli_json
     assert sorted(p.name for p in (tmp_path / "cli.search").iterdir()) == \
-        ["recipe.toml", "report.md", "search.json"]
+        ["path.cache.npz", "recipe.toml", "report.md", "search.json"]  # attack states removed
 
 
 def test_search_cli_errors_are_one_line(tmp_path: Path) -> None:
@@ -330,3 +330,30 @@ def test_pareto_plot_draws_points_at_zero_and_full_accuracy(
                          tmp_path / "s", str(out))
     assert files.plot is not None and files.plot.stat().st_size > 1000
     assert "![size against clean accuracy" in files.report.read_text(encoding="utf-8")
+
+
+def test_a_rerun_with_another_budget_measures_nothing_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qrdeploy.bitsearch.search as bs
+
+    cfg = SearchConfig(bits=(8, 4, 2), avg_bits=8, confirm=0)
+    first = search_file(MODEL, tmp_path / "a.onnx", cfg, calibrate=200, state_dir=tmp_path / "s")
+    calls: list[int] = []
+    real = bs.predict_logits
+
+    def counted(*args: object, **kw: object) -> np.ndarray:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bs, "predict_logits", counted)
+    second = search_file(MODEL, tmp_path / "b.onnx", dataclasses.replace(cfg, avg_bits=4.1),
+                         calibrate=200, state_dir=tmp_path / "s")
+    assert len(calls) == 1  # the float model's flags only: every probe and point came cached
+    assert [(p.clean, p.bytes) for p in second.path] == [(p.clean, p.bytes) for p in first.path]
+    assert [s.gain for s in second.layers] == [s.gain for s in first.layers]
+    assert second.chosen.avg_bits <= 4.1 < first.chosen.avg_bits  # the new budget decided
+    # other path settings: the cache is not reused
+    calls.clear()
+    search_file(MODEL, tmp_path / "c.onnx", dataclasses.replace(cfg, bits=(8, 3)),
+                calibrate=200, state_dir=tmp_path / "s")
+    assert len(calls) > 1
