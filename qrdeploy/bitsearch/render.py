@@ -24,6 +24,13 @@ class SearchFiles:
     plot: Path | None  # None when matplotlib (the plots extra) is missing
 
 
+def eps_text(eps: float) -> str:
+    """0.3 as '0.3', 4/255 as '4/255'."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) >= 1 and eps < 0.2 \
+        else f"{eps:g}"
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
@@ -49,16 +56,17 @@ def summary_lines(result: SearchResult, model_out: str) -> list[str]:
     if cfg.max_bytes is not None:
         budget.append(f"at most {cfg.max_bytes:,} bytes")
     size = " and ".join(budget) or "no size budget (the smallest recipe that keeps clean accuracy)"
-    assert chosen.test is not None and chosen.bytes is not None
+    assert chosen.test is not None
+    written = result.written_bytes
     lines = [
         f"- **Chosen:** step {chosen.step} of {len(result.path) - 1}: {chosen.avg_bits:.2f} "
-        f"average weight bits over {len(result.layers)} layers, {chosen.bytes:,} bytes "
-        f"({chosen.bytes / result.model_bytes:.3f}x the float model's {result.model_bytes:,}) "
+        f"average weight bits over {len(result.layers)} layers, {written:,} bytes "
+        f"({written / result.model_bytes:.3f}x the float model's {result.model_bytes:,}) "
         f"in `{model_out}`.",
         f"- **Budgets:** {size}; clean accuracy non-inferior to the float model within "
-        f"{100 * cfg.max_drop:g} points on {result.float_clean.n} calibration images "
-        f"({result.calibration}).",
-        f"- **Clean (calibration):** {chosen.clean} vs float {result.float_clean}: "
+        f"{100 * cfg.max_drop:g} points on {result.float_clean.n} validation images "
+        f"({result.validation}).",
+        f"- **Clean (validation):** {chosen.clean} vs float {result.float_clean}: "
         f"{chosen.test}.",
         f"- **Why this point:** {result.choice.reason}.",
     ]
@@ -67,14 +75,14 @@ def summary_lines(result: SearchResult, model_out: str) -> list[str]:
         warn = "" if ft.non_inferior else " **It does not meet the clean budget**: the int8 " \
             "activations cost more than the weights; raise --calibrate or try " \
             "--calibration-method percentile."
-        lines.append(f"- **Clean of the written graph** (int8 activations, calibration images): "
+        lines.append(f"- **Clean of the written graph** (int8 activations, validation images): "
                      f"{ft}.{warn}")
     final = next((c for c in result.confirmed if c.final_graph), None)
     base = next((c for c in result.confirmed if c.step is None), None)
     if final is not None and base is not None:
         lines.append(
-            f"- **Adaptive worst case** (eps {result.eps:g}, {final.adaptive.n} held-out images "
-            f"of {result.held_out}): {final.adaptive} vs float {base.adaptive}; difference "
+            f"- **Adaptive worst case** (eps {eps_text(result.eps)}, {final.adaptive.n} held-out "
+            f"images of {result.held_out}): {final.adaptive} vs float {base.adaptive}; difference "
             f"{_delta(final)} (points, Newcombe 95 %, exact McNemar).")
     else:
         lines.append("- **Adaptive worst case:** not confirmed (--confirm 0).")
@@ -102,7 +110,7 @@ def render_markdown(result: SearchResult, model_out: str, plot: str | None) -> s
         conf.setdefault(result.choice.index, final)
     out += ["", "## The path", "",
             "Widest first; each step narrows one layer by one candidate width. Clean: on the "
-            "calibration images, paired against the float model (one-sided 95 % lower bound of "
+            "validation images, paired against the float model (one-sided 95 % lower bound of "
             "the difference, margin "
             f"{100 * cfg.max_drop:g} points). Adaptive: on the held-out images where confirmed."
             + ("" if cfg.encoding.value in ("int4", "nbits") else
@@ -121,10 +129,10 @@ def render_markdown(result: SearchResult, model_out: str, plot: str | None) -> s
                   "adaptive worst case"], rows)
     if result.confirmed:
         out += ["", "## Confirmation on held-out images", "",
-                f"The adaptive suite of `qrdeploy attack --suite adaptive` at eps {result.eps:g} "
-                f"({cfg.steps} steps, Square {cfg.queries} queries, transfer crafted on the float "
-                f"model), seed {cfg.seed}, on {result.confirmed[0].adaptive.n} images of "
-                f"{result.held_out}.", ""]
+                "The adaptive suite of `qrdeploy attack --suite adaptive` at eps "
+                f"{eps_text(result.eps)} ({cfg.steps} steps, Square {cfg.queries} queries, "
+                f"transfer crafted on the float model), seed {cfg.seed}, on "
+                f"{result.confirmed[0].adaptive.n} images of {result.held_out}.", ""]
         out += table(["model", "avg bits", "bytes", "clean", "adaptive worst case",
                       "Δ vs float (points)"],
                      [[c.label + (" (as written, with its activations)" if c.final_graph else ""),
@@ -154,7 +162,7 @@ def draw_pareto(result: SearchResult, path: Path) -> Path:
     ax1.plot([c.avg_bits], [100 * c.clean.value], marker="*", ms=12, ls="", label="chosen")
     ax1.axhline(100 * result.float_clean.value, ls="--", lw=1, color="gray", label="float")
     ax1.set_xlabel("average weight bits")
-    ax1.set_ylabel("clean accuracy (calibration) %")
+    ax1.set_ylabel("clean accuracy (validation) %")
     ax1.set_xscale("log", base=2)
     for conf in sorted(result.confirmed, key=lambda k: k.avg_bits):
         lo, hi = conf.adaptive.interval
@@ -164,7 +172,7 @@ def draw_pareto(result: SearchResult, path: Path) -> Path:
                      marker="*" if conf.final_graph else "o", ms=9 if conf.final_graph else 5,
                      capsize=3, ls="", label=conf.label)
     ax2.set_xlabel("average weight bits")
-    ax2.set_ylabel(f"adaptive worst case @ eps {result.eps:g} %")
+    ax2.set_ylabel(f"adaptive worst case @ eps {eps_text(result.eps)} %")
     ax2.set_xscale("log", base=2)
     plotting.legend_outside(ax1)
     plotting.legend_outside(ax2)

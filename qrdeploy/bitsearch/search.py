@@ -7,13 +7,13 @@ in order (docs/search.md):
 1. Sensitivity. Per searched layer l and option o (bits b, with or without μ-law): the relative
    weight error e_l(o) = ‖Ŵ_l(o) − W_l‖₂ / ‖W_l‖₂ (spectral norms of the weight unfolded along its
    output channels; Ŵ is what `harden` would store). One measured number per layer, its gain
-   g_l: quantize layer l alone at the lowest candidate width, run the graph on calibration images
+   g_l: quantize layer l alone at the lowest candidate width, run the graph on validation images
    and divide the mean relative logit error ‖ẑ − z‖ / ‖z‖ by e_l at that width. The estimated
    sensitivity of an option is g_l · e_l(o).
 2. Path. Start with every layer at the widest candidate; repeatedly narrow the one layer whose
    next narrower width costs the least estimated sensitivity per weight bit saved, until every
    layer is at the narrowest. Each point of the path is an ordinary recipe.
-3. Clean budget. Every point's graph is run on the calibration images and compared with the float
+3. Clean budget. Every point's graph is run on the validation images and compared with the float
    model by the paired non-inferiority test of qrdeploy.core.stats (margin --max-drop). The
    points are tested in path order and the walk stops at the first that is not non-inferior
    (a fixed-sequence procedure: the chance of accepting any too-costly point stays at 5 %).
@@ -79,7 +79,7 @@ SCHEMA_VERSION = 1
 DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8)
 #: [DEFAULT] the clean budget: the same 2-point margin as the F.L. acceptance rule.
 DEFAULT_MAX_DROP = 0.02
-SENSITIVITY_SAMPLES = 256  # calibration images used for the measured gains
+SENSITIVITY_SAMPLES = 256  # validation images used for the measured gains
 PATH_CACHE = "path.cache.npz"  # in the search folder: the measured path, reused by reruns
 
 
@@ -267,7 +267,7 @@ def sensitivities(model: onnx.ModelProto, x: np.ndarray, cfg: SearchConfig,
 
 class PathCache:
     """The measurements of steps 1 and 3 (each layer's probe logit error; each path point's
-    per-image clean flags and written bytes) in `path`, keyed by the model, the calibration
+    per-image clean flags and written bytes) in `path`, keyed by the model, the validation
     images and every setting that shapes the path, not by the budgets: a rerun with other
     budgets, or after an interruption, measures only what is missing. Saved after each
     measurement (a few KB); None as path keeps everything in memory."""
@@ -316,7 +316,7 @@ _PATH_KEYS = ("bits", "mulaw", "layers", "granularity", "scale", "quantizer", "n
 
 @dataclass(frozen=True)
 class PathPoint:
-    """One recipe on the path and what it measured on the calibration images."""
+    """One recipe on the path and what it measured on the validation images."""
 
     step: int
     assignment: dict[int, Option]  # layer index -> option
@@ -481,7 +481,7 @@ class SearchResult:
     config: SearchConfig
     model_name: str
     model_bytes: int
-    calibration: str
+    validation: str  # the data set of the clean tests
     held_out: str
     family: Family
     layers: tuple[LayerSensitivity, ...]
@@ -492,6 +492,7 @@ class SearchResult:
     float_clean: Proportion
     confirmed: tuple[Confirmed, ...]
     eps: float
+    written_bytes: int  # the file as written (with int8 activations: not the path's graph)
     final_test: NonInferiority | None = None  # the written graph, when its activations are int8
     seconds: float = 0.0
 
@@ -502,8 +503,9 @@ class SearchResult:
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "model": self.model_name,
                 "model_bytes": self.model_bytes, "config": self.config.to_json(),
-                "calibration": self.calibration, "held_out": self.held_out,
+                "validation": self.validation, "held_out": self.held_out,
                 "family": self.family.value, "eps": self.eps,
+                "written_bytes": self.written_bytes,
                 "float_clean": self.float_clean.to_json(),
                 "layers": [s.to_json() for s in self.layers],
                 "path": [p.to_json() for p in self.path],
@@ -536,24 +538,24 @@ def _frontier(path: Sequence[PathPoint], chosen: int, k: int) -> list[int]:
     return picks[:max(k, 0)]
 
 
-def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | None,
+def search(model: onnx.ModelProto, validation: Dataset, held_out: Dataset | None,
            cfg: SearchConfig, *, session: SessionConfig | None = None,
            calibration_images: np.ndarray | None = None, model_name: str = "model",
            log: Callable[[str], None] | None = None,
            state_dir: Path | None = None) -> SearchResult:
-    """The whole search on an in-memory model: `calibration` (labelled) drives steps 1-4,
+    """The whole search on an in-memory model: `validation` (labelled) drives steps 1-4,
     `held_out` (labelled, or None with cfg.confirm = 0) the confirmation. With int8
     activations, `calibration_images` calibrate the final graph. `state_dir` keeps the
     measured path (reused by reruns with other budgets) and the confirmation's progress (for a
     rerun after an interruption)."""
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
-    if calibration.y is None or (cfg.confirm and (held_out is None or held_out.y is None)):
-        raise DataError("the search needs labelled calibration and held-out images; pass a "
+    if validation.y is None or (cfg.confirm and (held_out is None or held_out.y is None)):
+        raise DataError("the search needs labelled validation and held-out images; pass a "
                         "labelled --calibration-data")
     if cfg.activations is not None and calibration_images is None:
         raise PassError("--activations int8 needs calibration images; pass --calibrate N")
-    x, y = np.ascontiguousarray(calibration.x, np.float32), np.asarray(calibration.y)
+    x, y = np.ascontiguousarray(validation.x, np.float32), np.asarray(validation.y)
     layers_all = graph.weight_layers(model)
     model_bytes = graph.model_to_bytes(model)
     if state_dir is not None:
@@ -581,10 +583,15 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
                          calibration=calibration_images)
     say(f"search: chose step {chosen.step} ({chosen.avg_bits:.2f} average bits); {choice.reason}")
     final_test = None
+    written = len(graph.model_to_bytes(hardened))
     if cfg.activations is not None:  # the written graph differs from the path's: test it too
         ok = predict_logits(hardened, x, session, cfg.batch_size).argmax(axis=1) == y  # (N,)
         final_test = non_inferiority(ok, ok_float, cfg.max_drop)
-    family = family_of(calibration.name, int(x.shape[1]))
+        if cfg.max_bytes is not None and written > cfg.max_bytes:
+            raise PassError(f"the written int8 graph has {written:,} bytes, over --max-bytes "
+                            f"{cfg.max_bytes:,} (the path measures float-activation graphs); "
+                            f"raise --max-bytes to {written:,} or lower --avg-bits")
+    family = family_of(validation.name, int(x.shape[1]))
     suite = confirm_suite(family, cfg)
     eps = float(suite.adaptive_eps or 0.0)
     confirmed: list[Confirmed] = []
@@ -592,10 +599,10 @@ def search(model: onnx.ModelProto, calibration: Dataset, held_out: Dataset | Non
         assert held_out is not None
         confirmed = _confirm(model, hardened, path, choice, cfg, held_out, suite, session,
                              32.0, state_dir)
-    return SearchResult(cfg, model_name, len(model_bytes), calibration.name,
+    return SearchResult(cfg, model_name, len(model_bytes), validation.name,
                         "" if held_out is None else held_out.name, family, tuple(sens),
                         tuple(path), choice, recipe, hardened, float_clean, tuple(confirmed),
-                        eps, final_test, time.perf_counter() - t_start)
+                        eps, written, final_test, time.perf_counter() - t_start)
 
 
 def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[PathPoint],
@@ -648,20 +655,23 @@ def search_file(src: str | Path, dst: str | Path, cfg: SearchConfig, *,
                 data_root: str | None = None, session: SessionConfig | None = None,
                 log: Callable[[str], None] | None = None,
                 state_dir: Path | None = None) -> SearchResult:
-    """The search on a model file: calibration images are the first `calibrate` of the data's
-    train split, the held-out images the first cfg.confirm of its test split; the chosen graph
-    is written atomically to dst (never over src)."""
+    """The search on a model file. Its clean tests and gains run on the first `calibrate`
+    images of the data's validation split (images the model was not trained on), int8
+    activations are calibrated on the first `calibrate` of its train split (as `harden
+    --activations int8` does), and the confirmation runs on the first cfg.confirm of its test
+    split; the chosen graph is written atomically to dst (never over src)."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise ConfigError(f"output {dst} is the input model; choose another -o")
     if calibrate < 1:
         raise ConfigError(f"--calibrate must be >= 1, got {calibrate}")
     model = graph.load_model(src)
-    cal = load_dataset(calibration_data, "train", n=calibrate, data_root=data_root)
+    val = load_dataset(calibration_data, "val", n=calibrate, data_root=data_root)
     held = load_dataset(calibration_data, "test", n=cfg.confirm, data_root=data_root) \
         if cfg.confirm else None
-    result = search(model, cal, held, cfg, session=session,
-                    calibration_images=cal.x if cfg.activations is not None else None,
+    images = None if cfg.activations is None else \
+        load_dataset(calibration_data, "train", n=cfg.activations.samples, data_root=data_root).x
+    result = search(model, val, held, cfg, session=session, calibration_images=images,
                     model_name=src.name, log=log, state_dir=state_dir)
     graph.save_model(result.hardened, dst)
     return result

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qrdeploy.bitsearch.render import write_search
+from qrdeploy.bitsearch.render import eps_text, write_search
 from qrdeploy.bitsearch.search import (
     Confirmed,
     LayerSensitivity,
@@ -199,7 +199,7 @@ def test_rewritten_weight_is_what_harden_stores() -> None:
 # ---------------------------------------------------------------- the search on a real model
 
 
-CFG = SearchConfig(avg_bits=4, confirm=24, steps=5, queries=60, frontier=1, seed=3)
+CFG = SearchConfig(avg_bits=4.1, confirm=24, steps=5, queries=60, frontier=1, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +214,10 @@ def test_search_meets_both_budgets_and_writes_the_chosen_graph(
         searched: tuple[SearchResult, Path]) -> None:
     result, out = searched
     chosen = result.chosen
-    assert chosen.avg_bits <= 4
+    assert chosen.avg_bits <= 4.1
     assert all(p.test is not None and p.test.non_inferior
                for p in result.path[: result.choice.index + 1])
-    assert result.choice.index == next(i for i, p in enumerate(result.path) if p.avg_bits <= 4)
+    assert result.choice.index == next(i for i, p in enumerate(result.path) if p.avg_bits <= 4.1)
     # the written file holds the chosen widths, layer by layer
     written = graph.load_model(out)
     bits = json.loads(graph.get_metadata(written)[META_BITS])
@@ -225,7 +225,8 @@ def test_search_meets_both_budgets_and_writes_the_chosen_graph(
     for s in result.layers:
         assert bits[layers[s.index].weight_name] == chosen.assignment[s.index].bits
     # the hardened model is smaller than the float one (qdq: one byte per weight)
-    assert out.stat().st_size < 0.3 * MODEL.stat().st_size
+    assert result.written_bytes == out.stat().st_size < 0.3 * MODEL.stat().st_size
+    assert result.validation == "mnist-5k" and result.float_clean.n == 300
 
 
 def test_search_sensitivities_fall_with_more_bits(searched: tuple[SearchResult, Path]) -> None:
@@ -275,7 +276,7 @@ def test_search_cli_equals_the_api_and_exits_cleanly(searched: tuple[SearchResul
     result, out = searched
     cli = tmp_path / "cli.onnx"
     cmd = [sys.executable, "-m", "qrdeploy", "harden", "--seed", "3", str(MODEL), "-o", str(cli),
-           "--search", "--avg-bits", "4", "--calibrate", "300", "--confirm", "24",
+           "--search", "--avg-bits", "4.1", "--calibrate", "300", "--confirm", "24",
            "--confirm-steps", "5", "--confirm-queries", "60", "--frontier", "1", "--no-plot"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -310,6 +311,7 @@ def test_search_with_int8_activations_writes_the_integer_graph(tmp_path: Path) -
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     assert result.recipe.activations is not None and not result.confirmed
     assert result.final_test is not None and result.final_test.n == 300
+    assert result.written_bytes == out.stat().st_size != result.chosen.bytes  # int8 graph
     write_search(result, tmp_path / "s", str(out), plot=False)
     replay = harden_file(MODEL, tmp_path / "replay.onnx", load_recipe(tmp_path / "s/recipe.toml"),
                          calibration=graph_calibration(300))
@@ -357,3 +359,8 @@ def test_a_rerun_with_another_budget_measures_nothing_again(
     search_file(MODEL, tmp_path / "c.onnx", dataclasses.replace(cfg, bits=(8, 3)),
                 calibrate=200, state_dir=tmp_path / "s")
     assert len(calls) > 1
+
+
+def test_eps_is_written_as_the_user_would() -> None:
+    assert [eps_text(e) for e in (0.3, 0.1, 4 / 255, 8 / 255, 0.5)] == \
+        ["0.3", "0.1", "4/255", "8/255", "0.5"]
