@@ -15,6 +15,7 @@ from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import ConfigError
+from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.integer import Calibration, IntegerActivations
 from qrdeploy.hardening.passes import (
@@ -103,7 +104,8 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
         "pareto.png)")
     s.add_argument("--search", action="store_true",
                    help="choose per-layer bits (with --mulaw MU: and whether to mu-map each "
-                        "layer) instead of --bits; calibration images from --calibration-data")
+                        "layer) instead of --bits; clean tests on the first --calibrate images "
+                        "of the validation split of --calibration-data")
     s.add_argument("--search-bits", default="2-8", metavar="LIST",
                    help="candidate widths, e.g. 2-8 or 2,3,4,8 (default: %(default)s)")
     s.add_argument("--avg-bits", type=float, metavar="B",
@@ -116,9 +118,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--confirm", type=int, default=200, metavar="N",
                    help="held-out test images for the adaptive confirmation (0: skip; "
                         "default: %(default)s)")
-    s.add_argument("--confirm-eps", type=float, metavar="EPS",
-                   help="L-inf budget of the confirmation (default: the adaptive suite's, "
-                        "0.1 for MNIST, 4/255 for CIFAR-10)")
+    s.add_argument("--confirm-eps", metavar="EPS",
+                   help="L-inf budget of the confirmation, e.g. 0.3 or 8/255 (default: the "
+                        "adaptive suite's, 0.1 for MNIST, 4/255 for CIFAR-10)")
     s.add_argument("--confirm-steps", type=int, default=100, metavar="S",
                    help="gradient steps of the adaptive attacks (default: %(default)s)")
     s.add_argument("--confirm-queries", type=int, default=5000, metavar="Q",
@@ -157,7 +159,8 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         granularity=Granularity(args.granularity), scale=ScaleRule(args.scale),
         quantizer=Quantizer(args.quantizer), narrow=not args.full_range,
         encoding=Encoding(args.encoding or "qdq"), activations=acts, confirm=args.confirm,
-        eps=args.confirm_eps, steps=args.confirm_steps, queries=args.confirm_queries,
+        eps=None if args.confirm_eps is None else parse_number(args.confirm_eps, "--confirm-eps"),
+        steps=args.confirm_steps, queries=args.confirm_queries,
         frontier=args.frontier, seed=args.seed)
 
 

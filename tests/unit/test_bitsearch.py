@@ -294,7 +294,8 @@ def test_search_cli_errors_are_one_line(tmp_path: Path) -> None:
             str(tmp_path / "x.onnx"), "--search"]
     for extra, message in ((["--bits", "3"], "--search chooses the bits itself"),
                            (["--avg-bits", "1"], "narrowest candidate is 2 bits"),
-                           (["--search-bits", "two"], "--search-bits takes a range")):
+                           (["--search-bits", "two"], "--search-bits takes a range"),
+                           (["--confirm-eps", "8/2x55"], "--confirm-eps: '8/2x55' is not a")):
         done = subprocess.run(base + extra, capture_output=True, text=True, check=False)
         assert done.returncode == 1, (extra, done.stderr)
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
