@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from qrdeploy.bitsearch.render import SearchFiles, write_search
-from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file
+from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file, search_folder
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.errors import ConfigError
@@ -99,8 +99,7 @@ def search_recipe(model: PathLike, out: PathLike, config: SearchConfig | None = 
     confirmation), write the chosen graph to `out` and recipe.toml, search.json, report.md and
     pareto.png into `report_dir` (default: `out` without .onnx + '.search')."""
     cfg = config or SearchConfig()
-    folder = Path(report_dir) if report_dir is not None else \
-        Path(out).with_name(Path(out).stem + ".search")
+    folder = Path(report_dir) if report_dir is not None else search_folder(out)
     result = search_file(model, out, cfg, calibration_data=calibration_data,
                          calibrate=calibrate, state_dir=folder)
     return result, write_search(result, folder, str(out), plot=plot)

@@ -28,7 +28,6 @@ in order (docs/search.md):
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,6 +80,7 @@ DEFAULT_BITS = (2, 3, 4, 5, 6, 7, 8)
 DEFAULT_MAX_DROP = 0.02
 SENSITIVITY_SAMPLES = 256  # validation images used for the measured gains
 PATH_CACHE = "path.cache.npz"  # in the search folder: the measured path, reused by reruns
+FLOAT_BITS = 32.0  # the float model's width in the confirmation table and the plot
 
 
 @dataclass(frozen=True)
@@ -327,9 +327,6 @@ class PathPoint:
     clean: Proportion | None = None
     test: NonInferiority | None = None
 
-    def bits_of(self, index: int) -> Option:
-        return self.assignment[index]
-
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "avg_bits": self.avg_bits, "estimate": self.estimate,
                 "bits": {str(i): o.label() for i, o in sorted(self.assignment.items())},
@@ -494,7 +491,6 @@ class SearchResult:
     eps: float
     written_bytes: int  # the file as written (with int8 activations: not the path's graph)
     final_test: NonInferiority | None = None  # the written graph, when its activations are int8
-    seconds: float = 0.0
 
     @property
     def chosen(self) -> PathPoint:
@@ -548,7 +544,6 @@ def search(model: onnx.ModelProto, validation: Dataset, held_out: Dataset | None
     activations, `calibration_images` calibrate the final graph. `state_dir` keeps the
     measured path (reused by reruns with other budgets) and the confirmation's progress (for a
     rerun after an interruption)."""
-    t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     if validation.y is None or (cfg.confirm and (held_out is None or held_out.y is None)):
         raise DataError("the search needs labelled validation and held-out images; pass a "
@@ -598,17 +593,16 @@ def search(model: onnx.ModelProto, validation: Dataset, held_out: Dataset | None
     if cfg.confirm:
         assert held_out is not None
         confirmed = _confirm(model, hardened, path, choice, cfg, held_out, suite, session,
-                             32.0, state_dir)
+                             state_dir)
     return SearchResult(cfg, model_name, len(model_bytes), validation.name,
                         "" if held_out is None else held_out.name, family, tuple(sens),
                         tuple(path), choice, recipe, hardened, float_clean, tuple(confirmed),
-                        eps, written, final_test, time.perf_counter() - t_start)
+                        eps, written, final_test)
 
 
 def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[PathPoint],
              choice: Choice, cfg: SearchConfig, data: Dataset, suite: Suite,
-             session: SessionConfig | None, float_bits: float,
-             state_dir: Path | None) -> list[Confirmed]:
+             session: SessionConfig | None, state_dir: Path | None) -> list[Confirmed]:
     """Step 5. With a state_dir, every attack run saves its progress there per batch (keyed by
     model, images, seed and attacks), so an interrupted search resumes its confirmation; the
     files are removed once every run is complete."""
@@ -617,7 +611,6 @@ def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[P
     def state(label: str) -> Path | None:
         if state_dir is None:
             return None
-        state_dir.mkdir(parents=True, exist_ok=True)
         states.append(state_dir / f"{label.replace(' ', '-')}.state.npz")
         return states[-1]
 
@@ -638,7 +631,7 @@ def _confirm(model: onnx.ModelProto, hardened: onnx.ModelProto, path: Sequence[P
         return replace(c, delta=counts.difference, delta_ci95=newcombe_paired_interval(counts),
                        mcnemar_p=mcnemar_exact(counts.gains, counts.losses))
 
-    out = [entry("float", None, model, float_bits)]
+    out = [entry("float", None, model, FLOAT_BITS)]
     chosen = path[choice.index]
     out.append(entry("chosen", chosen.step, hardened, chosen.avg_bits, final=True))
     for i in _frontier(path, choice.index, cfg.frontier):
@@ -657,9 +650,9 @@ def search_file(src: str | Path, dst: str | Path, cfg: SearchConfig, *,
                 state_dir: Path | None = None) -> SearchResult:
     """The search on a model file. Its clean tests and gains run on the first `calibrate`
     images of the data's validation split (images the model was not trained on), int8
-    activations are calibrated on the first `calibrate` of its train split (as `harden
-    --activations int8` does), and the confirmation runs on the first cfg.confirm of its test
-    split; the chosen graph is written atomically to dst (never over src)."""
+    activations are calibrated on the first cfg.activations.samples of its train split (as
+    `harden --activations int8` does), and the confirmation runs on the first cfg.confirm of
+    its test split; the chosen graph is written atomically to dst (never over src)."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise ConfigError(f"output {dst} is the input model; choose another -o")
@@ -675,3 +668,10 @@ def search_file(src: str | Path, dst: str | Path, cfg: SearchConfig, *,
                     model_name=src.name, log=log, state_dir=state_dir)
     graph.save_model(result.hardened, dst)
     return result
+
+
+def search_folder(out: str | Path) -> Path:
+    """Where a search writing the model `out` keeps its files by default: OUT without .onnx,
+    plus '.search'."""
+    out = Path(out)
+    return out.with_name(out.stem + ".search")

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from qrdeploy.bitsearch.render import summary_lines, write_search
-from qrdeploy.bitsearch.search import DEFAULT_MAX_DROP, SearchConfig, search_file
+from qrdeploy.bitsearch.search import (
+    DEFAULT_MAX_DROP,
+    SearchConfig,
+    search_file,
+    search_folder,
+)
 from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
@@ -164,16 +169,11 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
         frontier=args.frontier, seed=args.seed)
 
 
-def search_dir(output: str | Path, given: str | None) -> Path:
-    out = Path(output)
-    return Path(given) if given else out.with_name(out.stem + ".search")
-
-
 def run_search(args: argparse.Namespace) -> int:
     cfg = search_config(args)
     if not args.no_plot:
         plotting.require("pass --no-plot")
-    folder = search_dir(args.output, args.search_dir)
+    folder = Path(args.search_dir) if args.search_dir else search_folder(args.output)
     result = search_file(args.model, args.output, cfg, calibration_data=args.calibration_data,
                          calibrate=args.calibrate, state_dir=folder,
                          log=None if args.quiet else lambda m: print(m, file=sys.stderr))
