@@ -260,7 +260,8 @@ class OrtModel:
         if kind not in self._grads:
             gm = (build_vjp(self.prepared, options=self.options) if kind == "vjp"
                   else build_loss_grad(self.prepared, Loss(kind), options=self.options))
-            self._grads[kind] = (gm, make_session(gm.model.SerializeToString(), self.config))
+            self._grads[kind] = (gm, make_session(gm.model.SerializeToString(), self.config,
+                                                  qdq_transforms=False))
         return self._grads[kind]
 
     def _batched(self, run: Callable[[slice], list[Any]], n: int) -> list[np.ndarray]:

@@ -401,3 +401,68 @@ def test_qgemm_and_qlinearmatmul_twins_compute_what_the_graph_computes() -> None
     m = OrtModel(model, input_shape=(5,))
     _, g = m.vjp(x, np.ones((16, 3), np.float32))
     assert m.bpda and np.abs(g).sum() > 0
+
+
+@pytest.mark.parametrize("qrange", [(0, 255), (-128, 127), (-8, 7), (0, 15)])
+def test_ste_thresholds_are_the_round_form_exactly(qrange: tuple[int, int]) -> None:
+    """The saturation thresholds equal the Div/Round definition at the float32 boundary itself:
+    lo is the first x whose code round(x/s) + z reaches qmin (its predecessor's does not), hi the
+    last one at most qmax; per tensor and per channel, scales over six decades."""
+    from qrdeploy.gradients.rules_quant import code_thresholds
+
+    qmin, qmax = qrange
+    rng = np.random.default_rng(qmax)
+    s = (rng.uniform(0.5, 1.0, 40) * 10.0 ** rng.integers(-5, 2, 40)).astype(np.float32)
+    z = rng.integers(qmin, qmax + 1, 40).astype(np.float32)
+    lo, hi = code_thresholds(s.reshape(1, 40, 1), z.reshape(1, 40, 1), qmin, qmax)
+    assert lo.shape == hi.shape == (1, 40, 1)
+    lo, hi = lo.ravel(), hi.ravel()
+
+    def code(x: np.ndarray) -> np.ndarray:
+        return np.asarray(np.rint(np.divide(x, s, dtype=np.float32)) + z)
+
+    inf = np.float32(np.inf)
+    assert np.all(code(lo) >= qmin) and np.all(code(np.nextafter(lo, -inf)) < qmin)
+    assert np.all(code(hi) <= qmax) and np.all(code(np.nextafter(hi, inf)) > qmax)
+    # and the scalar (per-tensor) form agrees with the per-channel one
+    lo0, hi0 = code_thresholds(s[:1].reshape(()), z[:1].reshape(()), qmin, qmax)
+    assert lo0.shape == () and lo0 == lo[0] and hi0 == hi[0]
+
+
+def test_qdq_pair_gradient_is_the_masked_cotangent_in_few_passes() -> None:
+    """An activation QuantizeLinear -> DequantizeLinear pair: the gradient is the cotangent where
+    the code lies in range and 0 where it saturates (inputs on both sides of both ends and on
+    the half-code ties), built without a Div or Round pass (the cost of an attack step on a QDQ
+    graph), and the same as the general rule's when the pair does not share its scale."""
+    node = helper.make_node
+    f = onnx.TensorProto
+    s, zp = np.float32(0.05), np.uint8(20)
+
+    def net(dq_scale: np.float32) -> onnx.ModelProto:
+        inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in
+                 {"s": s, "z": zp, "s2": dq_scale, "w": np.eye(8, dtype=np.float32)}.items()]
+        graph = helper.make_graph(
+            [node("Flatten", ["input"], ["x"]), node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             node("DequantizeLinear", ["q", "s2", "z"], ["d"]),
+             node("MatMul", ["d", "w"], ["logits"])], "pair",
+            [helper.make_tensor_value_info("input", f.FLOAT, ["N", 1, 2, 4])],
+            [helper.make_tensor_value_info("logits", f.FLOAT, ["N", 8])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    # codes x/s + 20: far below 0, at the lower tie -0.5 (rounds to 0, inside), just under it,
+    # inside, at the upper tie 255.5 (rounds to 256: saturated), far above
+    lo_tie, hi_tie = (-0.5 - 20) * s, (255.5 - 20) * s
+    x = np.array([-5.0, lo_tie, np.nextafter(lo_tie, -np.inf), 0.3, 1.234, hi_tie,
+                  np.nextafter(hi_tie, -np.inf), 40.0], np.float32).reshape(1, 1, 2, 4)
+    x = np.concatenate([x, -x])
+    cot = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    code = np.rint(np.divide(x.reshape(2, 8), s, dtype=np.float32)) + 20
+    want = np.where((code >= 0) & (code <= 255), cot, 0).astype(np.float32)
+    m = OrtModel(net(s))
+    grad_model = m._session("vjp")[0].model
+    ops = {n.op_type for n in grad_model.graph.node}
+    assert not ops & {"Div", "Round"}, ops
+    np.testing.assert_array_equal(m.vjp(x, cot)[1].reshape(2, 8), want)
+    # a DequantizeLinear of another scale: the chain rule's s2/s stays in the gradient
+    other = OrtModel(net(np.float32(0.1)))
+    np.testing.assert_allclose(other.vjp(x, cot)[1].reshape(2, 8), want * 2, rtol=1e-6)
