@@ -128,7 +128,16 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
                         f"has {len(x)}; lower --calibrate or pass more --calibration-data")
     x = x[:act.samples]
     inits = {t.name for t in model.graph.initializer}
-    name = next(i.name for i in model.graph.input if i.name not in inits)
+    graph_input = next(i for i in model.graph.input if i.name not in inits)
+    name = graph_input.name
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in graph_input.type.tensor_type.shape.dim][1:]
+    if len(dims) != x.ndim - 1 or any(d is not None and d != n for d, n in zip(dims, x.shape[1:],
+                                                                              strict=False)):
+        want = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        raise PassError(f"the calibration images ({act.data}) have shape {tuple(x.shape[1:])}, "
+                        f"the model takes {want}; pass --calibration-data with images of the "
+                        "model's input (e.g. cifar10-10k for a CIFAR-10 model)")
     reader = _Reader(name, x)
     CalibrationDataReader.register(_Reader)
     method = {Calibration.MINMAX: CalibrationMethod.MinMax,

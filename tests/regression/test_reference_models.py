@@ -22,6 +22,8 @@ DATA = {"mnist": "mnist-5k", "cifar10": "cifar10-10k"}
 # CIFAR-10): the acceptance thresholds of the reference recipes
 THRESHOLDS = {"mnist-standard": (0.970, None), "mnist-standard-seed1": (0.970, None),
               "mnist-adversarial": (0.95, 0.55), "mnist-feedback": (0.970, None),
+              "mnist-adversarial-strong": (0.97, 0.55),
+              "mnist-adversarial-strong-qat3": (0.97, 0.55),
               "cifar10-standard": (0.70, None), "cifar10-standard-seed1": (0.70, None),
               "cifar10-adversarial": (0.45, 0.25), "cifar10-feedback": (0.70, None)}
 
@@ -179,29 +181,44 @@ def test_cifar_feedback_card_records_its_round_and_the_paired_test_difference() 
     assert diff >= -0.01
 
 
-# the MNIST cards' adaptive entries (about 3 minutes for the four); the CIFAR-10 one takes about
-# 8 minutes of WRN attacks on 250 images and is re-measured by tools/make_models.py
-# --adaptive-only instead of on every CI run
+# the MNIST cards' adaptive entries; the CIFAR-10 one takes about 8 minutes of WRN attacks on
+# 250 images and is re-measured by tools/make_models.py --adaptive-only instead of on every CI run
 ADAPTIVE_CARDS = [p for p in MNIST_CARDS if "adaptive_test" in _card(p)]
+# the issue-level target for the robustness references: an adaptive worst case of at least 45 %
+# at eps 0.3 (the paper-reproduction adversarial model, a shorter recipe, stays near 30 %)
+ADAPTIVE_FLOOR = {"mnist-adversarial-strong": 0.45, "mnist-adversarial-strong-qat3": 0.45}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("card_path", ADAPTIVE_CARDS, ids=[p.stem for p in ADAPTIVE_CARDS])
 def test_card_adaptive_worst_case(card_path: Path, tmp_path: Path) -> None:
     """The card's robustness by the adaptive worst case, re-measured with the same cascade on the
-    same first test images: within 4 images (attacks differ in the last bits across CPUs and
-    builds), the masking finding the card records, and never above the clean accuracy."""
+    same first test images (all of them, or the card's CI subset where it records the per-image
+    flags: a robust model's cascade runs every column on most images): within 4 images (attacks
+    differ in the last bits across CPUs and builds), the masking finding the card records, never
+    above the clean accuracy, and the recipe's floor where it has one. Two worker processes:
+    the same per-sample results as one process (counter-based streams per sample)."""
     from qrdeploy.api import attack
 
     card = _card(card_path)
     entry = card["adaptive_test"]
+    n, want = entry["n"], entry["k"]
+    if "ci_subset" in entry:
+        flags = entry["robust_flags"]
+        assert len(flags) == entry["n"] and flags.count("1") == entry["k"]
+        n, want = entry["ci_subset"]["n"], entry["ci_subset"]["k"]
+        assert flags[:n].count("1") == want
     spec = ",".join(f"adaptive/{a}={entry['eps']:.10g}" for a in entry["columns"])
     res = attack(MODELS / card["onnx"], DATA[card_path.stem.split("-", 1)[0]],
-                 out=tmp_path / "r.json", suite="adaptive", attacks=spec, n=entry["n"],
+                 out=tmp_path / "r.json", suite="adaptive", attacks=spec, n=n,
                  unhardened=MODELS / entry["transfer_source"], baseline=False, threads=1,
-                 seed=entry["seed"])
+                 workers=2, seed=entry["seed"])
     assert res.adaptive is not None and res.masking is not None
     k = res.adaptive.worst_case.robust.k
-    assert abs(k - entry["k"]) <= 4, (k, entry["k"])
-    assert res.masking.suspected == entry["masking_suspected"]
+    assert abs(k - want) <= 4, (k, want)
+    if n == entry["n"]:  # a subset can differ in its masking evidence
+        assert res.masking.suspected == entry["masking_suspected"]
     assert k <= res.clean.k
+    floor = ADAPTIVE_FLOOR.get(card["name"])
+    if floor is not None:
+        assert entry["value"] >= floor, (entry["value"], floor)

@@ -80,6 +80,8 @@ def test_int8_model_is_scored_on_its_integer_graph_with_bpda_gradients() -> None
         ({"passes": []}, "no pass given"),
         ({"calibration": CALIB[:5]}, "--calibrate 40 needs that many calibration images"),
         ({"calibration": None}, "needs calibration images"),
+        ({"calibration": np.zeros((40, 3, 8, 8), np.float32)},
+         r"have shape \(3, 8, 8\), the model takes \(1, 8, 8\); pass --calibration-data"),
     ])
 def test_refusals_are_one_line(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"passes": [WeightQuant(3)], "encoding": "float",
