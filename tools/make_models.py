@@ -86,6 +86,18 @@ def prefix_of(name: str) -> str:
 
 
 def commit() -> str:
+    """The commit this process started at (read once: a run takes an hour, and the checkout may
+    move on meanwhile while the code in memory stays the one it started with)."""
+    global _COMMIT
+    if _COMMIT is None:
+        _COMMIT = _read_commit()
+    return _COMMIT
+
+
+_COMMIT: str | None = None
+
+
+def _read_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                          capture_output=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "qrdeploy"], cwd=ROOT, text=True,
@@ -302,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adaptive-only", nargs="+", metavar="NAME", choices=sorted(RECIPES),
                    help="only (re)measure the adaptive entry of these models' cards")
     args = p.parse_args(argv)
+    commit()  # before any work
     for name in args.adaptive_only or ():
         card_path = ROOT / "models" / f"{name}.json"
         card = json.loads(card_path.read_text())
