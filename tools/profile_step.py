@@ -31,23 +31,16 @@ Row = tuple[str, float, int]
 
 def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[float, float, list[Row]]:
     """(median wall ms per step, kernel ms per run, [(op, ms per run, count per run)])."""
-    import onnxruntime as ort
-
-    from qrdeploy.core.runtime import SessionConfig
+    from qrdeploy.core.runtime import SessionConfig, make_session
     from qrdeploy.model.ortmodel import OrtModel
 
-    m = OrtModel(path, SessionConfig("cpu", threads=threads))
+    config = SessionConfig("cpu", threads=threads)
+    m = OrtModel(path, config)
     gm, _ = m._session("ce")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.disable_quant_qdq", "1")
-    so.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = str(Path(tmp) / "step")
-        sess = ort.InferenceSession(gm.model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        # the attack's own session settings (qrdeploy.model.ortmodel), with the profiler on
+        sess = make_session(gm.model.SerializeToString(), m.config, qdq_transforms=False,
+                            profile_prefix=str(Path(tmp) / "step"))
         names = [i.name for i in sess.get_inputs()]
         rng = np.random.default_rng(0)
         feeds = {names[0]: rng.random((batch, *m.input_shape), dtype=np.float32),

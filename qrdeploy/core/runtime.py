@@ -75,12 +75,15 @@ def resolve_providers(provider: str) -> list[str]:
 
 def make_session(model: bytes, config: SessionConfig | None = None,
                  optimized_path: str | None = None,
-                 qdq_transforms: bool = True) -> onnxruntime.InferenceSession:
+                 qdq_transforms: bool = True,
+                 profile_prefix: str | None = None) -> onnxruntime.InferenceSession:
     """An inference session for a serialized model; runtime failures become GraphError.
     `optimized_path`: where onnxruntime writes the graph it actually runs (after fusions).
     `qdq_transforms=False`: no QDQ node-unit rewrites (for the gradient graphs of quantized
     models, whose fake-quantized activations are to stay float: onnxruntime would otherwise copy
-    each shared DequantizeLinear once per consumer; measured 3 % of a WRN step)."""
+    each shared DequantizeLinear once per consumer; measured 3 % of a WRN step).
+    `profile_prefix`: write onnxruntime's per-operator profile there (`end_profiling()` names
+    the file; tools/profile_step.py)."""
     config = config or SessionConfig()
     rt = ort()
     opts = rt.SessionOptions()
@@ -98,6 +101,9 @@ def make_session(model: bytes, config: SessionConfig | None = None,
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types

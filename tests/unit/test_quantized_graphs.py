@@ -434,21 +434,7 @@ def test_qdq_pair_gradient_is_the_masked_cotangent_in_few_passes() -> None:
     the code lies in range and 0 where it saturates (inputs on both sides of both ends and on
     the half-code ties), built without a Div or Round pass (the cost of an attack step on a QDQ
     graph), and the same as the general rule's when the pair does not share its scale."""
-    node = helper.make_node
-    f = onnx.TensorProto
-    s, zp = np.float32(0.05), np.uint8(20)
-
-    def net(dq_scale: np.float32) -> onnx.ModelProto:
-        inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in
-                 {"s": s, "z": zp, "s2": dq_scale, "w": np.eye(8, dtype=np.float32)}.items()]
-        graph = helper.make_graph(
-            [node("Flatten", ["input"], ["x"]), node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-             node("DequantizeLinear", ["q", "s2", "z"], ["d"]),
-             node("MatMul", ["d", "w"], ["logits"])], "pair",
-            [helper.make_tensor_value_info("input", f.FLOAT, ["N", 1, 2, 4])],
-            [helper.make_tensor_value_info("logits", f.FLOAT, ["N", 8])], inits)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
+    s = np.float32(0.05)
     # codes x/s + 20: far below 0, at the lower tie -0.5 (rounds to 0, inside), just under it,
     # inside, at the upper tie 255.5 (rounds to 256: saturated), far above
     lo_tie, hi_tie = (-0.5 - 20) * s, (255.5 - 20) * s
@@ -458,11 +444,45 @@ def test_qdq_pair_gradient_is_the_masked_cotangent_in_few_passes() -> None:
     cot = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
     code = np.rint(np.divide(x.reshape(2, 8), s, dtype=np.float32)) + 20
     want = np.where((code >= 0) & (code <= 255), cot, 0).astype(np.float32)
-    m = OrtModel(net(s))
+    m = OrtModel(_qdq_pair_net(s))
     grad_model = m._session("vjp")[0].model
     ops = {n.op_type for n in grad_model.graph.node}
     assert not ops & {"Div", "Round"}, ops
     np.testing.assert_array_equal(m.vjp(x, cot)[1].reshape(2, 8), want)
     # a DequantizeLinear of another scale: the chain rule's s2/s stays in the gradient
-    other = OrtModel(net(np.float32(0.1)))
+    other = OrtModel(_qdq_pair_net(np.float32(0.1)))
     np.testing.assert_allclose(other.vjp(x, cot)[1].reshape(2, 8), want * 2, rtol=1e-6)
+
+
+def test_gradient_session_profile_names_each_operator(tmp_path: Path) -> None:
+    """make_session's profiler option (tools/profile_step.py): the gradient graph of a QDQ model
+    run with onnxruntime's per-operator profile, whose kernel events name the graph's operators,
+    and the same outputs as the attack's own session."""
+    m = OrtModel(_qdq_pair_net())
+    gm, attack_sess = m._session("vjp")
+    sess = make_session(gm.model.SerializeToString(), m.config, qdq_transforms=False,
+                        profile_prefix=str(tmp_path / "p"))
+    feeds = {i.name: np.ones([d if isinstance(d, int) else 2 for d in i.shape], np.float32)
+             for i in sess.get_inputs()}
+    for a, b in zip(sess.run(None, feeds), attack_sess.run(None, feeds), strict=True):
+        np.testing.assert_array_equal(a, b)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    ops = {e["args"]["op_name"] for e in events
+           if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops, ops
+
+
+def _qdq_pair_net(dq_scale: float = 0.05) -> onnx.ModelProto:
+    """Flatten, QuantizeLinear (scale 0.05, zero point 20, uint8), DequantizeLinear of scale
+    `dq_scale`, MatMul by the identity: logits (N, 8) from (N, 1, 2, 4) inputs."""
+    node = helper.make_node
+    inits = [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in
+             {"s": np.float32(0.05), "z": np.uint8(20), "s2": np.float32(dq_scale),
+              "w": np.eye(8, dtype=np.float32)}.items()]
+    graph = helper.make_graph(
+        [node("Flatten", ["input"], ["x"]), node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         node("DequantizeLinear", ["q", "s2", "z"], ["d"]),
+         node("MatMul", ["d", "w"], ["logits"])],
+        "pair", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 1, 2, 4])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
