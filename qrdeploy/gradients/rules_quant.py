@@ -99,7 +99,7 @@ def _quantize(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -
                                   e.op("LessOrEqual", [x, e.const(hi, "q_hi")])], "q_inside")
         if not unscaled:
             g = e.op("Div", [g, e.const(scale, "q_scale")])
-        # Cast and Mul: onnxruntime's Where takes about twice their time on these tensors
+        # Cast and Mul: onnxruntime's broadcasting Where takes several times as long
         mask = e.op("Cast", [inside], "q_mask", to=TensorProto.FLOAT)
         return [e.op("Mul", [g, mask], "q_grad")] + [None] * (len(node.input) - 1)
     s = node.input[1] if scale is None else e.const(scale, "q_scale")
