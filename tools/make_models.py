@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -85,19 +86,10 @@ def prefix_of(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+@functools.cache
 def commit() -> str:
     """The commit this process started at (read once: a run takes an hour, and the checkout may
     move on meanwhile while the code in memory stays the one it started with)."""
-    global _COMMIT
-    if _COMMIT is None:
-        _COMMIT = _read_commit()
-    return _COMMIT
-
-
-_COMMIT: str | None = None
-
-
-def _read_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                          capture_output=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "qrdeploy"], cwd=ROOT, text=True,
@@ -247,13 +239,13 @@ def adaptive_card(model_path: Path, prefix: str) -> dict[str, object]:
                      attacks=spec, n=n, unhardened=ROOT / "models" / f"{source}.onnx",
                      baseline=False, threads=1, seed=0)
     assert res.adaptive is not None
-    robust_flags = res.adaptive.worst_flags()  # robust to every column
     return {"eps": eps, "n": n, "seed": 0, "transfer_source": f"{source}.onnx",
             "columns": list(ADAPTIVE_NAMES), **res.adaptive.worst_case.robust.to_json(),
             # which images no column fooled ('1' robust), and the count on the first CI_SUBSET
             # of them, which the regression test re-measures on every CI run
-            "robust_flags": "".join("1" if v else "0" for v in robust_flags.tolist()),
-            "ci_subset": {"n": min(CI_SUBSET, n), "k": int(robust_flags[:CI_SUBSET].sum())},
+            "robust_flags": res.adaptive.per_sample_worst_case,
+            "ci_subset": {"n": min(CI_SUBSET, n),
+                          "k": res.adaptive.per_sample_worst_case[:CI_SUBSET].count("1")},
             # robust count per column; the restricted ones ran on the earlier columns' survivors
             "per_column_k": {c.key: c.robust.k for c in res.columns
                              if c.key.startswith("adaptive/")},
