@@ -16,7 +16,7 @@ from pathlib import Path
 
 from qrdeploy.commands._options import add_parallel, parallel
 from qrdeploy.errors import ConfigError
-from qrdeploy.paper.pipeline import REGIME_FILES, reproduce
+from qrdeploy.paper.pipeline import HARDENING_FILES, REGIME_FILES, reproduce
 from qrdeploy.paper.profiles import ProfileName
 
 HELP = "re-run the paper's experiment (cached, resumable) and write its report"
@@ -29,9 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder: report.md, results.json, CSVs, PNGs and steps/")
     p.add_argument("--models", default="models", metavar="DIR",
                    help="folder of <prefix>-standard/-adversarial/-feedback/-standard-seed1.onnx "
-                        "(default: %(default)s)")
+                        "(and -adversarial-strong/-adversarial-strong-qat3.onnx for the "
+                        "hardening rows; default: %(default)s)")
     p.add_argument("--model", action="append", default=[], metavar="REGIME=PATH",
-                   help=f"a model file for one regime ({', '.join(REGIME_FILES)}); repeatable")
+                   help="a model file for one regime "
+                        f"({', '.join(REGIME_FILES | HARDENING_FILES)}); repeatable")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="folder with torchvision-format MNIST / CIFAR-10 (paper profiles)")
     p.add_argument("--force", action="append", default=[], metavar="STEP",

@@ -79,7 +79,8 @@ def _add_feedback(p: argparse.ArgumentParser) -> None:
         "docs/feedback.md)")
     g.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
                    help="the trained checkpoint to start from: feedback learning's standard "
-                        "model, or for standard/adversarial training a fine-tuning start")
+                        "model, or for standard/adversarial training a fine-tuning start; a "
+                        "float .onnx that qrdeploy export wrote works too")
     g.add_argument("--fl-rounds", type=int, default=None)
     g.add_argument("--fl-directions", type=int, default=None,
                    help="random directions per sample")

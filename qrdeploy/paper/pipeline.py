@@ -9,7 +9,11 @@ the four forms (plain, (Q), +mu, +mu (Q)), runs the paper's columns on each (whi
 transferred from <prefix>-standard-seed1, noise, eps sweep), the adaptive suite on the samples
 that survive the paper's iterative attacks, the ‖ΔW‖₂ analysis, the bits sweep and the μ
 ablation; the second standard model (plain and (Q), no black-box columns) is the seed-variance
-floor. A missing model or data folder leaves its cells "not run (...)"; nothing crashes.
+floor. Profiles with `hardening_regimes` add qrdeploy's own rows (not the paper's): the stronger
+adversarial model (<prefix>-adversarial-strong, plain and post-training (Q)) and its 3-bit QAT
+fine-tuning (<prefix>-adversarial-strong-qat3, hardened at 3 and 2 bits), each scored by clean
+accuracy and the adaptive suite alone. A missing model or data folder leaves its cells
+"not run (...)"; nothing crashes.
 With `retrain=True` the four models are first trained from qrdeploy.train.recipes (the profile's
 overrides applied) as cached `train.*` steps, and those replace the committed files.
 
@@ -45,6 +49,9 @@ REGIME_FILES = {"orig": "standard", "adv": "adversarial", "fl": "feedback",
 FORMS = ("plain", "q", "mu", "mu-q")
 FLOOR_FORMS = ("plain", "q")
 INT8_FORMS = ("q-int8",)  # the (Q) weights with int8 activations: the integer graph that ships
+#: qrdeploy's hardening rows (Profile.hardening_regimes): model file stem and forms
+HARDENING_FILES = {"adv-strong": "adversarial-strong", "adv-qat": "adversarial-strong-qat3"}
+HARDENING_FORMS = {"adv-strong": ("plain", "q"), "adv-qat": ("q", "q2")}
 TRANSFER = ".transfer"
 
 
@@ -59,14 +66,16 @@ class ReproduceResult:
 
 def resolve_models(p: Profile, models_dir: Path, overrides: Mapping[str, Path]
                    ) -> tuple[dict[str, Path | None], dict[str, str]]:
-    """Model file per regime (None when absent) and the reason for each absent one."""
-    bad = set(overrides) - set(REGIME_FILES)
+    """Model file per regime (None when absent) and the reason for each absent one: the paper's
+    regimes, then the profile's hardening regimes."""
+    files = REGIME_FILES | {r: HARDENING_FILES[r] for r in p.hardening_regimes}
+    bad = set(overrides) - set(files)
     if bad:
         raise ConfigError(f"--model names unknown regime(s) {', '.join(sorted(bad))}; use "
-                          f"{', '.join(REGIME_FILES)} (e.g. --model fl=models/fl.onnx)")
+                          f"{', '.join(files)} (e.g. --model fl=models/fl.onnx)")
     found: dict[str, Path | None] = {}
     missing = {}
-    for regime, stem in REGIME_FILES.items():
+    for regime, stem in files.items():
         path = Path(overrides.get(regime, models_dir / f"{p.model_prefix}-{stem}.onnx"))
         found[regime] = path if path.is_file() else None
         if found[regime] is None:
@@ -107,6 +116,22 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
                    "results.json")
         c.results[row] = load_results(res)
     return paths
+
+
+def _hardening_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: str,
+                     tdir: Path, parallel: Parallel | None) -> None:
+    """The forms of one hardening regime, each scored by clean accuracy and the adaptive suite;
+    the suite's transfer entry crafts on Orig. seed 1 (as the reference cards' entries), or on
+    the regime's own model when that is missing."""
+    p, src = c.profile, c.models[regime]
+    assert src is not None
+    transfer = c.models["orig-seed1"] or src
+    for form in HARDENING_FORMS[regime]:
+        path = src if form == "plain" else _one(
+            cache, steps.harden_step(f"harden.{regime}.{form}", p, src, form), "model.onnx")
+        res = _one(cache, steps.hardening_step(f"attack.{regime}.{form}", p, path, transfer, data,
+                                               fp, c.seed, tdir, parallel), "results.json")
+        c.results[f"{regime}:{form}"] = load_results(res)
 
 
 def _regime_steps(cache: StepCache, c: Collected, regime: str, paths: dict[str, Path],
@@ -158,8 +183,9 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
                  retrain: bool = False, parallel: Parallel | None = None) -> None:
     """Every step of the profile, in order; fills `c`. `parallel` shards the attack steps."""
     cache = StepCache(out, force)
-    if retrain:
-        c.models, c.missing = retrain_models(cache, c.profile, data_root), {}
+    if retrain:  # the paper's four are trained; hardening models stay the files on disk
+        c.models = {**c.models, **retrain_models(cache, c.profile, data_root)}
+        c.missing = {r: why for r, why in c.missing.items() if r in HARDENING_FILES}
         c.retrained = True
     data, c.data_note = _load_data(c.profile, data_root)
     if data is not None:
@@ -171,6 +197,8 @@ def run_pipeline(c: Collected, out: Path, data_root: Path | None, force: Sequenc
         for regime in (r for r in order if c.models[r] is not None):
             all_paths[regime] = _row_steps(cache, c, regime, data, fp, tdir, parallel)
             _regime_steps(cache, c, regime, all_paths[regime], data, fp)
+        for regime in (r for r in c.profile.hardening_regimes if c.models.get(r) is not None):
+            _hardening_steps(cache, c, regime, data, fp, tdir, parallel)
         _sufficiency(cache, c, all_paths, data, fp, parallel)
     c.events = cache.events
 

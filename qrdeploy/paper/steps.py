@@ -7,7 +7,8 @@ qrdeploy.evaluation.runner / results touches this file only.
 | train.R          | model.onnx, .safetensors   | --retrain: regime R's reference recipe        |
 | harden.R.F       | model.onnx                 | form F of regime R (μ-law, 3-bit, both)       |
 | attack.R.F       | results.json               | the paper's 13 columns, eps sweep and the     |
-|                  |                            | adaptive suite (cascade), with the verdict    |
+|                  |                            | adaptive suite (cascade), with the verdict;   |
+|                  |                            | hardening rows: clean and the adaptive suite  |
 | lipschitz.R      | q.json, mu-q.json          | ‖ΔW‖₂ per layer and amplification             |
 | bits.R           | bits.json                  | clean accuracy at 1–8 bits                    |
 | ablation.R       | ablation.json              | μ sweep, last layer, fp32 and (Q)             |
@@ -132,12 +133,11 @@ def sufficiency_suite(p: Profile, budget: Budget) -> Suite:
     return replace(suite, columns=tuple(c for c in suite.columns if c.key in keep), sweep=())
 
 
-def with_adaptive(suite: Suite, p: Profile) -> Suite:
-    """The suite plus the adaptive columns (cheap first: the gradient entries cascade) at the
-    family's iterative eps, and PGD at eps = 1 for the masking checks."""
-    eps = PARAMS[Family(p.family)].iter_eps
-    cols = tuple(Column(a.name, Mode.ADAPTIVE, a, eps, Origin.DEFAULT)
-                 for a in adaptive_attacks(p))
+def with_adaptive(suite: Suite, p: Profile, eps: float | None = None) -> Suite:
+    """The suite plus the adaptive columns (cheap first: the gradient entries cascade) at `eps`
+    (default: the family's iterative eps), and PGD at eps = 1 for the masking checks."""
+    attacks = adaptive_attacks(p, eps=eps)
+    cols = tuple(Column(a.name, Mode.ADAPTIVE, a, a.eps, Origin.DEFAULT) for a in attacks)
     unbounded = build_suite(SuiteName.ADAPTIVE, p.family).unbounded  # the suite's PGD at eps 1
     assert unbounded is not None and unbounded.attack is not None
     unbounded = replace(unbounded, attack=budget_attack(unbounded.attack, p.budget,
@@ -145,10 +145,12 @@ def with_adaptive(suite: Suite, p: Profile) -> Suite:
     return replace(suite, columns=suite.columns + cols, unbounded=unbounded)
 
 
-def adaptive_attacks(p: Profile, budget: Budget | None = None) -> tuple[AdaptiveAttack, ...]:
-    """The adaptive suite at the family's iterative eps and the profile's budget, cheap first."""
+def adaptive_attacks(p: Profile, budget: Budget | None = None, eps: float | None = None
+                     ) -> tuple[AdaptiveAttack, ...]:
+    """The adaptive suite at `eps` (default: the family's iterative eps) and the profile's
+    budget, cheap first."""
     b = budget or p.budget
-    eps = PARAMS[Family(p.family)].iter_eps
+    eps = PARAMS[Family(p.family)].iter_eps if eps is None else eps
     suite = adaptive_suite(eps, steps=b.adaptive_steps, queries=b.adaptive_queries)
     chosen = [a for a in suite if b.adaptive_names is None or a.name in b.adaptive_names]
     return tuple(sorted(chosen, key=lambda a: ADAPTIVE_ORDER.index(a.name)
@@ -167,6 +169,8 @@ def form_passes(p: Profile, form: str, mu: float | None = None, layers: str | No
         out.append(MuLawMap(m, True, layers or p.mu_layers))
     if form in ("q", "mu-q", "q-int8"):
         out.append(WeightQuant(p.bits))  # per tensor, max scale, narrow: 7 levels at 3 bits
+    if form == "q2":  # the hardening rows' 2-bit form (ours): 3 levels
+        out.append(WeightQuant(2))
     return out
 
 
@@ -237,6 +241,26 @@ def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: 
               **({"plain": plain} if plain is not None else {})}
     settings = {"suite": repr(suite), "data": data_fp, "seed": seed, "batch": p.batch_size}
     return Step(name, settings, inputs, body)
+
+
+def hardening_step(name: str, p: Profile, victim: Path, transfer: Path, data: Dataset,
+                   data_fp: str, seed: int, transfer_dir: Path,
+                   parallel: Parallel | None = None) -> Step:
+    """Clean accuracy and the adaptive suite alone (at the profile's budget and
+    `p.hardening_eps`, cascade and masking checks as in attack.R.F) on a hardening row: the
+    measure its targets are stated in. `transfer` is the model the suite's transfer entry crafts
+    on."""
+    clean = paper_suite(p, False, replace(p.budget, sweep_eps=()))
+    suite = replace(clean, columns=tuple(c for c in clean.columns if c.key == "clean"), sweep=())
+    suite = with_adaptive(suite, p, p.hardening_eps)
+
+    def body(out: Path, work: Path) -> None:
+        run_suite(victim, data, suite, out / "results.json", source=None, seed=seed,
+                  batch=p.batch_size, state=work / "state.npz", transfer_dir=transfer_dir,
+                  adaptive_source=transfer, parallel=parallel)
+
+    settings = {"suite": repr(suite), "data": data_fp, "seed": seed, "batch": p.batch_size}
+    return Step(name, settings, {"victim": victim, "plain": transfer}, body)
 
 
 # ---------------------------------------------------------------------------- lipschitz

