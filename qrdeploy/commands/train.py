@@ -67,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "harden --bits B leaves them unchanged (default: off)")
     q.add_argument("--quant-granularity", choices=["tensor", "channel"],
                    default=_D.quant_granularity, help="as harden --granularity")
+    q.add_argument("--quant-activations", choices=["float", "int8"],
+                   default=_D.quant_activations,
+                   help="int8: also train through the uint8 activation quantizers of the graph "
+                        "harden --activations int8 writes, ranges calibrated as that pass does "
+                        "(default: %(default)s)")
     q.add_argument("--lipschitz-reg", type=float, default=_D.lipschitz_reg, metavar="BETA",
                    help="Parseval orthogonality penalty BETA * sum ||W W^T - I||^2 (default: "
                         "off)")
@@ -154,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eps_warmup=pick("eps_warmup"), val_attack_steps=pick("val_attack_steps"),
         init=pick("init"), n_train=args.n_train, threads=args.threads,
         quant_aware=args.quant_aware, quant_granularity=args.quant_granularity,
+        quant_activations=args.quant_activations,
         lipschitz_reg=args.lipschitz_reg,
         data_root=args.data_root, from_checkpoint=args.from_checkpoint,
         feedback=feedback_from_args(args, base.feedback),

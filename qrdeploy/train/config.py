@@ -146,6 +146,10 @@ class TrainConfig:
     # when set.
     quant_aware: int = 0
     quant_granularity: str = "tensor"
+    # "int8": also train through the uint8 activation fake quantizers of the integer graph that
+    # `harden --activations int8` writes (ranges calibrated as that pass does). Recorded only when
+    # "int8".
+    quant_activations: str = "float"
     lipschitz_reg: float = 0.0
     # Feedback learning: the standard checkpoint to start from, and the F.L. settings. Recorded
     # only for method "feedback", so other recipes serialise exactly as before.
@@ -170,6 +174,10 @@ class TrainConfig:
              f"--quant-aware takes weight bits in 2..8 (0: off), got {self.quant_aware}"),
             (self.quant_granularity in ("tensor", "channel"),
              f"quant granularity must be tensor or channel, got {self.quant_granularity!r}"),
+            (self.quant_activations in ("float", "int8"),
+             f"--quant-activations takes float or int8, got {self.quant_activations!r}"),
+            (self.quant_activations == "float" or self.method is not Method.FEEDBACK,
+             "--quant-activations int8 trains standard or adversarial models, not feedback"),
             (self.lipschitz_reg >= 0, f"--lipschitz-reg must be >= 0, got {self.lipschitz_reg}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -196,6 +204,8 @@ class TrainConfig:
             d.pop("init")
         if not self.quant_aware:
             d.pop("quant_aware"), d.pop("quant_granularity")
+        if self.quant_activations == "float":
+            d.pop("quant_activations")
         if not self.lipschitz_reg:
             d.pop("lipschitz_reg")
         if not self.val_attack_steps:

@@ -34,7 +34,15 @@ from qrdeploy.train.checkpoint import (
 from qrdeploy.train.config import Method, Optim, TrainConfig
 from qrdeploy.train.load import load_trained
 from qrdeploy.train.nets import build_net
-from qrdeploy.train.quantaware import attach, bake, orthogonality
+from qrdeploy.train.quantaware import (
+    CALIBRATION_IMAGES,
+    attach,
+    attach_activations,
+    bake,
+    calibrate,
+    detach_activations,
+    orthogonality,
+)
 
 #: (model, x, y, epoch, sample indices) -> the inputs to train on
 Perturb = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]
@@ -190,6 +198,7 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
         model.load_state_dict(load_trained(config.from_checkpoint)[0].state_dict())
     if config.quant_aware:
         attach(model, config.quant_aware, config.quant_granularity)
+    recalibrate = _activation_quant(model, config, train)
     st = State(model, make_optimizer(model, config), history=[])
     rpath = resume_path(out)
     if rpath.exists() and not fresh:
@@ -197,7 +206,9 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
         log(f"resuming from {rpath} after epoch {st.epoch}")
     adversarial = config.method is not Method.STANDARD
     while st.epoch < config.epochs:
+        recalibrate(st.model)
         stats = run_epoch(st, train, config, perturb)
+        recalibrate(st.model)  # validation sees the ranges harden would calibrate now
         stats["val_score"] = score(st.model, val)
         # the figure that selects the epoch, and for adversarial training the clean one too
         stats["val_clean"] = accuracy(st.model, val) if adversarial else stats["val_score"]
@@ -214,6 +225,18 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
     return _finish(out, rpath, st, config, val)
 
 
+def _activation_quant(model: nn.Module, config: TrainConfig, train: Dataset
+                      ) -> Callable[[nn.Module], None]:
+    """With int8 activation QAT, attach its fake quantizers and return the recalibration the
+    loop runs around each epoch (min-max over the first training images, clean, as `harden
+    --activations int8 --calibrate 500` does); otherwise a no-op."""
+    if config.quant_activations != "int8":
+        return lambda m: None
+    attach_activations(model)
+    images = torch.from_numpy(train.x[:CALIBRATION_IMAGES])
+    return lambda m: calibrate(m, images)
+
+
 #: What the validation score that selects the epoch measures (adversarial training or not).
 SCORE_NAME = {False: "clean accuracy", True: "PGD accuracy"}
 
@@ -223,12 +246,16 @@ def _finish(out: Path, rpath: Path, st: State, config: TrainConfig, val: Dataset
     st.model.load_state_dict(st.best)
     if config.quant_aware:  # the checkpoint holds the quantized weights the net trained with
         bake(st.model)
+    val_accuracy = accuracy(st.model, val)  # of the network as trained (int8 activations too)
+    if config.quant_activations == "int8":  # ranges are the deployed graph's to calibrate
+        detach_activations(st.model)
+    if config.quant_aware or config.quant_activations == "int8":
         st.best = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
     meta = {"kind": "model", "config": config.to_json(), "qrdeploy_version": __version__,
             "num_classes": val.num_classes, "selected_by": SCORE_NAME[
                 config.method is not Method.STANDARD],
             "best_epoch": st.best_epoch + 1, "val_score": st.best_score,
-            "val_accuracy": accuracy(st.model, val), "history": st.history}
+            "val_accuracy": val_accuracy, "history": st.history}
     ck = Checkpoint({"model": st.best}, meta)
     save_checkpoint(out, ck)
     rpath.unlink(missing_ok=True)
