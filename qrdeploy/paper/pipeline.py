@@ -68,6 +68,10 @@ def resolve_models(p: Profile, models_dir: Path, overrides: Mapping[str, Path]
                    ) -> tuple[dict[str, Path | None], dict[str, str]]:
     """Model file per regime (None when absent) and the reason for each absent one: the paper's
     regimes, then the profile's hardening regimes."""
+    unknown = sorted(set(p.hardening_regimes) - set(HARDENING_FILES))
+    if unknown:
+        raise ConfigError(f"profile {p.name} names unknown hardening regime(s) "
+                          f"{', '.join(unknown)}; use {', '.join(HARDENING_FILES)}")
     files = REGIME_FILES | {r: HARDENING_FILES[r] for r in p.hardening_regimes}
     bad = set(overrides) - set(files)
     if bad:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,12 @@ def test_config_errors(call: object, match: str) -> None:
 def test_unknown_regime_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown regime"):
         reproduce("smoke", tmp_path, models={"ensemble": tmp_path / "m.onnx"})
+
+
+def test_unknown_hardening_regime_of_a_custom_profile_is_refused(tmp_path: Path) -> None:
+    profile = replace(get_profile("smoke"), hardening_regimes=("adv-qat", "adv-lip"))
+    with pytest.raises(ConfigError, match="unknown hardening regime.*adv-lip; use adv-strong"):
+        reproduce(profile, tmp_path)
 
 
 def test_cli_exit_code_on_bad_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
