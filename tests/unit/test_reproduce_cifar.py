@@ -19,11 +19,13 @@ pytest.importorskip("torch")
 
 
 def smoke_cifar() -> object:
-    """quick-cifar's data, model prefix and μ-law layers with the smoke profile's budgets."""
+    """quick-cifar's data, model prefix, μ-law layers and rows (no hardening rows: those are
+    MNIST models) with the smoke profile's budgets."""
     quick = get_profile("quick-cifar")
     return dataclasses.replace(
         get_profile("smoke"), name="smoke-cifar", family=quick.family, data=quick.data,
-        model_prefix=quick.model_prefix, mu_layers=quick.mu_layers, n_test=6, bits_n=12,
+        model_prefix=quick.model_prefix, mu_layers=quick.mu_layers,
+        hardening_regimes=quick.hardening_regimes, n_test=6, bits_n=12,
         ablation_n=6, sufficiency_n=4, lipschitz_n=4,
         retrain={**get_profile("smoke").retrain, "n_train": 64, "val_attack_steps": 0})
 
