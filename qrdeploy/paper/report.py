@@ -231,7 +231,7 @@ def _paired_cell(new: np.ndarray, old: np.ndarray) -> str:
 
 def _pct(k: int, n: int) -> str:
     lo, hi = Proportion(k, n).interval
-    return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if n else "not run"
+    return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def hardening_table(c: Collected) -> list[str]:

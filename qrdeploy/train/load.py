@@ -71,7 +71,8 @@ def from_onnx(path: str | Path) -> tuple[nn.Module, Checkpoint]:
         raise CheckpointError(f"{path}: its recorded training recipe does not parse: "
                               f"{first_line(exc, None)}") from None
     weights = {t.name: t for t in model.graph.initializer}
-    net = build_net(config.net, num_classes=_classes(model))
+    classes = _classes(model)
+    net = build_net(config.net, num_classes=classes)
     state: dict[str, torch.Tensor] = {}
     for name, value in net.state_dict().items():
         if name.endswith("num_batches_tracked"):  # a training counter, not in the graph
@@ -86,7 +87,7 @@ def from_onnx(path: str | Path) -> tuple[nn.Module, Checkpoint]:
                                   f"{config.net} needs {tuple(value.shape)}")
         state[name] = torch.from_numpy(array)
     net.load_state_dict(state)
-    ck_meta = {"kind": "model", "config": config.to_json(), "num_classes": _classes(model),
+    ck_meta = {"kind": "model", "config": config.to_json(), "num_classes": classes,
                "source": {"file": Path(path).name, "format": "onnx"}}
     return net.eval(), Checkpoint({"model": {k: v.clone() for k, v in state.items()}}, ck_meta)
 
