@@ -18,6 +18,12 @@ and returns an AttackResult scored on the victim's forward pass.
 | pgd-f64     | PGD, CE with a float64 unit-max cotangent             | removes softmax underflow  |
 | square      | Square, 5,000 queries, logits only                    | gradient-free              |
 | transfer    | PGD-CW crafted on the unhardened model                | near-perfect surrogate     |
+| square-twin | Square on the float-activation twin, scored on victim | quantized outputs stall it |
+
+`square-twin` is for integer graphs only (activations quantized at run time; `integer=True`):
+their logits move in steps of the output quantizer, so Square, which keeps a candidate only on a
+strict improvement, can stall on a plateau; the twin (the same weights, activations not rounded,
+qrdeploy.graphio.twin) has no plateaus, and its examples are scored on the deployed graph.
 
 Budgets are qrdeploy [DEFAULT]s: 100 iterations for PGD and APGD (AutoAttack's), PGD step
 2.5 eps / steps (Madry et al.'s rule), 1 restart; eps is the family's iterative-attack eps
@@ -46,6 +52,7 @@ from qrdeploy.attacks.temperature import Float64Cotangent, NJSModel
 from qrdeploy.core.arrays import Array, to_numpy
 from qrdeploy.core.losses import Loss
 from qrdeploy.errors import ConfigError
+from qrdeploy.model.protocol import Twinned
 
 AdaptiveConfig: TypeAlias = PGD | APGD | Square
 
@@ -62,6 +69,7 @@ class Role(StrEnum):
     WHITE = "white"  # gradients of the victim
     QUERY = "query"  # the victim's logits only
     TRANSFER = "transfer"  # crafted on the unhardened source, scored on the victim
+    TWIN = "twin"  # crafted on the victim's float-activation twin, scored on the victim
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,8 @@ class AdaptiveAttack:
     def describe(self) -> str:
         """The entry as a reader wants it: its attack's settings and how it reaches the victim."""
         how = {Role.WHITE: "gradients of the victim", Role.QUERY: "the victim's outputs only",
-               Role.TRANSFER: "crafted on the model before hardening, scored on the victim"}
+               Role.TRANSFER: "crafted on the model before hardening, scored on the victim",
+               Role.TWIN: "crafted on the victim's float-activation twin, scored on the victim"}
         wrap = {Wrap.NONE: "", Wrap.FLOAT64: ", float64 cotangent",
                 Wrap.NJS: ", NJS rescaled logits"}
         return f"{self.attack.describe()} ({how[self.role]}{wrap[self.wrap]})"
@@ -100,8 +109,8 @@ class AdaptiveAttack:
         source: Any = None,
     ) -> AttackResult:
         """Run the entry on the victim `model` (a Differentiable, or a Classifier for the query
-        role); `source` (Differentiable, the model before hardening) is needed by the transfer
-        role only."""
+        role, a Twinned model for the twin role); `source` (Differentiable, the model before
+        hardening) is needed by the transfer role only."""
         attack = _fit_targets(self.attack, model.num_classes)
         if self.role is Role.TRANSFER:
             if source is None:
@@ -110,6 +119,20 @@ class AdaptiveAttack:
                     "source= (on the CLI: --source unhardened.onnx) or drop it from the suite"
                 )
             crafted = attack(source, x, y, seed=seed, indices=indices)
+            return score(model, crafted.x_adv, y)
+        if self.role is Role.TWIN:
+            twin = model.activation_twin() if isinstance(model, Twinned) else None
+            if twin is None:
+                raise ConfigError(
+                    f"adaptive attack {self.name!r} needs a graph whose activations are "
+                    "quantized at run time (an integer graph), and this model has none; drop "
+                    "it from --attacks"
+                )
+            if not isinstance(attack, Square):
+                raise ConfigError(f"adaptive attack {self.name!r}: the twin role runs Square "
+                                  "(the twin gives logits only), not "
+                                  f"{type(attack).__name__}")
+            crafted = attack(twin, x, y, seed=seed, indices=indices)
             return score(model, crafted.x_adv, y)
         victim = {Wrap.NONE: model, Wrap.FLOAT64: Float64Cotangent, Wrap.NJS: NJSModel}[self.wrap]
         if self.wrap is not Wrap.NONE:
@@ -137,8 +160,10 @@ def adaptive_suite(
     queries: int = 5000,
     targets: int = 9,
     temperatures: Sequence[float] = (10.0, 100.0),
+    integer: bool = False,
 ) -> tuple[AdaptiveAttack, ...]:
-    """The adaptive suite at one L-inf eps (see the module table)."""
+    """The adaptive suite at one L-inf eps (see the module table); `integer` adds the entries
+    for graphs that quantize activations at run time (square-twin)."""
     step = 2.5 * eps / steps if eps > 0 else 1.0
 
     def pgd(loss: Loss = Loss.CE, temperature: float = 1.0) -> PGD:
@@ -157,6 +182,8 @@ def adaptive_suite(
         AdaptiveAttack("pgd-f64", pgd(Loss.CE), Wrap.FLOAT64),
         AdaptiveAttack("square", Square(eps=eps, queries=queries), role=Role.QUERY),
         AdaptiveAttack("transfer", pgd(Loss.CW), role=Role.TRANSFER),
+        *((AdaptiveAttack("square-twin", Square(eps=eps, queries=queries), role=Role.TWIN),)
+          if integer else ()),
     )
 
 

@@ -181,11 +181,12 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     srcs = resolve_sources(opts, data, open_(source), before, session)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
-    if str(victim.info.get("gradient_form") or "").startswith("BPDA"):
+    if victim.bpda:
         suite, added = with_integer_columns(suite)
         if added:
             notes.append(f"integer graph: its white-box gradient is BPDA (straight-through), so "
-                         f"{' and '.join(added)} were added beside it (check bpda-weaker)")
+                         f"{', '.join(added)} were added beside it (checks bpda-weaker, "
+                         "twin-stronger)")
     if srcs.adaptive_note is not None and _transfer_keys(suite):
         notes.append(srcs.adaptive_note)
     if srcs.adaptive is None and _transfer_keys(suite):

@@ -46,6 +46,7 @@ class CheckName(StrEnum):
     SQUARE = "square-stronger"
     PROBABILITIES = "probability-outputs"
     BPDA_WEAKER = "bpda-weaker"
+    TWIN_STRONGER = "twin-stronger"
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,29 @@ def check_bpda(bpda: bool, white: Sequence[Arm], free: Sequence[Arm]) -> Check:
             pairs.append((o, "BPDA white-box worst case", _worst(ref)))
     return _compare(CheckName.BPDA_WEAKER, pairs,
                     "no gradient-free or transfer arm to pair with the BPDA white-box arms")
+
+
+def check_twin(twin: Arm | None, graph: Sequence[Arm]) -> Check:
+    """On an integer graph: does Square crafted on its float-activation twin (scored on the
+    graph) break samples that every attack on the graph itself left? `graph`: the arms that
+    query or differentiate the graph (its white-box columns, Square on its own logits). The
+    worst case of `graph` is compared with that worst case and the twin's arm together (the
+    paired rule; the pair differs only where the twin adds a success). Fires when the twin adds
+    significantly: the graph's quantized outputs stall the query attack on plateaus of equal
+    margins and its own columns overstate robustness. Skipped without the twin's arm."""
+    if twin is None:
+        return _skipped(CheckName.TWIN_STRONGER,
+                        "no Square on a float-activation twin (not an integer graph)")
+    ref = [g for g in graph if _within(twin, g)]
+    if not ref:
+        return _skipped(CheckName.TWIN_STRONGER, "no attack on the graph with the twin's eps")
+    own = _worst(ref)
+    both = own & _flags(twin.robust)
+    p = paired(both, own)
+    added = int(np.sum(own & ~both))
+    return Check(CheckName.TWIN_STRONGER, p.significant, p.gap, p.margin,
+                 f"{twin.name} breaks {added} of {len(own)} samples that every attack on the "
+                 f"graph left: {100 * p.gap:.1f} points (margin {100 * p.margin:.1f})")
 
 
 def check_unbounded(arm: Arm | None, threshold: float = 0.01) -> Check:

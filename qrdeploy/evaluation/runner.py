@@ -70,6 +70,13 @@ class Subject:
     info: dict[str, Any] = field(default_factory=dict)
     ref: Any = None  # a picklable way to open the model again (qrdeploy.evaluation.subjects)
 
+    @property
+    def bpda(self) -> bool:
+        """An integer graph: activations quantized at run time, so its white-box gradient is
+        BPDA (the straight-through estimator of its dequantized twin)."""
+        info = self.info or getattr(self.model, "info", None) or {}
+        return str(info.get("gradient_form") or "").startswith("BPDA")
+
 
 @dataclass(frozen=True)
 class RunConfig:

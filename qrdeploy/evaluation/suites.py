@@ -268,7 +268,7 @@ def _make(name: str, mode: Mode, p: Params, value: float | None) -> Column:
 
 def _adaptive(name: str, eps: float) -> Column:
     """The adaptive entry `name` rebuilt at another eps (set by the user)."""
-    entry = next(e for e in adaptive_suite(eps) if e.name == name)
+    entry = next(e for e in adaptive_suite(eps, integer=True) if e.name == name)
     return Column(name, Mode.ADAPTIVE, entry, eps, Origin.USER)
 
 
@@ -547,16 +547,19 @@ def build_suite(
 
 
 #: The adaptive entries every run on an integer graph carries: its white-box gradient is BPDA,
-#: so a gradient-free and a transfer column stand beside it (the bpda-weaker check).
-INTEGER_ENTRIES = ("square", "transfer")
+#: so a gradient-free and a transfer column stand beside it (the bpda-weaker check), and Square
+#: on its float-activation twin beside Square on its quantized outputs (twin-stronger).
+INTEGER_ENTRIES = ("square", "transfer", "square-twin")
 
 
 def with_integer_columns(suite: Suite) -> tuple[Suite, list[str]]:
     """The suite plus the INTEGER_ENTRIES it lacks (and, with them, the masking checks and PGD
     at eps 1); returns the added keys."""
     have = {c.name for c in suite.by_mode(Mode.ADAPTIVE)}
-    extra = tuple(c for c in build_suite(SuiteName.ADAPTIVE, suite.family).columns
-                  if c.name in INTEGER_ENTRIES and c.name not in have)
+    eps = suite.adaptive_eps if suite.adaptive_eps is not None else PARAMS[suite.family].iter_eps
+    extra = tuple(Column(e.name, Mode.ADAPTIVE, e, e.eps, Origin.DEFAULT)
+                  for e in adaptive_suite(eps, integer=True)
+                  if e.name in INTEGER_ENTRIES and e.name not in have)
     if not extra:
         return suite, []
     unbounded = suite.unbounded or Column("pgd@1", Mode.WHITE,

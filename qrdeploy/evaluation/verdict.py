@@ -10,6 +10,9 @@ points (logits, CE input gradients) feeds the statistics of one model:
 - square-stronger: the adaptive `square` column against every gradient-based attack of the run;
 - bpda-weaker (integer graphs only, whose gradient is BPDA): Square, the adaptive transfer column
   and the black-box columns against the BPDA white-box attacks;
+- twin-stronger (integer graphs only): what the adaptive `square-twin` column (Square on the
+  float-activation twin, scored on the graph) adds to the worst case of every gradient-based
+  attack of the run and the adaptive `square` column (the attacks on the graph itself);
 - unbounded-below-100: PGD at eps = 1 (`Suite.unbounded`);
 - eps-no-effect: every iterative kind of the eps sweep (one check; the first kind that fires is
   named); FGSM curves are not monotone in eps even on honest models, see `sweep_check`.
@@ -38,6 +41,7 @@ from qrdeploy.evaluation.masking import (
     check_one_step,
     check_probabilities,
     check_square,
+    check_twin,
     check_unbounded,
     check_zero_gradient,
     gap_histogram,
@@ -89,7 +93,8 @@ def gradient_arms(ev: Evaluation) -> list[Arm]:
 
 
 def comparison_checks(ev: Evaluation) -> list[Check]:
-    """black-box-stronger, one-step-stronger and square-stronger from the run's flags."""
+    """black-box-stronger, one-step-stronger, square-stronger, bpda-weaker and twin-stronger
+    from the run's flags."""
     white = gradient_arms(ev)
     others = [_arm(ev, c.key, c.eps) for c in ev.suite.by_mode(Mode.BLACK) if c.bounded]
     others += [_arm(ev, c.key, None) for c in ev.suite.by_mode(Mode.NOISE)]
@@ -98,10 +103,10 @@ def comparison_checks(ev: Evaluation) -> list[Check]:
     square = _adaptive_arm(ev, "square")
     free = [a for a in others if a.name != "noise" and not a.name.startswith("noise/")]
     free += [square] if square is not None else []
-    bpda = str(ev.victim.info.get("gradient_form") or "").startswith("BPDA")
     return [check_black_box(white, others),
             check_one_step(_by_kind(ev, ("fgsm",)), _by_kind(ev, ITERATIVE)),
-            check_square(square, white), check_bpda(bpda, white, free)]
+            check_square(square, white), check_bpda(ev.victim.bpda, white, free),
+            check_twin(_adaptive_arm(ev, "square-twin"), white + ([square] if square else []))]
 
 
 def sweep_check(ev: Evaluation) -> Check:

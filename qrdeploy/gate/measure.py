@@ -14,7 +14,15 @@ import numpy as np
 from qrdeploy.attacks.adaptive import adaptive_suite
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
 from qrdeploy.evaluation.runner import Evaluation
-from qrdeploy.evaluation.suites import Column, Family, Mode, Origin, Suite, build_suite
+from qrdeploy.evaluation.suites import (
+    Column,
+    Family,
+    Mode,
+    Origin,
+    Suite,
+    build_suite,
+    with_integer_columns,
+)
 from qrdeploy.gate.policy import LatencyPolicy, MaskingPolicy, RobustKind, RobustThreshold
 from qrdeploy.graphio.prevalidate import external_files
 from qrdeploy.model.ortmodel import OrtModel
@@ -34,12 +42,13 @@ def _paper_attack(t: RobustThreshold, family: Family) -> Any:
     return attack
 
 
-def threshold_suite(t: RobustThreshold, family: Family) -> Suite:
+def threshold_suite(t: RobustThreshold, family: Family, integer: bool = False) -> Suite:
     """The suite that measures one robust threshold through the attack runner: one white-box
     column for a paper attack; the adaptive columns at the threshold's eps (its steps, queries
-    and members) for `adaptive`."""
+    and members) for `adaptive`, with the integer-graph entries (square-twin) when `integer`."""
     if t.attack is RobustKind.ADAPTIVE:
-        entries = adaptive_suite(t.eps, steps=t.steps or 100, queries=t.queries or 5000)
+        entries = adaptive_suite(t.eps, steps=t.steps or 100, queries=t.queries or 5000,
+                                 integer=integer)
         columns = tuple(Column(e.name, Mode.ADAPTIVE, e, t.eps, Origin.USER) for e in entries
                         if t.members is None or e.name in t.members)
     else:
@@ -58,9 +67,11 @@ def threshold_flags(t: RobustThreshold, ev: Evaluation) -> tuple[np.ndarray, lis
     return robust_flags(ev, key), [key]
 
 
-def masking_suite(mp: MaskingPolicy, family: Family) -> Suite:
-    """The suite of the masking verdict: what `qrdeploy attack --suite SUITE` runs."""
-    return build_suite(mp.suite, family, eps=(), cw_budget=mp.cw_budget)
+def masking_suite(mp: MaskingPolicy, family: Family, integer: bool = False) -> Suite:
+    """The suite of the masking verdict: what `qrdeploy attack --suite SUITE` runs (on an
+    integer graph, with the columns `attack` adds there)."""
+    suite = build_suite(mp.suite, family, eps=(), cw_budget=mp.cw_budget)
+    return with_integer_columns(suite)[0] if integer else suite
 
 
 # ---------------------------------------------------------------------------------- latency

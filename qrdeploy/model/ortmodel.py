@@ -44,6 +44,7 @@ from qrdeploy.gradients.builder import (
 from qrdeploy.gradients.prepare import Prepared, check_io, prepare
 from qrdeploy.gradients.rules import GradOptions
 from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.twin import float_twin
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -118,6 +119,8 @@ class OrtModel:
             self._forward if forward is self.deployed and self.config == self.timing_config \
             else None
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
+        self._twin: OrtModel | None = None
+        self._twin_built = False
         self.input_name = self._forward.get_inputs()[0].name
         shape = self._forward.get_outputs()[0].shape
         if len(shape) not in (0, 2) or (len(shape) == 2 and not isinstance(shape[1], int)):
@@ -170,6 +173,20 @@ class OrtModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) -> the top-1 classes (N,) int64."""
         return np.asarray(self.logits(x).argmax(axis=1).astype(np.int64))
+
+    def activation_twin(self) -> OrtModel | None:
+        """The float-activation twin of a graph that quantizes activations at run time (its
+        dequantized weights, every activation QuantizeLinear / DequantizeLinear pair replaced by
+        its un-rounded map; qrdeploy.graphio.twin), forward pass only; None when no activation is
+        quantized. Query attacks on the twin see logits that move continuously, where the
+        deployed graph's quantized outputs can leave them on a plateau. Built on first use."""
+        if not self._twin_built:
+            twinned, info = float_twin(self.deployed, "float")
+            if info.activation_quant:
+                self._twin = OrtModel(twinned, self.config, self.batch_size, self.input_shape,
+                                      gradients=False)
+            self._twin_built = True
+        return self._twin
 
     # --- the deployed graph as it ships (latency) ------------------------------------------
 

@@ -46,3 +46,13 @@ class Differentiable(Classifier, Protocol):
     ) -> tuple[Array, Array, Array]:
         """-> (logits (N, K), per-sample loss (N,), d(sum of loss)/dx (N, C, H, W))."""
         ...
+
+
+@runtime_checkable
+class Twinned(Classifier, Protocol):
+    """A classifier that quantizes its activations at run time and can give its float-activation
+    twin: the same (dequantized) weights, activations not rounded (qrdeploy.graphio.twin)."""
+
+    def activation_twin(self) -> Classifier | None:
+        """The twin, or None when no activation is quantized (the model is its own twin)."""
+        ...

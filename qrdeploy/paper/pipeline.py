@@ -116,7 +116,7 @@ def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: s
         row = f"{regime}:{form}"
         res = _one(cache, steps.attack_step(f"attack.{regime}.{form}", p, paths[form], source,
                                             data, fp, c.seed, tdir, None if floor else src,
-                                            parallel),
+                                            parallel, integer=form in INT8_FORMS),
                    "results.json")
         c.results[row] = load_results(res)
     return paths

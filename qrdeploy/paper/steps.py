@@ -39,6 +39,7 @@ from qrdeploy.evaluation.shard import Parallel, run_evaluation
 from qrdeploy.evaluation.subjects import open_subject
 from qrdeploy.evaluation.suites import (
     DEFAULT_SWEEP_KINDS,
+    INTEGER_ENTRIES,
     PARAMS,
     Column,
     Family,
@@ -60,7 +61,7 @@ from qrdeploy.train.recipes import for_profile
 
 #: Cheaper adaptive attacks first: each later one only sees the samples that survived.
 ADAPTIVE_ORDER = ("pgd-cw", "pgd-ce-t10", "pgd-ce-t100", "pgd-f64", "transfer", "apgd-ce",
-                  "apgd-dlr", "pgd-njs", "apgd-t-dlr", "square")
+                  "apgd-dlr", "pgd-njs", "apgd-t-dlr", "square", "square-twin")
 #: The paper's iterative white-box columns, at the eps of the adaptive suite.
 ITERATIVE = ("white/pgd", "white/bim", "white/mim")
 AttackT = TypeVar("AttackT")
@@ -133,10 +134,12 @@ def sufficiency_suite(p: Profile, budget: Budget) -> Suite:
     return replace(suite, columns=tuple(c for c in suite.columns if c.key in keep), sweep=())
 
 
-def with_adaptive(suite: Suite, p: Profile, eps: float | None = None) -> Suite:
+def with_adaptive(suite: Suite, p: Profile, eps: float | None = None,
+                  integer: bool = False) -> Suite:
     """The suite plus the adaptive columns (cheap first: the gradient entries cascade) at `eps`
-    (default: the family's iterative eps), and PGD at eps = 1 for the masking checks."""
-    attacks = adaptive_attacks(p, eps=eps)
+    (default: the family's iterative eps), and PGD at eps = 1 for the masking checks; on an
+    integer graph (`integer`) with the entries `qrdeploy attack` adds there."""
+    attacks = adaptive_attacks(p, eps=eps, integer=integer)
     cols = tuple(Column(a.name, Mode.ADAPTIVE, a, a.eps, Origin.DEFAULT) for a in attacks)
     unbounded = build_suite(SuiteName.ADAPTIVE, p.family).unbounded  # the suite's PGD at eps 1
     assert unbounded is not None and unbounded.attack is not None
@@ -145,14 +148,17 @@ def with_adaptive(suite: Suite, p: Profile, eps: float | None = None) -> Suite:
     return replace(suite, columns=suite.columns + cols, unbounded=unbounded)
 
 
-def adaptive_attacks(p: Profile, budget: Budget | None = None, eps: float | None = None
-                     ) -> tuple[AdaptiveAttack, ...]:
+def adaptive_attacks(p: Profile, budget: Budget | None = None, eps: float | None = None,
+                     integer: bool = False) -> tuple[AdaptiveAttack, ...]:
     """The adaptive suite at `eps` (default: the family's iterative eps) and the profile's
-    budget, cheap first."""
+    budget, cheap first; `integer` (a graph that quantizes activations) adds INTEGER_ENTRIES
+    whatever the budget's names, as `qrdeploy attack` does."""
     b = budget or p.budget
     eps = PARAMS[Family(p.family)].iter_eps if eps is None else eps
-    suite = adaptive_suite(eps, steps=b.adaptive_steps, queries=b.adaptive_queries)
-    chosen = [a for a in suite if b.adaptive_names is None or a.name in b.adaptive_names]
+    suite = adaptive_suite(eps, steps=b.adaptive_steps, queries=b.adaptive_queries,
+                           integer=integer)
+    chosen = [a for a in suite if b.adaptive_names is None or a.name in b.adaptive_names
+              or (integer and a.name in INTEGER_ENTRIES)]
     return tuple(sorted(chosen, key=lambda a: ADAPTIVE_ORDER.index(a.name)
                         if a.name in ADAPTIVE_ORDER else len(ADAPTIVE_ORDER)))
 
@@ -223,14 +229,15 @@ def train_step(name: str, p: Profile, recipe: str, data_root: Path | None,
 
 def attack_step(name: str, p: Profile, victim: Path, source: Path | None, data: Dataset,
                 data_fp: str, seed: int, transfer_dir: Path, plain: Path | None = None,
-                parallel: Parallel | None = None) -> Step:
+                parallel: Parallel | None = None, integer: bool = False) -> Step:
     """The paper's columns and, with `plain` (the model before hardening, which the adaptive
-    transfer entry crafts on), the adaptive suite: one run of the attack runner, so the results
+    transfer entry crafts on), the adaptive suite (with the integer-graph entries when the
+    victim quantizes activations, `integer`): one run of the attack runner, so the results
     carry the adaptive worst case and the masking verdict exactly as `qrdeploy attack` writes
     them. `parallel` is not part of the step's key: a sharded run's results are the same."""
     suite = paper_suite(p, source is not None)
     if plain is not None and p.budget.adaptive:
-        suite = with_adaptive(suite, p)
+        suite = with_adaptive(suite, p, integer=integer)
 
     def body(out: Path, work: Path) -> None:
         run_suite(victim, data, suite, out / "results.json", source=source, seed=seed,

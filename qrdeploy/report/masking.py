@@ -117,6 +117,13 @@ CHECK_HELP: dict[str, tuple[str, str, str]] = {
         "when the gap exceeds max(2 points, 2 standard errors)",
         "the straight-through gradient misleads on this graph: its white-box columns overstate "
         "robustness; trust Square, the transfer column and the adaptive worst case."),
+    "twin-stronger": (
+        "on an integer graph: the samples that Square run on its float-activation twin (the "
+        "same weights, activations not rounded; examples scored on the graph) breaks and every "
+        "attack on the graph itself left, as a paired gap",
+        "when the gap exceeds max(2 points, 2 standard errors)",
+        "the graph's quantized outputs leave its query attack on plateaus of equal margins: its "
+        "own columns overstate robustness; the adaptive worst case includes the twin's column."),
     "eps-no-effect": (
         "along an eps curve (or the PGD column against PGD at eps = 1), accuracy rising with eps "
         "or not falling from the smallest to the largest", "when either is significant",

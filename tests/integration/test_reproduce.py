@@ -293,8 +293,9 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_results(smoke: tuple[Path, Pa
 
 def test_int8_row_is_the_integer_graph_of_the_q_row(smoke: tuple[Path, Path]) -> None:
     """The (Q, int8 act.) row: its model is the (Q) model's weights as a full-integer graph
-    (onnxruntime runs integer kernels), attacked through BPDA with the adaptive suite, and the
-    report pairs it with the (Q) row."""
+    (onnxruntime runs integer kernels), attacked through BPDA with the adaptive suite and the
+    integer-graph entries (Square on its float-activation twin), and the report pairs it with
+    the (Q) row."""
     from qrdeploy.graphio.graph import load_model
     from qrdeploy.model.kernels import kernel_summary
 
@@ -304,7 +305,9 @@ def test_int8_row_is_the_integer_graph_of_the_q_row(smoke: tuple[Path, Path]) ->
     assert summary["verdict"] == "integer", summary
     doc = json.loads(next((out / "steps").glob("attack.orig.q-int8-*/results.json")).read_text())
     assert doc["adaptive"] is not None and doc["masking"] is not None
-    assert {c["key"] for c in doc["columns"]} >= {"adaptive/square", "adaptive/transfer"}
+    assert {c["key"] for c in doc["columns"]} >= {"adaptive/square", "adaptive/transfer",
+                                                  "adaptive/square-twin"}
+    assert {c["name"]: c["ran"] for c in doc["masking"]["checks"]}["twin-stronger"]
     text = (out / "report.md").read_text()
     assert "## The integer graphs that ship" in text
     assert "| Orig. (Q, int8 act.) |" in text

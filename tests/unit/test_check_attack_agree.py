@@ -50,8 +50,8 @@ def test_attack_and_check_report_the_same_verdict_and_worst_case(files: dict[str
     assert a["worst_case"] == c["worst_case"] == adaptive
     assert [(k["name"], k["fired"], k["ran"], k["statistic"]) for k in a["checks"]] == \
         [(k["name"], k["fired"], k["ran"], k["statistic"]) for k in c["checks"]]
-    assert len(c["checks"]) == 9  # bpda-weaker is skipped: the float model's gradient is exact
-    assert [k["name"] for k in c["checks"] if not k["ran"]] == ["bpda-weaker"]
+    assert len(c["checks"]) == 10  # the two integer-graph checks are skipped on a float model
+    assert [k["name"] for k in c["checks"] if not k["ran"]] == ["bpda-weaker", "twin-stronger"]
     (pgd,) = [t for t in summary["thresholds"] if t["metric"] == "robust.pgd@0.1"]
     (col,) = [k for k in results["columns"] if k["key"] == "white/pgd"]
     assert pgd["value"] == col["robust"]["value"]  # the suite's PGD at its own eps 0.1

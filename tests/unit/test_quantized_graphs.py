@@ -191,10 +191,11 @@ def test_input_contracts_wrap_quantized_graphs(world: dict[str, Any], variant: s
         "exact" if variant == "nbits" else "BPDA")
 
 
-def test_integer_graph_runs_carry_square_transfer_and_the_bpda_check(
+def test_integer_graph_runs_carry_square_transfer_twin_and_their_checks(
         world: dict[str, Any], tmp_path: Path) -> None:
-    """A white-box-only request on an integer graph still gets Square and the transfer from the
-    float model beside the BPDA columns, and the verdict includes bpda-weaker."""
+    """A white-box-only request on an integer graph still gets Square, the transfer from the
+    float model and Square on the float-activation twin beside the BPDA columns, and the verdict
+    includes bpda-weaker and twin-stronger."""
     out = tmp_path / "q.json"
     assert main(["attack", str(world["paths"]["qdq"]), "--data",
                  f"npz:{world['root'] / 'data.npz'}", "--suite", "white", "--attacks", "pgd",
@@ -202,10 +203,11 @@ def test_integer_graph_runs_carry_square_transfer_and_the_bpda_check(
                  "8", "-q", "-o", str(out)]) == 0
     doc = json.loads(out.read_text())
     keys = [c["key"] for c in doc["columns"]]
-    assert keys == ["white/pgd", "adaptive/square", "adaptive/transfer"]
+    assert keys == ["white/pgd", "adaptive/square", "adaptive/transfer", "adaptive/square-twin"]
     assert any("integer graph" in n for n in doc["notes"])
-    (bpda,) = [c for c in doc["masking"]["checks"] if c["name"] == "bpda-weaker"]
-    assert bpda["ran"] and bpda["statistic"] is not None
+    checks = {c["name"]: c for c in doc["masking"]["checks"]}
+    for name in ("bpda-weaker", "twin-stronger"):
+        assert checks[name]["ran"] and checks[name]["statistic"] is not None, name
     float_out = tmp_path / "f.json"
     assert main(["attack", str(world["paths"]["ref"]), "--data",
                  f"npz:{world['root'] / 'data.npz'}", "--suite", "white", "--attacks", "pgd",
@@ -486,3 +488,45 @@ def _qdq_pair_net(dq_scale: float = 0.05) -> onnx.ModelProto:
         "pair", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 1, 2, 4])],
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 8])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("variant", ["qdq", "qop", "dynamic"])
+def test_the_float_activation_twin_of_every_integer_format(world: dict[str, Any],
+                                                          variant: str) -> None:
+    """Whoever quantized the activations (QDQ pairs, QLinear kernels, dynamic quantization), the
+    twin that `square-twin` queries quantizes none of them and computes the reference network up
+    to the weight quantization: closer to it than the integer graph is, and predicting the
+    integer graph's class on most inputs."""
+    model = OrtModel(world["paths"][variant])
+    twin = model.activation_twin()
+    assert twin is not None
+    ops = {n.op_type for n in twin.deployed.graph.node}
+    # (a DynamicQuantizeLinear stays for its run-time scale; its rounded codes go unused)
+    assert not ops & {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                      "MatMulInteger"}
+    x = world["x"]
+    ref, deployed, floats = _plain(world["paths"]["ref"], x), model.logits(x), twin.logits(x)
+    assert np.abs(floats - ref).max() < np.abs(deployed - ref).max()
+    assert np.mean(floats.argmax(1) == deployed.argmax(1)) >= 0.9
+
+
+def test_a_weight_only_graph_has_no_activation_twin(world: dict[str, Any]) -> None:
+    assert OrtModel(world["paths"]["nbits"]).activation_twin() is None
+    assert OrtModel(world["paths"]["ref"]).activation_twin() is None
+
+
+def test_check_on_an_integer_graph_runs_the_integer_columns_and_checks(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """`check`'s masking verdict on an integer graph carries what `attack` adds there: Square on
+    the float-activation twin, and the two integer-graph checks run (not skipped)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[robust]\nn = 24\n[masking]\nfail_if_suspected = true\n"
+                      "suite = \"adaptive\"\n[latency]\nbatch_sizes = [1]\nrepeats = 2\n"
+                      "warmup = 0\n")
+    out = tmp_path / "s.json"
+    code = main(["check", str(world["paths"]["qdq"]), "--reference", str(world["paths"]["ref"]),
+                 "--policy", str(policy), "--data", f"npz:{world['root'] / 'data.npz'}",
+                 "--batch-size", "8", "-q", "-o", str(out)])
+    assert code in (0, 3)
+    checks = {c["name"]: c for c in json.loads(out.read_text())["masking"]["checks"]}
+    assert checks["twin-stronger"]["ran"] and checks["bpda-weaker"]["ran"]

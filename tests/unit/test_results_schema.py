@@ -82,7 +82,7 @@ def test_adaptive_output_carries_checks_and_worst_case(adoc: dict[str, Any]) -> 
     assert {c["name"] for c in m["checks"]} == {
         "zero-gradient", "logit-gap", "probability-outputs", "black-box-stronger",
         "one-step-stronger", "square-stronger", "unbounded-below-100", "eps-no-effect",
-        "bpda-weaker"}
+        "bpda-weaker", "twin-stronger"}
     assert all(c["doc"] == f"docs/masking.md#{c['name']}" for c in m["checks"])
     assert m["verdict"].startswith(("no masking signs detected", "masking suspected"))
     assert f"adaptive worst case {100 * ad['worst_case']['robust']['value']:.1f}%" in m["verdict"]
