@@ -182,11 +182,15 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
     if victim.bpda:
-        suite, added = with_integer_columns(suite)
+        suite, added = with_integer_columns(suite, victim.twin)
         if added:
             notes.append(f"integer graph: its white-box gradient is BPDA (straight-through), so "
                          f"{', '.join(added)} were added beside it (checks bpda-weaker, "
                          "twin-stronger)")
+        if not victim.twin:
+            why = getattr(victim.model, "twin_error", None) or "no activation is quantized"
+            notes.append(f"adaptive/square-twin not run: the graph has no float-activation "
+                         f"twin ({why})")
     if srcs.adaptive_note is not None and _transfer_keys(suite):
         notes.append(srcs.adaptive_note)
     if srcs.adaptive is None and _transfer_keys(suite):

@@ -46,7 +46,7 @@ from qrdeploy.core.progress import RunProgress, Stage, listening
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.runstate import Layout, StateFile, settings_key
 from qrdeploy.evaluation.suites import Column, ColumnAttack, Mode, Suite, restricted
-from qrdeploy.model.protocol import Classifier, Differentiable
+from qrdeploy.model.protocol import Classifier, Differentiable, Twinned
 
 STATE_FORMAT = 1
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ class Subject:
         BPDA (the straight-through estimator of its dequantized twin)."""
         info = self.info or getattr(self.model, "info", None) or {}
         return str(info.get("gradient_form") or "").startswith("BPDA")
+
+    @property
+    def twin(self) -> bool:
+        """The model quantizes activations and has a float-activation twin (the `square-twin`
+        entry's surrogate; OrtModel.activation_twin)."""
+        return isinstance(self.model, Twinned) and self.model.activation_twin() is not None
 
 
 @dataclass(frozen=True)

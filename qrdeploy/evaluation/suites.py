@@ -552,10 +552,13 @@ def build_suite(
 INTEGER_ENTRIES = ("square", "transfer", "square-twin")
 
 
-def with_integer_columns(suite: Suite) -> tuple[Suite, list[str]]:
+def with_integer_columns(suite: Suite, twin: bool = True) -> tuple[Suite, list[str]]:
     """The suite plus the INTEGER_ENTRIES it lacks (and, with them, the masking checks and PGD
-    at eps 1); returns the added keys."""
+    at eps 1); `twin` False leaves out square-twin (a graph without a float-activation twin).
+    Returns the added keys."""
     have = {c.name for c in suite.by_mode(Mode.ADAPTIVE)}
+    if not twin:
+        have.add("square-twin")
     eps = suite.adaptive_eps if suite.adaptive_eps is not None else PARAMS[suite.family].iter_eps
     extra = tuple(Column(e.name, Mode.ADAPTIVE, e, e.eps, Origin.DEFAULT)
                   for e in adaptive_suite(eps, integer=True)

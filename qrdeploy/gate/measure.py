@@ -45,7 +45,8 @@ def _paper_attack(t: RobustThreshold, family: Family) -> Any:
 def threshold_suite(t: RobustThreshold, family: Family, integer: bool = False) -> Suite:
     """The suite that measures one robust threshold through the attack runner: one white-box
     column for a paper attack; the adaptive columns at the threshold's eps (its steps, queries
-    and members) for `adaptive`, with the integer-graph entries (square-twin) when `integer`."""
+    and members) for `adaptive`, with square-twin when `integer` (a graph that quantizes
+    activations and has a float-activation twin)."""
     if t.attack is RobustKind.ADAPTIVE:
         entries = adaptive_suite(t.eps, steps=t.steps or 100, queries=t.queries or 5000,
                                  integer=integer)
@@ -67,11 +68,12 @@ def threshold_flags(t: RobustThreshold, ev: Evaluation) -> tuple[np.ndarray, lis
     return robust_flags(ev, key), [key]
 
 
-def masking_suite(mp: MaskingPolicy, family: Family, integer: bool = False) -> Suite:
+def masking_suite(mp: MaskingPolicy, family: Family, integer: bool = False,
+                  twin: bool = True) -> Suite:
     """The suite of the masking verdict: what `qrdeploy attack --suite SUITE` runs (on an
-    integer graph, with the columns `attack` adds there)."""
+    integer graph, with the columns `attack` adds there; `twin` False: no square-twin)."""
     suite = build_suite(mp.suite, family, eps=(), cw_budget=mp.cw_budget)
-    return with_integer_columns(suite)[0] if integer else suite
+    return with_integer_columns(suite, twin)[0] if integer else suite
 
 
 # ---------------------------------------------------------------------------------- latency

@@ -300,7 +300,7 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
     family = family_of(run.data.name, int(x.shape[1]))
     config = RunConfig(seed=run.seed, batch_size=run.model.batch_size)
     for t in rp.thresholds:
-        ev = run_evaluation(run.parallel, victim, x, y, threshold_suite(t, family, victim.bpda),
+        ev = run_evaluation(run.parallel, victim, x, y, threshold_suite(t, family, victim.twin),
                             config=config, adaptive_source=ref)
         flags, keys = threshold_flags(t, ev)
         res = _proportion(t.metric, _prop(flags), t.min_accuracy, run.policy.use_bound)
@@ -309,7 +309,7 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
     if not mp.fail_if_suspected:
         return None
     t0 = time.perf_counter()
-    suite = masking_suite(mp, family, victim.bpda)
+    suite = masking_suite(mp, family, victim.bpda, victim.twin)
     ev = run_evaluation(run.parallel, victim, x, y, suite,
                         source=ref if suite.by_mode(Mode.BLACK) else None, config=config,
                         adaptive_source=ref)

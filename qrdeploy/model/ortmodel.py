@@ -121,6 +121,7 @@ class OrtModel:
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
         self._twin: OrtModel | None = None
         self._twin_built = False
+        self.twin_error: str | None = None  # why a graph with quantized activations has no twin
         self.input_name = self._forward.get_inputs()[0].name
         shape = self._forward.get_outputs()[0].shape
         if len(shape) not in (0, 2) or (len(shape) == 2 and not isinstance(shape[1], int)):
@@ -179,13 +180,18 @@ class OrtModel:
         dequantized weights, every activation QuantizeLinear / DequantizeLinear pair replaced by
         its un-rounded map; qrdeploy.graphio.twin), forward pass only; None when no activation is
         quantized. Query attacks on the twin see logits that move continuously, where the
-        deployed graph's quantized outputs can leave them on a plateau. Built on first use."""
+        deployed graph's quantized outputs can leave them on a plateau. Built on first use;
+        None also when the graph has no float twin (`twin_error` says why)."""
         if not self._twin_built:
-            twinned, info = float_twin(self.deployed, "float")
+            self._twin_built = True
+            try:
+                twinned, info = float_twin(self.deployed, "float")
+            except GraphError as exc:  # e.g. per-channel activation quantization
+                self.twin_error = first_line(exc, None)
+                return None
             if info.activation_quant:
                 self._twin = OrtModel(twinned, self.config, self.batch_size, self.input_shape,
                                       gradients=False)
-            self._twin_built = True
         return self._twin
 
     # --- the deployed graph as it ships (latency) ------------------------------------------

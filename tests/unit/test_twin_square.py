@@ -14,7 +14,9 @@ window (4.99, 5.0]), which fools the graph too."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role, adaptive_suite
 from qrdeploy.attacks.square import Square
+from qrdeploy.cli import main
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.masking import Arm, CheckName, check_twin
 from qrdeploy.evaluation.suites import INTEGER_ENTRIES, Family, build_suite, with_integer_columns
@@ -143,3 +146,46 @@ def test_integer_runs_get_the_twin_column_at_the_suites_adaptive_eps() -> None:
     (col,) = [c for c in suite.columns if c.name == "square-twin"]
     assert isinstance(col.attack, AdaptiveAttack) and col.attack.role is Role.TWIN
     assert col.eps == 0.3 and col.attack.eps == 0.3
+
+
+def per_channel_activation_graph() -> onnx.ModelProto:
+    """x (N, 1, 6, 6) -> Conv (2 channels) -> QuantizeLinear / DequantizeLinear per channel
+    (axis 1) -> Flatten -> Gemm -> logits (N, 3): quantized activations without a float twin."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (2, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0.02, 0.03], np.float32), "s"),
+             numpy_helper.from_array(np.array([128, 128], np.uint8), "zp"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (32, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "B")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "s", "zp"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"], axis=1),
+             helper.make_node("Flatten", ["d"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W", "B"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "per-channel", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_graph_without_a_twin_is_attacked_without_square_twin_and_says_why(
+        tmp_path: Path) -> None:
+    """Per-channel activation quantization has no float twin (graphio.twin refuses it): the
+    model reports why, and `attack` runs the other integer columns and notes the gap."""
+    model = per_channel_activation_graph()
+    ort_model = OrtModel(model)
+    assert ort_model.bpda and ort_model.activation_twin() is None
+    assert ort_model.twin_error is not None and "per-channel" in ort_model.twin_error
+    path, data, out = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "r.json"
+    onnx.save(model, path)
+    x = np.random.default_rng(1).random((8, 1, 6, 6)).astype(np.float32)
+    np.savez(data, x=x, y=ort_model.predict(x))
+    assert main(["attack", str(path), "--data", f"npz:{data}", "--suite", "white", "--attacks",
+                 "pgd", "--batch-size", "8", "-q", "--no-baseline", "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert "adaptive/square-twin" not in [c["key"] for c in doc["columns"]]
+    assert "adaptive/square" in [c["key"] for c in doc["columns"]]
+    assert any("square-twin not run" in n and "per-channel" in n for n in doc["notes"])
