@@ -184,8 +184,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     if victim.bpda:
         suite, added = with_integer_columns(suite, victim.twin)
         if added:
-            notes.append(f"integer graph: its white-box gradient is BPDA (straight-through), so "
-                         f"{', '.join(added)} were added beside it (checks bpda-weaker, "
+            notes.append(f"integer graph: its white-box gradient is BPDA (straight-through); "
+                         f"added beside it: {', '.join(added)} (checks bpda-weaker, "
                          "twin-stronger)")
         if not victim.twin:
             why = getattr(victim.model, "twin_error", None) or "no activation is quantized"
