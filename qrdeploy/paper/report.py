@@ -211,8 +211,9 @@ def int8_table(c: Collected) -> list[str]:
              "paper's): the same 3-bit weights with int8 activations calibrated min-max on "
              f"{c.profile.calibrate} training images (qrdeploy.hardening.integer). Attacks score "
              "the integer graph; white-box gradients are the straight-through (BPDA) gradients "
-             "of its dequantized twin, and Square and transfer need none. Paired on the same "
-             "samples; differences in points with Newcombe's 95 % interval.")
+             "of its dequantized twin; Square and transfer need none, and Square also runs on "
+             "its float-activation twin (square-twin: quantized logits can stall Square). "
+             "Paired on the same samples; differences in points with Newcombe's 95 % interval.")
     return ["## The integer graphs that ship (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "clean % (int8 vs Q)", "clean difference",
                      "adaptive worst case % (int8 vs Q)", "adaptive difference"], rows)]
