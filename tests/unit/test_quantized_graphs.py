@@ -494,9 +494,13 @@ def _qdq_pair_net(dq_scale: float = 0.05) -> onnx.ModelProto:
 def test_the_float_activation_twin_of_every_integer_format(world: dict[str, Any],
                                                           variant: str) -> None:
     """Whoever quantized the activations (QDQ pairs, QLinear kernels, dynamic quantization), the
-    twin that `square-twin` queries quantizes none of them and computes the reference network up
-    to the weight quantization: closer to it than the integer graph is, and predicting the
-    integer graph's class on most inputs."""
+    twin that `square-twin` queries quantizes none of them: its logits stay within the
+    activations' rounding of the integer graph's and predict its class on most inputs. With
+    static activation scales (QDQ, QOperator) the removed rounding is what separates the integer
+    graph from the float reference beyond the weights' error, so the twin is clearly closer to
+    the reference on average (measured 0.0030 against 0.0045); with dynamic scales the rounding
+    is too small beside the weights' error for that to hold on every machine (0.00327 against
+    0.00331), so it is not asserted there."""
     model = OrtModel(world["paths"][variant])
     twin = model.activation_twin()
     assert twin is not None
@@ -506,7 +510,10 @@ def test_the_float_activation_twin_of_every_integer_format(world: dict[str, Any]
                       "MatMulInteger"}
     x = world["x"]
     ref, deployed, floats = _plain(world["paths"]["ref"], x), model.logits(x), twin.logits(x)
-    assert np.abs(floats - ref).max() < np.abs(deployed - ref).max()
+    assert np.abs(floats - deployed).max() <= 0.05 * np.abs(ref).max()  # measured 0.012 / 1.25
+    assert not np.array_equal(floats, deployed)
+    if variant != "dynamic":
+        assert np.abs(floats - ref).mean() < 0.8 * np.abs(deployed - ref).mean()
     assert np.mean(floats.argmax(1) == deployed.argmax(1)) >= 0.9
 
 
