@@ -12,8 +12,15 @@ Measures (onnxruntime CPU, `--threads` intra-op threads):
 - the cost of one attack step (loss_and_grad, CE, batch `--step-batch`) through the int8 QDQ graph
   (BPDA: integer forward + gradient of the dequantized twin) against the float graph, interleaved.
 
+With `--trained QAT.onnx` (the float export of a quantization-aware fine-tuning of `--model`,
+`qrdeploy train --quant-aware B --from MODEL`), qrdeploy's three encodings are hardened from that
+model instead: the rows are what an edge team ships after QAT, each still compared with the
+float original, and the attack step runs through its int8 graph.
+
 Usage: python tools/bench_integer.py [--model models/mnist-standard.onnx] [--rounds 30]
        python tools/bench_integer.py --model models/cifar10-standard.onnx --data cifar10-10k
+       python tools/bench_integer.py --model models/cifar10-standard.onnx --data cifar10-10k \
+           --trained wrn-qat3.onnx
 Prints a markdown block for docs/benchmarks.md (command, commit, machine, load average)."""
 
 from __future__ import annotations
@@ -130,6 +137,8 @@ def main() -> None:
     ap.add_argument("--step-batch", type=int, default=100)
     ap.add_argument("--data", default="mnist-5k",
                     help="embedded data set of the model (cifar10-10k for models/cifar10-*)")
+    ap.add_argument("--trained", default=None,
+                    help="harden this quantization-aware fine-tuning of --model instead")
     args = ap.parse_args()
     load_before = os.getloadavg()
     test = load_dataset(args.data, "test")
@@ -144,11 +153,12 @@ def main() -> None:
                  "qrdeploy-nbits-float-act": d / "nbits.onnx"}
         _ort_qdq(src, paths["ort-qdq"], load_dataset(args.data, "train", n=100).x)
         wq = WeightQuant(args.bits, Granularity.CHANNEL)
-        hard, _ = harden(model, [wq], activations=IntegerActivations(
+        base = model if args.trained is None else load_model(args.trained)
+        hard, _ = harden(base, [wq], activations=IntegerActivations(
             args.calibrate, args.method, f"{args.data}:train"), calibration=calib)
         save_model(hard, paths["qrdeploy-int8"])
-        save_model(harden(model, [wq], "qdq")[0], paths["qrdeploy-qdq-float-act"])
-        save_model(harden(model, [wq], "nbits")[0], paths["qrdeploy-nbits-float-act"])
+        save_model(harden(base, [wq], "qdq")[0], paths["qrdeploy-qdq-float-act"])
+        save_model(harden(base, [wq], "nbits")[0], paths["qrdeploy-nbits-float-act"])
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         lat1 = _latency(paths, 1, args.rounds * 25, args.threads, shape)
         lat256 = _latency(paths, 256, args.rounds, args.threads, shape)
@@ -164,8 +174,10 @@ def main() -> None:
                             text=True, check=False).stdout.strip()
     import onnxruntime
 
+    trained = "" if args.trained is None else f" --trained {args.trained}"
     print(f"command: python tools/bench_integer.py --model {args.model} --data {args.data} "
-          f"--rounds {args.rounds} --threads {args.threads} (bits {args.bits} per channel, "
+          f"--rounds {args.rounds} --threads {args.threads}{trained} (bits {args.bits} per "
+          "channel, "
           f"--calibrate {args.calibrate} {args.method})")
     print(f"commit {commit}; onnxruntime {onnxruntime.__version__}; {platform.processor() or ''} "
           f"{os.cpu_count()} cores; load average before {load_before[0]:.2f}, after "

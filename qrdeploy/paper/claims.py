@@ -49,7 +49,7 @@ FORMS = ("plain", "q", "mu", "mu-q")
 REGIME_LABEL = {"orig": "Orig.", "adv": "Adv.", "fl": "F.L.", "orig-seed1": "Orig. seed 1",
                 "adv-strong": "Adv. strong", "adv-qat": "Adv.+QAT"}
 FORM_SUFFIX = {"plain": "", "q": " (Q)", "mu": "+mu", "mu-q": "+mu (Q)",
-               "q-int8": " (Q, int8 act.)", "q2": " (Q, 2 bits)"}
+               "q-int8": " (Q, int8 act.)", "q2": " (Q, 2 bits)", "searched": " (searched)"}
 PAPER_SOURCE = "workshop slides, transcribed in docs/method.md section 9 [slides]"
 
 
@@ -427,6 +427,7 @@ CLAIMS: tuple[Claim, ...] = (
 OWN_THRESHOLDS = {"qat-gap": 2.0, "two-bit-clean": 90.0}
 FLOAT_ROW, PTQ_ROW = "adv-strong:plain", "adv-strong:q"
 QAT_ROW, QAT2_ROW = "adv-qat:q", "adv-qat:q2"
+SEARCHED_ROW = "adv-strong:searched"  # the per-layer recipe harden --search chose (no claim)
 
 
 def _adaptive_pair(obs: Observations, a: str, b: str) -> tuple[np.ndarray, np.ndarray] | str:

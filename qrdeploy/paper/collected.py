@@ -18,7 +18,7 @@ class Collected:
     profile: Profile
     seed: int
     models: dict[str, Path | None]
-    missing: dict[str, str] = field(default_factory=dict)  # regime -> why not run
+    missing: dict[str, str] = field(default_factory=dict)  # regime (or row) -> why not run
     data_note: str | None = None
     n: int = 0
     results: dict[str, Results] = field(default_factory=dict)

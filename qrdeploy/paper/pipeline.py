@@ -51,7 +51,11 @@ FLOOR_FORMS = ("plain", "q")
 INT8_FORMS = ("q-int8",)  # the (Q) weights with int8 activations: the integer graph that ships
 #: qrdeploy's hardening rows (Profile.hardening_regimes): model file stem and forms
 HARDENING_FILES = {"adv-strong": "adversarial-strong", "adv-qat": "adversarial-strong-qat3"}
-HARDENING_FORMS = {"adv-strong": ("plain", "q"), "adv-qat": ("q", "q2")}
+HARDENING_FORMS = {"adv-strong": ("plain", "q", "searched"), "adv-qat": ("q", "q2")}
+#: the "searched" form replays the recipe that `qrdeploy harden --search` chose for the model,
+#: a TOML file next to it (<model stem>.searched.toml): the search itself takes far longer than
+#: a profile's budget (docs/search.md), so reproduce scores its result
+SEARCHED_SUFFIX = ".searched.toml"
 TRANSFER = ".transfer"
 
 
@@ -99,6 +103,11 @@ def _one(cache: StepCache, step: Step, name: str) -> Path:
     return cache.run(step) / name
 
 
+def searched_recipe(model: Path) -> Path:
+    """Where the "searched" form's recipe for `model` lies: beside it, <stem>.searched.toml."""
+    return model.with_name(model.stem + SEARCHED_SUFFIX)
+
+
 def _row_steps(cache: StepCache, c: Collected, regime: str, data: Dataset, fp: str,
                tdir: Path, parallel: Parallel | None) -> dict[str, Path]:
     """Harden and attack steps of one regime (the attack step runs the adaptive suite too, except
@@ -131,8 +140,14 @@ def _hardening_steps(cache: StepCache, c: Collected, regime: str, data: Dataset,
     assert src is not None
     transfer = c.models["orig-seed1"] or src
     for form in HARDENING_FORMS[regime]:
+        recipe = searched_recipe(src) if form == "searched" else None
+        if recipe is not None and not recipe.is_file():
+            c.missing[f"{regime}:{form}"] = (f"not run (no searched recipe: {recipe}; write one "
+                                              "with qrdeploy harden MODEL --search)")
+            continue
         path = src if form == "plain" else _one(
-            cache, steps.harden_step(f"harden.{regime}.{form}", p, src, form), "model.onnx")
+            cache, steps.harden_step(f"harden.{regime}.{form}", p, src, form, recipe),
+            "model.onnx")
         res = _one(cache, steps.hardening_step(f"attack.{regime}.{form}", p, path, transfer, data,
                                                fp, c.seed, tdir, parallel), "results.json")
         c.results[f"{regime}:{form}"] = load_results(res)

@@ -220,7 +220,7 @@ def int8_table(c: Collected) -> list[str]:
 
 
 #: qrdeploy's hardening rows (profiles with hardening_regimes), in the report's order
-HARDENING_ROWS = (cl.FLOAT_ROW, cl.PTQ_ROW, cl.QAT_ROW, cl.QAT2_ROW)
+HARDENING_ROWS = (cl.FLOAT_ROW, cl.PTQ_ROW, cl.SEARCHED_ROW, cl.QAT_ROW, cl.QAT2_ROW)
 
 
 def _paired_cell(new: np.ndarray, old: np.ndarray) -> str:
@@ -247,7 +247,8 @@ def hardening_table(c: Collected) -> list[str]:
     for row in HARDENING_ROWS:
         doc = c.results.get(row)
         if doc is None:
-            why = c.missing.get(row.split(":")[0]) or c.data_note or "not run"
+            why = c.missing.get(row) or c.missing.get(row.split(":")[0]) or c.data_note or \
+                "not run"
             rows.append([row_name(row), why, "", "", "", ""])
             continue
         ad = doc.adaptive
@@ -264,6 +265,8 @@ def hardening_table(c: Collected) -> list[str]:
                 and d.adaptive is not None), None)
     intro = ("Hardening that holds (ours, not the paper's): the stronger adversarial reference "
              "model (Adv. strong; 30 epochs of PGD-10 training), its post-training 3-bit form, "
+             "its post-training form with the per-layer bits that `qrdeploy harden --search` "
+             "chose for it (searched: the recipe file beside the model, replayed), "
              "and its 3-bit quantization-aware fine-tuning (Adv.+QAT) hardened at 3 and at 2 "
              "bits, each scored by clean accuracy and the adaptive suite alone"
              f"{'' if eps is None else f' at eps {eps:g}'} (the profile's adaptive budget; the "
@@ -417,7 +420,8 @@ def models_table(c: Collected, files: ModelFiles) -> list[str]:
 def header(c: Collected, files: ModelFiles) -> list[str]:
     p = c.profile
     budget = _table(["setting", "value"], p.rows())
-    notes = [f"- {cl.REGIME_LABEL[r]}: {why}" for r, why in c.missing.items()]
+    notes = [f"- {cl.row_label(r) if ':' in r else cl.REGIME_LABEL[r]}: {why}"
+             for r, why in c.missing.items()]
     if c.data_note:
         notes.append(f"- data: {c.data_note}")
     return [f"# Reproduction of Song, Fallon, Li (AAAI-21 RSEML): profile `{p.name}`", "",

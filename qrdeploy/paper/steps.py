@@ -30,6 +30,7 @@ from qrdeploy.core.fileio import atomic_write_text
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.build import build_results
 from qrdeploy.evaluation.clean import evaluate_onnx
 from qrdeploy.evaluation.metrics import adaptive_worst_case, robust_flags
@@ -52,7 +53,7 @@ from qrdeploy.evaluation.suites import (
 )
 from qrdeploy.graphio.graph import load_model, save_model
 from qrdeploy.hardening.integer import Calibration, IntegerActivations
-from qrdeploy.hardening.passes import MuLawMap, WeightQuant, bits_sweep, harden
+from qrdeploy.hardening.passes import MuLawMap, WeightQuant, bits_sweep, harden, load_recipe
 from qrdeploy.model.ortmodel import OrtModel
 from qrdeploy.paper.cache import Step
 from qrdeploy.paper.profiles import Budget, Profile
@@ -180,10 +181,21 @@ def form_passes(p: Profile, form: str, mu: float | None = None, layers: str | No
     return out
 
 
-def harden_step(name: str, p: Profile, src: Path, form: str) -> Step:
+def harden_step(name: str, p: Profile, src: Path, form: str, recipe: Path | None = None
+                ) -> Step:
     """The form's passes on the plain model; "q-int8" is the (Q) form as a full-integer graph
-    (int8 activations calibrated on the profile's training images, min-max)."""
-    passes = form_passes(p, form)
+    (int8 activations calibrated on the profile's training images, min-max); "searched" is the
+    passes of `recipe` (a recipe `harden --search` wrote; float storage like every form)."""
+    if form == "searched":
+        if recipe is None:
+            raise ConfigError("the searched form needs its recipe file")
+        chosen = load_recipe(recipe)
+        if chosen.activations is not None:
+            raise ConfigError(f"recipe {recipe} quantizes activations; the searched form replays "
+                              "weight passes only: search with float activations")
+        passes: list[Any] = list(chosen.passes)
+    else:
+        passes = form_passes(p, form)
     act = IntegerActivations(p.calibrate, Calibration.MINMAX, f"{p.data}:train") \
         if form == "q-int8" else None
 
@@ -196,7 +208,8 @@ def harden_step(name: str, p: Profile, src: Path, form: str) -> Step:
     settings: dict[str, Any] = {"passes": [repr(x) for x in passes], "encoding": "float"}
     if act is not None:
         settings |= {"encoding": "qdq", "activations": repr(act)}
-    return Step(name, settings, {"model": src}, body)
+    inputs = {"model": src} if recipe is None else {"model": src, "recipe": recipe}
+    return Step(name, settings, inputs, body)
 
 
 # ---------------------------------------------------------------------------- train

@@ -114,7 +114,8 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return out, models
 
 
-HARDENING = ("mnist-adversarial-strong.onnx", "mnist-adversarial-strong-qat3.onnx")
+HARDENING = ("mnist-adversarial-strong.onnx", "mnist-adversarial-strong.searched.toml",
+              "mnist-adversarial-strong-qat3.onnx")
 
 
 def log_of(out: Path) -> list[dict[str, str]]:
@@ -154,7 +155,8 @@ def _json(p: Path) -> None:
     own = {c["claim"]: c for c in doc["claims"]
            if c["claim"] in ("qat3-within-2-of-float", "qat3-beats-ptq", "qat-2bit-no-collapse")}
     assert len(own) == 3 and all(c["outcome"] != "not run" for c in own.values()), own
-    assert set(doc["masking"]) >= {"adv-strong:plain", "adv-strong:q", "adv-qat:q", "adv-qat:q2"}
+    assert set(doc["masking"]) >= {"adv-strong:plain", "adv-strong:q", "adv-strong:searched",
+                                   "adv-qat:q", "adv-qat:q2"}
 
 
 def _md(p: Path) -> None:
@@ -164,6 +166,7 @@ def _md(p: Path) -> None:
                     "## Models", "## Hardening that holds"):
         assert heading in text
     assert "| Adv.+QAT (Q, 2 bits) |" in text
+    assert "| Adv. strong (searched) |" in text
     assert "not run (model missing" in text  # F.L.
     assert "not run (CIFAR-10: profile smoke is mnist; use --profile quick-cifar" in text
 

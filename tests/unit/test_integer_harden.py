@@ -63,6 +63,49 @@ def test_int8_is_deterministic_and_every_calibration_method_runs() -> None:
         assert _int8(cnn(0), wq, method).graph.node
 
 
+def test_int8_names_are_compact_and_only_names_change() -> None:
+    """The quantizer's long names become q<i> / n<i>; the float model's names (input, output,
+    every layer's output, the weights) and the weight codes' initializers stay; the graph
+    computes exactly what onnxruntime's own output did."""
+    import copy
+
+    from qrdeploy.hardening.integer import compact_names
+
+    model = cnn(0)
+    out = _int8(model, WeightQuant(3, "channel"))
+    g = out.graph
+    source = {t.name for t in model.graph.initializer}
+    source |= {x for n in model.graph.node for x in (*n.input, *n.output)}
+    source |= {v.name for v in (*model.graph.input, *model.graph.output)}
+    names = {t.name for t in g.initializer} | {x for n in g.node for x in (*n.input, *n.output)}
+    invented = {x for x in names if x and x not in source and not x.endswith("_quantized")}
+    assert invented and all(x[0] == "q" and x[1:].isdigit() for x in invented)
+    assert [v.name for v in g.input] == [v.name for v in model.graph.input]
+    assert [v.name for v in g.output] == [v.name for v in model.graph.output]
+    assert len(match_layers(model, comparable(out), in_order=True)) == 4  # lipschitz still pairs
+    assert not any("QuantizeLinear" in x or x.endswith("_scale") for x in names | {
+        n.name for n in g.node})
+    assert not g.value_info  # the source had none; the quantizer's inferred shapes are dropped
+    onnx.checker.check_model(out, full_check=True)
+    # rename the compact graph back to long names: compacting it again gives the same bytes,
+    # and the logits are bit-identical to those of the long-named graph
+    long = copy.deepcopy(out)
+    back = {x: f"{x}_a_long_name_as_onnxruntime_writes_them" for x in invented}
+    for n in long.graph.node:
+        n.input[:] = [back.get(x, x) for x in n.input]
+        n.output[:] = [back.get(x, x) for x in n.output]
+        if n.name not in {m.name for m in model.graph.node}:
+            n.name = f"{n.name}_QuantizeLinear_node"
+    for t in long.graph.initializer:
+        t.name = back.get(t.name, t.name)
+    x = inputs(2, (7, 1, 8, 8))
+    np.testing.assert_array_equal(ort_logits(long, x), ort_logits(out, x))
+    assert len(long.SerializeToString()) > len(out.SerializeToString())
+    compact_names(long, model, keep={t.name for t in g.initializer if t.name.endswith(
+        "_quantized")})
+    assert long.SerializeToString() == out.SerializeToString()
+
+
 def test_int8_model_is_scored_on_its_integer_graph_with_bpda_gradients() -> None:
     m = OrtModel(_int8(cnn(0), WeightQuant(3, "channel")))
     assert m.bpda and str(m.info["gradient_form"]).startswith("BPDA (STE")

@@ -61,3 +61,64 @@ def test_the_sufficiency_budget_doubles_iterations_restarts_and_cw_search() -> N
     assert (d.cw_binary_steps, d.cw_iterations) == (2 * b.cw_binary_steps, 2 * b.cw_iterations)
     assert (d.adaptive_steps, d.adaptive_queries) == (2 * b.adaptive_steps,
                                                       2 * b.adaptive_queries)
+
+
+SEARCHED = Path(__file__).resolve().parents[2] / "models/mnist-adversarial-strong.searched.toml"
+
+
+def test_searched_form_replays_the_recipe_beside_the_model(tmp_path: Path) -> None:
+    """The "searched" hardening form is the passes of <stem>.searched.toml, exactly what
+    `harden --recipe` applies (fc1 at 3 bits: 7 levels; the rest at 8 bits)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from qrdeploy.hardening.passes import harden, load_recipe
+    from qrdeploy.paper import steps
+    from qrdeploy.paper.pipeline import searched_recipe
+    from tests.unit.onnx_builders import cnn
+
+    src = tmp_path / "net.onnx"
+    onnx.save_model(cnn(0), src)
+    recipe = searched_recipe(src)
+    assert recipe == tmp_path / "net.searched.toml"
+    recipe.write_text(SEARCHED.read_text())
+    step = steps.harden_step("harden.adv-strong.searched", get_profile("smoke"), src,
+                             "searched", recipe)
+    assert step.inputs == {"model": src, "recipe": recipe}  # a changed recipe reruns the step
+    out = tmp_path / "out"
+    out.mkdir()
+    step.body(out, tmp_path)
+    hardened = onnx.load(out / "model.onnx")
+    got = {t.name: numpy_helper.to_array(t) for t in hardened.graph.initializer}
+    want, _ = harden(onnx.load(src), list(load_recipe(recipe).passes), "float")
+    for t in want.graph.initializer:
+        np.testing.assert_array_equal(got[t.name], numpy_helper.to_array(t))
+    assert len(np.unique(got["fc1.weight"])) <= 7 < len(np.unique(got["fc2.weight"]))
+
+
+def test_searched_form_refuses_an_int8_recipe_and_notes_a_missing_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qrdeploy.paper import pipeline, steps
+    from qrdeploy.paper.cache import StepCache
+    from qrdeploy.paper.collected import Collected
+
+    bad = tmp_path / "int8.toml"
+    bad.write_text(SEARCHED.read_text() + '\n[activations]\nkind = "int8"\n')
+    with pytest.raises(ConfigError, match="quantizes activations.*float activations"):
+        steps.harden_step("h", get_profile("smoke"), tmp_path / "m.onnx", "searched", bad)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"")
+    c = Collected(get_profile("smoke"), 0, {"adv-strong": src, "orig-seed1": None})
+    monkeypatch.setitem(pipeline.HARDENING_FORMS, "adv-strong", ("searched",))
+    pipeline._hardening_steps(StepCache(tmp_path / "run", ()), c, "adv-strong",
+                              None, "", tmp_path, None)  # type: ignore[arg-type]
+    assert c.missing["adv-strong:searched"].startswith(
+        f"not run (no searched recipe: {tmp_path / 'm.searched.toml'}; write one with")
+    assert not c.results
+    from qrdeploy.paper.report import hardening_table, header
+
+    assert any(line.startswith("- Adv. strong (searched): not run (no searched recipe")
+               for line in header(c, {}))
+    assert any("| Adv. strong (searched) | not run (no searched recipe" in line
+               for line in hardening_table(c))
