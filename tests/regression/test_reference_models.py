@@ -25,7 +25,8 @@ THRESHOLDS = {"mnist-standard": (0.970, None), "mnist-standard-seed1": (0.970, N
               "mnist-adversarial-strong": (0.97, 0.55),
               "mnist-adversarial-strong-qat3": (0.97, 0.55),
               "cifar10-standard": (0.70, None), "cifar10-standard-seed1": (0.70, None),
-              "cifar10-adversarial": (0.45, 0.25), "cifar10-feedback": (0.70, None)}
+              "cifar10-adversarial": (0.45, 0.25), "cifar10-feedback": (0.70, None),
+              "cifar10-standard-qat3": (0.70, None)}
 
 
 def _card(path: Path) -> dict:  # type: ignore[type-arg]
@@ -179,6 +180,42 @@ def test_cifar_feedback_card_records_its_round_and_the_paired_test_difference() 
     diff = PairedCounts.from_flags(ok["cifar10-feedback"], ok["cifar10-standard"]).difference
     assert abs(diff - card["test_vs_standard"]["difference"]) <= 2 / len(test)
     assert diff >= -0.01
+
+
+DEPLOYED_CARDS = [p for p in CARDS if "deployed_clean_test" in _card(p)]
+
+
+@pytest.mark.parametrize("card_path", DEPLOYED_CARDS, ids=[p.stem for p in DEPLOYED_CARDS])
+def test_qat_card_deployed_graph_keeps_the_float_accuracy(card_path: Path, tmp_path: Path
+                                                          ) -> None:
+    """A quantization-aware card's graph that ships (`qrdeploy harden` at its training bits,
+    int8 activations calibrated on 500 training images), rebuilt from the committed model: its
+    clean test accuracy within 3 images of the card (the activation scales come from
+    onnxruntime's float arithmetic), at most 0.3x the float source's bytes, and within 1 point
+    of the float source on the same images (the target the recipe was built for; paired)."""
+    from qrdeploy.api import harden
+    from qrdeploy.core.stats import PairedCounts
+    from qrdeploy.graphio.graph import load_model
+    from qrdeploy.margins import search as mg
+    from qrdeploy.model.ortmodel import OrtModel
+
+    card = _card(card_path)
+    entry = card["deployed_clean_test"]
+    recipe = card["recipe"]
+    data = DATA[card_path.stem.split("-", 1)[0]]
+    out = tmp_path / "deployed.onnx"
+    harden(MODELS / card["onnx"], out, bits=recipe["quant_aware"],
+           granularity=recipe["quant_granularity"], encoding="qdq",
+           activations=recipe["quant_activations"],
+           calibrate=500, calibration_data=data)
+    source = MODELS / entry["source"]
+    assert out.stat().st_size <= 0.3 * source.stat().st_size
+    test = _test_split(card_path)
+    ok = {k: mg.predict(OrtModel(load_model(p)), test.x) == test.y
+          for k, p in (("deployed", out), ("source", source))}
+    assert abs(int(ok["deployed"].sum()) - entry["k"]) <= 3
+    assert PairedCounts.from_flags(ok["deployed"], ok["source"]).difference >= -0.01
+    assert entry["vs_source"]["difference"] >= -0.01
 
 
 # the MNIST cards' adaptive entries; the CIFAR-10 one takes about 8 minutes of WRN attacks on

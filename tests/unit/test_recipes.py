@@ -36,6 +36,30 @@ def test_cifar_recipes_train_wrn_on_the_embedded_images() -> None:
     assert adv.val_attack_steps > 1
 
 
+def test_cifar_qat_recipe_trains_the_deployed_graph_from_the_committed_model() -> None:
+    """cifar10-standard-qat3 fine-tunes the committed standard WRN through the quantizers of the
+    graph `harden --bits 3 --granularity channel --activations int8` writes; tools/make_models.py
+    starts it from models/cifar10-standard.onnx, and its card records exactly that recipe."""
+    import sys
+
+    qat = recipes.CIFAR10_RECIPES["standard-qat3"]
+    assert (qat.quant_aware, qat.quant_granularity, qat.quant_activations) == (3, "channel",
+                                                                                "int8")
+    assert qat.from_checkpoint == recipes.FROM_CIFAR_STANDARD and qat.threads == 1
+    assert "standard-qat3" in recipes.ALL["cifar10"] and "standard-qat3" not in recipes.ORDER
+    sys.path.insert(0, str(MODELS.parent / "tools"))
+    try:
+        import make_models
+    finally:
+        sys.path.pop(0)
+    built = make_models.RECIPES["cifar10-standard-qat3"]
+    assert built.from_checkpoint == "models/cifar10-standard.onnx"
+    assert (MODELS.parent / built.from_checkpoint).is_file()
+    card = MODELS / "cifar10-standard-qat3.json"
+    if card.is_file():
+        assert json.loads(card.read_text())["recipe"] == built.to_json()
+
+
 def test_paper_cifar_overrides_the_cifar_recipes() -> None:
     p = get_profile("paper-cifar")
     adv = recipes.for_profile("adversarial", p.retrain, p.retrain_feedback, prefix="cifar10")
