@@ -72,12 +72,11 @@ RECIPES: dict[str, TrainConfig] = {
     for prefix in recipes.BY_PREFIX for k in recipes.ALL[prefix]}
 # a fine-tuning starts from the stronger adversarial model built before it
 STRONG = f"{WORK}/mnist-adversarial-strong.safetensors"
-RECIPES = {k: (dataclasses.replace(c, from_checkpoint=STRONG)
-               if c.from_checkpoint == recipes.FROM_STRONG else c) for k, c in RECIPES.items()}
-# the CIFAR-10 QAT fine-tuning starts from the committed standard model
-RECIPES = {k: (dataclasses.replace(c, from_checkpoint="models/cifar10-standard.onnx")
-               if c.from_checkpoint == recipes.FROM_CIFAR_STANDARD else c)
-           for k, c in RECIPES.items()}
+# and the CIFAR-10 QAT fine-tuning from the committed standard model
+STARTS = {recipes.FROM_STRONG: STRONG,
+          recipes.FROM_CIFAR_STANDARD: "models/cifar10-standard.onnx"}
+RECIPES = {k: (dataclasses.replace(c, from_checkpoint=STARTS[c.from_checkpoint])
+               if c.from_checkpoint in STARTS else c) for k, c in RECIPES.items()}
 #: The cards made before the training time, the per-sample adaptive flags and the CI subset
 #: became card entries (they keep their format until they are rebuilt).
 LEGACY_MNIST = {f"mnist-{k}" for k in recipes.ORDER}

@@ -91,10 +91,11 @@ def test_int8_names_are_compact_and_only_names_change() -> None:
     # and the logits are bit-identical to those of the long-named graph
     long = copy.deepcopy(out)
     back = {x: f"{x}_a_long_name_as_onnxruntime_writes_them" for x in invented}
+    source_nodes = {m.name for m in model.graph.node}
     for n in long.graph.node:
         n.input[:] = [back.get(x, x) for x in n.input]
         n.output[:] = [back.get(x, x) for x in n.output]
-        if n.name not in {m.name for m in model.graph.node}:
+        if n.name not in source_nodes:
             n.name = f"{n.name}_QuantizeLinear_node"
     for t in long.graph.initializer:
         t.name = back.get(t.name, t.name)

@@ -102,6 +102,7 @@ def test_searched_form_refuses_an_int8_recipe_and_notes_a_missing_one(
     from qrdeploy.paper import pipeline, steps
     from qrdeploy.paper.cache import StepCache
     from qrdeploy.paper.collected import Collected
+    from qrdeploy.paper.report import hardening_table, header
 
     bad = tmp_path / "int8.toml"
     bad.write_text(SEARCHED.read_text() + '\n[activations]\nkind = "int8"\n')
@@ -116,8 +117,6 @@ def test_searched_form_refuses_an_int8_recipe_and_notes_a_missing_one(
     assert c.missing["adv-strong:searched"].startswith(
         f"not run (no searched recipe: {tmp_path / 'm.searched.toml'}; write one with")
     assert not c.results
-    from qrdeploy.paper.report import hardening_table, header
-
     assert any(line.startswith("- Adv. strong (searched): not run (no searched recipe")
                for line in header(c, {}))
     assert any("| Adv. strong (searched) | not run (no searched recipe" in line
