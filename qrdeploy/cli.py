@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qrdeploy: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
               file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        # workers or a Ray connection a sharded run started (only loaded if one was asked for)
+        shard = sys.modules.get("qrdeploy.evaluation.shard")
+        if shard is not None:
+            shard.release()
 
 
 def entry() -> None:

@@ -6,7 +6,7 @@ import argparse
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
-from qrdeploy.evaluation.shard import Parallel
+from qrdeploy.evaluation.shard import Parallel, warm
 from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
@@ -44,11 +44,16 @@ def add_parallel(p: argparse.ArgumentParser) -> None:
                    help="shard over a Ray cluster: no ADDRESS starts one on this machine, 'auto' "
                         "joins the running one (needs the cluster extra)")
     g.add_argument("--shards", type=int, default=None, metavar="K",
-                   help="pieces of the samples (default: one per worker)")
+                   help="pieces of the samples (default: one per worker; with --ray one per CPU "
+                        "of the cluster)")
 
 
 def parallel(args: argparse.Namespace) -> Parallel:
-    return Parallel(args.workers, args.ray, args.shards)
+    """The parallel options, with their workers already starting (`warm`): the command's data
+    and model loading that follows overlaps their start."""
+    par = Parallel(args.workers, args.ray, args.shards)
+    warm(par)
+    return par
 
 
 def session_config(args: argparse.Namespace) -> SessionConfig:

@@ -13,7 +13,8 @@ One shard function serves both back ends (`run_shard`): it opens the models agai
 with Ray the images travel through the object store once (`ray.put`) and a lost task is retried
 by Ray (it is deterministic, so a retry changes nothing). Each shard keeps its own state file
 (`<state>.shard-<i>-of-<n>.npz`), so an interrupted sharded run resumes shard by shard.
-Workers run with `threads = cores // workers` unless the session asks for a count.
+Workers run with `threads = cores // workers`, Ray tasks with one thread each (and as many
+shards as the cluster has CPUs), unless the session or `shards` says otherwise.
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ class Parallel:
     def active(self) -> bool:
         return self.ray is not None or self.workers > 1 or (self.shards or 1) > 1
 
-    def pieces(self, n: int) -> list[tuple[int, int]]:
-        """Contiguous sample ranges, as equal as possible, at most n of them."""
-        k = min(n, self.shards or (self.workers if self.ray is None else max(self.workers, 2)))
+    def pieces(self, n: int, slots: int | None = None) -> list[tuple[int, int]]:
+        """Contiguous sample ranges, as equal as possible, at most n of them: `shards` of them,
+        else one per worker, or with Ray one per task slot of the cluster (`slots`: its CPUs
+        divided by the threads of a task; 2 when unknown)."""
+        default = self.workers if self.ray is None else max(self.workers, slots or 2)
+        k = min(n, self.shards or default)
         edges = np.linspace(0, n, k + 1).round().astype(int)
         return [(int(a), int(b)) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
@@ -133,9 +137,20 @@ def _state(path: Path | None, i: int, n: int) -> Path | None:
 
 
 def _threads(session: SessionConfig, parallel: Parallel) -> int:
+    """onnxruntime threads of one shard: the session's count if it names one; else one per Ray
+    task (a task asks the cluster for as many CPUs as it runs threads, and Ray's own default is
+    one, so a cluster runs as many shards at once as it has CPUs), or cores // workers."""
     if session.threads:
         return session.threads
+    if parallel.ray is not None:
+        return 1
     return max(1, (os.cpu_count() or 1) // parallel.workers)
+
+
+def _ray_slots(ray: Any, threads: int) -> int:
+    """How many shards of `threads` CPUs the connected Ray cluster runs at once."""
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return max(1, cpus // threads)
 
 
 def _merge_records(parts: Sequence[dict[str, Record]]) -> dict[str, Record]:
@@ -183,6 +198,63 @@ def _merge(outs: list[ShardOut], victim: Subject, source: Subject | None,
                       timings, probe, adaptive_source, survivor_keys(suite))
 
 
+# What `warm` started and `release` stops: the local worker pool (its size and executor) and
+# whether this process connected to Ray itself (a caller's own ray.init is left alone).
+_HELD: dict[str, Any] = {}
+
+
+def _warm_imports() -> None:
+    """A worker's start: the imports a shard needs (this module, so the runner, and
+    onnxruntime), done before its first shard arrives."""
+    import onnxruntime  # noqa: F401
+
+
+def warm(parallel: Parallel) -> None:
+    """Start the workers of `parallel` now, without waiting for them: the local pool's processes
+    or, on Ray, the connection and one task per CPU of the cluster, each importing what a shard
+    needs. A command calls this before it loads its data and models, so the workers' start
+    (about a second: a spawned interpreter importing onnxruntime and qrdeploy) overlaps that
+    loading; `evaluate_sharded` then uses these workers, and `release` stops them."""
+    if parallel.ray is not None:
+        ray = _ray(parallel.ray)
+        task = ray.remote(num_cpus=1, max_retries=0)(_warm_imports)
+        _HELD["warming"] = [task.remote() for _ in range(_ray_slots(ray, 1))]
+    elif parallel.workers > 1:
+        pool = _pool(parallel.workers)
+        for _ in range(parallel.workers):
+            pool.submit(_warm_imports)  # each submit starts one more process (spawn)
+
+
+def release() -> None:
+    """Stop what `warm` or a sharded run started in this process: the local worker pool, and the
+    Ray connection when this process made it (a local Ray instance stops with it). Without this,
+    Ray's own handler at interpreter exit does the same, half a second slower."""
+    pool = _HELD.pop("pool", None)
+    _HELD.pop("workers", None)
+    _HELD.pop("warming", None)
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if _HELD.pop("ray", False):
+        import ray
+
+        ray.shutdown()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool of `workers` local processes, made once and reused by every run (a
+    reproduce run shards many attack steps)."""
+    if _HELD.get("workers") != workers:
+        old = _HELD.pop("pool", None)
+        if old is not None:
+            old.shutdown(wait=True, cancel_futures=True)
+        # spawn: no fork of a process that holds onnxruntime sessions and threads
+        _HELD["pool"] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                            initializer=_warm_imports)
+        _HELD["workers"] = workers
+    pool: ProcessPoolExecutor = _HELD["pool"]
+    return pool
+
+
 def _ray(address: str) -> Any:
     try:
         import ray
@@ -190,6 +262,7 @@ def _ray(address: str) -> Any:
         raise RuntimeMissingError(f"--ray needs Ray, which is not installed; {CLUSTER_HINT} "
                                   "(or use --workers N on this machine)") from exc
     if not ray.is_initialized():
+        _HELD["ray"] = True
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "configure_logging": False}
         if address == "local":
@@ -201,9 +274,8 @@ def _ray(address: str) -> Any:
     return ray
 
 
-def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, address: str,
+def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, ray: Any,
              done: Callable[[ShardOut], None]) -> list[ShardOut]:
-    ray = _ray(address)
     remote = ray.remote(max_retries=3, retry_exceptions=False)(run_shard)
     x_ref, y_ref = ray.put(x), ray.put(y)  # once, through the object store
     pending = [remote.options(num_cpus=t.threads).remote(t, x_ref, y_ref) for t in tasks]
@@ -226,13 +298,17 @@ def _run_local(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, workers: in
             outs.append(out)
         return outs
     outs = []
-    # spawn: no fork of a process that holds onnxruntime sessions and threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    pool = _pool(workers)
+    try:
         futures = [pool.submit(run_shard, t, x, y) for t in tasks]
         for f in as_completed(futures):
             out = f.result()
             done(out)
             outs.append(out)
+    except BaseException:
+        # Ctrl-C or a failed shard: stop the workers now, as leaving a `with` pool did
+        release()
+        raise
     return outs
 
 
@@ -252,8 +328,9 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
                               "(qrdeploy.evaluation.subjects.open_subject)")
     yy, mode, ref = resolve_labels(x, y, Labels(labels), reference, victim, cfg.batch_size)
     data_fp = fingerprint(x, yy)
-    ranges = parallel.pieces(len(yy))
     threads = _threads(victim.ref.session, parallel)
+    ray = None if parallel.ray is None else _ray(parallel.ray)
+    ranges = parallel.pieces(len(yy), None if ray is None else _ray_slots(ray, threads))
     tasks = [ShardTask(i, len(ranges), a, b, victim.ref, None if source is None else source.ref,
                        None if adaptive_source is None else adaptive_source.ref, suite,
                        dataclasses.replace(cfg, state_path=_state(cfg.state_path, i,
@@ -268,8 +345,8 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
             progress.update(out.stop - out.start)
 
     try:
-        if parallel.ray is not None:
-            outs = _run_ray(tasks, x, yy, parallel.ray, done)
+        if ray is not None:
+            outs = _run_ray(tasks, x, yy, ray, done)
         else:
             outs = _run_local(tasks, x, yy, parallel.workers, done)
     finally:

@@ -4,7 +4,10 @@ byte apart from timings: every attack keys its randomness by global sample posit
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ import onnx
 import pytest
 
 from qrdeploy.cli import main
+from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.errors import ConfigError
-from qrdeploy.evaluation.shard import Parallel
+from qrdeploy.evaluation import shard
+from qrdeploy.evaluation.shard import Parallel, release, warm
 from tests.unit.onnx_builders import cnn, ort_logits
 
 SUITE = ["--suite", "paper,adaptive", "--attacks",
@@ -78,6 +83,53 @@ def test_pieces_cover_the_samples_once(n: int, shards: int, pieces: list[tuple[i
     assert Parallel(shards=shards).pieces(n) == pieces
 
 
+class _Cluster:
+    def __init__(self, cpus: float | None) -> None:
+        self.cpus = cpus
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {} if self.cpus is None else {"CPU": self.cpus}
+
+
+def test_ray_shards_default_to_one_thread_and_one_shard_per_cluster_cpu() -> None:
+    """A Ray task asks the cluster for as many CPUs as it runs threads: tasks of cores // 1
+    threads on a 2-CPU cluster ran one at a time. By default a Ray shard runs one thread and
+    there is one shard per CPU of the cluster; --threads and --shards still decide."""
+    on_ray = Parallel(ray="auto")
+    assert shard._threads(SessionConfig(), on_ray) == 1
+    assert shard._threads(SessionConfig(threads=3), on_ray) == 3
+    assert shard._threads(SessionConfig(), Parallel(workers=2)) == max(1, (os.cpu_count() or 1)
+                                                                       // 2)
+    assert shard._ray_slots(_Cluster(6.0), 1) == 6
+    assert shard._ray_slots(_Cluster(6.0), 4) == 1 and shard._ray_slots(_Cluster(None), 1) == 1
+    assert len(on_ray.pieces(1000, slots=6)) == 6
+    assert len(on_ray.pieces(1000)) == 2  # slots unknown
+    assert len(Parallel(ray="auto", shards=3).pieces(1000, slots=6)) == 3
+    assert len(Parallel(ray="auto", workers=4).pieces(1000, slots=2)) == 4
+
+
+def _children() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+
+
+def test_warm_starts_the_worker_processes_before_any_run_and_release_stops_them() -> None:
+    """`warm` (what the CLI calls while it parses the options) starts the pool's processes at
+    once; every sharded run of the process reuses that pool; `release` stops it."""
+    before = _children()
+    try:
+        warm(Parallel(workers=2))
+        pool = shard._pool(2)
+        deadline = time.monotonic() + 60
+        while len(_children() - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children() - before) == 2
+        assert shard._pool(2) is pool  # reused, not a new pool per run
+    finally:
+        release()
+    assert "pool" not in shard._HELD
+    assert not _children() - before
+
+
 def test_bad_counts_are_refused() -> None:
     with pytest.raises(ConfigError, match="--workers must be >= 1"):
         Parallel(workers=0)
@@ -106,9 +158,10 @@ def test_ray_beside_a_running_cluster(world: dict[str, Path], plain: dict[str, A
                              capture_output=True, text=True)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
-        for flags in (["--ray", "auto"], ["--ray"]):
+        # joined: one shard per CPU of the cluster by default (two here)
+        for flags in (["--ray", "auto"], ["--ray", "--shards", "2"]):
             try:
-                assert run(world, tmp_path / "c.json", *flags, "--shards", "2") == plain
+                assert run(world, tmp_path / "c.json", *flags) == plain
             finally:
                 ray.shutdown()
     finally:
