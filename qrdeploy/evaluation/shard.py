@@ -211,14 +211,16 @@ def _warm_imports() -> None:
 
 def warm(parallel: Parallel) -> None:
     """Start the workers of `parallel` now, without waiting for them: the local pool's processes
-    or, on Ray, the connection and one task per CPU of the cluster, each importing what a shard
-    needs. A command calls this before it loads its data and models, so the workers' start
-    (about a second: a spawned interpreter importing onnxruntime and qrdeploy) overlaps that
-    loading; `evaluate_sharded` then uses these workers, and `release` stops them."""
+    or, on Ray, the connection and one task per CPU of the cluster (at most `shards`), each
+    importing what a shard needs. A command calls this before it loads its data and models, so
+    the workers' start (about a second: a spawned interpreter importing onnxruntime and
+    qrdeploy) overlaps that loading; `evaluate_sharded` then uses these workers, and `release`
+    stops them."""
     if parallel.ray is not None:
         ray = _ray(parallel.ray)
         task = ray.remote(num_cpus=1, max_retries=0)(_warm_imports)
-        _HELD["warming"] = [task.remote() for _ in range(_ray_slots(ray, 1))]
+        count = min(_ray_slots(ray, 1), parallel.shards or 1 << 30)
+        _HELD["warming"] = [task.remote() for _ in range(count)]
     elif parallel.workers > 1:
         pool = _pool(parallel.workers)
         for _ in range(parallel.workers):
