@@ -272,7 +272,13 @@ def _ray(address: str) -> Any:
             # address would join that one and refuse num_cpus)
             ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
         else:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except ConnectionError as exc:  # Ray's message names its own CLI flags
+                _HELD.pop("ray", None)
+                raise ConfigError(f"--ray {address}: no Ray cluster to join there; start one "
+                                  "with `ray start --head`, give its address, or pass --ray "
+                                  "alone to run a local one") from exc
     return ray
 
 

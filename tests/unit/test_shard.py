@@ -76,6 +76,26 @@ def test_ray_missing_is_one_line(world: dict[str, Path], tmp_path: Path,
     assert "\n" not in err and "pip install 'qrdeploy[cluster]'" in err
 
 
+def test_no_cluster_to_join_is_one_line_with_the_fix(world: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
+
+    def no_cluster(*args: Any, **kwargs: Any) -> None:  # what ray.init says with none running
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one "
+                              "to connect to by setting `--address` flag")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--ray", "auto", "-q", "-o", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "internal error" not in err
+    assert err.startswith("qrdeploy: error: --ray auto: no Ray cluster")
+    assert "ray start --head" in err
+    assert "ray" not in shard._HELD  # nothing to shut down
+
+
 @pytest.mark.parametrize(("n", "shards", "pieces"), [
     (10, 3, [(0, 3), (3, 7), (7, 10)]), (2, 5, [(0, 1), (1, 2)]), (7, 1, [(0, 7)])])
 def test_pieces_cover_the_samples_once(n: int, shards: int, pieces: list[tuple[int, int]]
