@@ -219,7 +219,8 @@ def warm(parallel: Parallel) -> None:
     if parallel.ray is not None:
         ray = _ray(parallel.ray)
         task = ray.remote(num_cpus=1, max_retries=0)(_warm_imports)
-        count = min(_ray_slots(ray, 1), parallel.shards or 1 << 30)
+        slots = _ray_slots(ray, 1)
+        count = min(slots, parallel.shards) if parallel.shards else slots
         _HELD["warming"] = [task.remote() for _ in range(count)]
     elif parallel.workers > 1:
         pool = _pool(parallel.workers)
