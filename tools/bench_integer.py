@@ -2,7 +2,8 @@
 original and onnxruntime's own quantize_static QDQ model of the same net, side by side in one run.
 
 Measures (onnxruntime CPU, `--threads` intra-op threads):
-- latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, qrdeploy-int8,
+- latency at batch 1 and batch 256: rounds interleave the models (float, ort-qdq, ort-qdq-pre
+  (onnxruntime's quant_pre_process, then quantize_static), qrdeploy-int8,
   and the float-activation qdq and nbits encodings for reference) in an order rotated every
   round, sessions without spin-waiting (see `_session`), median per model, ratios as the median
   over rounds of the within-round ratio;
@@ -66,6 +67,17 @@ def _ort_qdq(src: Path, dst: Path, calib: np.ndarray) -> None:
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def _ort_qdq_pre(src: Path, dst: Path, calib: np.ndarray) -> None:
+    """onnxruntime's recommended flow: `quant_pre_process` (shape inference and its graph
+    optimizer, which folds BatchNormalization into convolutions), then the same quantize_static."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    _ort_qdq(pre, dst, calib)
+    pre.unlink()
 
 
 def _session(path: Path, threads: int) -> Any:
@@ -148,10 +160,12 @@ def main() -> None:
         d = Path(tmp)
         src = Path(args.model)
         model = load_model(src)
-        paths = {"float": src, "ort-qdq": d / "ort-qdq.onnx", "qrdeploy-int8": d / "int8.onnx",
+        paths = {"float": src, "ort-qdq": d / "ort-qdq.onnx",
+                 "ort-qdq-pre": d / "ort-qdq-pre.onnx", "qrdeploy-int8": d / "int8.onnx",
                  "qrdeploy-qdq-float-act": d / "qdq.onnx",
                  "qrdeploy-nbits-float-act": d / "nbits.onnx"}
         _ort_qdq(src, paths["ort-qdq"], load_dataset(args.data, "train", n=100).x)
+        _ort_qdq_pre(src, paths["ort-qdq-pre"], load_dataset(args.data, "train", n=100).x)
         wq = WeightQuant(args.bits, Granularity.CHANNEL)
         base = model if args.trained is None else load_model(args.trained)
         hard, _ = harden(base, [wq], activations=IntegerActivations(
@@ -194,7 +208,10 @@ def main() -> None:
               f"{_ratio(lat256, k, 'float'):.2f} | {_ratio(lat256, k, 'ort-qdq'):.2f} | "
               f"{100 * acc.k / acc.n:.1f}% |")
     print()
-    print("ratios: median over rounds of the within-round ratio; ms: median per model")
+    print("ratios: median over rounds of the within-round ratio; ms: median per model; "
+          "ort-qdq-pre: quant_pre_process first (onnxruntime's recommended flow)")
+    print(f"qrdeploy-int8 / ort-qdq-pre: batch 1 {_ratio(lat1, 'qrdeploy-int8', 'ort-qdq-pre'):.2f}"
+          f", batch 256 {_ratio(lat256, 'qrdeploy-int8', 'ort-qdq-pre'):.2f}")
     print()
     print(f"int8 - float accuracy: {100 * counts.difference:+.1f} points, paired 95% interval "
           f"[{100 * lo:+.2f}, {100 * hi:+.2f}] (Newcombe; {counts.gains} gained, "

@@ -306,6 +306,16 @@ class WeightLayer:
     attrs: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """base, or base_1, base_2, ... : the first name not yet in the graph (added to taken)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qrdeploy.errors import PassError
+from qrdeploy.graphio.graph import unique_name
 from qrdeploy.hardening.quant import Quantized
 
 
@@ -42,16 +43,6 @@ class Encoded:
     nodes: tuple[onnx.NodeProto, ...]
     output: str
     form: str  # float | qdq | int4 | codebook-uint8 | codebook-uint4
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    """base, or base_1, base_2, ... : the first name not yet in the graph (added to taken)."""
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
 
 
 def encode_float(name: str, values: np.ndarray, dtype: np.dtype) -> Encoded:

@@ -31,8 +31,9 @@ import onnx
 from onnx import numpy_helper
 
 from qrdeploy.errors import PassError
-from qrdeploy.hardening.encodings import unique_name
-from qrdeploy.hardening.quant import Quantized
+from qrdeploy.graphio.fold import Fold, fold_batchnorm
+from qrdeploy.graphio.graph import unique_name
+from qrdeploy.hardening.quant import Quantized, dequantize
 
 CALIBRATION_BATCH = 50
 
@@ -75,6 +76,37 @@ def check_weights(quantized: Mapping[str, Quantized]) -> None:
         raise PassError(f"--activations int8 runs integer kernels, which need uniform codes; "
                         f"the companding quantizer gives a codebook ({book[0]}): use "
                         "--quantizer uniform, or float activations")
+
+
+def fold_batchnorm_codes(model: onnx.ModelProto, quantized: Mapping[str, Quantized]
+                         ) -> tuple[onnx.ModelProto, dict[str, Quantized], list[Fold]]:
+    """Fold each BatchNormalization into the Conv before it (qrdeploy.graphio.fold) in a model
+    whose rewritten weights are stored as float, keeping the weights' codes: a folded weight
+    W_q * a is stored as the same codes (negated where a < 0) with per-output-channel scales
+    scale * |a|, so its int8 initializer still holds the pass's B-bit codes. Returns the model,
+    the updated Quantized per rewritten tensor and the folds."""
+    def accept(weight: str, factor: np.ndarray) -> bool:
+        q = quantized.get(weight)
+        return q is None or (q.codebook is None and q.axis in (None, 0) and
+                             (q.qmin == -q.qmax or bool(np.all(factor > 0))))
+
+    out, folds = fold_batchnorm(model, accept)
+    held = dict(quantized)
+    inits = {t.name: t for t in out.graph.initializer}
+    for f in folds:
+        q = held.get(f.weight)
+        if q is None:
+            continue
+        channels = q.codes.shape[0]
+        scale = np.broadcast_to(np.asarray(q.scale, np.float64), (channels,))
+        new_scale = (scale * np.abs(f.factor.astype(np.float64))).astype(np.float32)
+        sign = np.where(f.factor < 0, -1, 1).astype(np.int8)
+        codes = (q.codes.astype(np.int8) * sign.reshape((-1,) + (1,) * (q.codes.ndim - 1))
+                 ).astype(np.int8)
+        values = dequantize(codes, new_scale, 0)
+        held[f.weight] = Quantized(codes, new_scale, 0, q.bits, q.qmin, q.qmax, values)
+        inits[f.weight].CopyFrom(numpy_helper.from_array(values, f.weight))
+    return out, held, folds
 
 
 def _overrides(quantized: Mapping[str, Quantized]) -> dict[str, list[dict[str, Any]]]:

@@ -20,8 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from qrdeploy.graphio.graph import WeightLayer
-from qrdeploy.hardening.encodings import unique_name
+from qrdeploy.graphio.graph import WeightLayer, unique_name
 from qrdeploy.hardening.quant import Quantized
 
 MS_DOMAIN = "com.microsoft"

@@ -28,13 +28,18 @@ from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.hardening import quant
 from qrdeploy.hardening.encodings import Encoded, Encoding, encode_float, encode_quantized
-from qrdeploy.hardening.integer import IntegerActivations, quantize_activations
+from qrdeploy.hardening.integer import (
+    IntegerActivations,
+    fold_batchnorm_codes,
+    quantize_activations,
+)
 from qrdeploy.hardening.nbits import eligible, to_matmulnbits
 from qrdeploy.hardening.quant import Granularity, Quantized, Quantizer, ScaleRule
 
 META_STEPS = "qrdeploy.harden"  # JSON list of replayable recipes, one per harden call
 META_RECORDS = "qrdeploy.records"  # JSON list of the records of the last harden call
 META_BITS = "qrdeploy.bits"  # JSON {stored tensor: true bits}; int8 / INT4 containers hide it
+META_FOLDED = "qrdeploy.folded_batchnorm"  # JSON [{conv, batchnorm}] folded by int8 (if any)
 FORMAT_VERSION = 1
 
 
@@ -489,14 +494,17 @@ def _harden_integer(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndar
                 raise PassError(f"--activations int8 needs float32 weights, {name!r} is "
                                 f"{t.dtype}; use float activations")
             quantized[name] = t.quantized
-    floated = _assemble(model, encoded)
     per_channel = any(q.axis is not None for q in quantized.values())
+    floated, quantized, folds = fold_batchnorm_codes(_assemble(model, encoded), quantized)
     out, held = quantize_activations(floated, quantized, calibration, recipe.activations,
                                      per_channel)
     bits = {held[name]: int(q.bits) for name, q in quantized.items()}
     records = [_with_encoding(r, "int8" if r.tensor in quantized else "float")
                for _, r in sorted(ordered, key=lambda o: o[0])]
     _write_provenance(out, recipe, records, bits)
+    if folds:
+        graph.set_metadata_inplace(out, {META_FOLDED: _dumps(
+            [{"conv": f.conv, "batchnorm": f.batchnorm} for f in folds])})
     return out, records
 
 

@@ -39,6 +39,7 @@ from onnx import helper
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
 from qrdeploy.errors import ConfigError, GraphError
 from qrdeploy.graphio import graph
+from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening import passes
@@ -211,6 +212,31 @@ def comparable(model: onnx.ModelProto) -> onnx.ModelProto:
                          "(expected Cast -> Mul by x_scale * w_scale after it); compare a model "
                          "quantized with onnxruntime's quantize_dynamic layout or a QDQ model")
     return twin if info.quantized else model
+
+
+FOLDED_NOTE = ("BatchNorm folded into this conv in the hardened model: W and Ŵ are the folded "
+               "weights")
+
+
+def aligned_reference(reference: onnx.ModelProto, hardened: onnx.ModelProto
+                      ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The reference as the hardened model computes it: when the hardened graph has fewer
+    BatchNormalizations because they were folded into the convolutions before them (`harden
+    --activations int8`, onnxruntime's quant_pre_process, other converters), the reference with
+    the same pairs folded (qrdeploy.graphio.fold), so that layer weights and outputs compare like
+    with like; else the reference itself. Also returns the fold factor per folded weight name."""
+    have = batchnorm_count(hardened)
+    if have >= batchnorm_count(reference):
+        return reference, {}
+    folded, folds = fold_batchnorm(reference)
+    if batchnorm_count(folded) != have:
+        return reference, {}
+    return folded, {f.weight: f.factor for f in folds}
+
+
+def _scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    return (w.astype(np.float64) * factor.astype(np.float64).reshape(
+        (-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
 
 
 def match_layers(
@@ -508,6 +534,7 @@ def measure_amplification(
     both graphs with every weight layer's input and output exposed."""
     config = config or LipschitzConfig()
     twin = comparable(hardened)
+    reference, _ = aligned_reference(reference, twin)
     pairs = match_layers(reference, twin, in_order=twin is not hardened)
     hardened = twin
     if x.ndim < 2 or x.shape[0] == 0:
@@ -575,9 +602,12 @@ def lipschitz_report(
     ref = _load(reference)
     hard, recipes, source = _hardened_and_recipes(ref, hardened, recipe)
     twin = comparable(hard)
+    primes = _mulaw_weights(ref, recipes)
+    ref, factors = aligned_reference(ref, twin)
     pairs = match_layers(ref, twin, in_order=twin is not hard)
     hard = twin
-    primes = _mulaw_weights(ref, recipes)
+    primes = {i: _scaled(w, factors[lyr.weight_name]) if lyr.weight_name in factors else w
+              for lyr in graph.weight_layers(ref) for i, w in primes.items() if i == lyr.index}
     shapes = _value_shapes(ref)
     amp = {}
     if data is not None:
@@ -591,6 +621,8 @@ def lipschitz_report(
         norms = _layer_norms(r, w, primes.get(r.index), w_hat, geometry, config)
         if r.op_type == "MatMul" and w.ndim > 2:
             note = "batched MatMul weight flattened to (batch*K, N): an upper bound"
+        if r.weight_name in factors:
+            note = "; ".join(x for x in (FOLDED_NOTE, note) if x)
         if geometry is not None and not _want_fft(w, geometry, config) and config.fft_bound:
             note = f"FFT bound skipped: ~{spectral.fft_bound_cost(w.shape, geometry):.1e} flops"
         layers.append(LayerReport(

@@ -20,7 +20,12 @@ from qrdeploy.core.markdown import table
 from qrdeploy.core.plotting import legend_outside, pyplot, save_png
 from qrdeploy.errors import ConfigError
 from qrdeploy.hardening.passes import describe_recipe
-from qrdeploy.spectral.analysis import AMPLIFICATION_NOTE, LayerReport, LipschitzReport
+from qrdeploy.spectral.analysis import (
+    AMPLIFICATION_NOTE,
+    FOLDED_NOTE,
+    LayerReport,
+    LipschitzReport,
+)
 
 
 class PlotNorm(StrEnum):
@@ -106,7 +111,12 @@ def _recipe_text(recipe: Mapping[str, Any]) -> str:
 
 def _legend(report: LipschitzReport) -> list[str]:
     cfg = report.config
-    return [
+    folded = [str(lyr.index) for lyr in report.layers if FOLDED_NOTE in lyr.note]
+    fold_line = [] if not folded else [
+        f"- Layers {', '.join(folded)}: the hardened model folds the BatchNormalization after "
+        "each into it (as integer deployments do), so W and Ŵ are both folded (W·γ/√(σ²+ε) per "
+        "output channel) and ‖ΔW‖₂ is the error of the layer as deployed."]
+    return fold_line + [
         "- ‖ΔW‖₂: ΔW = Q(W′) − W′, the paper's quantization error, W′ = the μ-law-mapped weights "
         "(W′ = W for layers without μ-law); ‖Ŵ−W‖₂: the total change from the reference.",
         "- Gemm/MatMul: matrix norm. Conv: ‖·‖₂ of the kernel reshaped to C_out × C_in/groups·k·k "
