@@ -717,9 +717,11 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
 def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
     """What `qrdeploy inspect` shows: weight layers (levels per tensor and per channel, bits,
     encoding) and the provenance recorded by harden."""
-    bits = json.loads(graph.get_metadata(model).get(META_BITS, "{}"))
-    rows = [_layer_row(model, lyr, bits.get(lyr.weight_name)) for lyr in graph.weight_layers(model)]
     meta = graph.get_metadata(model)
+    bits = json.loads(meta.get(META_BITS, "{}"))
+    folded = {f["conv"] for f in json.loads(meta.get(META_FOLDED, "[]"))}
+    rows = [_layer_row(model, lyr, bits.get(lyr.weight_name), lyr.node_name in folded)
+            for lyr in graph.weight_layers(model)]
     return {
         "opset": graph.opset_version(model),
         "layers": rows,
@@ -732,12 +734,15 @@ def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
     }
 
 
-def _layer_row(model: onnx.ModelProto, layer: WeightLayer, bits: int | None) -> dict[str, Any]:
+def _layer_row(model: onnx.ModelProto, layer: WeightLayer, bits: int | None,
+               folded_here: bool) -> dict[str, Any]:
+    """folded_here: harden folded a BatchNormalization into this layer (its metadata says so);
+    else `folded_bn` is the exporter heuristic of graphio.graph."""
     w = graph.layer_weight(model, layer)
     return {
         "node": layer.node_name, "op": layer.op_type, "weight": layer.weight_name,
         "shape": list(layer.shape), "dtype": layer.weight_dtype, "encoding": layer.encoding,
         "levels": quant.distinct_levels(w),
         "levels_per_channel": quant.distinct_levels(w, layer.channel_axis),
-        "bits": bits, "folded_bn": layer.folded_bn, "shared": layer.shared,
+        "bits": bits, "folded_bn": layer.folded_bn or folded_here, "shared": layer.shared,
     }

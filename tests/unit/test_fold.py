@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm
 from qrdeploy.graphio.graph import layer_weight, weight_layers
 from qrdeploy.hardening.integer import IntegerActivations
-from qrdeploy.hardening.passes import WeightQuant, harden
+from qrdeploy.hardening.passes import WeightQuant, describe_model, harden
 from qrdeploy.hardening.quant import quantize
 from qrdeploy.spectral.analysis import FOLDED_NOTE, comparable, lipschitz_report
 from tests.unit.onnx_builders import cnn, inputs, ort_logits
@@ -83,6 +83,8 @@ def test_int8_harden_folds_batchnorm_and_keeps_the_codes(granularity: str) -> No
     meta = {p.key: p.value for p in out.metadata_props}
     assert json.loads(meta["qrdeploy.folded_batchnorm"]) == [{"conv": "conv1",
                                                                 "batchnorm": "bn1"}]
+    shown = {r["node"]: r["folded_bn"] for r in describe_model(out)["layers"]}
+    assert shown == {"conv1": True, "conv2": False, "fc1": False, "fc2": False}
     w = numpy_helper.to_array(next(t for t in model.graph.initializer
                                    if t.name == "conv1.weight"))
     q = quantize(w, 3, None if granularity == "tensor" else 0)
