@@ -74,14 +74,13 @@ def fold_batchnorm(model: onnx.ModelProto,
                              not accept(conv.input[1], found[0].astype(np.float32))):
             continue
         factor, shift = found
-        w = numpy_helper.to_array(inits[conv.input[1]])
-        shape = (-1,) + (1,) * (w.ndim - 1)
-        _replace(inits[conv.input[1]], (w.astype(np.float64) * factor.reshape(shape))
-                 .astype(np.float32))
-        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) \
-            if len(conv.input) > 2 and conv.input[2] else np.zeros(len(factor))
+        _replace(inits[conv.input[1]], scale_channels(numpy_helper.to_array(
+            inits[conv.input[1]]), factor))
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if has_bias \
+            else np.zeros(len(factor))
         folded_bias = ((bias * factor) + shift).astype(np.float32)
-        if len(conv.input) > 2 and conv.input[2]:
+        if has_bias:
             _replace(inits[conv.input[2]], folded_bias)
         else:
             name = unique_name(f"{conv.input[1]}_folded_bias", taken)
@@ -110,6 +109,13 @@ def fold_batchnorm(model: onnx.ModelProto,
         del g.value_info[:]
         g.value_info.extend(infos)
     return out, folds
+
+
+def scale_channels(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """w (output channels first) times one factor per output channel, in float64, as float32."""
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    return (w.astype(np.float64) * np.asarray(factor, np.float64).reshape(shape)
+            ).astype(np.float32)
 
 
 def _foldable(conv: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]],

@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
+from qrdeploy.graphio.graph import unique_name
 
 PIXELS = "pixels"
 BATCH = "batch"
@@ -293,24 +294,15 @@ def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.N
         steps.append(("Identity", None, {}))
     current = PIXELS
     for k, (op, const, attrs) in enumerate(steps):
-        out = target if k == len(steps) - 1 else _unique(f"{PIXELS}_{op.lower()}", names)
+        out = target if k == len(steps) - 1 else unique_name(f"{PIXELS}_{op.lower()}", names)
         inputs = [current]
         if const is not None:
-            inputs.append(_unique(f"{PIXELS}_{op.lower()}_c", names))
+            inputs.append(unique_name(f"{PIXELS}_{op.lower()}_c", names))
             inits.append(numpy_helper.from_array(const, inputs[1]))
-        nodes.append(helper.make_node(op, inputs, [out], name=_unique(f"{PIXELS}/{op}", names),
+        nodes.append(helper.make_node(op, inputs, [out], name=unique_name(f"{PIXELS}/{op}", names),
                                       **attrs))
         current = out
     return nodes, inits
-
-
-def _unique(base: str, names: set[str]) -> str:
-    name, k = base, 0
-    while name in names:
-        k += 1
-        name = f"{base}_{k}"
-    names.add(name)
-    return name
 
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:
@@ -380,7 +372,7 @@ def wrap_model(model: onnx.ModelProto, spec: InputSpec, input_name: str | None =
     _check_dtype(out, x, spec, upcast_fp16)
     batch, chw = _chw(x, spec)
     names = _all_names(graph)
-    float_in = _unique(f"{x.name}_float", names) if spec.dtype is DType.UINT8 else x.name
+    float_in = unique_name(f"{x.name}_float", names) if spec.dtype is DType.UINT8 else x.name
     if spec.dtype is DType.UINT8:
         _bypass_uint8(graph, x.name, float_in)
     nodes, inits = _prelude(spec, float_in, names)

@@ -39,7 +39,7 @@ from onnx import helper
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
 from qrdeploy.errors import ConfigError, GraphError
 from qrdeploy.graphio import graph
-from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm
+from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm, scale_channels
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening import passes
@@ -232,11 +232,6 @@ def aligned_reference(reference: onnx.ModelProto, hardened: onnx.ModelProto
     if batchnorm_count(folded) != have:
         return reference, {}
     return folded, {f.weight: f.factor for f in folds}
-
-
-def _scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    return (w.astype(np.float64) * factor.astype(np.float64).reshape(
-        (-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
 
 
 def match_layers(
@@ -606,8 +601,9 @@ def lipschitz_report(
     ref, factors = aligned_reference(ref, twin)
     pairs = match_layers(ref, twin, in_order=twin is not hard)
     hard = twin
-    primes = {i: _scaled(w, factors[lyr.weight_name]) if lyr.weight_name in factors else w
-              for lyr in graph.weight_layers(ref) for i, w in primes.items() if i == lyr.index}
+    weights = {lyr.index: lyr.weight_name for lyr in graph.weight_layers(ref)}
+    primes = {i: scale_channels(w, factors[weights[i]]) if weights[i] in factors else w
+              for i, w in primes.items()}
     shapes = _value_shapes(ref)
     amp = {}
     if data is not None:
@@ -621,10 +617,10 @@ def lipschitz_report(
         norms = _layer_norms(r, w, primes.get(r.index), w_hat, geometry, config)
         if r.op_type == "MatMul" and w.ndim > 2:
             note = "batched MatMul weight flattened to (batch*K, N): an upper bound"
-        if r.weight_name in factors:
-            note = "; ".join(x for x in (FOLDED_NOTE, note) if x)
         if geometry is not None and not _want_fft(w, geometry, config) and config.fft_bound:
             note = f"FFT bound skipped: ~{spectral.fft_bound_cost(w.shape, geometry):.1e} flops"
+        if r.weight_name in factors:  # last: the legend finds the folded layers by this note
+            note = "; ".join(x for x in (FOLDED_NOTE, note) if x)
         layers.append(LayerReport(
             r.index, r.node_name, r.op_type, r.shape, in_shape, r.index in primes, *norms,
             amplification=amp.get(r.index), note=note))
