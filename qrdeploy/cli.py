@@ -2,7 +2,9 @@
 code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed.
 
 Each subcommand lives in qrdeploy/commands/<name>.py and defines HELP, add_arguments(parser) and
-run(args) -> int; run() only parses options into a library call and prints its result."""
+run(args) -> int; run() only parses options into a library call and prints its result. A command
+names the options that are paths it writes in OUTPUT_FILES (and OUTPUT_DIRS for folders): they are
+checked before run(), so an unwritable `-o` fails at once, not after the work."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from qrdeploy import commands
+from qrdeploy.core.fileio import check_output_dir, check_output_file
 from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError
 
@@ -45,8 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         name = info.name.replace("_", "-")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUT_FILES", ()),
+                       _output_dirs=getattr(module, "OUTPUT_DIRS", ()))
     return parser
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """OutputError (exit 1, one line) for an output option that cannot be written."""
+    for dest in args._outputs:
+        if getattr(args, dest, None):
+            check_output_file(getattr(args, dest))
+    for dest in args._output_dirs:
+        if getattr(args, dest, None):
+            check_output_dir(getattr(args, dest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         os.environ["QRDEPLOY_QUIET"] = "1"
     try:
+        _check_outputs(args)
         return int(args._run(args))
     except QrdeployError as exc:
         print(f"qrdeploy: error: {exc}", file=sys.stderr)

@@ -36,6 +36,10 @@ class ConfigError(QrdeployError):
     """A setting (CLI option, recipe, policy) is out of range."""
 
 
+class OutputError(QrdeployError):
+    """An output path cannot be written (a folder, a read-only or missing place, a full disk)."""
+
+
 def first_line(exc: BaseException, limit: int | None = 200) -> str:
     """The first line of an exception's message (its type's name when empty), at most `limit`
     characters (None: the whole line): onnx's and onnxruntime's messages run over many lines."""

@@ -11,6 +11,17 @@ from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a count: an integer >= 1 (anything else is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, required=default is None,
@@ -19,7 +30,7 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> No
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--download", action="store_true", help="download mnist/cifar10 if missing")
     g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")
-    g.add_argument("-n", type=int, default=None, help="use the first N samples")
+    g.add_argument("-n", type=positive_int, default=None, help="use the first N samples")
 
 
 def load_data(args: argparse.Namespace) -> Dataset:

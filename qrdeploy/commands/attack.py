@@ -32,6 +32,8 @@ from qrdeploy.evaluation.suites import (
 from qrdeploy.report.render import fmt_cell, fmt_column
 
 HELP = "white-box, transfer, noise and adaptive attacks on an ONNX classifier (results JSON)"
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output", "save_adversarials")
 
 
 def _suite(text: str) -> str:
@@ -101,6 +103,9 @@ def options(args: argparse.Namespace) -> AttackOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.no_baseline and not args.unhardened and not args.quiet:
+        print("note: --no-baseline does nothing without --unhardened (there is no model before "
+              "hardening to leave out)")
     opts, data = options(args), load_data(args)
     # settings are checked before any model is opened: a typo costs no model load
     build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps, opts.cw_budget)

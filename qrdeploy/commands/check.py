@@ -21,6 +21,8 @@ from qrdeploy.gate.junit import write_junit
 from qrdeploy.gate.run import check, write_summary
 
 HELP = "gate a model on a policy of thresholds (exit 0 pass, 3 a threshold failed)"
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output", "junit")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,10 @@ from qrdeploy.hardening.quant import Granularity, Quantizer, ScaleRule
 
 HELP = ("rewrite weights: mu-law mapping and/or low-bit quantization (float|qdq|int4 encoding; "
         "--activations int8: full-integer model)")
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output",)
+#: options that are folders this command writes into (checked before it runs)
+OUTPUT_DIRS = ("search_dir",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,11 +12,11 @@ import argparse
 import json
 import sys
 
-from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.commands._options import add_isolate, check_isolated, positive_int
 from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
 from qrdeploy.core.plotting import require
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
-from qrdeploy.data.datasets import load_dataset
+from qrdeploy.data.datasets import SPLITS, load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.hardening.passes import Recipe
 from qrdeploy.spectral.analysis import LipschitzConfig, lipschitz_report
@@ -24,6 +24,8 @@ from qrdeploy.spectral.render import PlotNorm, plot_reports, render_markdown, wr
 
 HELP = "spectral norms of W and dW per layer (Lipschitz analysis of the quantization error)"
 DEFAULT_PLOT = "lipschitz.png"
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output", "csv", "plot")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,8 +65,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default=None,
                    help="mnist-5k, cifar10-10k, mnist, cifar10 or npz:PATH; omit for norms only")
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
-    g.add_argument("--split", default="test", help="default: %(default)s")
-    g.add_argument("-n", type=int, default=100, help="samples (default: %(default)s)")
+    g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")
+    g.add_argument("-n", type=positive_int, default=100, help="samples (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
     g.add_argument("--provider", choices=PROVIDERS, default="auto")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")

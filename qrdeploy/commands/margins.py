@@ -28,6 +28,8 @@ from qrdeploy.model.torchmodel import NumpyModel, TorchModel
 
 HELP = "per-class margins: minimal L2 adversarial distance, top-k directional margin, noise"
 _D = CriteriaConfig()
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("plot",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

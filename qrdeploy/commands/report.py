@@ -7,6 +7,8 @@ import argparse
 from qrdeploy.report.render import Format, write_report
 
 HELP = "report of results JSON files: markdown + CSV tables with intervals, eps-curve plots"
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,8 @@ from qrdeploy.paper.pipeline import HARDENING_FILES, REGIME_FILES, reproduce
 from qrdeploy.paper.profiles import ProfileName
 
 HELP = "re-run the paper's experiment (cached, resumable) and write its report"
+#: options that are folders this command writes into (checked before it runs)
+OUTPUT_DIRS = ("output",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

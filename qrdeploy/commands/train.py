@@ -12,6 +12,8 @@ from qrdeploy.train.recipes import BY_PREFIX
 
 HELP = "train mnist-cnn or wrn-32-K (standard, PGD adversarial or feedback learning)"
 _D = TrainConfig()
+#: options that are files this command writes (checked before it runs)
+OUTPUT_FILES = ("output",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

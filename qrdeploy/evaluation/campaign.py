@@ -34,7 +34,7 @@ from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import Labels, RunConfig, Subject
 from qrdeploy.evaluation.shard import Parallel, remove_shard_states, run_evaluation
-from qrdeploy.evaluation.subjects import open_subject
+from qrdeploy.evaluation.subjects import check_fits, open_subject
 from qrdeploy.evaluation.suites import (
     CWBudget,
     Family,
@@ -179,8 +179,13 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     ref = open_(reference)
     before = open_(unhardened)
     srcs = resolve_sources(opts, data, open_(source), before, session)
+    check_fits([victim, ref, before, srcs.black, srcs.adaptive], data.x)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
+    inferred = family_of(data.name, int(data.x.shape[1]))
+    if opts.family is not None and opts.family is not inferred:
+        notes.append(f"the {opts.family.value} attack parameters (eps, steps) were asked for on "
+                     f"{data.name}, whose own are {inferred.value}'s")
     if victim.bpda:
         suite, added = with_integer_columns(suite, victim.twin)
         if added:

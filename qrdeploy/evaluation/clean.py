@@ -158,12 +158,13 @@ class EvalResult:
 
 def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | None = None,
                   config: SessionConfig | None = None, batch_size: int = 500,
-                  tolerance: Tolerance | None = None, reference_batch_size: int | None = None
-                  ) -> EvalResult:
+                  tolerance: Tolerance | None = None, reference_batch_size: int | None = None,
+                  names: tuple[str, str] = ("the model", "the reference model")) -> EvalResult:
     """Accuracy of `model` on a data set; with `reference`, also top-1 agreement with it, the
-    logit differences under `tolerance` and (labelled data) the paired accuracy drop."""
+    logit differences under `tolerance` and (labelled data) the paired accuracy drop. `names`:
+    how errors name the two models (e.g. their files)."""
     validate_dataset(dataset)
-    pred = OrtModel(model, config, batch_size=batch_size, gradients=False)
+    pred = OrtModel(model, config, batch_size=batch_size, gradients=False, name=names[0])
     z = pred.logits(dataset.x)  # (N, K)
     pred_y = z.argmax(axis=1)
     accuracy = None
@@ -176,7 +177,7 @@ def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | Non
                             "measure top-1 agreement instead")
         return EvalResult(len(dataset), accuracy, None, pred.providers)
     ref = OrtModel(reference, config, batch_size=reference_batch_size or batch_size,
-                   gradients=False)
+                   gradients=False, name=names[1])
     z_ref = ref.logits(dataset.x)
     ref_y = z_ref.argmax(axis=1)
     agreement = Proportion(int((pred_y == ref_y).sum()), len(dataset))
@@ -206,5 +207,6 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
     ref, ref_bs = None, None
     if reference is not None:
         ref, ref_bs = contracted(load_model(reference), contract or InputContract(), batch_size)
-    result = evaluate_onnx(proto, dataset, ref, config, bs, tolerance, ref_bs)
+    result = evaluate_onnx(proto, dataset, ref, config, bs, tolerance, ref_bs,
+                           names=(str(model), f"--reference {reference}"))
     return dataclasses.replace(result, guard=found)

@@ -6,9 +6,12 @@ picklable `ModelRef`, so a worker process or a Ray task opens the same model aga
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
@@ -51,6 +54,15 @@ def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
     proto = load_model(path)
     meta = get_metadata(proto)
     wrapped, bs = contracted(proto, contract, batch_size)
-    model = OrtModel(wrapped, session, batch_size=bs)
+    model = OrtModel(wrapped, session, batch_size=bs, name=str(path))
     return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
                    dict(model.info), ModelRef(str(path), session, batch_size, contract))
+
+
+def check_fits(subjects: Sequence[Subject | None], x: np.ndarray) -> None:
+    """Run each model on one image of `x` before any attack: a model that cannot take the data
+    (another input shape, a broken graph) fails in seconds, its error naming its file, instead
+    of after the attacks on the models before it."""
+    for subject in subjects:
+        if subject is not None:
+            subject.model.logits(x[:1])

@@ -91,9 +91,15 @@ def parse_file(path: str | os.PathLike[str], limits: Limits | None = None) -> on
 
 def prevalidate_file(path: str | os.PathLike[str], limits: Limits | None = None
                      ) -> onnx.ModelProto:
-    """parse_file, then prevalidate against the file's folder."""
-    model = parse_file(path, limits)
-    prevalidate(model, Path(path).parent, limits)
+    """parse_file, then prevalidate against the file's folder; an error names the file (a command
+    may read several models)."""
+    try:
+        model = parse_file(path, limits)
+        prevalidate(model, Path(path).parent, limits)
+    except GraphError as exc:
+        if str(path) in str(exc):
+            raise
+        raise GraphError(f"{path}: {exc}") from exc
     return model
 
 

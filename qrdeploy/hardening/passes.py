@@ -711,7 +711,9 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
                                activations=recipe.activations, calibration=calibration)
     del model
     graph.save_model(hardened, dst)
-    return HardenResult(dst, tuple(records), src.stat().st_size, dst.stat().st_size)
+    # a device or FIFO (-o /dev/null) was written through and has no size of its own
+    size = dst.stat().st_size if dst.is_file() else len(graph.model_to_bytes(hardened))
+    return HardenResult(dst, tuple(records), src.stat().st_size, size)
 
 
 def describe_model(model: onnx.ModelProto) -> dict[str, Any]:

@@ -88,10 +88,13 @@ class OrtModel:
         options: GradOptions | None = None,
         gradients: bool = True,
         quantized_gradient: str = "ste",
+        name: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.config = config or SessionConfig()
+        # how errors name the model: its file, or the caller's label
+        self.name = name or (str(model) if isinstance(model, (str, Path)) else "the model")
         # latency: the caller's provider and threads, without spin-waiting, for every model alike
         # (gates time two models back to back: the spinning threads of the one that ran before
         # take the cores from the next; measured 1.2-1.3x on 2 cores, docs/benchmarks.md)
@@ -263,7 +266,7 @@ class OrtModel:
         arr = np.asarray(x, dtype=np.float32)
         want = self.input_shape
         if arr.ndim != len(want) + 1 or arr.shape[1:] != want:
-            raise DataError(f"the model expects images of shape {want}, the data has "
+            raise DataError(f"{self.name} expects images of shape {want}, the data has "
                             f"{arr.shape[1:]}; resize or reshape the images to the model's "
                             "input (or declare its layout with --input-spec)")
         return arr

@@ -26,8 +26,7 @@ def adaptive_columns(docs: Sequence[Results], names: Sequence[str], fmt: Fmt,
     rows = [[name, *(_adaptive_cell(d.column(k), fmt) for k in keys)]
             for name, d in zip(names, docs, strict=True)]
     header = [k.removeprefix("adaptive/") for k in keys]
-    return ["## Adaptive attacks", "",
-            "† ran only on the samples that survived the paper's cheaper L-inf attacks of at most "
+    return ["† ran only on the samples that survived the paper's cheaper L-inf attacks of at most "
             "its eps and the gradient entries before it (a cascade, a legitimate saving for a "
             "worst case): the cell is robust accuracy under it and them together.", "",
             *table(["model", *header], rows), ""]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qrdeploy.errors import RuntimeMissingError
+from qrdeploy.errors import CheckpointError, RuntimeMissingError
 from qrdeploy.train.config import Method, Optim, TrainConfig
 
 if TYPE_CHECKING:
@@ -17,20 +17,21 @@ if TYPE_CHECKING:
 
     from qrdeploy.train.checkpoint import Checkpoint
 
-__all__ = ["Method", "Optim", "TrainConfig", "train", "load_trained"]
+__all__ = ["Method", "Optim", "TrainConfig", "train", "load_trained", "require_torch"]
 
 
-def _torch() -> None:
+def require_torch(what: str = "training") -> None:
+    """RuntimeMissingError naming the extra when torch is not installed; `what` needs it."""
     try:
         import torch  # noqa: F401
     except ImportError as exc:
-        raise RuntimeMissingError("training needs torch: pip install 'qrdeploy[train]'") from exc
+        raise RuntimeMissingError(f"{what} needs torch: pip install 'qrdeploy[train]'") from exc
 
 
 def train(config: TrainConfig, out: str | Path, fresh: bool = False,
           log: Callable[[str], None] = print) -> Checkpoint:
     """Train a network by recipe and write the selected weights to `out` (safetensors)."""
-    _torch()
+    require_torch()
     if config.method is Method.FEEDBACK:
         from qrdeploy.train.feedback import train_feedback
 
@@ -45,7 +46,10 @@ def train(config: TrainConfig, out: str | Path, fresh: bool = False,
 def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     """The network of a finished checkpoint, in eval mode, and the checkpoint itself
     (qrdeploy.train.load)."""
-    _torch()
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .safetensors file "
+                              "written by `qrdeploy train`")
+    require_torch(f"reading the checkpoint {Path(path).name}")
     from qrdeploy.train.load import load_trained as load
 
     return load(path)

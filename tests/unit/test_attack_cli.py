@@ -121,6 +121,31 @@ def test_cli_errors_are_one_line(files: dict[str, Path], tmp_path: Path, extra: 
     assert match in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["--unhardened", "--source"])
+def test_a_second_model_that_does_not_fit_the_data_fails_first(
+        files: dict[str, Path], tmp_path: Path, flag: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "rgb.onnx"
+    onnx.save(cnn(seed=2, c=3, hw=8), other)  # 3 channels: the data has 1
+    assert attack(files, tmp_path / "r.json", "-q", "--suite", "paper", flag, str(other)) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{other} expects images of shape (3, 8, 8), the data has (1, 8, 8)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.onnx"]  # no attack ran
+
+
+def test_family_override_and_idle_no_baseline_are_noted(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert attack(files, tmp_path / "r.json", "--attacks", "fgsm-s", "--family", "cifar10",
+                  "--no-baseline") == 0
+    out = capsys.readouterr().out
+    assert "note: --no-baseline does nothing without --unhardened" in out
+    notes = load(tmp_path / "r.json")["notes"]
+    assert any("cifar10 attack parameters" in n and "mnist's" in n for n in notes), notes
+    assert attack(files, tmp_path / "m.json", "--attacks", "fgsm-s", "--family", "mnist") == 0
+    assert not any("attack parameters" in n for n in load(tmp_path / "m.json")["notes"])
+
+
 def _byte_twin(src: Path, out: Path) -> Path:
     """The same CNN taking pixels in 0-255: conv1's weight divided by 255."""
     m = onnx.load(src)

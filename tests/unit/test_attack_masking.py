@@ -143,3 +143,5 @@ def test_report_shows_verdict_and_checks(runs: dict[str, dict[str, Any]], tmp_pa
     assert "| adaptive worst case | scaled.onnx " in md  # paired against the first model
     assert "**suspected**: zero-gradient" in md.split("## Robust accuracy")[0]  # the summary
     assert "## Adaptive attacks" in md and "pgd-cw" in md
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert len(sections) == len(set(sections)), sections  # each section once

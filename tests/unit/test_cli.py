@@ -32,8 +32,12 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--help"]) == 0
 
 
-@pytest.mark.parametrize("argv", [[], ["nonsense"], ["eval"], ["eval", "m.onnx", "--split", "x"]],
-                         ids=["none", "unknown", "missing-model", "bad-choice"])
+@pytest.mark.parametrize("argv", [
+    [], ["nonsense"], ["eval"], ["eval", "m.onnx", "--split", "x"], ["eval", "m.onnx", "-n", "0"],
+    ["attack", "m.onnx", "-o", "r.json", "-n", "-5"], ["eval", "m.onnx", "-n", "many"],
+    ["lipschitz", "a.onnx", "b.onnx", "--split", "x"], ["lipschitz", "a.onnx", "b.onnx", "-n", "0"],
+], ids=["none", "unknown", "missing-model", "bad-choice", "n-zero", "n-negative", "n-word",
+        "lipschitz-split", "lipschitz-n"])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
 
@@ -112,11 +116,27 @@ def test_import_and_eval_without_torch(tiny_onnx: Path) -> None:
     assert "accuracy:" in proc.stdout
 
 
-def test_train_without_torch_is_a_clean_error() -> None:
-    proc = _run_blocked("from qrdeploy.cli import main\n"
-                        "import sys; sys.exit(main(['train', '-o', '/nonexistent/x', '-q']))\n")
-    assert proc.returncode == 1
-    assert "pip install 'qrdeploy[train]'" in proc.stderr
+@pytest.mark.parametrize(("argv", "what"), [
+    (["train", "-o", "{tmp}/x.safetensors", "-q"], "training"),
+    (["export", "{tmp}/ck.safetensors", "-o", "{tmp}/x.onnx"], "export"),
+    (["margins", "{tmp}/ck.safetensors", "-n", "5"], "reading the checkpoint ck.safetensors"),
+], ids=["train", "export", "margins"])
+def test_torch_commands_without_torch_name_the_extra(argv: list[str], what: str,
+                                                     tmp_path: Path) -> None:
+    (tmp_path / "ck.safetensors").write_bytes(b"not read: torch is missing first")
+    args = [a.format(tmp=tmp_path) for a in argv]
+    proc = _run_blocked(f"from qrdeploy.cli import main\nimport sys; sys.exit(main({args!r}))\n")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"qrdeploy: error: {what} needs torch: pip install " \
+                                  "'qrdeploy[train]'"
+
+
+@pytest.mark.parametrize("command", ["export", "margins"])
+def test_a_missing_checkpoint_is_named_before_torch_is_needed(
+        command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, str(tmp_path / "gone.safetensors")]
+    argv += ["-o", str(tmp_path / "x.onnx")] if command == "export" else ["-n", "5"]
+    _one_line_error(argv, capsys, "gone.safetensors does not exist")
 
 
 def test_inspect_reports_differentiability(tmp_path: Path,
