@@ -221,7 +221,7 @@ def test_qat_card_deployed_graph_keeps_the_float_accuracy(card_path: Path, tmp_p
 # the MNIST cards' adaptive entries; the CIFAR-10 one takes about 8 minutes of WRN attacks on
 # 250 images and is re-measured by tools/make_models.py --adaptive-only instead of on every CI run
 ADAPTIVE_CARDS = [p for p in MNIST_CARDS if "adaptive_test" in _card(p)]
-# the issue-level target for the robustness references: an adaptive worst case of at least 45 %
+# the target stated for the robustness references: an adaptive worst case of at least 45 %
 # at eps 0.3 (the paper-reproduction adversarial model, a shorter recipe, stays near 30 %)
 ADAPTIVE_FLOOR = {"mnist-adversarial-strong": 0.45, "mnist-adversarial-strong-qat3": 0.45}
 
