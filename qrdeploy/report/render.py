@@ -114,8 +114,10 @@ def _adaptive_wc(d: Results) -> str:
 def main_table(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
     """Attacks as rows, models as columns (a table that stays narrow however many attacks ran):
     clean, every paper column, the paper's worst case and, when any model ran the adaptive
-    suite, the adaptive worst case (the adaptive entries have their own table)."""
-    keys = [k for k in column_keys(docs) if not k.startswith("adaptive/")]
+    suite, the adaptive worst case (the adaptive entries have their own table). Clean comes
+    first, also for runs that did not list it (it is always measured)."""
+    keys = ["clean", *(k for k in column_keys(docs)
+                       if k != "clean" and not k.startswith("adaptive/"))]
     rows = []
     for k in keys:
         col = next((c for d in docs if (c := d.column(k)) is not None), None)

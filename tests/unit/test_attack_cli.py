@@ -211,6 +211,18 @@ def test_report_command(files: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "rep" / "report.csv").exists()
 
 
+def test_report_rows_start_with_clean_when_a_run_did_not_list_it(
+        files: dict[str, Path], tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert attack(files, a, "--attacks", "fgsm-s,pgd", "-q") == 0  # clean not listed
+    assert attack(files, b, "--attacks", "clean,fgsm-s", "-q") == 0
+    assert main(["report", str(a), str(b), "-o", str(tmp_path / "report.md"), "-q"]) == 0
+    table = (tmp_path / "report.md").read_text().split("## Robust accuracy per attack")[1]
+    rows = [line.split("|")[1].strip() for line in table.split("\n## ")[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| attack")]
+    assert rows[:3] == ["clean", "white/fgsm-s", "white/pgd"], rows
+
+
 def test_tiny_trained_model_on_mnist_5k(tiny_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     rc = main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "32", "--suite", "white",
