@@ -114,6 +114,20 @@ def _transfer_keys(suite: Suite) -> list[str]:
             if isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.TRANSFER]
 
 
+def _twin_keys(suite: Suite) -> list[str]:
+    """The entries that need an integer graph's float-activation twin (square-twin)."""
+    return [c.key for c in suite.by_mode(Mode.ADAPTIVE)
+            if isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.TWIN]
+
+
+def baseline_suite(suite: Suite, before: Subject) -> Suite:
+    """The victim's suite for the model before hardening: no transfer entry (it crafts on that
+    very model) and, when it has no float-activation twin (a float model beside an integer
+    victim), no square-twin."""
+    drop = _transfer_keys(suite) + ([] if before.twin else _twin_keys(suite))
+    return _drop_keys(suite, drop)
+
+
 def _drop_keys(suite: Suite, keys: list[str]) -> Suite:
     return replace(suite, columns=tuple(c for c in suite.columns if c.key not in keys))
 
@@ -216,7 +230,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                  before.name)
         base_state = out.with_name(out.name + ".baseline.state.npz")
         bev = run_evaluation(opts.parallel, before, data.x, data.y,
-                             _drop_keys(suite, _transfer_keys(suite)), source=black,
+                             baseline_suite(suite, before), source=black,
                              reference=ref, labels=opts.labels,
                              config=replace(run, state_path=base_state, keep_adversarials=False))
         baseline = build_baseline(bev)

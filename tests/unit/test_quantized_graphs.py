@@ -215,6 +215,23 @@ def test_integer_graph_runs_carry_square_transfer_twin_and_their_checks(
     assert [c["key"] for c in json.loads(float_out.read_text())["columns"]] == ["white/pgd"]
 
 
+@pytest.mark.parametrize("variant", ["qdq", "qop"])
+def test_the_float_model_before_an_integer_graph_runs_as_the_baseline(
+        world: dict[str, Any], variant: str, tmp_path: Path) -> None:
+    """--unhardened FLOAT beside an integer victim: the before/after run takes the victim's suite
+    less what needs an integer graph (square-twin) or crafts on the float model itself."""
+    out = tmp_path / "q.json"
+    assert main(["attack", str(world["paths"][variant]), "--data",
+                 f"npz:{world['root'] / 'data.npz'}", "--suite", "white", "--attacks", "pgd",
+                 "--unhardened", str(world["paths"]["ref"]), "--batch-size", "8", "-q",
+                 "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert "adaptive/square-twin" in [c["key"] for c in doc["columns"]]
+    base = doc["baseline"]
+    assert base is not None and base["model"]["name"] == "ref.onnx", base
+    assert base["adaptive_worst_case"] is not None  # Square ran on the float model too
+
+
 def _dyadic_qdq_net() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A QDQ classifier whose every value is dyadic (inputs k/16, weights c·2^-3 and c·2^-4,
     power-of-two activation scales), so float32 convolutions and sums are exact on any machine
