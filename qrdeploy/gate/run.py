@@ -25,7 +25,13 @@ import onnx
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.schema import errors, load_schema
-from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcombe_paired_interval
+from qrdeploy.core.stats import (
+    Z95,
+    PairedCounts,
+    Proportion,
+    mcnemar_exact,
+    newcombe_paired_interval,
+)
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import DataError
@@ -135,8 +141,26 @@ def judge(metric: str, value: float, interval: tuple[float, float] | None, thres
 
 
 def _proportion(metric: str, p: Proportion, threshold: float, bound: Bound) -> ThresholdResult:
+    detail = f"{p.k}/{p.n}"
+    if bound is Bound.LOWER and (need := samples_needed(threshold)) > p.n:
+        detail += (f"; unreachable at n = {p.n}: even {p.n}/{p.n} has a lower bound of "
+                   f"{_fmt(Proportion(p.n, p.n).interval[0], Unit.FRACTION)}, the threshold needs "
+                   f"n >= {need}")
     return judge(metric, p.value, p.interval, threshold, Direction.MIN, Unit.FRACTION, bound,
-                 f"{p.k}/{p.n}")
+                 detail)
+
+
+def samples_needed(threshold: float) -> int:
+    """The smallest n at which n/n has a 95% lower bound of at least `threshold` (an interval
+    threshold below it can never pass, whatever the model does); 0 for a threshold of 0."""
+    if threshold <= 0:
+        return 0
+    if threshold >= 1:
+        return 2**63 - 1  # no finite sample reaches a lower bound of 1
+    n = max(1, int(threshold * Z95**2 / (1 - threshold)) - 2)  # n/(n + z²) >= t, rounded down
+    while Proportion(n, n).interval[0] < threshold:
+        n += 1
+    return n
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -205,6 +229,10 @@ class CheckResult:
                        f"{r.ratio:.3f}")
         if self.masking is not None:
             out.append(f"masking: {self.masking.verdict}")
+        wanted, got = self.policy.robust.n, self.data.get("robust_n")
+        if wanted and got is not None and got < wanted:
+            out.append(f"note: the robust thresholds ran on {got} samples, fewer than the "
+                       f"policy's [robust] n = {wanted}: the data holds {got} (-n or the data set)")
         out.append(self.outcome())
         return out
 
@@ -215,7 +243,7 @@ class CheckResult:
         return f"check passed: {n} of {n} thresholds met"
 
     def to_json(self) -> dict[str, Any]:
-        """The summary (qrdeploy/schemas/summary.schema.json, version 1)."""
+        """The summary (qrdeploy/schemas/summary.schema.json, version SUMMARY_VERSION)."""
         return {
             "schema": SUMMARY_SCHEMA, "schema_version": SUMMARY_VERSION,
             "qrdeploy_version": __version__, "passed": self.passed, "exit_code": self.exit_code,

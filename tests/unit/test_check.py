@@ -155,7 +155,8 @@ def test_failure_line_names_metric_value_interval_and_threshold(world: dict[str,
     result = _run(world, "a", _policy(clean={"min_accuracy": 0.95}))
     (line,) = [t.line() for t in result.failures]
     assert line == ("FAIL clean.accuracy = 90.00% (95% CI 76.95% .. 96.04%), lower bound 76.95%;"
-                    " threshold min 95.00%; 36/40")
+                    " threshold min 95.00%; 36/40; unreachable at n = 40: even 40/40 has a lower"
+                    " bound of 91.24%, the threshold needs n >= 73")
 
 
 def test_latency_is_in_the_summary_for_both_models(world: dict[str, Any]) -> None:
@@ -290,3 +291,34 @@ def test_example_policy_parses_and_sets_every_section() -> None:
     assert p.clean.min_agreement is not None and p.masking.fail_if_suspected
     assert {t.attack.value for t in p.robust.thresholds} >= {"fgsm", "pgd", "adaptive"}
     assert p.robust.n == 200 and p.size.max_mb and p.latency.max_ratio
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.95, 0.97, 0.99])
+def test_samples_needed_is_the_smallest_n_whose_perfect_score_passes(threshold: float) -> None:
+    from qrdeploy.core.stats import Proportion
+    from qrdeploy.gate.run import samples_needed
+
+    n = samples_needed(threshold)
+    assert Proportion(n, n).interval[0] >= threshold > Proportion(n - 1, n - 1).interval[0]
+
+
+def test_a_threshold_the_sample_cannot_reach_says_so() -> None:
+    from qrdeploy.core.stats import Proportion
+    from qrdeploy.gate.policy import Bound
+    from qrdeploy.gate.run import _proportion
+
+    line = _proportion("clean.agreement", Proportion(99, 100), 0.97, Bound.LOWER).line()
+    assert line.startswith("FAIL") and "unreachable at n = 100" in line
+    assert "needs n >= 125" in line
+    for p, bound in ((Proportion(199, 200), Bound.LOWER), (Proportion(99, 100), Bound.POINT)):
+        assert "unreachable" not in _proportion("clean.agreement", p, 0.97, bound).line()
+
+
+def test_fewer_robust_samples_than_the_policy_asks_are_noted(full: CheckResult) -> None:
+    import dataclasses
+
+    assert not any(line.startswith("note:") for line in full.lines())  # n = 20 as asked
+    short = dataclasses.replace(full, data={**full.data, "robust_n": 12})
+    notes = [line for line in short.lines() if line.startswith("note:")]
+    assert notes == ["note: the robust thresholds ran on 12 samples, fewer than the policy's "
+                     "[robust] n = 20: the data holds 12 (-n or the data set)"]
