@@ -323,7 +323,10 @@ def conclusion(d: Results) -> str:
     rows = _summary_rows(d)
     head = rows[-1]  # the strongest worst case measured
     what = head.label.split(" (")[0]
+    narrowed = "adaptive" in d.settings.suite.split(",")  # asked for, then left out by --attacks
     masking_text = ("no sign of gradient masking" if m is not None
+                    else "gradient masking was not checked (the --attacks list left out the "
+                    "adaptive entries)" if narrowed
                     else "gradient masking was not checked (add --suite adaptive)")
     if b is None or head.before_flags is None or head.before is None:
         hint = "" if b is not None else " Attack the model before hardening too (--unhardened) " \

@@ -248,3 +248,15 @@ def test_deploy_side_runs_with_torch_blocked(files: dict[str, Path], tmp_path: P
         assert done.returncode == 0, done.stderr
     assert load(out)["columns"][1]["key"] == "white/fgsm-s"
     assert (tmp_path / "report.csv").exists()
+
+
+def test_report_says_when_attacks_left_out_the_adaptive_suite(
+        files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--suite", "white,adaptive", "--attacks", "clean,fgsm-s",
+                  "-q") == 0
+    assert main(["report", str(out), "--format", "github", "-o", str(tmp_path / "pr.md"),
+                 "-q"]) == 0
+    text = (tmp_path / "pr.md").read_text()
+    assert "the --attacks list left out the adaptive entries" in text
+    assert "add --suite adaptive" not in text
