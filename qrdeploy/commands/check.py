@@ -17,7 +17,8 @@ from qrdeploy.commands._options import (
     parallel,
     session_config,
 )
-from qrdeploy.gate.junit import write_junit
+from qrdeploy.errors import QrdeployError, first_line
+from qrdeploy.gate.junit import write_junit, write_junit_error
 from qrdeploy.gate.run import check, write_summary
 
 HELP = "gate a model on a policy of thresholds (exit 0 pass, 3 a threshold failed)"
@@ -43,11 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_isolated(args, args.model, args.reference, probe=True)
-    result = check(args.model, args.reference, load_data(args), args.policy,
-                   session=session_config(args), seed=args.seed, batch_size=args.batch_size,
-                   contract=input_contract(args), input_guard=not args.no_input_guard,
-                   parallel=parallel(args))
+    try:
+        check_isolated(args, args.model, args.reference, probe=True)
+        result = check(args.model, args.reference, load_data(args), args.policy,
+                       session=session_config(args), seed=args.seed,
+                       batch_size=args.batch_size, contract=input_contract(args),
+                       input_guard=not args.no_input_guard, parallel=parallel(args))
+    except QrdeployError as exc:
+        if args.junit:  # the CI system shows the reason, not a missing report
+            write_junit_error(args.junit, args.model, first_line(exc, None))
+        raise
     if args.output:
         write_summary(args.output, result)
     if args.junit:

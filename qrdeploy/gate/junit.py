@@ -41,3 +41,20 @@ def junit_xml(result: CheckResult) -> bytes:
 def write_junit(path: str | Path, result: CheckResult) -> Path:
     """Write the JUnit XML atomically."""
     return atomic_write_bytes(path, junit_xml(result))
+
+
+def error_xml(model: str, message: str) -> bytes:
+    """The JUnit XML of a check that could not run (exit 1): one testcase with an <error>, so a
+    CI system shows the reason instead of a missing report."""
+    root = ET.Element("testsuites", name=SUITE, tests="1", failures="0", errors="1")
+    suite = ET.SubElement(root, "testsuite", name=f"{SUITE} {Path(model).name}", tests="1",
+                          failures="0", errors="1", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname="qrdeploy.gate.run", name="check")
+    ET.SubElement(case, "error", message=message, type="error").text = message
+    ET.indent(root)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
+
+
+def write_junit_error(path: str | Path, model: str, message: str) -> Path:
+    """Write the error report atomically."""
+    return atomic_write_bytes(path, error_xml(model, message))

@@ -355,7 +355,8 @@ def _subject(run: _Run, f: ModelFile) -> Subject:
     reopens) when the run is sharded."""
     if run.parallel is not None and run.parallel.active:
         return open_subject(f.path, run.session, f.batch_size, run.contract)
-    return Subject(f.path.name, f.sha256, OrtModel(f.proto, run.session, batch_size=f.batch_size))
+    return Subject(f.path.name, f.sha256, OrtModel(f.proto, run.session, batch_size=f.batch_size,
+                                                   name=str(f.path)))
 
 
 def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:
@@ -410,9 +411,10 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
             run.results.append(judge("input.contract_mismatch",
                                      int(found.verdict is GuardVerdict.MISMATCH), None, 0,
                                      Direction.MAX, Unit.COUNT, Bound.POINT, found.message()))
-    pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False)
+    pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False,
+                  name=str(run.model.path))
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,
-                  gradients=False)
+                  gradients=False, name=f"--reference {run.reference.path}")
     labels = _clean(run, pm, pr)
     verdict = _robust(run, labels)
     rows = _size_and_latency(run, pm, pr)

@@ -322,3 +322,21 @@ def test_fewer_robust_samples_than_the_policy_asks_are_noted(full: CheckResult) 
     notes = [line for line in short.lines() if line.startswith("note:")]
     assert notes == ["note: the robust thresholds ran on 12 samples, fewer than the policy's "
                      "[robust] n = 20: the data holds 12 (-n or the data set)"]
+
+
+def test_a_check_that_cannot_run_still_writes_a_junit_error(world: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    from qrdeploy.cli import main
+
+    rgb = tmp_path / "rgb.onnx"
+    onnx.save(cnn(2, c=3), rgb)  # 3 channels: the data has 1
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_accuracy = 0.5\n")
+    junit = tmp_path / "j.xml"
+    assert main(["check", str(rgb), "--reference", str(world["paths"]["a"]), "--policy",
+                 str(policy), "--data", f"npz:{world['root'] / 'data.npz'}", "--junit",
+                 str(junit), "-q"]) == 1
+    root = ET.fromstring(junit.read_bytes())
+    assert root.get("errors") == "1" and root.get("tests") == "1"
+    (error,) = root.findall("./testsuite/testcase/error")
+    assert f"{rgb} expects images of shape" in (error.get("message") or "")
