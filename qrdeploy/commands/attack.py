@@ -120,12 +120,15 @@ def run(args: argparse.Namespace) -> int:
     if r.column("clean") is None:  # clean is always measured; show it even when not asked
         print(f"  {'clean':<22} {fmt_cell(r.clean)}")
     for c in r.columns:
-        print(f"  {c.key:<22} {fmt_column(c)}")
+        eps = "" if c.eps is None else f"  (eps {c.eps:.4g})"
+        print(f"  {c.key:<22} {fmt_column(c)}{eps}")
     keys, paper = r.paper_worst()
     if keys:
-        print(f"  {'paper worst case':<22} {fmt_cell(Proportion(int(paper.sum()), paper.size))}")
+        print(f"  {'paper worst case':<22} {fmt_cell(Proportion(int(paper.sum()), paper.size))}"
+              "  (each column at its own eps)")
     if r.adaptive is not None:
-        print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}")
+        print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}"
+              f"  (eps {r.adaptive.eps:.4g})")
     if not args.quiet:
         for note in r.notes:
             print(f"note: {note}")
