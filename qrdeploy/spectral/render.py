@@ -101,7 +101,7 @@ def render_markdown(report: LipschitzReport) -> str:
         "",
         *table([h for h, _ in cols], [[_md_cell(r[k]) for _, k in cols] for r in rows]),
     ]
-    lines += ["", *_legend(report)]
+    lines += ["", *_legend(report, {k for _, k in cols})]
     return "\n".join(lines) + "\n"
 
 
@@ -109,24 +109,44 @@ def _recipe_text(recipe: Mapping[str, Any]) -> str:
     return describe_recipe(recipe)
 
 
-def _legend(report: LipschitzReport) -> list[str]:
+#: ‖ΔW‖₂/‖W‖₂ at or above this on every layer: the second model is not a quantization of the
+#: first (3-bit weights give about 0.1-0.3; two training runs of one network about 1.4).
+UNRELATED_RATIO = 1.0
+
+
+def _legend(report: LipschitzReport, shown: set[str] | None = None) -> list[str]:
+    """The table's legend; `shown`: the column keys in the table (lines on absent ones are
+    left out)."""
     cfg = report.config
+    shown = shown if shown is not None else {k for _, k in _MD_COLUMNS}
+    ratios = [r for lyr in report.layers if (r := lyr.ratio) is not None]
+    unrelated = [] if not ratios or min(ratios) < UNRELATED_RATIO else [
+        f"- **Warning**: ‖ΔW‖/‖W‖ is at least {UNRELATED_RATIO:g} on every layer (smallest "
+        f"{min(ratios):.3g}): the second model does not look like a quantized version of the "
+        "first (another training run, another network?), so this is no quantization error."]
     folded = [str(lyr.index) for lyr in report.layers if FOLDED_NOTE in lyr.note]
     fold_line = [] if not folded else [
         f"- Layers {', '.join(folded)}: the hardened model folds the BatchNormalization after "
         "each into it (as integer deployments do), so W and Ŵ are both folded (W·γ/√(σ²+ε) per "
         "output channel) and ‖ΔW‖₂ is the error of the layer as deployed."]
-    return fold_line + [
-        "- ‖ΔW‖₂: ΔW = Q(W′) − W′, the paper's quantization error, W′ = the μ-law-mapped weights "
-        "(W′ = W for layers without μ-law); ‖Ŵ−W‖₂: the total change from the reference.",
+    total = ("; ‖Ŵ−W‖₂: the total change from the reference" if "dw_total_matrix" in shown
+             else "")
+    operator = "w_operator" in shown or "dw_operator" in shown or "dw_fft_bound" in shown
+    measured = "local_mean" in shown or "propagated_mean" in shown
+    return unrelated + fold_line + [
+        "- ‖ΔW‖₂: ΔW = Q(W′) − W′, the paper's quantization error of the weights (activation "
+        "quantization, in an integer graph, is not in it), W′ = the μ-law-mapped weights "
+        f"(W′ = W for layers without μ-law){total}.",
         "- Gemm/MatMul: matrix norm. Conv: ‖·‖₂ of the kernel reshaped to C_out × C_in/groups·k·k "
-        "(the paper's likely convention, [DEFAULT]); ‖·‖op: operator norm of the convolution at "
-        f"the input shape (Lanczos, float32, stop at relative change ≤ {cfg.tol:g}; resid: "
-        "relative residual); FFT bound: circular-convolution norm, an upper bound of ‖·‖op "
-        "(loose for strided convs).",
+        "(the paper's likely convention, [DEFAULT])" + (
+            "; ‖·‖op: operator norm of the convolution at "
+            f"the input shape (Lanczos, float32, stop at relative change ≤ {cfg.tol:g}; resid: "
+            "relative residual); FFT bound: circular-convolution norm, an upper bound of ‖·‖op "
+            "(loose for strided convs)." if operator else "."),
         f"- {AMPLIFICATION_NOTE}",
-        "- local: mean ‖ΔW·x_l‖/‖W·x_l‖ on the reference layer input (ΔW = Ŵ − W); propagated: "
-        "mean ‖f̂_l(x) − f_l(x)‖/‖f_l(x)‖; prop/local: their ratio.",
+        *(["- local: mean ‖ΔW·x_l‖/‖W·x_l‖ on the reference layer input (ΔW = Ŵ − W); "
+           "propagated: mean ‖f̂_l(x) − f_l(x)‖/‖f_l(x)‖; prop/local: their ratio."]
+          if measured else []),
     ]
 
 

@@ -274,3 +274,13 @@ def test_symbolic_spatial_sizes_use_the_data(ref: onnx.ModelProto) -> None:
     expected = lipschitz_report(ref, hard)
     for got, exp in zip(with_data.layers[:2], expected.layers[:2], strict=True):
         assert got.input_shape == exp.input_shape and got.dw.operator == exp.dw.operator
+
+
+def test_two_unrelated_networks_are_flagged_and_a_quantization_is_not() -> None:
+    ref = ob.cnn(seed=0)
+    hard, _ = harden(ref, [WeightQuant(bits=3)])
+    quantized = render_markdown(lipschitz_report(ref, hard))
+    assert "**Warning**" not in quantized
+    other = render_markdown(lipschitz_report(ref, ob.cnn(seed=1)))  # another initialisation
+    assert "**Warning**: ‖ΔW‖/‖W‖ is at least 1 on every layer" in other
+    assert "local: mean" not in other  # no data: the legend leaves out the measured columns
