@@ -255,8 +255,8 @@ def test_report_says_when_attacks_left_out_the_adaptive_suite(
     out = tmp_path / "r.json"
     assert attack(files, out, "--suite", "white,adaptive", "--attacks", "clean,fgsm-s",
                   "-q") == 0
-    assert main(["report", str(out), "--format", "github", "-o", str(tmp_path / "pr.md"),
+    assert main(["report", str(out), "--format", "github", "-o", str(tmp_path / "github.txt"),
                  "-q"]) == 0
-    text = (tmp_path / "pr.md").read_text()
+    text = (tmp_path / "github.txt").read_text()
     assert "the --attacks list left out the adaptive entries" in text
     assert "add --suite adaptive" not in text
