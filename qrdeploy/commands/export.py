@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from qrdeploy.errors import CheckpointError
 
 HELP = "export a trained checkpoint to ONNX (opset 17, dynamic batch) with a parity check"
 #: options that are files this command writes (checked before it runs)
@@ -21,11 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qrdeploy.train import require_torch
+    from qrdeploy.train import check_checkpoint_path, require_torch
 
-    if not Path(args.checkpoint).is_file():
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist; pass a "
-                              ".safetensors file written by `qrdeploy train`")
+    check_checkpoint_path(args.checkpoint)
     require_torch("export")
     from qrdeploy.train.export import export_onnx
 

@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 
     from qrdeploy.train.checkpoint import Checkpoint
 
-__all__ = ["Method", "Optim", "TrainConfig", "train", "load_trained", "require_torch"]
+__all__ = ["Method", "Optim", "TrainConfig", "train", "load_trained", "require_torch",
+           "check_checkpoint_path"]
+
+
+def check_checkpoint_path(path: str | Path) -> None:
+    """CheckpointError naming a checkpoint file that is not there (checked before torch is)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .safetensors file "
+                              "written by `qrdeploy train`")
 
 
 def require_torch(what: str = "training") -> None:
@@ -46,9 +54,7 @@ def train(config: TrainConfig, out: str | Path, fresh: bool = False,
 def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     """The network of a finished checkpoint, in eval mode, and the checkpoint itself
     (qrdeploy.train.load)."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a .safetensors file "
-                              "written by `qrdeploy train`")
+    check_checkpoint_path(path)
     require_torch(f"reading the checkpoint {Path(path).name}")
     from qrdeploy.train.load import load_trained as load
 
