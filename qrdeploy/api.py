@@ -17,7 +17,7 @@ from qrdeploy.bitsearch.render import SearchFiles, write_search
 from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file, search_folder
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, load_dataset
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
 from qrdeploy.evaluation.clean import EvalResult, Tolerance, evaluate_files
 from qrdeploy.evaluation.replay import ReplayResult
@@ -72,7 +72,7 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
         raise ConfigError(f"activations must be 'float' or 'int8', got {activations!r}")
     if recipe is not None:
         if bits is not None or mulaw is not None:
-            raise ConfigError("give either recipe or bits / mulaw, not both")
+            raise UsageError("give either recipe or bits / mulaw, not both")
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     else:
         rec = Recipe(_passes(bits, mulaw, mulaw_layers, granularity),

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from qrdeploy import commands
 from qrdeploy.core.fileio import check_output_dir, check_output_file
 from qrdeploy.core.version import __version__
-from qrdeploy.errors import QrdeployError
+from qrdeploy.errors import QrdeployError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args))
     except QrdeployError as exc:
         print(f"qrdeploy: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("qrdeploy: interrupted", file=sys.stderr)
         return 130

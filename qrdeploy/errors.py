@@ -36,6 +36,11 @@ class ConfigError(QrdeployError):
     """A setting (CLI option, recipe, policy) is out of range."""
 
 
+class UsageError(ConfigError):
+    """Options that cannot go together, or one missing that another needs; the CLI exits 2
+    (usage), as argparse does for its own usage errors."""
+
+
 class OutputError(QrdeployError):
     """An output path cannot be written (a folder, a read-only or missing place, a full disk)."""
 

@@ -19,7 +19,7 @@ from qrdeploy.bitsearch.search import (
 from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import UsageError
 from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.integer import Calibration, IntegerActivations
@@ -98,7 +98,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
                                   f"{args.calibration_data}:train")
     if args.recipe:
         if passes:
-            raise ConfigError("--recipe cannot be combined with --mulaw/--bits; put them in it")
+            raise UsageError("--recipe cannot be combined with --mulaw/--bits; put them in it")
         recipe = load_recipe(args.recipe)
         if acts is not None:
             recipe = Recipe(recipe.passes, recipe.encoding, acts)
@@ -149,14 +149,14 @@ def parse_bits(text: str) -> tuple[int, ...]:
             return tuple(range(lo, hi + 1))
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--search-bits takes a range or a list, e.g. 2-8 or 2,3,4,8; got "
+        raise UsageError(f"--search-bits takes a range or a list, e.g. 2-8 or 2,3,4,8; got "
                           f"{text!r}") from None
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
     """The search the options ask for (--search)."""
     if args.bits is not None or args.recipe:
-        raise ConfigError("--search chooses the bits itself; drop --bits / --recipe (or drop "
+        raise UsageError("--search chooses the bits itself; drop --bits / --recipe (or drop "
                           "--search)")
     acts = None
     if args.activations == "int8":

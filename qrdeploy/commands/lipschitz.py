@@ -17,7 +17,7 @@ from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
 from qrdeploy.core.plotting import require
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, load_dataset
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import UsageError
 from qrdeploy.hardening.passes import Recipe
 from qrdeploy.spectral.analysis import LipschitzConfig, lipschitz_report
 from qrdeploy.spectral.render import PlotNorm, plot_reports, render_markdown, write_report
@@ -75,9 +75,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _recipe(args: argparse.Namespace) -> Recipe | None:
     recipe = recipe_from_args(args)  # the same options as `qrdeploy harden`
     if args.hardened and recipe is not None:
-        raise ConfigError("give either HARDENED or --bits/--mulaw/--recipe, not both")
+        raise UsageError("give either HARDENED or --bits/--mulaw/--recipe, not both")
     if not args.hardened and recipe is None:
-        raise ConfigError("nothing to compare: give HARDENED, or --bits B (and/or --mulaw MU)")
+        raise UsageError("nothing to compare: give HARDENED, or --bits B (and/or --mulaw MU)")
     return recipe
 
 

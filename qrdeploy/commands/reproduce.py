@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from qrdeploy.commands._options import add_parallel, parallel
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import UsageError
 from qrdeploy.paper.pipeline import HARDENING_FILES, REGIME_FILES, reproduce
 from qrdeploy.paper.profiles import ProfileName
 
@@ -55,7 +55,7 @@ def parse_models(items: list[str]) -> dict[str, Path]:
     for item in items:
         regime, sep, path = item.partition("=")
         if not sep or not path:
-            raise ConfigError(f"--model expects REGIME=PATH, got {item!r}; e.g. "
+            raise UsageError(f"--model expects REGIME=PATH, got {item!r}; e.g. "
                               "--model fl=models/mnist-feedback.onnx")
         out[regime] = Path(path)
     return out

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from qrdeploy.core.plotting import require
 from qrdeploy.data.datasets import Dataset, load_dataset
-from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.errors import ConfigError, DataError, UsageError
 from qrdeploy.evaluation.results import load_results
 from qrdeploy.evaluation.runner import fingerprint
 from qrdeploy.evaluation.shard import Parallel
@@ -239,7 +239,7 @@ def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path
     force = check_force(force)
     out = Path(out)
     if retrain and models:
-        raise ConfigError("--retrain trains every model; drop --model (or --retrain)")
+        raise UsageError("--retrain trains every model; drop --model (or --retrain)")
     found, missing = resolve_models(p, Path(models_dir),
                                     {k: Path(v) for k, v in (models or {}).items()})
     c = Collected(p, seed, found, missing)

@@ -42,6 +42,28 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["lipschitz", "a.onnx", "b.onnx", "--bits", "3"], "not both"),
+    (["lipschitz", "a.onnx"], "nothing to compare"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--recipe", "r.toml"],
+     "cannot be combined"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--search", "--bits", "3"], "chooses the bits itself"),
+    (["reproduce", "-o", "out", "--model", "fl"], "--model expects REGIME=PATH"),
+    (["reproduce", "-o", "out", "--retrain", "--model", "fl=m.onnx"], "--retrain trains every"),
+], ids=["lipschitz-both", "lipschitz-neither", "recipe-and-bits", "search-and-bits",
+        "model-format", "retrain-and-model"])
+def test_conflicting_options_exit_2_in_one_line(argv: list[str], message: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Options that do not go together are usage errors (2), named before any file is read
+    (none of the files exists)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qrdeploy: error:") and message in err and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 def test_eval_prints_accuracy_with_interval(tiny_onnx: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(tiny_onnx), "-n", "200", "-q"]) == 0

@@ -188,21 +188,22 @@ def test_spectral_errors(case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        ([], "nothing to compare: give HARDENED, or --bits B"),
-        (["HARD", "--bits", "3"], "give either HARDENED or --bits/--mulaw/--recipe, not both"),
-        (["--bits", "3", "--recipe", "r.toml"], "--recipe cannot be combined with --mulaw/--bits"),
-        (["--bits", "9"], r"bits must be in 1..8, got 9"),
-        (["--bits", "3", "--tol", "2"], "tol must be in"),
+    ("argv", "message", "code"),
+    [  # 2: options that do not go together (usage); 1: a value out of range
+        ([], "nothing to compare: give HARDENED, or --bits B", 2),
+        (["HARD", "--bits", "3"], "give either HARDENED or --bits/--mulaw/--recipe, not both", 2),
+        (["--bits", "3", "--recipe", "r.toml"], "--recipe cannot be combined with --mulaw/--bits",
+         2),
+        (["--bits", "9"], r"bits must be in 1..8, got 9", 1),
+        (["--bits", "3", "--tol", "2"], "tol must be in", 1),
     ],
     ids=["nothing", "both", "recipe-and-bits", "bad-bits", "bad-tol"],
 )
 def test_cli_errors(ref: onnx.ModelProto, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                    argv: list[str], message: str) -> None:
+                    argv: list[str], message: str, code: int) -> None:
     graph.save_model(ref, tmp_path / "ref.onnx")
     graph.save_model(ref, tmp_path / "HARD")
     argv = [str(tmp_path / a) if a == "HARD" else a for a in argv]
-    assert main(["lipschitz", str(tmp_path / "ref.onnx"), *argv, "-q"]) == 1
+    assert main(["lipschitz", str(tmp_path / "ref.onnx"), *argv, "-q"]) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("qrdeploy: error:") and message in err and "\n" not in err

@@ -130,5 +130,5 @@ def test_cli_recipe_with_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "r.toml").write_text('[[passes]]\nkind = "quant"\n')
     argv = ["harden", str(src), "-o", str(tmp_path / "o.onnx"), "--bits", "3",
             "--recipe", str(tmp_path / "r.toml")]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2  # usage: the options do not go together
     assert "cannot be combined" in capsys.readouterr().err
