@@ -249,6 +249,21 @@ class LatencyPolicy:
                    _count(w, "repeats", d.get("repeats", cls.repeats), 2))
 
 
+def _reachable_through_bounds(policy: Policy) -> None:
+    """A minimum of 1 compared through the lower bound of a 95% interval can never pass: that
+    bound stays below 1 at every n. Refused when the policy is read, not after the work."""
+    c = policy.clean
+    places = [("[clean]", "min_accuracy", c.min_accuracy),
+              ("[clean]", "min_agreement", c.min_agreement)]
+    places += [(f"[[robust.threshold]] #{i + 1}", "min_accuracy", r.min_accuracy)
+               for i, r in enumerate(policy.robust.thresholds)]
+    for where, key, value in places:
+        if value is not None and value >= 1:
+            raise _err(where, key, "= 1 can never pass with use_bound = \"lower\" (a 95% lower "
+                                   "bound stays below 1 at every n); use a threshold below 1, "
+                                   "or use_bound = \"point\"")
+
+
 @dataclass(frozen=True)
 class Policy:
     """Every threshold of a check; a section left out of the file sets no threshold."""
@@ -274,10 +289,13 @@ class Policy:
         except ValueError:
             raise _err("file", "use_bound", f"must be \"lower\" or \"point\", got "
                                             f"{t['use_bound']!r}") from None
-        return cls(bound, CleanPolicy.parse(t.get("clean", {})),
-                   RobustPolicy.parse(t.get("robust", {})),
-                   MaskingPolicy.parse(t.get("masking", {})), SizePolicy.parse(t.get("size", {})),
-                   LatencyPolicy.parse(t.get("latency", {})))
+        policy = cls(bound, CleanPolicy.parse(t.get("clean", {})),
+                     RobustPolicy.parse(t.get("robust", {})),
+                     MaskingPolicy.parse(t.get("masking", {})),
+                     SizePolicy.parse(t.get("size", {})), LatencyPolicy.parse(t.get("latency", {})))
+        if bound is Bound.LOWER:
+            _reachable_through_bounds(policy)
+        return policy
 
     @classmethod
     def from_toml(cls, text: str, name: str = "policy") -> Policy:

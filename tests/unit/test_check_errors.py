@@ -50,6 +50,13 @@ BAD_POLICIES = [
     ("robust-duplicate", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\nmin_accuracy = 0.1\n"
      "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\nmin_accuracy = 0.2\n",
      r"names robust.pgd@0.1 twice"),
+    ("accuracy-1-through-bound", "[clean]\nmin_accuracy = 1.0\n",
+     r"\[clean\]: min_accuracy = 1 can never pass with use_bound = \"lower\".*"
+     r"use_bound = \"point\""),
+    ("agreement-1-through-bound", "[clean]\nmin_agreement = 1\n",
+     r"min_agreement = 1 can never pass"),
+    ("robust-1-through-bound", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\n"
+     "min_accuracy = 1\n", r"#1: min_accuracy = 1 can never pass"),
     ("masking-not-bool", "[masking]\nfail_if_suspected = 1\n", r"must be true or false, got 1"),
     ("size-zero", "[size]\nmax_mb = 0\n", r"max_mb must be a finite number > 0"),
     ("size-inf", "[size]\nmax_mb = inf\n", r"max_mb must be a finite number > 0"),
@@ -72,6 +79,11 @@ def test_bad_policies_are_one_line_config_errors(text: str, match: str) -> None:
 def test_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"policy file .* does not exist; pass --policy"):
         load_policy(tmp_path / "nope.toml")
+
+
+def test_a_minimum_of_1_is_allowed_on_the_point_estimate() -> None:
+    p = Policy.from_toml("use_bound = 'point'\n[clean]\nmin_accuracy = 1.0\n")
+    assert p.clean.min_accuracy == 1.0
 
 
 def test_empty_policy_sets_no_threshold() -> None:
