@@ -205,6 +205,7 @@ class CheckResult:
     policy: Policy
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    masking_eps: float | None = None  # the eps of the masking suite's adaptive entries
 
     @property
     def passed(self) -> bool:
@@ -228,7 +229,10 @@ class CheckResult:
                        f"{f.mean_ms:.2f}/{f.median_ms:.2f}/{f.p95_ms:.2f}, paired median ratio "
                        f"{r.ratio:.3f}")
         if self.masking is not None:
-            out.append(f"masking: {self.masking.verdict}")
+            at = "" if self.masking_eps is None else f" at eps {self.masking_eps:g}"
+            robust_n = self.data.get("robust_n")
+            on = "" if robust_n is None else f" on {robust_n} samples"
+            out.append(f"masking{at}{on}: {self.masking.verdict}")
         wanted, got = self.policy.robust.n, self.data.get("robust_n")
         if wanted and got is not None and got < wanted:
             out.append(f"note: the robust thresholds ran on {got} samples, fewer than the "
@@ -273,6 +277,7 @@ class _Run:
     parallel: Parallel | None = None
     results: list[ThresholdResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    masking_eps: float | None = None
 
     def timed(self, name: str, t0: float) -> None:
         self.timings[name] = time.perf_counter() - t0
@@ -338,6 +343,7 @@ def _robust(run: _Run, labels: np.ndarray) -> MaskingResult | None:
         return None
     t0 = time.perf_counter()
     suite = masking_suite(mp, family, victim.bpda, victim.twin)
+    run.masking_eps = suite.adaptive_eps
     ev = run_evaluation(run.parallel, victim, x, y, suite,
                         source=ref if suite.by_mode(Mode.BLACK) else None, config=config,
                         adaptive_source=ref)
@@ -423,7 +429,7 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
             "labels": "true" if ds.y is not None else "reference",
             "robust_n": min(pol.robust.n or len(ds), len(ds))}
     return CheckResult(tuple(run.results), rows, verdict, run.model, run.reference, info, pol,
-                       seed, run.timings)
+                       seed, run.timings, run.masking_eps)
 
 
 def write_summary(path: str | Path, result: CheckResult) -> dict[str, Any]:

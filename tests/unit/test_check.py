@@ -198,6 +198,15 @@ def test_summary_validates_against_the_schema(full: CheckResult, tmp_path: Path)
     assert {"zero-gradient", "square-stronger", "black-box-stronger"} <= checks
 
 
+def test_the_masking_line_names_its_eps_and_sample_count(full: CheckResult) -> None:
+    from qrdeploy.evaluation.suites import Family, build_suite
+
+    expected = build_suite("paper,adaptive", Family.MNIST, eps=(), cw_budget="quick").adaptive_eps
+    assert expected is not None and full.masking is not None
+    line = next(x for x in full.lines() if x.startswith("masking"))
+    assert line == f"masking at eps {expected:g} on 20 samples: {full.masking.verdict}"
+
+
 def test_junit_has_one_testcase_per_threshold_and_the_failures(full: CheckResult) -> None:
     root = ET.fromstring(junit_xml(full))
     cases = root.findall("./testsuite/testcase")
