@@ -13,7 +13,7 @@ from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.errors import QrdeployError, first_line
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
-from qrdeploy.graphio.twin import float_twin
+from qrdeploy.graphio.twin import float_twin, stored_layers
 from qrdeploy.graphio.twin import summary as twin_summary
 from qrdeploy.hardening.passes import describe_model
 from qrdeploy.model.kernels import kernel_summary
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
     model = load_model(args.model)
     twin, quant = float_twin(model)
-    info = describe_model(twin if quant.quantized else model)
+    info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
     report = differentiability(model)
     info["quantization"] = twin_summary(quant)
     try:
@@ -72,8 +72,8 @@ def _print_table(info: dict[str, Any]) -> None:
     if quant["integer_kernels"] or quant["activation_quant"]:
         ops = ", ".join(f"{op} x{n}" for op, n in quant["integer_kernels"].items()) or "none"
         print(f"quantized graph: integer ops in the file: {ops}; activations quantized at run "
-              f"time: {'yes' if quant['activation_quant'] else 'no'} (layers above are read "
-              "through the dequantized twin)")
+              f"time: {'yes' if quant['activation_quant'] else 'no'} (levels above are those "
+              "of the dequantized weights)")
     k = info["kernels"]
     if "error" in k:
         print(f"onnxruntime kernels: unknown ({k['error']})")

@@ -498,6 +498,31 @@ def _keep_used_opsets(model: onnx.ModelProto) -> None:
     model.opset_import.extend(keep)
 
 
+#: the weight input of each integer kernel that holds a layer's weight
+_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger": 1,
+                 "MatMulInteger": 1, "MatMulNBits": 1}
+
+
+def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
+    """How the file itself holds the weight of each integer kernel with a constant weight, keyed
+    by the node's name (the name its float layer keeps in the twin): (op, weight dtype,
+    encoding). The twin's rows show float ops and, for ConvInteger / MatMulInteger /
+    MatMulNBits, float32 weights; these are what the file ships."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out: dict[str, tuple[str, str, str]] = {}
+    for node in model.graph.node:
+        k = _WEIGHT_INPUT.get(node.op_type)
+        if k is None or not node.name or len(node.input) <= k or node.input[k] not in inits:
+            continue
+        if node.op_type == "MatMulNBits":
+            dtype, enc = f"uint{int(_attrs(node).get('bits', 4))}", "nbits"
+        else:
+            dtype = TensorProto.DataType.Name(inits[node.input[k]].data_type).lower()
+            enc = "integer"
+        out[node.name] = (node.op_type, dtype, enc)
+    return out
+
+
 def summary(info: TwinInfo) -> Mapping[str, Any]:
     return {"integer_kernels": dict(sorted(info.rewritten.items())),
             "activation_quant": info.activation_quant, "activations": info.activations}

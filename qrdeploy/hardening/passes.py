@@ -716,14 +716,21 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
     return HardenResult(dst, tuple(records), src.stat().st_size, size)
 
 
-def describe_model(model: onnx.ModelProto) -> dict[str, Any]:
+def describe_model(model: onnx.ModelProto,
+                   stored: Mapping[str, tuple[str, str, str]] | None = None) -> dict[str, Any]:
     """What `qrdeploy inspect` shows: weight layers (levels per tensor and per channel, bits,
-    encoding) and the provenance recorded by harden."""
+    encoding) and the provenance recorded by harden. `stored`: for a quantized graph's twin,
+    (op, weight dtype, encoding) as the file holds them, by node name (graphio.twin's
+    stored_layers); those rows show them, with the twin's op as `twin_op`."""
     meta = graph.get_metadata(model)
     bits = json.loads(meta.get(META_BITS, "{}"))
     folded = {f["conv"] for f in json.loads(meta.get(META_FOLDED, "[]"))}
     rows = [_layer_row(model, lyr, bits.get(lyr.weight_name), lyr.node_name in folded)
             for lyr in graph.weight_layers(model)]
+    for row in rows:
+        if stored and row["node"] in stored:
+            row["twin_op"] = row["op"]
+            row["op"], row["dtype"], row["encoding"] = stored[row["node"]]
     return {
         "opset": graph.opset_version(model),
         "layers": rows,

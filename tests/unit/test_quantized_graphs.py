@@ -110,6 +110,41 @@ def test_scored_on_the_integer_graph_gradient_from_the_twin(world: dict[str, Any
     assert str(m.info["gradient_form"]).startswith("exact" if weight_only else "BPDA (STE")
 
 
+STORED = {  # variant -> {op the file holds: (its weight dtypes, encoding, the twin's op)}
+    "qop": {"QLinearConv": ({"int8"}, "integer", "Conv"),
+            "QLinearMatMul": ({"int8"}, "integer", "MatMul")},
+    "dynamic": {"ConvInteger": ({"int8", "uint8"}, "integer", "Conv"),
+                "MatMulInteger": ({"int8", "uint8"}, "integer", "MatMul")},
+    "nbits": {"MatMulNBits": ({"uint4"}, "nbits", "MatMul"), "Conv": ({"float32"}, "float", None)},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inspect_shows_the_layers_as_the_file_holds_them(world: dict[str, Any], variant: str,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """The levels come from the dequantized twin, but op, dtype and encoding are the file's:
+    an integer kernel's row names that kernel and its stored weight type, not the twin's float
+    op and float32."""
+    assert main(["inspect", str(world["paths"][variant]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert len(rows) == 4
+    if variant == "qdq":  # DequantizeLinear -> Conv/MatMul in the file already
+        assert {(r["op"], r["dtype"], r["encoding"]) for r in rows} <= {
+            ("Conv", "int8", "qdq"), ("MatMul", "int8", "qdq")}
+        assert not any("twin_op" in r for r in rows)
+        return
+    expected = STORED[variant]
+    assert {r["op"] for r in rows} == set(expected)
+    for r in rows:
+        dtypes, encoding, twin_op = expected[r["op"]]
+        assert r["dtype"] in dtypes and r["encoding"] == encoding
+        assert r.get("twin_op") == twin_op
+    assert main(["inspect", str(world["paths"][variant])]) == 0
+    table = capsys.readouterr().out
+    assert all(op in table for op in expected)
+
+
 def test_qoperator_twin_gives_the_qdq_gradient(world: dict[str, Any]) -> None:
     """Same calibration, same scales: QLinearConv/QGemm expanded into DequantizeLinear -> float
     op -> QuantizeLinear must give the gradient of onnxruntime's QDQ graph of the same net."""
