@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from qrdeploy import commands
-from qrdeploy.core.fileio import check_output_dir, check_output_file
+from qrdeploy.core.fileio import check_distinct_paths, check_output_dir, check_output_file
 from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError, UsageError
 
@@ -48,19 +48,43 @@ def build_parser() -> argparse.ArgumentParser:
         name = info.name.replace("_", "-")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(p)
+        flags = {a.dest: (a.option_strings[-1] if a.option_strings
+                          else str(a.metavar or a.dest.upper())) for a in p._actions}
         p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUT_FILES", ()),
-                       _output_dirs=getattr(module, "OUTPUT_DIRS", ()))
+                       _output_dirs=getattr(module, "OUTPUT_DIRS", ()), _flags=flags)
     return parser
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """OutputError (exit 1, one line) for an output option that cannot be written."""
-    for dest in args._outputs:
-        if getattr(args, dest, None):
-            check_output_file(getattr(args, dest))
+    """OutputError (exit 1, one line) for an output option that cannot be written, that names a
+    file the command reads, or that another output option names too."""
+    outputs = {dest: getattr(args, dest) for dest in args._outputs if getattr(args, dest, None)}
+    for path in outputs.values():
+        check_output_file(path)
     for dest in args._output_dirs:
         if getattr(args, dest, None):
             check_output_dir(getattr(args, dest))
+    check_distinct_paths(outputs, _input_files(args), args._flags)
+
+
+def _input_files(args: argparse.Namespace) -> dict[str, str]:
+    """The options whose value names an existing file (a model, a policy, a recipe, results, an
+    npz: data set), by dest; harden's MODEL is left out (harden's own rule: -o may be MODEL
+    under --in-place)."""
+    skip = {*args._outputs, *args._output_dirs}
+    if hasattr(args, "in_place"):
+        skip.add("model")
+    found = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("_") or dest in skip:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str | os.PathLike):
+                text = os.fspath(item)
+                text = text.removeprefix("npz:")
+                if os.path.isfile(text):
+                    found[dest] = text
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from qrdeploy.errors import OutputError
@@ -64,6 +64,30 @@ def check_output_file(path: str | os.PathLike[str], probe: bool = True) -> Path:
         raise OutputError(f"cannot write {target}: it is a folder; give a file path inside it")
     _check_folder(target.parent, target, probe)
     return target
+
+
+def check_distinct_paths(outputs: Mapping[str, str | os.PathLike[str]],
+                         inputs: Mapping[str, str | os.PathLike[str]],
+                         flags: Mapping[str, str]) -> None:
+    """Raise OutputError when an output path names a file that is read (it would be replaced
+    before or while it is read) or that another output names (one would overwrite the other).
+    Keys are option dests, `flags` their names as typed (`-o`, `--junit`, `MODEL`); devices and
+    FIFOs (`-o /dev/null`) may be shared."""
+    seen: dict[Path, str] = {}
+    for dest, path in outputs.items():
+        target = Path(path)
+        if _special(target):
+            continue
+        key = target.resolve()
+        name = flags.get(dest, dest)
+        if key in seen:
+            raise OutputError(f"cannot write {target}: {seen[key]} and {name} both name it; give "
+                              "each output its own path")
+        seen[key] = name
+        for src_dest, src in inputs.items():
+            if target.exists() and os.path.samefile(target, src):
+                raise OutputError(f"cannot write {target}: it is {flags.get(src_dest, src_dest)}, "
+                                  f"which this command reads; give {name} another path")
 
 
 def check_output_dir(path: str | os.PathLike[str]) -> Path:

@@ -97,3 +97,44 @@ def test_a_bad_output_fails_first_in_one_line(argv: list[str], tmp_path: Path,
     # the output is refused before the (missing) input is even opened
     assert err.startswith("qrdeploy: error: cannot write") and "\n" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["check", "M", "--reference", "R", "--data", "mnist-5k", "--policy", "P", "-o", "M"],
+     "it is MODEL, which this command reads; give --output another path"),
+    (["check", "M", "--reference", "R", "--data", "mnist-5k", "--policy", "P", "-o", "R"],
+     "it is --reference"),
+    (["check", "M", "--reference", "R", "--data", "mnist-5k", "--policy", "P", "--junit", "P"],
+     "it is --policy, which this command reads; give --junit another path"),
+    (["check", "M", "--reference", "R", "--data", "mnist-5k", "--policy", "P", "-o", "S",
+      "--junit", "S"], "--output and --junit both name it"),
+    (["harden", "M", "-o", "P", "--recipe", "P"], "it is --recipe"),
+    (["report", "P", "-o", "P"], "it is RESULTS"),
+], ids=["check-over-model", "check-over-reference", "junit-over-policy", "two-outputs",
+        "harden-over-recipe", "report-over-results"])
+def test_an_output_never_replaces_an_input_or_another_output(
+        argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = {"M": tmp_path / "m.onnx", "R": tmp_path / "r.onnx", "P": tmp_path / "p.toml",
+             "S": tmp_path / "s.out"}
+    files["M"].write_bytes(MODEL.read_bytes())
+    files["R"].write_bytes(MODEL.read_bytes())
+    files["P"].write_text("[clean]\nmin_agreement = 0.5\n")
+    before = {k: p.read_bytes() for k, p in files.items() if p.exists()}
+    assert main([str(files[a]) if a in files else a for a in argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qrdeploy: error: cannot write") and message in err and "\n" not in err
+    assert {k: p.read_bytes() for k, p in files.items() if p.exists()} == before
+    assert not files["S"].exists()
+
+
+def test_harden_in_place_and_a_shared_device_stay_allowed(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    assert main(["harden", str(model), "-o", str(model), "--bits", "3", "--in-place", "-q"]) == 0
+    assert model.read_bytes() != MODEL.read_bytes()
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[latency]\nrepeats = 2\nwarmup = 0\n"
+                      "batch_sizes = [1]\n")
+    assert main(["check", str(model), "--reference", str(MODEL), "--data", "mnist-5k", "-n",
+                 "20", "--policy", str(policy), "-o", os.devnull, "--junit", os.devnull,
+                 "-q"]) == 0
