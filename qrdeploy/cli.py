@@ -1,5 +1,5 @@
 """The command line: a thin argparse layer over the library. `main(argv) -> int` returns the exit
-code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed.
+code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed, 130 Ctrl-C.
 
 Each subcommand lives in qrdeploy/commands/<name>.py and defines HELP, add_arguments(parser) and
 run(args) -> int; run() only parses options into a library call and prints its result. A command
@@ -21,7 +21,7 @@ from qrdeploy.core.fileio import check_distinct_paths, check_output_dir, check_o
 from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError, UsageError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _common() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("qrdeploy: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # an internal bug: one line unless --debug asks for the traceback
         if args.debug:
             raise

@@ -13,7 +13,7 @@ from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.errors import QrdeployError, first_line
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
-from qrdeploy.graphio.twin import float_twin, stored_layers
+from qrdeploy.graphio.twin import float_twin, gradient_form, stored_layers
 from qrdeploy.graphio.twin import summary as twin_summary
 from qrdeploy.hardening.passes import describe_model
 from qrdeploy.model.kernels import kernel_summary
@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         info["kernels"] = {"verdict": "unknown", "error": first_line(exc, None)}
     info["differentiable"] = {
         "ok": report.ok,
-        "gradient": ("BPDA (STE of the dequantized twin)" if quant.activation_quant
-                     else "exact"),
+        "gradient": gradient_form(quant),
         "blocking": [{"op": op, "node": node, "reason": reason}
                      for op, node, reason in report.blocking],
     }

@@ -345,8 +345,13 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
             _loop(rec, n, cfg, label[j.id], step, save, bar)
         except KeyboardInterrupt:
             done = int(rec.done.sum())
-            log.warning("interrupted in %s at %d of %d samples; what is done is saved in %s: "
-                        "rerun the same command to resume", label[j.id], done, n, state.path)
+            if state.path is None:  # a run without a state file (check): nothing to resume
+                log.warning("interrupted in %s at %d of %d samples; nothing is saved: rerun "
+                            "the command to start again", label[j.id], done, n)
+            else:
+                log.warning("interrupted in %s at %d of %d samples; what is done is saved in "
+                            "%s: rerun the same command to resume", label[j.id], done, n,
+                            state.path)
             raise
         if restricted_job and alive is not None:
             alive = alive & ~rec.fooled  # the cascade: the next entry runs on what is left

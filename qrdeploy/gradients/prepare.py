@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from qrdeploy.core.runtime import make_session, run_session
 from qrdeploy.errors import GraphError, first_line
-from qrdeploy.graphio.twin import TwinInfo, float_twin
+from qrdeploy.graphio.twin import TwinInfo, float_twin, gradient_form
 
 MIN_OPSET, MAX_OPSET = 16, 21
 BATCH = "batch"
@@ -60,12 +60,7 @@ class Prepared:
 
     @property
     def gradient_form(self) -> str:
-        if not self.bpda:
-            return "exact" if self.twin is None else "exact (dequantized weights)"
-        assert self.twin is not None
-        if self.twin.activations == "float":
-            return "BPDA (exact gradient of the dequantized float twin)"
-        return "BPDA (STE of the dequantized twin)"
+        return gradient_form(self.twin)
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -523,6 +523,18 @@ def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
     return out
 
 
+def gradient_form(info: TwinInfo | None) -> str:
+    """How qrdeploy differentiates a graph whose twin rewrite found `info` (None or an empty
+    TwinInfo: a float graph): what attack results record and `inspect` prints."""
+    if info is None or not info.quantized:
+        return "exact"
+    if not info.activation_quant:
+        return "exact (dequantized weights)"
+    if info.activations == "float":
+        return "BPDA (exact gradient of the dequantized float twin)"
+    return "BPDA (STE of the dequantized twin)"
+
+
 def summary(info: TwinInfo) -> Mapping[str, Any]:
     return {"integer_kernels": dict(sorted(info.rewritten.items())),
             "activation_quant": info.activation_quant, "activations": info.activations}

@@ -144,6 +144,23 @@ def test_ctrl_c_says_what_is_saved_and_the_rerun_says_it_resumed(
     assert "1 of 2 columns complete" in caplog.text  # clean done, pgd at 10 of 30
 
 
+def test_ctrl_c_without_a_state_file_says_nothing_is_saved(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """check runs without a state file: Ctrl-C must not name one."""
+    r = np.random.default_rng(0)
+    w = r.normal(size=(4, 16))
+    x = r.uniform(size=(30, 1, 4, 4)).astype(np.float32)
+    y = NumpyLinear(w, np.zeros(4)).logits(x).argmax(1)
+    suite = build_suite("white", "mnist", attacks="pgd:eps=0.05,steps=5")
+    victim = Subject("v.onnx", "a" * 64, Interrupting(w, np.zeros(4)))
+    Interrupting.calls, Interrupting.at = 0, 7
+    caplog.set_level(logging.INFO)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(victim, x, y, suite, config=RunConfig(batch_size=10))
+    assert "interrupted in white/pgd at 10 of 30 samples; nothing is saved" in caplog.text
+    assert "None" not in caplog.text and "resume" not in caplog.text
+
+
 # ------------------------------------------------------------------------------- user cache
 
 

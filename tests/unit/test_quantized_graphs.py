@@ -198,6 +198,7 @@ def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path:
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["runtime"]["info"]["gradient_form"].startswith(
         "exact" if variant == "nbits" else "BPDA")
+    assert doc["runtime"]["info"]["gradient_form"] == info["differentiable"]["gradient"]
     assert main(["lipschitz", str(paths["ref"]), model, "-q", "-o",
                  str(tmp_path / "l.json")]) == 0
     layers = json.loads((tmp_path / "l.json").read_text())["layers"]
@@ -224,6 +225,7 @@ def test_input_contracts_wrap_quantized_graphs(world: dict[str, Any], variant: s
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["runtime"]["info"]["gradient_form"].startswith(
         "exact" if variant == "nbits" else "BPDA")
+    assert doc["runtime"]["info"]["gradient_form"] == info["differentiable"]["gradient"]
 
 
 def test_integer_graph_runs_carry_square_transfer_twin_and_their_checks(
