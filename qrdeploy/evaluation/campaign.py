@@ -184,7 +184,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
 
     guard_note = None
     if input_guard:
-        found = guard_input(load_model(model), data, contract, session, bs)
+        found = guard_input(load_model(model), data, contract, session, bs, name=str(model))
         enforce(found)
         if found.verdict is Verdict.SUSPECT:
             log.warning("%s", found.message())

@@ -191,16 +191,18 @@ def _diversity(pred: np.ndarray, k: int) -> float:
 
 
 def _predict(model: onnx.ModelProto, contract: InputContract, spec: InputSpec, data: Dataset,
-             session: SessionConfig, batch_size: int) -> np.ndarray:
+             session: SessionConfig, batch_size: int, name: str | None = None) -> np.ndarray:
     wrapped, bs = contracted(model, dataclasses.replace(contract, spec=spec), batch_size)
-    return OrtModel(wrapped, session, batch_size=bs, gradients=False).predict(data.x)
+    return OrtModel(wrapped, session, batch_size=bs, gradients=False, name=name).predict(data.x)
 
 
 def _score(model: onnx.ModelProto, contract: InputContract, spec: InputSpec, data: Dataset,
-           session: SessionConfig, batch_size: int, strict: bool = False) -> Candidate | None:
-    """The candidate's score; None when the model cannot take it at all (strict: raise)."""
+           session: SessionConfig, batch_size: int, strict: bool = False,
+           name: str | None = None) -> Candidate | None:
+    """The candidate's score; None when the model cannot take it at all (strict: raise, the
+    error naming the model as `name`)."""
     try:
-        pred = _predict(model, contract, spec, data, session, batch_size)
+        pred = _predict(model, contract, spec, data, session, batch_size, name)
     except QrdeployError:
         if strict:
             raise
@@ -213,9 +215,10 @@ def _score(model: onnx.ModelProto, contract: InputContract, spec: InputSpec, dat
 
 def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract | None = None,
                 session: SessionConfig | None = None, batch_size: int = 256,
-                config: GuardConfig | None = None) -> GuardResult:
+                config: GuardConfig | None = None, name: str | None = None) -> GuardResult:
     """Score the declared contract and the alternatives (module docstring); never raises for
-    a mismatch: see `enforce`."""
+    a mismatch: see `enforce`. `name`: how errors name the model (its path, `--reference
+    PATH`)."""
     contract = contract or InputContract()
     session = session or SessionConfig()
     cfg = config or GuardConfig()
@@ -229,7 +232,8 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
                            reason=f"the model's input shape fits the images only as "
                                   f"{other.value.upper()}")
     # the declared contract failing outright raises its own error (shape, dtype, outputs)
-    declared = _score(model, contract, contract.spec, probe, session, batch_size, strict=True)
+    declared = _score(model, contract, contract.spec, probe, session, batch_size, strict=True,
+                      name=name)
     assert declared is not None
     tried = [c for s in candidates(contract.spec, int(probe.x.shape[1]))
              if (c := _score(model, contract, s, probe, session, batch_size)) is not None]

@@ -412,7 +412,8 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     if input_guard:
         # the reference (the model before hardening) carries the contract: a hardened model
         # near chance is a finding of the gate, not a wrong contract
-        found = guard_input(load_model(reference), ds, contract, run.session, batch_size)
+        found = guard_input(load_model(reference), ds, contract, run.session, batch_size,
+                            name=f"--reference {reference}")
         if found.verdict is not GuardVerdict.OK:  # a mismatch fails; a suspicion only notes
             run.results.append(judge("input.contract_mismatch",
                                      int(found.verdict is GuardVerdict.MISMATCH), None, 0,

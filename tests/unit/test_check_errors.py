@@ -148,3 +148,13 @@ def test_isolate_turns_a_garbage_model_into_a_one_line_error(
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.onnx" in err
+
+
+def test_a_reference_that_does_not_fit_the_data_is_the_one_named(
+        tiny: tuple[Path, Dataset]) -> None:
+    """The input guard runs on the reference first: its shape error names --reference, not
+    "the model" (which fits)."""
+    root, data = tiny
+    onnx.save(cnn(0, hw=10), root / "ref10.onnx")
+    with pytest.raises(DataError, match=r"^--reference .*ref10.onnx expects images of shape"):
+        check(root / "a.onnx", root / "ref10.onnx", data, Policy())
