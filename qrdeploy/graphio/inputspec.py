@@ -244,8 +244,14 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
     want = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
     if elem != want:
         got = TensorProto.DataType.Name(elem)
+        if elem == TensorProto.UINT8:
+            fix = "pass --input-spec dtype=uint8,range=0-255 (a uint8 input holds raw pixels)"
+        elif elem == TensorProto.FLOAT:
+            fix = "drop dtype=uint8 from --input-spec (the input is float)"
+        else:
+            fix = "qrdeploy feeds float32 or uint8 images; re-export the model with one of them"
         raise ConfigError(f"input {x.name!r} is {got} but the input spec says dtype="
-                          f"{spec.dtype.value}; fix --input-spec dtype=")
+                          f"{spec.dtype.value}; {fix}")
 
 
 # --- the preprocessing nodes -------------------------------------------------------------------

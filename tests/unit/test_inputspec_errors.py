@@ -74,7 +74,11 @@ WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], 
     "unknown_output": (lambda: twin(InputSpec()), "", {"output_name": "probs"}, GraphError,
                        r"the model has no output 'probs'; its outputs are logits"),
     "dtype_mismatch": (lambda: twin(InputSpec()), "range=0-255,dtype=uint8", {}, ConfigError,
-                       r"input 'in' is FLOAT but the input spec says dtype=uint8"),
+                       r"input 'in' is FLOAT but the input spec says dtype=uint8; drop "
+                       r"dtype=uint8 from --input-spec \(the input is float\)$"),
+    "uint8_input_float_spec": (lambda: twin(InputSpec.parse("range=0-255,dtype=uint8")), "", {},
+                               ConfigError, r"input 'in' is UINT8 but the input spec says "
+                               r"dtype=float32; pass --input-spec dtype=uint8,range=0-255 "),
     "channels_mismatch": (lambda: twin(InputSpec()), "mean=0.5/0.5", {}, ConfigError,
                           r"mean has 2 values for 3 channels"),
     "layout_mismatch_shape": (lambda: twin(InputSpec(), batch="N"), "layout=nhwc,mean=1/2/3", {},
