@@ -58,7 +58,7 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
            recipe: PathLike | Recipe | None = None, in_place: bool = False,
            activations: str = "float", calibrate: int = 500,
            calibration_data: str | Dataset = "mnist-5k",
-           calibration_method: str = "minmax") -> HardenResult:
+           calibration_method: str = "minmax", input_spec: str | None = None) -> HardenResult:
     """Harden an ONNX classifier's weights and write the hardened model to `out`.
 
     The paper's way: `mulaw=255` (μ-law on the `mulaw_layers`, e.g. 'last:1'), then `bits=3`
@@ -67,7 +67,9 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
     with any sequence of passes. `activations='int8'` writes the full-integer model instead,
     calibrated on the first `calibrate` images of `calibration_data` (a name as `load_dataset`
     takes it, train split, or a Dataset) with `calibration_method` (minmax, percentile,
-    entropy). Returns the per-tensor records and the file sizes."""
+    entropy), the pixels converted to the model's `input_spec` first (as `--input-spec`, e.g.
+    "dtype=uint8,range=0-255"; None: float32 NCHW in [0, 1]). Returns the per-tensor records
+    and the file sizes."""
     if activations not in ("float", "int8"):
         raise ConfigError(f"activations must be 'float' or 'int8', got {activations!r}")
     if recipe is not None:
@@ -83,7 +85,8 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
             else calibration_data
         rec = Recipe(rec.passes, rec.encoding,
                      IntegerActivations(calibrate, _choice(Calibration, calibration_method,
-                                                           "calibration method"), f"{name}:train"))
+                                                           "calibration method"), f"{name}:train",
+                                        input_spec or ""))
         ds = calibration_data if isinstance(calibration_data, Dataset) else \
             load_dataset(calibration_data, "train", n=calibrate)
         calibration = ds.x[:calibrate]

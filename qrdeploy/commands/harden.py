@@ -50,24 +50,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_search_options(p)
 
 
+#: the options that set a pass or the encoding (dest, flag, default): a --recipe sets them itself
+PASS_OPTIONS = (("mulaw_layers", "--mulaw-layers", "last:1"),
+                ("mulaw_rescale", "--no-mulaw-rescale", True),
+                ("granularity", "--granularity", "tensor"), ("scale", "--scale", "max"),
+                ("quantizer", "--quantizer", "uniform"), ("full_range", "--full-range", False),
+                ("layers", "--layers", "all"), ("encoding", "--encoding", None))
+_DEFAULT = {dest: default for dest, _, default in PASS_OPTIONS}
+
+
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The hardening options, shared with `qrdeploy lipschitz` (hardening in memory)."""
     p.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
     m = p.add_argument_group("mu-law mapping (paper: post-training, last few layers)")
     m.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
-    m.add_argument("--mulaw-layers", default="last:1", metavar="SEL", help="default: %(default)s")
-    m.add_argument("--mulaw-rescale", action=argparse.BooleanOptionalAction, default=True,
+    m.add_argument("--mulaw-layers", default=_DEFAULT["mulaw_layers"], metavar="SEL",
+                   help="default: %(default)s")
+    m.add_argument("--mulaw-rescale", action=argparse.BooleanOptionalAction,
+                   default=_DEFAULT["mulaw_rescale"],
                    help="W' = s*F(W/s) (default) or, with --no-mulaw-rescale, F(W/s)")
     q = p.add_argument_group("weight quantization (after mu-law)")
     q.add_argument("--bits", type=int, metavar="B", help="bit width 1..8 (paper: 3)")
-    q.add_argument("--granularity", choices=[g.value for g in Granularity], default="tensor")
-    q.add_argument("--scale", choices=[s.value for s in ScaleRule], default="max")
-    q.add_argument("--quantizer", choices=[s.value for s in Quantizer], default="uniform")
+    q.add_argument("--granularity", choices=[g.value for g in Granularity],
+                   default=_DEFAULT["granularity"])
+    q.add_argument("--scale", choices=[s.value for s in ScaleRule], default=_DEFAULT["scale"])
+    q.add_argument("--quantizer", choices=[s.value for s in Quantizer],
+                   default=_DEFAULT["quantizer"])
     q.add_argument("--full-range", action="store_true", help="codes -2^(b-1)..2^(b-1)-1")
-    q.add_argument("--layers", default="all", metavar="SEL",
+    q.add_argument("--layers", default=_DEFAULT["layers"], metavar="SEL",
                    help="all | first:N | last:N | Conv|Gemm|MatMul|ConvTranspose | glob; "
                         "comma-separated, '!' excludes (default: %(default)s)")
-    q.add_argument("--encoding", choices=[e.value for e in Encoding], default=None,
+    q.add_argument("--encoding", choices=[e.value for e in Encoding], default=_DEFAULT["encoding"],
                    help="weight storage with float activations (for analysis: onnxruntime "
                         "dequantizes the weights on every run); default float, qdq with "
                         "--search")
@@ -82,6 +95,10 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     a.add_argument("--calibration-method", choices=[c.value for c in Calibration],
                    default="minmax", help="default: %(default)s")
+    a.add_argument("--input-spec", default=None, metavar="SPEC",
+                   help="the model's input contract, as for eval and attack (docs/input-spec.md),"
+                        " e.g. range=0-255,layout=nhwc or dtype=uint8,range=0-255: the "
+                        "calibration pixels are converted to it (default: float32 NCHW in [0, 1])")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
@@ -95,10 +112,16 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     acts = None
     if getattr(args, "activations", "float") == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
-                                  f"{args.calibration_data}:train")
+                                  f"{args.calibration_data}:train",
+                                  getattr(args, "input_spec", None) or "")
     if args.recipe:
         if passes:
             raise UsageError("--recipe cannot be combined with --mulaw/--bits; put them in it")
+        given = [flag for dest, flag, default in PASS_OPTIONS
+                 if getattr(args, dest, default) != default]
+        if given:
+            raise UsageError(f"--recipe sets the passes and the encoding itself; drop "
+                             f"{', '.join(given)} (or put the setting in the recipe)")
         recipe = load_recipe(args.recipe)
         if acts is not None:
             recipe = Recipe(recipe.passes, recipe.encoding, acts)
@@ -139,6 +162,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--search-dir", metavar="DIR",
                    help="where the search's files go (default: OUT without .onnx + .search)")
     s.add_argument("--no-plot", action="store_true", help="no pareto.png")
+    # what each search option is when not given: run() refuses one given without --search
+    p.set_defaults(_search_options={a.dest: (a.option_strings[-1], a.default)
+                                    for a in s._group_actions if a.dest != "search"})
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
@@ -158,6 +184,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     if args.bits is not None or args.recipe:
         raise UsageError("--search chooses the bits itself; drop --bits / --recipe (or drop "
                           "--search)")
+    if args.input_spec:
+        raise UsageError("--search scores candidates on float32 NCHW [0, 1] pixels; --input-spec"
+                         " works without --search (harden with --bits, then eval)")
     acts = None
     if args.activations == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
@@ -203,6 +232,13 @@ def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
     if args.search:
         return run_search(args)
+    given = [flag for dest, (flag, default) in args._search_options.items()
+             if getattr(args, dest) != default]
+    if given:
+        raise UsageError(f"{', '.join(given)} applies to --search only; add --search or drop it")
+    if args.input_spec and args.activations != "int8":
+        raise UsageError("--input-spec says how calibration images reach the model; it applies "
+                         "with --activations int8 only (drop it)")
     recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding or "float"))
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
                          calibration=calibration_images(recipe))

@@ -280,11 +280,10 @@ def _per_channel(values: tuple[float, ...], scale: float = 1.0) -> np.ndarray:
     return (np.asarray(values, np.float32) * scale).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
 
 
-def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.NodeProto],
-                                                                       list[onnx.TensorProto]]:
-    """Nodes pixels (N, C, H, W) in [0, 1] -> `target` as the model expects it (float)."""
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
+def _steps(spec: InputSpec) -> list[tuple[str, np.ndarray | None, dict[str, Any]]]:
+    """The conversion pixels (N, C, H, W) in [0, 1] -> the model's input, as (op, constant,
+    attributes): the one statement of it, run as nodes by `wrap_model` and on arrays by
+    `model_input`."""
     steps: list[tuple[str, np.ndarray | None, dict[str, Any]]] = []
     if spec.scale != 1.0:
         steps.append(("Mul", np.asarray(spec.scale, np.float32), {}))
@@ -296,8 +295,37 @@ def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.N
         steps.append(("Div", _per_channel(spec.std), {}))
     if spec.layout is Layout.NHWC:
         steps.append(("Transpose", None, {"perm": [0, 2, 3, 1]}))
-    if not steps:
-        steps.append(("Identity", None, {}))
+    return steps
+
+
+def model_input(spec: InputSpec, pixels: np.ndarray) -> np.ndarray:
+    """Pixels (N, C, H, W) in [0, 1] as the model's own input takes them (the values the wrapper
+    of `wrap_model` computes; uint8 for dtype=uint8, rounded): for feeding the unwrapped model,
+    e.g. calibration images of `harden --activations int8`."""
+    x: np.ndarray = np.asarray(pixels, np.float32)
+    for op, const, attrs in _steps(spec):
+        c: np.ndarray = np.zeros((), np.float32) if const is None else const
+        if op == "Mul":
+            x = x * c
+        elif op == "Gather":
+            x = np.take(x, c.astype(np.int64), axis=int(attrs["axis"]))
+        elif op == "Sub":
+            x = x - c
+        elif op == "Div":
+            x = x / c
+        else:
+            x = np.transpose(x, attrs["perm"])
+    if spec.dtype is DType.UINT8:
+        return np.asarray(np.clip(np.rint(x), 0, 255), np.uint8)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _prelude(spec: InputSpec, target: str, names: set[str]) -> tuple[list[onnx.NodeProto],
+                                                                       list[onnx.TensorProto]]:
+    """Nodes pixels (N, C, H, W) in [0, 1] -> `target` as the model expects it (float)."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    steps = _steps(spec) or [("Identity", None, {})]
     current = PIXELS
     for k, (op, const, attrs) in enumerate(steps):
         out = target if k == len(steps) - 1 else unique_name(f"{PIXELS}_{op.lower()}", names)

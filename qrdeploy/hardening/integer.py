@@ -33,6 +33,7 @@ from onnx import numpy_helper
 from qrdeploy.errors import PassError
 from qrdeploy.graphio.fold import Fold, fold_batchnorm
 from qrdeploy.graphio.graph import unique_name
+from qrdeploy.graphio.inputspec import InputSpec, model_input
 from qrdeploy.hardening.quant import Quantized, dequantize
 
 CALIBRATION_BATCH = 50
@@ -52,6 +53,9 @@ class IntegerActivations:
     samples: int = 500
     method: Calibration = Calibration.MINMAX
     data: str = "mnist-5k:train"
+    #: the model's input contract (an --input-spec text; "" = float32 NCHW in [0, 1]): the
+    #: calibration pixels are converted to it before they reach the model
+    input_spec: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or \
@@ -63,10 +67,12 @@ class IntegerActivations:
             choices = "|".join(m.value for m in Calibration)
             raise PassError(f"calibration method must be one of {choices}, "
                             f"got {self.method!r}") from None
+        object.__setattr__(self, "input_spec", InputSpec.parse(self.input_spec).cli())
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "int8", "samples": self.samples, "method": self.method.value,
-                "data": self.data}
+        out = {"kind": "int8", "samples": self.samples, "method": self.method.value,
+               "data": self.data}
+        return {**out, "input_spec": self.input_spec} if self.input_spec else out
 
 
 def check_weights(quantized: Mapping[str, Quantized]) -> None:
@@ -131,7 +137,7 @@ class _Reader:
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         for i in range(0, len(self.x), CALIBRATION_BATCH):
-            yield {self.name: np.ascontiguousarray(self.x[i:i + CALIBRATION_BATCH], np.float32)}
+            yield {self.name: np.ascontiguousarray(self.x[i:i + CALIBRATION_BATCH])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -159,10 +165,19 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
     if x.ndim < 2 or len(x) < act.samples:
         raise PassError(f"--calibrate {act.samples} needs that many calibration images, the data "
                         f"has {len(x)}; lower --calibrate or pass more --calibration-data")
-    x = x[:act.samples]
+    x = model_input(InputSpec.parse(act.input_spec), x[:act.samples])
     inits = {t.name for t in model.graph.initializer}
     graph_input = next(i for i in model.graph.input if i.name not in inits)
     name = graph_input.name
+    elem = graph_input.type.tensor_type.elem_type
+    fed = onnx.helper.np_dtype_to_tensor_dtype(x.dtype)
+    if elem != fed:
+        fix = ("pass --input-spec dtype=uint8,range=0-255" if elem == onnx.TensorProto.UINT8
+               else "pass the model's --input-spec")
+        raise PassError(f"the model's input {name!r} is "
+                        f"{onnx.TensorProto.DataType.Name(elem)}, the calibration images are "
+                        f"{onnx.TensorProto.DataType.Name(fed)}; {fix} so that they reach it "
+                        "as it expects")
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in graph_input.type.tensor_type.shape.dim][1:]
     if len(dims) != x.ndim - 1 or any(d is not None and d != n for d, n in zip(dims, x.shape[1:],
@@ -170,7 +185,8 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
         want = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
         raise PassError(f"the calibration images ({act.data}) have shape {tuple(x.shape[1:])}, "
                         f"the model takes {want}; pass --calibration-data with images of the "
-                        "model's input (e.g. cifar10-10k for a CIFAR-10 model)")
+                        "model's input (e.g. cifar10-10k for a CIFAR-10 model), or its "
+                        "--input-spec when it takes another layout (e.g. layout=nhwc)")
     reader = _Reader(name, x)
     CalibrationDataReader.register(_Reader)
     method = {Calibration.MINMAX: CalibrationMethod.MinMax,

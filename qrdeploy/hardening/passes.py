@@ -594,11 +594,11 @@ def _activations_from_dict(d: Any) -> IntegerActivations | None:
         d = {"kind": d}
     if not isinstance(d, Mapping) or d.get("kind") != "int8":
         raise ConfigError(f"recipe activations must be 'float' or 'int8' (or a table with kind, "
-                          f"samples, method, data), got {d!r}")
-    extra = set(d) - {"kind", "samples", "method", "data"}
+                          f"samples, method, data, input_spec), got {d!r}")
+    extra = set(d) - {"kind", "samples", "method", "data", "input_spec"}
     if extra:
         raise ConfigError(f"unknown activations settings {sorted(extra)}; allowed: kind, "
-                          "samples, method, data")
+                          "samples, method, data, input_spec")
     return IntegerActivations(**{k: v for k, v in d.items() if k != "kind"})
 
 

@@ -284,3 +284,83 @@ def test_inspect_without_loadable_kernels(tmp_path: Path,
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime kernels: unknown (onnxruntime cannot load the model" in out
+
+
+# ------------------------------------------------------------------ calibration through a contract
+
+CONTRACTS = ["dtype=uint8,range=0-255", "layout=nhwc",
+             "range=0-255,mean=123.7/116.3/103.5,std=58.4/57.1/57.4"]
+
+
+def _activation_scales(model: onnx.ModelProto) -> list[float]:
+    """The scales of every activation QuantizeLinear, in graph order."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+
+
+@pytest.mark.parametrize("spec", CONTRACTS)
+def test_model_input_is_what_the_wrapper_computes(spec: str) -> None:
+    from qrdeploy.graphio.inputspec import InputSpec, model_input
+    from tests.unit.inputspec_models import as_deployed, pixels
+
+    s, p = InputSpec.parse(spec), pixels(6)
+    got, want = model_input(s, p), as_deployed(s, p)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", CONTRACTS)
+def test_int8_calibration_reaches_the_model_through_its_input_spec(spec: str) -> None:
+    """A model that takes uint8, NHWC or normalised input is calibrated on what it really sees:
+    the activations behind its own input conversion get the scales the canonical model's get."""
+    from qrdeploy.graphio.inputspec import InputSpec
+    from tests.unit.inputspec_models import pixels, twin
+
+    calib = pixels(40, seed=3)
+    wq = WeightQuant(3, "channel")
+    canonical, _ = harden(twin(InputSpec()), [wq], activations=IntegerActivations(
+        40, "minmax", "test"), calibration=calib)
+    deployed, _ = harden(twin(InputSpec.parse(spec)), [wq], activations=IntegerActivations(
+        40, "minmax", "test", spec), calibration=calib)
+    inner = _activation_scales(canonical)[1:]  # behind the input: the network's activations
+    np.testing.assert_allclose(_activation_scales(deployed)[-len(inner):], inner, rtol=1e-4)
+    (recipe,) = recipes_of(deployed)
+    assert recipe.activations is not None
+    assert InputSpec.parse(recipe.activations.input_spec) == InputSpec.parse(spec)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("dtype=uint8,range=0-255", r"input 'in' is UINT8, the calibration images are FLOAT; pass "
+                                r"--input-spec dtype=uint8,range=0-255"),
+    ("layout=nhwc", r"the model takes \(6, 6, 3\); .*--input-spec .*layout=nhwc"),
+])
+def test_int8_calibration_without_the_input_spec_is_refused_in_one_line(spec: str,
+                                                                       message: str) -> None:
+    from qrdeploy.graphio.inputspec import InputSpec
+    from tests.unit.inputspec_models import pixels, twin
+
+    with pytest.raises(PassError, match=message) as err:
+        harden(twin(InputSpec.parse(spec)), [WeightQuant(3, "channel")],
+               activations=IntegerActivations(40, "minmax", "test"), calibration=pixels(40))
+    assert "\n" not in str(err.value)
+
+
+def test_cli_harden_int8_of_a_uint8_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    from qrdeploy.graphio.inputspec import InputSpec
+    from tests.unit.inputspec_models import pixels, twin
+
+    model = twin(InputSpec.parse("dtype=uint8,range=0-255"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                 ["N", 5]))
+    onnx.save(model, tmp_path / "u8.onnx")
+    np.savez(tmp_path / "d.npz", x=pixels(40), y=np.zeros(40, np.int64))
+    argv = ["harden", str(tmp_path / "u8.onnx"), "-o", str(tmp_path / "i.onnx"), "--bits", "3",
+            "--activations", "int8", "--calibrate", "40", "--calibration-data",
+            f"npz:{tmp_path / 'd.npz'}", "-q"]
+    assert main(argv) == 1
+    assert "pass --input-spec dtype=uint8,range=0-255" in capsys.readouterr().err
+    assert main([*argv, "--input-spec", "dtype=uint8,range=0-255"]) == 0
+    assert kernel_summary(onnx.load(tmp_path / "i.onnx"))["verdict"] in ("integer", "mixed")
