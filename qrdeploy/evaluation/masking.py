@@ -180,6 +180,13 @@ def _within(a: Arm, b: Arm) -> bool:
     return a.eps is None or b.eps is None or b.eps >= a.eps - 1e-12
 
 
+def _reference(a: Arm, arms: Sequence[Arm]) -> list[Arm]:
+    """The arms a challenger `a` is held against: none unless one has at least its budget; then
+    all of them, since a smaller-eps arm's examples lie inside a's ball too (a sample it fools is
+    fooled within a's budget: robust accuracy can only fall as eps grows)."""
+    return list(arms) if any(_within(a, b) for b in arms) else []
+
+
 def _worst(arms: Sequence[Arm]) -> np.ndarray:
     """Per-sample worst case: robust only if robust under every arm."""
     return np.asarray(np.logical_and.reduce([_flags(a.robust) for a in arms]))
@@ -192,8 +199,8 @@ def _compare(name: CheckName, pairs: list[tuple[Arm, str, np.ndarray]], why: str
     results = [(a, ref, paired(a.robust, flags)) for a, ref, flags in pairs]
     fired = [(a, ref, p) for a, ref, p in results if p.significant]
     top = max(results, key=lambda r: r[2].gap - r[2].margin)
-    lines = [f"{a.name} {100 * p.gap:.1f} points below {ref} (margin {100 * p.margin:.1f})"
-             for a, ref, p in (fired or [top])]
+    lines = [f"{a.name} {abs(100 * p.gap):.1f} points {'below' if p.gap >= 0 else 'above'} "
+             f"{ref} (margin {100 * p.margin:.1f})" for a, ref, p in (fired or [top])]
     return Check(name, bool(fired), top[2].gap, top[2].margin, "; ".join(lines))
 
 
@@ -202,7 +209,7 @@ def check_black_box(white: Sequence[Arm], others: Sequence[Arm]) -> Check:
     at least their budget; fires when one is significantly stronger (paired rule)."""
     pairs = []
     for o in others:
-        ref = [w for w in white if _within(o, w)]
+        ref = _reference(o, white)
         if ref:
             pairs.append((o, "white-box worst case", _worst(ref)))
     return _compare(CheckName.BLACK_BOX, pairs, "no black-box/noise and white-box arms to pair")
@@ -218,7 +225,7 @@ def check_one_step(one_step: Sequence[Arm], iterative: Sequence[Arm]) -> Check:
 def check_square(square: Arm | None, gradient: Sequence[Arm]) -> Check:
     """Square vs the per-sample worst case of the gradient arms with at least its eps; fires when
     Square is significantly stronger. Pass the gradient attacks whose numbers are reported."""
-    ref = [g for g in gradient if square is not None and _within(square, g)]
+    ref = [] if square is None else _reference(square, gradient)
     if square is None or not ref:
         return _skipped(CheckName.SQUARE, "no Square arm or no gradient arm of equal eps")
     return _compare(CheckName.SQUARE, [(square, "gradient worst case", _worst(ref))], "")
@@ -235,7 +242,7 @@ def check_bpda(bpda: bool, white: Sequence[Arm], free: Sequence[Arm]) -> Check:
         return _skipped(CheckName.BPDA_WEAKER, "the gradient is exact (no integer activations)")
     pairs = []
     for o in free:
-        ref = [w for w in white if _within(o, w)]
+        ref = _reference(o, white)
         if ref:
             pairs.append((o, "BPDA white-box worst case", _worst(ref)))
     return _compare(CheckName.BPDA_WEAKER, pairs,

@@ -133,6 +133,20 @@ def test_black_box_compares_with_the_per_sample_worst_case() -> None:
     assert not c.fired and c.statistic == pytest.approx(-0.3)
 
 
+def test_smaller_eps_white_arms_count_inside_the_larger_ball() -> None:
+    """Black FGSM at 0.3 against one white FGSM at 0.3 (weak) and PGD at 0.1 (fools 98 of 100):
+    PGD's examples lie inside the 0.3 ball, so the white-box worst case there is at most 2 %.
+    A black arm at 8 % is not stronger than that."""
+    white = [Arm("white/fgsm-s@0.3", flags(16), 0.3), Arm("white/pgd@0.1", flags(2), 0.1)]
+    c = check_black_box(white, [Arm("black/fgsm-s", flags(8), 0.3)])
+    assert c.ran and not c.fired and c.statistic == pytest.approx(-0.06)
+    assert "6.0 points above white-box worst case" in c.detail
+    assert not check_square(Arm("square", flags(8), 0.3), white).fired
+    assert not check_bpda(True, white, [Arm("black/transfer", flags(8), 0.3)]).fired
+    # every white arm smaller than the challenger's budget: nothing to compare with
+    assert not check_black_box([white[1]], [Arm("black/fgsm-s", flags(8), 0.3)]).ran
+
+
 @pytest.mark.parametrize(
     ("fgsm", "pgd", "fired"),
     [(flags(40), flags(10), False), (flags(10), flags(40), True), (flags(39), flags(40), False)],
