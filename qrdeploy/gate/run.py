@@ -316,6 +316,12 @@ def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
     detail = (f"reference {100 * float(np.mean(ref_ok)):.2f}%, model "
               f"{100 * float(np.mean(model_ok)):.2f}%, discordant {c.gains}/{c.losses}, "
               f"McNemar p = {mcnemar_exact(c.gains, c.losses):.3g}")
+    k, n = int(np.sum(ref_ok)), int(np.size(ref_ok))
+    best = newcombe_paired_interval(PairedCounts(k, 0, 0, n - k))[1]  # the reference's own answers
+    if bound is Bound.LOWER and best > max_drop:
+        detail += (f"; unreachable at n = {n}: even the reference's own predictions give an "
+                   f"upper bound of {_fmt(best, Unit.POINTS)}; use more samples or use_bound = "
+                   "\"point\"")
     return judge("clean.drop", c.difference, newcombe_paired_interval(c), max_drop,
                  Direction.MAX, Unit.POINTS, bound, detail)
 

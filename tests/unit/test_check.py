@@ -323,6 +323,20 @@ def test_a_threshold_the_sample_cannot_reach_says_so() -> None:
         assert "unreachable" not in _proportion("clean.agreement", p, 0.97, bound).line()
 
 
+def test_a_drop_threshold_the_sample_cannot_reach_says_so() -> None:
+    import numpy as np
+
+    from qrdeploy.gate.policy import Bound
+    from qrdeploy.gate.run import _drop
+
+    ok = np.arange(100) < 97  # 97 % correct, the model answers exactly as the reference
+    line = _drop(ok, ok, 0.02, Bound.LOWER).line()
+    assert line.startswith("FAIL") and "unreachable at n = 100: even the reference's own" in line
+    big = np.arange(5000) < 4850
+    assert "unreachable" not in _drop(big, big, 0.02, Bound.LOWER).line()
+    assert "unreachable" not in _drop(ok, ok, 0.02, Bound.POINT).line()
+
+
 def test_fewer_robust_samples_than_the_policy_asks_are_noted(full: CheckResult) -> None:
     import dataclasses
 
