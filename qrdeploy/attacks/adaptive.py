@@ -85,10 +85,11 @@ class AdaptiveAttack:
     def eps(self) -> float:
         return float(self.attack.eps)
 
-    def describe(self) -> str:
-        """The entry as a reader wants it: its attack's settings and how it reaches the victim."""
+    def describe(self, transfer_source: str = "the model before hardening") -> str:
+        """The entry as a reader wants it: its attack's settings and how it reaches the victim
+        (a transfer entry: crafted on `transfer_source`)."""
         how = {Role.WHITE: "gradients of the victim", Role.QUERY: "the victim's outputs only",
-               Role.TRANSFER: "crafted on the model before hardening, scored on the victim",
+               Role.TRANSFER: f"crafted on {transfer_source}, scored on the victim",
                Role.TWIN: "crafted on the victim's float-activation twin, scored on the victim"}
         wrap = {Wrap.NONE: "", Wrap.FLOAT64: ", float64 cotangent",
                 Wrap.NJS: ", NJS rescaled logits"}

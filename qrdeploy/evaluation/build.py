@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qrdeploy.attacks.adaptive import AdaptiveAttack
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.core.version import __version__
@@ -78,7 +79,18 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _column(ev: Evaluation, c: Column) -> ColumnResult:
+def _describe(c: Column, adaptive_source_role: str) -> str | None:
+    """The column's attack settings; an adaptive transfer entry names the model it was crafted
+    on (the model before hardening, else the black-box source)."""
+    if c.attack is None:
+        return None
+    if isinstance(c.attack, AdaptiveAttack):
+        return c.attack.describe("the model before hardening" if adaptive_source_role ==
+                                 "unhardened" else "the black-box source")
+    return c.attack.describe()
+
+
+def _column(ev: Evaluation, c: Column, adaptive_source_role: str) -> ColumnResult:
     rec = ev.records[c.key]
     cw = noise = None
     if c.name == "cw-l2":
@@ -89,7 +101,7 @@ def _column(ev: Evaluation, c: Column) -> ColumnResult:
         noise = NoiseResult(ns.draws, ns.mean, ns.mean_ci95, ns.mean_attacked, ns.worst,
                             tuple(flags(d) for d in rec.draws))
     return ColumnResult(c.key, c.name, c.mode.value, c.eps, c.origin.value,
-                        None if c.attack is None else c.attack.describe(),
+                        _describe(c, adaptive_source_role),
                         _prop(robust_flags(ev, c.key)), _prop(attacked_flags(ev, c.key)), cw,
                         noise, restricted(c),
                         PerSample(flags(rec.fooled), _norms(rec.linf), _norms(rec.l2)))
@@ -170,7 +182,7 @@ def build_results(ev: Evaluation, *, data_name: str, split: str,
     wc_keys, wc = worst_case(ev)
     settings = Settings(
         ev.suite.name, ev.config.seed, ev.config.batch_size, ev.suite.cw_budget.value,
-        tuple(AttackSetting(c.key, None if c.attack is None else c.attack.describe(), c.eps,
+        tuple(AttackSetting(c.key, _describe(c, adaptive_source_role), c.eps,
                             c.origin.value) for c in ev.suite.columns),
         tuple(sorted({p.eps for p in ev.suite.sweep})), tuple(ev.suite.cw_radii), ALPHA,
         BOOTSTRAP_RESAMPLES)
@@ -183,7 +195,8 @@ def build_results(ev: Evaluation, *, data_name: str, split: str,
         DataInfo(data_name, split, ev.n, ev.data_fingerprint, ev.labels.value,
                  ev.suite.family.value),
         settings, runtime, _prop(ev.clean_correct),
-        tuple(_column(ev, c) for c in ev.suite.columns), WorstCase(tuple(wc_keys), _prop(wc)),
+        tuple(_column(ev, c, adaptive_source_role) for c in ev.suite.columns),
+        WorstCase(tuple(wc_keys), _prop(wc)),
         _adaptive(ev, adaptive_source_role), masking_result(masking(ev)), tuple(notes),
         _sweeps(ev),
         tuple(comparison(paired_test(robust_flags(ev, a), robust_flags(ev, b), a, b))

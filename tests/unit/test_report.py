@@ -246,3 +246,17 @@ def test_github_format_collapses_and_fits(docs: list[Results], before_after: Res
     many = [dataclasses.replace(before_after, notes=("x" * 3000,) * 3) for _ in range(12)]
     big = render_markdown(many, [], None, Format.GITHUB)
     assert len(big) < GITHUB_LIMIT
+
+
+def test_the_transfer_entrys_settings_name_the_model_it_was_crafted_on() -> None:
+    """Without --unhardened the adaptive transfer column crafts on the black-box source; its
+    settings line must say so, as the notes do (not 'the model before hardening')."""
+    from qrdeploy.evaluation.build import _describe
+    from qrdeploy.evaluation.suites import build_suite
+
+    suite = build_suite("paper,adaptive", "mnist")
+    col = next(c for c in suite.columns if c.key == "adaptive/transfer")
+    black = _describe(col, "black-box source")
+    assert black is not None and "crafted on the black-box source, scored on the victim" in black
+    before = _describe(col, "unhardened")
+    assert before is not None and "crafted on the model before hardening" in before
