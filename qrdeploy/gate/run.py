@@ -420,10 +420,17 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
         # near chance is a finding of the gate, not a wrong contract
         found = guard_input(load_model(reference), ds, contract, run.session, batch_size,
                             name=f"--reference {reference}")
+        mismatch = found.verdict is GuardVerdict.MISMATCH
         if found.verdict is not GuardVerdict.OK:  # a mismatch fails; a suspicion only notes
-            run.results.append(judge("input.contract_mismatch",
-                                     int(found.verdict is GuardVerdict.MISMATCH), None, 0,
-                                     Direction.MAX, Unit.COUNT, Bound.POINT, found.message()))
+            detail = found.message() + ("; the other thresholds were not measured: with the "
+                                        "wrong contract they would measure nothing" if mismatch
+                                        else "")
+            run.results.append(judge("input.contract_mismatch", int(mismatch), None, 0,
+                                     Direction.MAX, Unit.COUNT, Bound.POINT, detail))
+        if mismatch:
+            run.timed("total", t_all)
+            return CheckResult(tuple(run.results), (), None, run.model, run.reference,
+                               _data_info(ds, pol), pol, seed, run.timings)
     pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False,
                   name=str(run.model.path))
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,
@@ -432,11 +439,14 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     verdict = _robust(run, labels)
     rows = _size_and_latency(run, pm, pr)
     run.timed("total", t_all)
-    info = {"name": ds.name, "split": ds.split, "n": len(ds),
+    return CheckResult(tuple(run.results), rows, verdict, run.model, run.reference,
+                       _data_info(ds, pol), pol, seed, run.timings, run.masking_eps)
+
+
+def _data_info(ds: Dataset, pol: Policy) -> dict[str, Any]:
+    return {"name": ds.name, "split": ds.split, "n": len(ds),
             "labels": "true" if ds.y is not None else "reference",
             "robust_n": min(pol.robust.n or len(ds), len(ds))}
-    return CheckResult(tuple(run.results), rows, verdict, run.model, run.reference, info, pol,
-                       seed, run.timings, run.masking_eps)
 
 
 def write_summary(path: str | Path, result: CheckResult) -> dict[str, Any]:

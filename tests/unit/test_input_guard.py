@@ -168,6 +168,30 @@ def test_check_fails_the_gate_on_a_wrong_contract(mnist: dict[str, Path], tmp_pa
     assert main([*argv, "--no-input-guard"]) == 0  # agreement of a model with itself
 
 
+def test_check_fails_the_gate_on_a_wrong_layout_and_measures_nothing_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An NHWC model checked as NCHW: the layout finding is the failed threshold (exit 3), not
+    a shape error from the clean run that would follow with the wrong contract."""
+    path = tmp_path / "nhwc.onnx"
+    model = expecting(onnx.load(MNIST), InputSpec.parse("layout=nhwc"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims[1:], (28, 28, 1), strict=True):
+        d.dim_value = v  # (N, 28, 28, 1)
+    onnx.save(model, path)
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[size]\nmax_mb = 100\n")
+    argv = ["check", str(path), "--reference", str(path), "--data", "mnist-5k", "-n", "40",
+            "--policy", str(policy), "-o", str(tmp_path / "s.json")]
+    assert main(argv) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FAIL input.contract_mismatch = 1") and "NHWC" in lines[0]
+    assert "the other thresholds were not measured" in lines[0]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [t["metric"] for t in summary["thresholds"]] == ["input.contract_mismatch"]
+    assert summary["exit_code"] == 3
+    assert main([*argv, "--input-spec", "layout=nhwc"]) == 0
+
+
 def test_candidates_keep_layout_and_dtype() -> None:
     declared = InputSpec.parse("layout=nhwc")
     specs = candidates(declared, 3)
