@@ -102,6 +102,10 @@ class OrtModel:
         self.batch_size = batch_size
         self.options = options
         self.deployed = as_proto(model)
+        # DynamicQuantizeLinear takes its scale from the whole tensor, so a sample's logits
+        # depend on the other samples of its batch: score one at a time, as a device runs it
+        self.per_sample = any(n.op_type == "DynamicQuantizeLinear"
+                              for n in self.deployed.graph.node)
         self.input_shape = check_io(self.deployed, input_shape)  # (C, H, W)
         self.prepared: Prepared | None = None
         self.gradient_error: str | None = "not asked for (gradients=False)"
@@ -145,6 +149,9 @@ class OrtModel:
             "folded_nodes": p.folded_nodes if p else 0,
             "gradient_form": p.gradient_form if p else None,
         }
+        if self.per_sample:
+            self.info["scoring"] = ("one sample at a time: dynamic quantization scales each "
+                                    "run's tensors as a whole")
         if self.gradient_error is not None and gradients:
             self.info["gradients"] = f"unavailable: {self.gradient_error}"
 
@@ -168,7 +175,8 @@ class OrtModel:
         """x (N, C, H, W) float32 in [0, 1] -> logits (N, K)."""
         x = self._check_x(x)
         name = self.input_name
-        z = self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x))[0]
+        z = self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x),
+                          1 if self.per_sample else None)[0]
         if z.ndim != 2 or z.shape[0] != len(x):
             raise GraphError(f"the model's output has shape {z.shape} for {len(x)} inputs; "
                              "expected (N, classes) logits")
@@ -290,7 +298,10 @@ class OrtModel:
                                                   qdq_transforms=False))
         return self._grads[kind]
 
-    def _batched(self, run: Callable[[slice], list[Any]], n: int) -> list[np.ndarray]:
-        """Run over slices of at most batch_size samples and concatenate each output."""
-        parts = [run(slice(i, i + self.batch_size)) for i in range(0, max(n, 1), self.batch_size)]
+    def _batched(self, run: Callable[[slice], list[Any]], n: int,
+                 size: int | None = None) -> list[np.ndarray]:
+        """Run over slices of at most `size` (default batch_size) samples and concatenate each
+        output."""
+        b = size or self.batch_size
+        parts = [run(slice(i, i + b)) for i in range(0, max(n, 1), b)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]

@@ -86,6 +86,14 @@ def _plain(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {"input": x})[0])
 
 
+def _deployed(path: Path, x: np.ndarray) -> np.ndarray:
+    """The file's logits as a device gives them: a graph with DynamicQuantizeLinear (its scales
+    come from the whole batch) one sample at a time, any other in one batch."""
+    if "dynamic" in path.name:
+        return np.concatenate([_plain(path, x[i:i + 1]) for i in range(len(x))])
+    return _plain(path, x)
+
+
 def test_the_variants_hold_what_they_claim(world: dict[str, Any]) -> None:
     ops = {v: {n.op_type for n in onnx.load(world["paths"][v]).graph.node} for v in VARIANTS}
     assert "QuantizeLinear" in ops["qdq"] and "QLinearConv" in ops["qop"]
@@ -99,9 +107,9 @@ def test_scored_on_the_integer_graph_gradient_from_the_twin(world: dict[str, Any
     path, x, y = world["paths"][variant], world["x"], world["y"]
     m = OrtModel(path, SessionConfig("cpu", threads=1))
     assert m.differentiable
-    np.testing.assert_array_equal(m.logits(x), _plain(path, x))  # the file as it ships
+    np.testing.assert_array_equal(m.logits(x), _deployed(path, x))  # the file as it ships
     z, loss, g = m.loss_and_grad(x, y, Loss.CE)
-    np.testing.assert_array_equal(z, _plain(path, x))
+    np.testing.assert_array_equal(z, _deployed(path, x))
     assert g.shape == x.shape and np.all(np.isfinite(g)) and np.abs(g).sum() > 0
     z2, _ = m.vjp(x, np.ones((N, 10), np.float32))
     np.testing.assert_array_equal(z2, z)
@@ -145,6 +153,19 @@ def test_inspect_shows_the_layers_as_the_file_holds_them(world: dict[str, Any], 
     assert all(op in table for op in expected)
 
 
+def test_a_dynamic_graph_is_scored_one_sample_at_a_time(world: dict[str, Any]) -> None:
+    """quantize_dynamic's scales come from the whole batch: the scored logits must not depend
+    on the batch the sample came in (eval --batch-size 1 and 500 disagreed before)."""
+    path, x = world["paths"]["dynamic"], world["x"]
+    alone = np.concatenate([_plain(path, x[i:i + 1]) for i in range(N)])
+    assert not np.array_equal(_plain(path, x), alone)  # the graph itself depends on the batch
+    for bs in (1, 5, N):
+        m = OrtModel(path, SessionConfig("cpu", threads=1), batch_size=bs)
+        np.testing.assert_array_equal(m.logits(x), alone)
+        assert m.per_sample and "one sample at a time" in str(m.info["scoring"])
+    assert not OrtModel(world["paths"]["qdq"]).per_sample
+
+
 def test_qoperator_twin_gives_the_qdq_gradient(world: dict[str, Any]) -> None:
     """Same calibration, same scales: QLinearConv/QGemm expanded into DequantizeLinear -> float
     op -> QuantizeLinear must give the gradient of onnxruntime's QDQ graph of the same net."""
@@ -163,7 +184,7 @@ def test_float_twin_option(world: dict[str, Any], variant: str) -> None:
     m = OrtModel(path, quantized_gradient="float")
     assert str(m.info["gradient_form"]).startswith("BPDA (exact gradient of the dequantized")
     z, _, g = m.loss_and_grad(x, y, Loss.CE)
-    np.testing.assert_array_equal(z, _plain(path, x))
+    np.testing.assert_array_equal(z, _deployed(path, x))
     ste = OrtModel(path).loss_and_grad(x, y, Loss.CE)[2]
     a, b = g.reshape(N, -1).astype(np.float64), ste.reshape(N, -1).astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
