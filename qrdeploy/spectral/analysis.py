@@ -214,6 +214,15 @@ def comparable(model: onnx.ModelProto) -> onnx.ModelProto:
     return twin if info.quantized else model
 
 
+def _reference_is_float(reference: onnx.ModelProto, hardened: onnx.ModelProto) -> None:
+    """A GraphError when the reference is the quantized one of the two (arguments swapped)."""
+    ref_q = float_twin(reference, "ste")[1]
+    if ref_q.quantized and not float_twin(hardened, "ste")[1].quantized:
+        ops = ", ".join(sorted(ref_q.rewritten)) or "quantized activations"
+        raise GraphError(f"the reference model is the quantized one ({ops}) and the hardened "
+                         "one is float: the arguments look swapped; pass the float model first")
+
+
 FOLDED_NOTE = ("BatchNorm folded into this conv in the hardened model: W and Ŵ are the folded "
                "weights")
 
@@ -596,6 +605,7 @@ def lipschitz_report(
     start = time.perf_counter()
     ref = _load(reference)
     hard, recipes, source = _hardened_and_recipes(ref, hardened, recipe)
+    _reference_is_float(ref, hard)
     twin = comparable(hard)
     primes = _mulaw_weights(ref, recipes)
     ref, factors = aligned_reference(ref, twin)

@@ -124,6 +124,10 @@ def _legend(report: LipschitzReport, shown: set[str] | None = None) -> list[str]
         f"- **Warning**: ‖ΔW‖/‖W‖ is at least {UNRELATED_RATIO:g} on every layer (smallest "
         f"{min(ratios):.3g}): the second model does not look like a quantized version of the "
         "first (another training run, another network?), so this is no quantization error."]
+    if ratios and max(ratios) == 0:
+        unrelated = ["- **Warning**: ΔW is 0 on every layer: the second model holds the first "
+                     "one's weights unchanged, so nothing was quantized (a quantizer that found "
+                     "no layer it handles leaves the model as it was)."]
     folded = [str(lyr.index) for lyr in report.layers if FOLDED_NOTE in lyr.note]
     fold_line = [] if not folded else [
         f"- Layers {', '.join(folded)}: the hardened model folds the BatchNormalization after "

@@ -14,8 +14,10 @@ import pytest
 from onnx import helper
 
 from qrdeploy.cli import main
+from qrdeploy.errors import GraphError
 from qrdeploy.graphio import graph
 from qrdeploy.hardening import quant
+from qrdeploy.hardening.integer import IntegerActivations
 from qrdeploy.hardening.passes import MuLawMap, Recipe, WeightQuant, harden
 from qrdeploy.hardening.quant import Granularity, Quantizer
 from qrdeploy.spectral.analysis import (
@@ -284,3 +286,20 @@ def test_two_unrelated_networks_are_flagged_and_a_quantization_is_not() -> None:
     other = render_markdown(lipschitz_report(ref, ob.cnn(seed=1)))  # another initialisation
     assert "**Warning**: ‖ΔW‖/‖W‖ is at least 1 on every layer" in other
     assert "local: mean" not in other  # no data: the legend leaves out the measured columns
+
+
+def test_identical_weights_are_flagged() -> None:
+    """A quantizer that did nothing: ΔW = 0 on every layer is said, not shown as a clean bill."""
+    ref = ob.cnn(seed=0)
+    same = render_markdown(lipschitz_report(ref, ob.cnn(seed=0)))
+    assert "**Warning**: ΔW is 0 on every layer" in same
+
+
+def test_swapped_arguments_are_named() -> None:
+    """The quantized model given as the reference, the float one as the hardened model."""
+    ref = ob.cnn(seed=0)
+    int8, _ = harden(ref, [WeightQuant(bits=3)], activations=IntegerActivations(8, "minmax", "t"),
+                     calibration=ob.inputs(0, (8, 1, 8, 8)))
+    with pytest.raises(GraphError, match=r"the arguments look swapped; pass the float model"):
+        lipschitz_report(int8, ref)
+    assert lipschitz_report(ref, int8).layers  # the right way round works
