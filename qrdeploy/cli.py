@@ -22,6 +22,7 @@ from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE
 
 
 def _common() -> argparse.ArgumentParser:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         flags = {a.dest: (a.option_strings[-1] if a.option_strings
                           else str(a.metavar or a.dest.upper())) for a in p._actions}
         p.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUT_FILES", ()),
-                       _output_dirs=getattr(module, "OUTPUT_DIRS", ()), _flags=flags)
+                       _output_dirs=getattr(module, "OUTPUT_DIRS", ()), _flags=flags, _parser=p)
     return parser
 
 
@@ -90,7 +91,9 @@ def _input_files(args: argparse.Namespace) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # the command's own usage line, not the top-level one
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return int(exc.code or 0)
     logging.basicConfig(
@@ -100,13 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["QRDEPLOY_QUIET"] = "1"
     try:
         _check_outputs(args)
-        return int(args._run(args))
+        code = int(args._run(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
     except QrdeployError as exc:
         print(f"qrdeploy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         print("qrdeploy: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # an internal bug: one line unless --debug asks for the traceback
         if args.debug:
             raise

@@ -6,8 +6,9 @@ import argparse
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
+from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.shard import Parallel, warm
-from qrdeploy.graphio.inputspec import InputContract
+from qrdeploy.graphio.inputspec import InputContract, InputSpec
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
 
@@ -20,6 +21,37 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def bit_width(text: str) -> int:
+    """argparse type for --bits: a whole number in 1..8 (else a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a bit width 1..8, got {text!r}") from None
+    if not 1 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be in 1..8, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a time limit: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
+def input_spec(text: str) -> str:
+    """argparse type for --input-spec: parsed once here, so a malformed spec is a usage error."""
+    try:
+        InputSpec.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
@@ -43,18 +75,18 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     g.add_argument("--provider", choices=PROVIDERS, default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
-    g.add_argument("--batch-size", type=int, default=500, help="default: %(default)s")
+    g.add_argument("--batch-size", type=positive_int, default=500, help="default: %(default)s")
 
 
 def add_parallel(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallel runs (docs/evaluation.md, sharded runs)")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
+    g.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="split the samples over N local processes (threads split so that "
                         "workers x threads = cores); the results equal the one-process run's")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="shard over a Ray cluster: no ADDRESS starts one on this machine, 'auto' "
                         "joins the running one (needs the cluster extra)")
-    g.add_argument("--shards", type=int, default=None, metavar="K",
+    g.add_argument("--shards", type=positive_int, default=None, metavar="K",
                    help="pieces of the samples (default: one per worker; with --ray one per CPU "
                         "of the cluster)")
 
@@ -73,7 +105,7 @@ def session_config(args: argparse.Namespace) -> SessionConfig:
 
 def add_input_contract(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model input contract (docs/input-spec.md)")
-    g.add_argument("--input-spec", default=None, metavar="SPEC",
+    g.add_argument("--input-spec", type=input_spec, default=None, metavar="SPEC",
                    help="what the model's input expects, e.g. range=0-255,layout=nhwc or "
                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225 (default: float32 NCHW "
                         "in [0, 1])")
@@ -102,7 +134,7 @@ def add_isolate(p: argparse.ArgumentParser) -> None:
     g.add_argument("--isolate", action="store_true",
                    help="open each model first in a subprocess, so a crash or hang of the C++ "
                         "libraries becomes a clean error")
-    g.add_argument("--isolate-timeout", type=float, default=120.0, metavar="S",
+    g.add_argument("--isolate-timeout", type=positive_seconds, default=120.0, metavar="S",
                    help="seconds the isolated check may take (default: %(default)s)")
 
 

@@ -16,7 +16,13 @@ from qrdeploy.bitsearch.search import (
     search_file,
     search_folder,
 )
-from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.commands._options import (
+    add_isolate,
+    bit_width,
+    check_isolated,
+    input_spec,
+    positive_int,
+)
 from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import UsageError
@@ -70,7 +76,7 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
                    default=_DEFAULT["mulaw_rescale"],
                    help="W' = s*F(W/s) (default) or, with --no-mulaw-rescale, F(W/s)")
     q = p.add_argument_group("weight quantization (after mu-law)")
-    q.add_argument("--bits", type=int, metavar="B", help="bit width 1..8 (paper: 3)")
+    q.add_argument("--bits", type=bit_width, metavar="B", help="bit width 1..8 (paper: 3)")
     q.add_argument("--granularity", choices=[g.value for g in Granularity],
                    default=_DEFAULT["granularity"])
     q.add_argument("--scale", choices=[s.value for s in ScaleRule], default=_DEFAULT["scale"])
@@ -88,14 +94,14 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--activations", choices=["float", "int8"], default="float",
                    help="int8: uint8 activations calibrated on images, int8 weight codes, QDQ "
                         "that onnxruntime runs as integer kernels (default: %(default)s)")
-    a.add_argument("--calibrate", type=int, default=500, metavar="N",
+    a.add_argument("--calibrate", type=positive_int, default=500, metavar="N",
                    help="calibration images for int8 activations (default: %(default)s)")
     a.add_argument("--calibration-data", default="mnist-5k", metavar="DATA",
                    help="mnist-5k (embedded), mnist, cifar10 or npz:PATH; its train split "
                         "(default: %(default)s)")
     a.add_argument("--calibration-method", choices=[c.value for c in Calibration],
                    default="minmax", help="default: %(default)s")
-    a.add_argument("--input-spec", default=None, metavar="SPEC",
+    a.add_argument("--input-spec", type=input_spec, default=None, metavar="SPEC",
                    help="the model's input contract, as for eval and attack (docs/input-spec.md),"
                         " e.g. range=0-255,layout=nhwc or dtype=uint8,range=0-255: the "
                         "calibration pixels are converted to it (default: float32 NCHW in [0, 1])")
@@ -114,6 +120,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         acts = IntegerActivations(args.calibrate, args.calibration_method,
                                   f"{args.calibration_data}:train",
                                   getattr(args, "input_spec", None) or "")
+    if acts is not None and args.encoding in ("int4", "nbits"):
+        raise UsageError(f"--activations int8 stores the weight codes in int8 for the integer "
+                         f"kernels; drop --encoding {args.encoding} (or use float activations)")
     if args.recipe:
         if passes:
             raise UsageError("--recipe cannot be combined with --mulaw/--bits; put them in it")
@@ -153,9 +162,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--confirm-eps", metavar="EPS",
                    help="L-inf budget of the confirmation, e.g. 0.3 or 8/255 (default: the "
                         "adaptive suite's, 0.1 for MNIST, 4/255 for CIFAR-10)")
-    s.add_argument("--confirm-steps", type=int, default=100, metavar="S",
+    s.add_argument("--confirm-steps", type=positive_int, default=100, metavar="S",
                    help="gradient steps of the adaptive attacks (default: %(default)s)")
-    s.add_argument("--confirm-queries", type=int, default=5000, metavar="Q",
+    s.add_argument("--confirm-queries", type=positive_int, default=5000, metavar="Q",
                    help="Square's query budget (default: %(default)s)")
     s.add_argument("--frontier", type=int, default=2, metavar="K",
                    help="path points confirmed besides the chosen one (default: %(default)s)")

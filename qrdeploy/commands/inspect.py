@@ -53,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(info: dict[str, Any]) -> None:
     print(f"opset {info['opset']}, {len(info['layers'])} weight layers")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            shape = "?" if t["shape"] is None else \
+                "(" + ", ".join("?" if d is None else str(d) for d in t["shape"]) + ")"
+            print(f"{kind[:-1]} {t['name']!r}: {t['dtype']} {shape}")
     print(f"{'node':24} {'op':13} {'shape':18} {'dtype':8} {'enc':9} {'levels':>7} "
           f"{'per-ch':>7} {'bits':>4} bn")
     for r in info["layers"]:

@@ -57,7 +57,7 @@ def _add_norm_options(p: argparse.ArgumentParser) -> None:
                    help="skip FFT bounds estimated above this cost (default: %(default)g)")
     g.add_argument("--tol", type=float, default=1e-5,
                    help="Lanczos stop: relative change of the estimate (default: %(default)s)")
-    g.add_argument("--max-iter", type=int, default=300, help="default: %(default)s")
+    g.add_argument("--max-iter", type=positive_int, default=300, help="default: %(default)s")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")
     g.add_argument("-n", type=positive_int, default=100, help="samples (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="default: %(default)s")
     g.add_argument("--provider", choices=PROVIDERS, default="auto")
     g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from qrdeploy.commands._options import positive_int
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 from qrdeploy.train.recipes import BY_PREFIX
 
@@ -28,10 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "recipe (every default: the reference model's recipe for --net and --method, "
         "qrdeploy's own; docs/training.md)")
-    g.add_argument("--epochs", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None,
                    help="default: the reference recipe's (MNIST: standard 20, adversarial 12; "
                         "wrn-32-1: standard 60, adversarial 30)")
-    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--optimizer", choices=[o.value for o in Optim], default=None,
                    help="default: adam for mnist-cnn, sgd for wrn-32-K")
     g.add_argument("--lr", type=float, default=None)

@@ -304,7 +304,8 @@ def _download(name: str, root: Path) -> None:
 
 def load_npz(path: Path) -> Dataset:
     if not path.is_file():
-        raise DataError(f"npz file {path} does not exist")
+        raise DataError(f"npz file {path} does not exist; pass --data npz:PATH with the path of "
+                        "an .npz holding images x (NCHW or NHWC) and, optionally, labels y")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -202,6 +202,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                      f"{data.name}, whose own are {inferred.value}'s")
     if victim.bpda:
         suite, added = with_integer_columns(suite, victim.twin)
+        if srcs.adaptive is None:  # dropped below, with its own note
+            added = [k for k in added if k not in _transfer_keys(suite)]
         if added:
             notes.append(f"integer graph: its white-box gradient is BPDA (straight-through); "
                          f"added beside it: {', '.join(added)} (checks bpda-weaker, "

@@ -80,7 +80,8 @@ def open_isolated(model: str | os.PathLike[str] | bytes, config: SessionConfig |
                               timeout=isolation.timeout_s, env=_child_env())
     except subprocess.TimeoutExpired:  # subprocess.run has killed the child
         raise GraphError(f"opening {what} did not finish within {isolation.timeout_s:g} s "
-                         "(killed); the file is hostile or too large for this machine") from None
+                         "(killed): a large model needs a longer --isolate-timeout; a small one "
+                         "that takes this long is suspect") from None
     return _result(done, what)
 
 

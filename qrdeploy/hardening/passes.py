@@ -399,12 +399,12 @@ def _check_recipe(recipe: Recipe) -> None:
     if not recipe.passes:
         raise PassError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
     quants = [p for p in recipe.passes if isinstance(p, WeightQuant)]
-    if recipe.encoding is not Encoding.FLOAT and not quants:
-        raise PassError(f"--encoding {recipe.encoding.value} needs a quantization pass "
-                        "(--bits B); use --encoding float for μ-law only")
     if recipe.activations is not None and not quants:
         raise PassError("--activations int8 needs a quantization pass (--bits B); the weights "
                         "go into integer kernels")
+    if recipe.encoding is not Encoding.FLOAT and not quants:
+        raise PassError(f"--encoding {recipe.encoding.value} needs a quantization pass "
+                        "(--bits B); use --encoding float for μ-law only")
     if recipe.activations is not None and recipe.encoding is Encoding.INT4:
         raise PassError("--activations int8 stores the weight codes in int8 for the integer "
                         "kernels; drop --encoding int4 (or use float activations)")
@@ -733,6 +733,8 @@ def describe_model(model: onnx.ModelProto,
             row["op"], row["dtype"], row["encoding"] = stored[row["node"]]
     return {
         "opset": graph.opset_version(model),
+        "inputs": _tensors(model.graph.input, {t.name for t in model.graph.initializer}),
+        "outputs": _tensors(model.graph.output, set()),
         "layers": rows,
         "provenance": {
             "steps": json.loads(meta.get(META_STEPS, "[]")),
@@ -741,6 +743,24 @@ def describe_model(model: onnx.ModelProto,
         },
         "metadata": {k: v for k, v in meta.items() if not k.startswith("qrdeploy.")},
     }
+
+
+def _tensors(values: Iterable[onnx.ValueInfoProto], skip: set[str]) -> list[dict[str, Any]]:
+    """Name, element type and shape (a dim's name, or None when unknown) of graph inputs or
+    outputs, initializers left out."""
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in t.shape.dim] if t.HasField("shape") else None
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        except (KeyError, TypeError, ValueError):  # an element type numpy has no name for
+            dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+        out.append({"name": v.name, "dtype": dtype, "shape": dims})
+    return out
 
 
 def _layer_row(model: onnx.ModelProto, layer: WeightLayer, bits: int | None,

@@ -26,10 +26,11 @@ def adaptive_columns(docs: Sequence[Results], names: Sequence[str], fmt: Fmt,
     rows = [[name, *(_adaptive_cell(d.column(k), fmt) for k in keys)]
             for name, d in zip(names, docs, strict=True)]
     header = [k.removeprefix("adaptive/") for k in keys]
-    return ["† ran only on the samples that survived the paper's cheaper L-inf attacks of at most "
+    dagger = any(c is not None and c.restricted for d in docs for c in map(d.column, keys))
+    note = ["† ran only on the samples that survived the paper's cheaper L-inf attacks of at most "
             "its eps and the gradient entries before it (a cascade, a legitimate saving for a "
-            "worst case): the cell is robust accuracy under it and them together.", "",
-            *table(["model", *header], rows), ""]
+            "worst case): the cell is robust accuracy under it and them together.", ""]
+    return [*(note if dagger else []), *table(["model", *header], rows), ""]
 
 
 def _adaptive_cell(c: ColumnResult | None, fmt: Fmt) -> str:

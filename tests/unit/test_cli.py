@@ -36,10 +36,25 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     [], ["nonsense"], ["eval"], ["eval", "m.onnx", "--split", "x"], ["eval", "m.onnx", "-n", "0"],
     ["attack", "m.onnx", "-o", "r.json", "-n", "-5"], ["eval", "m.onnx", "-n", "many"],
     ["lipschitz", "a.onnx", "b.onnx", "--split", "x"], ["lipschitz", "a.onnx", "b.onnx", "-n", "0"],
+    ["harden", "m.onnx", "-o", "h.onnx", "--bits", "9"],
+    ["harden", "m.onnx", "-o", "h.onnx", "--bits", "3", "--activations", "int8", "--calibrate",
+     "0"],
+    ["eval", "m.onnx", "--isolate-timeout", "0"], ["eval", "m.onnx", "--input-spec",
+                                                    "range=0-256"],
+    ["eval", "m.onnx", "--batch-size", "0"], ["attack", "m.onnx", "-o", "r.json", "--workers",
+                                              "0"],
 ], ids=["none", "unknown", "missing-model", "bad-choice", "n-zero", "n-negative", "n-word",
-        "lipschitz-split", "lipschitz-n"])
+        "lipschitz-split", "lipschitz-n", "bits-9", "calibrate-0", "isolate-timeout-0",
+        "input-spec-range", "batch-size-0", "workers-0"])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
+
+
+def test_an_unknown_option_prints_the_commands_usage(capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    assert main(["eval", "m.onnx", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: qrdeploy eval ") and "unrecognized arguments: --bogus" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -176,3 +191,32 @@ def test_inspect_reports_differentiability(tmp_path: Path,
     assert main(["inspect", str(path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "blocked by 1 node(s)" in out and "Sin node 'sin1'" in out
+
+
+def test_inspect_names_the_input_and_output(tiny_onnx: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import onnx
+
+    assert main(["inspect", str(tiny_onnx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    graph = onnx.load(tiny_onnx).graph
+    assert [t["name"] for t in info["inputs"]] == [graph.input[0].name]
+    assert info["inputs"][0]["dtype"] == "float32" and len(info["inputs"][0]["shape"]) == 4
+    assert [t["name"] for t in info["outputs"]] == [o.name for o in graph.output]
+    assert main(["inspect", str(tiny_onnx)]) == 0
+    assert f"input {graph.input[0].name!r}: float32 (" in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_is_no_internal_error(tiny_onnx: Path) -> None:
+    """`qrdeploy inspect m.onnx | head -1`: the pipe closes early; no traceback, no 'internal
+    error', the shell's code for SIGPIPE."""
+    code = ("import sys, os\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            "from qrdeploy.cli import main\n"
+            f"sys.exit(main(['inspect', {str(tiny_onnx)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 141, done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr

@@ -611,3 +611,17 @@ def test_check_on_an_integer_graph_runs_the_integer_columns_and_checks(
     assert code in (0, 3)
     checks = {c["name"]: c for c in json.loads(out.read_text())["masking"]["checks"]}
     assert checks["twin-stronger"]["ran"] and checks["bpda-weaker"]["ran"]
+
+
+def test_notes_never_announce_a_column_they_drop(world: dict[str, Any], tmp_path: Path) -> None:
+    """An integer graph without --unhardened or --source: adaptive/transfer has nothing to craft
+    on, so the integer-graph note must not list it among the columns added."""
+    from qrdeploy.api import attack
+
+    res = attack(world["paths"]["qop"], f"npz:{world['root'] / 'data.npz'}",
+                 out=tmp_path / "r.json", suite="white", attacks="clean,fgsm-s", eps=None,
+                 n=8, batch_size=8)
+    added = [n for n in res.notes if "added beside it" in n]
+    assert added and "adaptive/transfer" not in added[0]
+    assert any("adaptive transfer dropped" in n for n in res.notes)
+    assert not any(c.key == "adaptive/transfer" for c in res.columns)

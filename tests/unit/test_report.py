@@ -260,3 +260,14 @@ def test_the_transfer_entrys_settings_name_the_model_it_was_crafted_on() -> None
     assert black is not None and "crafted on the black-box source, scored on the victim" in black
     before = _describe(col, "unhardened")
     assert before is not None and "crafted on the model before hardening" in before
+
+
+def test_the_cascade_footnote_only_when_a_cell_carries_its_mark(before_after: Results) -> None:
+    md = render_markdown([before_after], [], None)
+    marked = any(cell.strip().endswith("†") for line in md.splitlines()
+                 if line.startswith("|") for cell in line.split("|"))
+    assert marked == ("† ran only on the samples" in md)
+    plain = make_doc(linear(0), "p.onnx", "e", attacks="clean,pgd,square",
+                     suite_name="paper,adaptive")
+    assert not any(c.restricted for c in plain.columns)
+    assert "† ran only" not in render_markdown([plain], [], None)
