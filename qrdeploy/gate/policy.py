@@ -135,6 +135,12 @@ class RobustThreshold:
         except ValueError:
             raise _err(where, "attack", f"must be one of {', '.join(RobustKind)}, "
                                         f"got {d['attack']!r}") from None
+        if kind is RobustKind.FGSM and "steps" in d:
+            raise _err(where, "steps", "does not apply to attack = \"fgsm\" (one step); drop it "
+                                       "or use pgd, bim or mim")
+        if kind is not RobustKind.ADAPTIVE and "queries" in d:
+            raise _err(where, "queries", "is Square's query budget and applies to attack = "
+                                         "\"adaptive\" only; drop it")
         return cls(kind, _fraction(where, "eps", d["eps"]),
                    _fraction(where, "min_accuracy", d["min_accuracy"]),
                    _optional(_count, where, "steps", d.get("steps")),
@@ -277,6 +283,16 @@ class Policy:
     version: int = POLICY_VERSION
 
     KEYS = ("version", "use_bound", "clean", "robust", "masking", "size", "latency")
+
+    @property
+    def empty(self) -> bool:
+        """True when no section sets a threshold or asks for anything (a [latency] section
+        without max_ratio still asks for the latency table): a check of it would pass without
+        measuring."""
+        c = self.clean
+        return (c.min_accuracy is None and c.max_drop is None and c.min_agreement is None
+                and not self.robust.thresholds and not self.masking.fail_if_suspected
+                and self.size.max_mb is None and self.latency == LatencyPolicy())
 
     @classmethod
     def from_dict(cls, d: object) -> Policy:

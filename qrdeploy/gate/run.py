@@ -34,7 +34,7 @@ from qrdeploy.core.stats import (
 )
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
-from qrdeploy.errors import DataError
+from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.build import masking_result
 from qrdeploy.evaluation.guard import Verdict as GuardVerdict
 from qrdeploy.evaluation.guard import input_guard as guard_input
@@ -431,6 +431,9 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
             run.timed("total", t_all)
             return CheckResult(tuple(run.results), (), None, run.model, run.reference,
                                _data_info(ds, pol), pol, seed, run.timings)
+    if pol.empty:
+        raise ConfigError("the policy sets no threshold, so the check would pass without "
+                          "measuring anything; add a section (examples/qrdeploy.toml has each)")
     pm = OrtModel(run.model.proto, run.session, batch_size=run.model.batch_size, gradients=False,
                   name=str(run.model.path))
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,

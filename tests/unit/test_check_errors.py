@@ -57,6 +57,11 @@ BAD_POLICIES = [
      r"min_agreement = 1 can never pass"),
     ("robust-1-through-bound", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\n"
      "min_accuracy = 1\n", r"#1: min_accuracy = 1 can never pass"),
+    ("steps-on-fgsm", "[[robust.threshold]]\nattack = 'fgsm'\neps = 0.1\nmin_accuracy = 0.1\n"
+     "steps = 10\n", r"#1: steps does not apply to attack = \"fgsm\""),
+    ("queries-on-pgd", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\nmin_accuracy = 0.1\n"
+     "queries = 100\n", r"#1: queries is Square's query budget and applies to attack = "
+                        r"\"adaptive\" only"),
     ("masking-not-bool", "[masking]\nfail_if_suspected = 1\n", r"must be true or false, got 1"),
     ("size-zero", "[size]\nmax_mb = 0\n", r"max_mb must be a finite number > 0"),
     ("size-inf", "[size]\nmax_mb = inf\n", r"max_mb must be a finite number > 0"),
@@ -158,3 +163,14 @@ def test_a_reference_that_does_not_fit_the_data_is_the_one_named(
     onnx.save(cnn(0, hw=10), root / "ref10.onnx")
     with pytest.raises(DataError, match=r"^--reference .*ref10.onnx expects images of shape"):
         check(root / "a.onnx", root / "ref10.onnx", data, Policy())
+
+
+def test_an_empty_policy_is_refused_not_passed(tiny: tuple[Path, Dataset]) -> None:
+    """A policy with no section would pass every model without measuring anything."""
+    root, data = tiny
+    with pytest.raises(ConfigError, match=r"the policy sets no threshold, so the check would "
+                                          r"pass without measuring anything"):
+        check(root / "a.onnx", root / "a.onnx", data, Policy())
+    latency_only = Policy.from_dict({"latency": {"batch_sizes": [1], "repeats": 2,
+                                                 "warmup": 0}})
+    assert check(root / "a.onnx", root / "a.onnx", data, latency_only).latency  # a report
