@@ -114,6 +114,8 @@ class Record:
     done: np.ndarray  # (N,) bool
     draws: np.ndarray | None = None  # (D, N) bool, noise only
     x_adv: np.ndarray | None = None  # (N, C, H, W) float32, when the run keeps adversarials
+    #: () float64: seconds spent on the job so far, an interrupted run's included
+    seconds: np.ndarray = field(default_factory=lambda: np.zeros((), np.float64))
 
     @classmethod
     def empty(cls, n: int, draws: int | None, image: tuple[int, ...] | None = None) -> Record:
@@ -124,14 +126,15 @@ class Record:
                    np.zeros(n, bool), d, adv)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        out = {f"{prefix}.{k}": getattr(self, k) for k in ("fooled", "linf", "l2", "done")}
+        out = {f"{prefix}.{k}": getattr(self, k)
+               for k in ("fooled", "linf", "l2", "done", "seconds")}
         for k in ("draws", "x_adv"):
             if getattr(self, k) is not None:
                 out[f"{prefix}.{k}"] = getattr(self, k)
         return out
 
     def restore(self, arrays: dict[str, np.ndarray], prefix: str) -> None:
-        for name in ("fooled", "linf", "l2", "done", "draws", "x_adv"):
+        for name in ("fooled", "linf", "l2", "done", "seconds", "draws", "x_adv"):
             if f"{prefix}.{name}" in arrays:
                 setattr(self, name, arrays[f"{prefix}.{name}"].copy())
 
@@ -309,7 +312,11 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
         log.warning("resuming the interrupted run saved in %s: %d of %d columns complete",
                     state.path, complete, len(jobs))
 
+    clock: dict[str, Any] = {"rec": None}  # the running job's record, start and earlier time
+
     def save() -> None:
+        if clock["rec"] is not None:
+            clock["rec"].seconds[...] = clock["base"] + time.perf_counter() - clock["t0"]
         state.save({k: v for i, j in enumerate(jobs)
                     for k, v in records[j.id].arrays(str(i)).items()})
 
@@ -319,6 +326,7 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
     alive: np.ndarray | None = None
     for j in jobs:
         rec, t0 = records[j.id], time.perf_counter()
+        clock.update(rec=rec, t0=t0, base=float(rec.seconds))
         restricted_job = suite is not None and _is_restricted(suite, label[j.id])
         if restricted_job and alive is None and suite is not None:
             # every job an adaptive one can be restricted by is complete here (plan order)
@@ -355,7 +363,9 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
             raise
         if restricted_job and alive is not None:
             alive = alive & ~rec.fooled  # the cascade: the next entry runs on what is left
-        timings[label[j.id]] = time.perf_counter() - t0
+        rec.seconds[...] = float(clock["base"]) + time.perf_counter() - t0
+        clock["rec"] = None
+        timings[label[j.id]] = float(rec.seconds)  # a resumed job: with its earlier time
     return records
 
 

@@ -137,11 +137,15 @@ def test_ctrl_c_says_what_is_saved_and_the_rerun_says_it_resumed(
     said = caplog.text
     assert "interrupted in white/pgd at 10 of 30 samples" in said
     assert "rerun the same command to resume" in said and cfg.state_path.exists()
+    with np.load(cfg.state_path) as saved:
+        spent = {k: float(saved[k]) for k in saved.files if k.endswith(".seconds")}
     caplog.clear()
     Interrupting.at = 10**9
-    evaluate(victim, x, y, suite, config=cfg)
+    ev = evaluate(victim, x, y, suite, config=cfg)
     assert "resuming the interrupted run saved in" in caplog.text
     assert "1 of 2 columns complete" in caplog.text  # clean done, pgd at 10 of 30
+    assert ev.timings["white/pgd"] >= spent["1.seconds"] > 0  # its earlier time counted
+    assert ev.timings["clean"] >= spent["0.seconds"]  # restored complete: not 0.0
 
 
 def test_ctrl_c_without_a_state_file_says_nothing_is_saved(
