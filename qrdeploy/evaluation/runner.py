@@ -309,7 +309,8 @@ def _run_victim(victim: Subject, x: np.ndarray, y: np.ndarray, jobs: list[Job],
         records[j.id].restore(saved, str(i))
     if saved:
         complete = sum(bool(records[j.id].done.all()) for j in jobs)
-        log.warning("resuming the interrupted run saved in %s: %d of %d columns complete",
+        log.warning("resuming the interrupted run saved in %s: %d of %d columns on this model "
+                    "complete (the progress bar also counts the transfer crafting)",
                     state.path, complete, len(jobs))
 
     clock: dict[str, Any] = {"rec": None}  # the running job's record, start and earlier time

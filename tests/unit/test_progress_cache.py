@@ -143,7 +143,7 @@ def test_ctrl_c_says_what_is_saved_and_the_rerun_says_it_resumed(
     Interrupting.at = 10**9
     ev = evaluate(victim, x, y, suite, config=cfg)
     assert "resuming the interrupted run saved in" in caplog.text
-    assert "1 of 2 columns complete" in caplog.text  # clean done, pgd at 10 of 30
+    assert "1 of 2 columns on this model complete" in caplog.text  # clean done, pgd 10 of 30
     assert ev.timings["white/pgd"] >= spent["1.seconds"] > 0  # its earlier time counted
     assert ev.timings["clean"] >= spent["0.seconds"]  # restored complete: not 0.0
 
