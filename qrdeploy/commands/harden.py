@@ -62,7 +62,12 @@ PASS_OPTIONS = (("mulaw_layers", "--mulaw-layers", "last:1"),
                 ("granularity", "--granularity", "tensor"), ("scale", "--scale", "max"),
                 ("quantizer", "--quantizer", "uniform"), ("full_range", "--full-range", False),
                 ("layers", "--layers", "all"), ("encoding", "--encoding", None))
-_DEFAULT = {dest: default for dest, _, default in PASS_OPTIONS}
+#: the calibration options (dest, flag, default): used by --activations int8 and --search only
+CALIBRATION_OPTIONS = (("calibrate", "--calibrate", 500),
+                       ("calibration_data", "--calibration-data", "mnist-5k"),
+                       ("calibration_method", "--calibration-method", "minmax"),
+                       ("input_spec", "--input-spec", None))
+_DEFAULT = {dest: default for dest, _, default in (*PASS_OPTIONS, *CALIBRATION_OPTIONS)}
 
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -94,14 +99,15 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--activations", choices=["float", "int8"], default="float",
                    help="int8: uint8 activations calibrated on images, int8 weight codes, QDQ "
                         "that onnxruntime runs as integer kernels (default: %(default)s)")
-    a.add_argument("--calibrate", type=positive_int, default=500, metavar="N",
+    a.add_argument("--calibrate", type=positive_int, default=_DEFAULT["calibrate"], metavar="N",
                    help="calibration images for int8 activations (default: %(default)s)")
-    a.add_argument("--calibration-data", default="mnist-5k", metavar="DATA",
+    a.add_argument("--calibration-data", default=_DEFAULT["calibration_data"], metavar="DATA",
                    help="mnist-5k (embedded), mnist, cifar10 or npz:PATH; its train split "
                         "(default: %(default)s)")
     a.add_argument("--calibration-method", choices=[c.value for c in Calibration],
-                   default="minmax", help="default: %(default)s")
-    a.add_argument("--input-spec", type=input_spec, default=None, metavar="SPEC",
+                   default=_DEFAULT["calibration_method"], help="default: %(default)s")
+    a.add_argument("--input-spec", type=input_spec, default=_DEFAULT["input_spec"],
+                   metavar="SPEC",
                    help="the model's input contract, as for eval and attack (docs/input-spec.md),"
                         " e.g. range=0-255,layout=nhwc or dtype=uint8,range=0-255: the "
                         "calibration pixels are converted to it (default: float32 NCHW in [0, 1])")
@@ -245,9 +251,12 @@ def run(args: argparse.Namespace) -> int:
              if getattr(args, dest) != default]
     if given:
         raise UsageError(f"{', '.join(given)} applies to --search only; add --search or drop it")
-    if args.input_spec and args.activations != "int8":
-        raise UsageError("--input-spec says how calibration images reach the model; it applies "
-                         "with --activations int8 only (drop it)")
+    if args.activations != "int8":
+        given = [flag for dest, flag, default in CALIBRATION_OPTIONS
+                 if getattr(args, dest) != default]
+        if given:
+            raise UsageError(f"{', '.join(given)} only applies with --activations int8 (or "
+                             "--search); add one or drop it")
     recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding or "float"))
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
                          calibration=calibration_images(recipe))

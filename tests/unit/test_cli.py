@@ -65,8 +65,17 @@ def test_an_unknown_option_prints_the_commands_usage(capsys: pytest.CaptureFixtu
     (["harden", "a.onnx", "-o", "h.onnx", "--search", "--bits", "3"], "chooses the bits itself"),
     (["reproduce", "-o", "out", "--model", "fl"], "--model expects REGIME=PATH"),
     (["reproduce", "-o", "out", "--retrain", "--model", "fl=m.onnx"], "--retrain trains every"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--calibrate", "100"],
+     "--calibrate only applies with --activations int8"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--avg-bits", "4"],
+     "--avg-bits applies to --search only"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--recipe", "r.toml", "--granularity", "channel"],
+     "--recipe sets the passes and the encoding itself; drop --granularity"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--activations", "int8", "--encoding",
+      "int4"], "drop --encoding int4"),
 ], ids=["lipschitz-both", "lipschitz-neither", "recipe-and-bits", "search-and-bits",
-        "model-format", "retrain-and-model"])
+        "model-format", "retrain-and-model", "calibrate-without-int8", "avg-bits-without-search",
+        "recipe-and-granularity", "int8-and-int4"])
 def test_conflicting_options_exit_2_in_one_line(argv: list[str], message: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
