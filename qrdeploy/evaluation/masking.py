@@ -314,6 +314,7 @@ class Verdict:
 
     checks: tuple[Check, ...]
     worst_case: float | None = None
+    clean_accuracy: float | None = None  # of the victim on the same samples (None: not given)
 
     @property
     def fired(self) -> tuple[Check, ...]:
@@ -330,6 +331,10 @@ class Verdict:
         wc = "" if self.worst_case is None else f"adaptive worst case {100 * self.worst_case:.1f}%"
         skipped = [c.name.value for c in self.checks if not c.ran]
         tail = f"; not checked: {', '.join(skipped)}" if skipped else ""
+        if self.clean_accuracy == 0:
+            tail += ("; the model classifies no sample correctly (a collapsed model): robust "
+                     "accuracy is 0 whatever the attacks, so these checks say nothing about "
+                     "robustness")
         if self.fired:
             head = f"masking suspected: {', '.join(c.name.value for c in self.fired)}"
             return f"{head}; {wc} ({bound}){tail}" if wc else f"{head}{tail}"

@@ -631,6 +631,10 @@ def load_results(path: str | Path) -> Results:
     if isinstance(doc, dict) and doc.get("schema") == "qrdeploy/check-summary":
         raise DataError(f"{p} is the summary of qrdeploy check, not a results file; report the "
                         "results JSON that qrdeploy attack -o wrote")
+    if isinstance(doc, dict) and doc.get("schema") == "qrdeploy/reproduce":
+        raise DataError(f"{p} is the summary of qrdeploy reproduce, whose report.md is beside "
+                        f"it; qrdeploy report reads attack results, such as "
+                        f"{p.parent / 'steps'}/attack.*/results.json")
     return Results.from_json(doc, str(p))
 
 

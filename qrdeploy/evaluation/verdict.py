@@ -153,5 +153,6 @@ def masking(ev: Evaluation) -> Masking | None:
     checks = [*probe_checks(ev), *comparison_checks(ev), unbounded_check(ev), sweep_check(ev)]
     _, worst = adaptive_worst_case(ev)
     counts, edges = gap_histogram(ev.probe.logits)
-    return Masking(Verdict(tuple(checks), float(np.mean(worst))),
+    return Masking(Verdict(tuple(checks), float(np.mean(worst)),
+                           float(np.mean(ev.clean_correct))),
                    tuple(int(c) for c in counts), tuple(float(e) for e in edges))

@@ -228,7 +228,10 @@ THRESHOLDS = {
 
 
 def decide_drop(d: Diff, at_least: float) -> Outcome:
-    """A claimed drop of at least `at_least` points (d = after − before)."""
+    """A claimed drop of at least `at_least` points (d = after − before); not held when the
+    interval lies above −at_least (it rules such a drop out), even if it includes 0."""
+    if d.lo > -at_least:
+        return Outcome.NOT_HELD
     if d.includes_zero:
         return Outcome.NOT_SIGNIFICANT
     return Outcome.HELD if d.estimate <= -at_least and d.hi < 0 else Outcome.NOT_HELD

@@ -24,7 +24,9 @@ qrdeploy.paper.report.
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,8 +81,12 @@ def resolve_models(p: Profile, models_dir: Path, overrides: Mapping[str, Path]
     files = REGIME_FILES | {r: HARDENING_FILES[r] for r in p.hardening_regimes}
     bad = set(overrides) - set(files)
     if bad:
-        raise ConfigError(f"--model names unknown regime(s) {', '.join(sorted(bad))}; use "
-                          f"{', '.join(files)} (e.g. --model fl=models/fl.onnx)")
+        raise UsageError(f"--model names unknown regime(s) {', '.join(sorted(bad))}; use "
+                         f"{', '.join(files)} (e.g. --model fl=models/fl.onnx)")
+    for regime, path in sorted(overrides.items()):
+        if not Path(path).is_file():
+            raise ConfigError(f"--model {regime}={path}: no such file; give the path of an "
+                              ".onnx model (or leave the regime to --models)")
     found: dict[str, Path | None] = {}
     missing = {}
     for regime, stem in files.items():
@@ -240,10 +246,17 @@ def reproduce(profile: str | Profile, out: str | Path, *, models_dir: str | Path
     out = Path(out)
     if retrain and models:
         raise UsageError("--retrain trains every model; drop --model (or --retrain)")
+    if not retrain and not Path(models_dir).is_dir():
+        raise ConfigError(f"--models {models_dir}: no such folder; give the folder of the "
+                          "reference models (default: models) or pass --retrain")
     found, missing = resolve_models(p, Path(models_dir),
                                     {k: Path(v) for k, v in (models or {}).items()})
     c = Collected(p, seed, found, missing)
     run_pipeline(c, out, Path(data_root) if data_root else None, force, retrain, parallel)
+    for pattern in force:
+        if not any(fnmatch.fnmatch(e.name, pattern) for e in c.events):
+            logging.getLogger("qrdeploy").warning("--force %r matched no step of this run "
+                                                  "(nothing was recomputed for it)", pattern)
     c.wall_seconds = time.perf_counter() - t0
     files = write_report(c, out, plots)
     return ReproduceResult(out, out / "report.md", files, tuple(c.events), c.wall_seconds)

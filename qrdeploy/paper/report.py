@@ -433,7 +433,8 @@ def header(c: Collected, files: ModelFiles) -> list[str]:
             "qrdeploy/paper/profiles.py), as are all reduced budgets below.", "",
             *models_table(c, files),
             "## Profile and budgets", "", *budget, "## Not run", "",
-            *(notes or ["- everything ran"]), ""]
+            *(notes or [f"- every model of profile `{p.name}` ran; the tables of a data set "
+                        "this profile does not use say so in their cells"]), ""]
 
 
 def render_markdown(c: Collected, claim_results: Sequence[cl.ClaimResult],

@@ -47,8 +47,15 @@ def test_paired_diff_pins_mean_and_interval() -> None:
 COLLAPSE = [
     pytest.param(380, 200, Outcome.HELD, id="drop-45-points"),
     pytest.param(380, 340, Outcome.NOT_HELD, id="drop-10-points"),
-    pytest.param(380, 379, Outcome.NOT_SIGNIFICANT, id="drop-one-sample"),
+    # the interval includes 0 but rules out a 20-point drop: the claim is refuted, not open
+    pytest.param(380, 379, Outcome.NOT_HELD, id="drop-one-sample"),
 ]
+
+
+def test_a_drop_the_interval_neither_shows_nor_rules_out_is_not_significant() -> None:
+    assert cl.decide_drop(cl.Diff(-10.0, -25.0, 3.0, 8), 20.0) is Outcome.NOT_SIGNIFICANT
+    assert cl.decide_drop(cl.Diff(0.0, -0.55, 0.55, 500), 20.0) is Outcome.NOT_HELD
+    assert cl.decide_drop(cl.Diff(-30.0, -40.0, -21.0, 500), 20.0) is Outcome.HELD
 
 
 @pytest.mark.parametrize(("plain", "quant", "want"), COLLAPSE)

@@ -234,6 +234,17 @@ def test_verdict_wording(checks: list[Check], worst: float, text: str) -> None:
     assert checks[0].doc == f"docs/masking.md#{checks[0].name.value}"
 
 
+def test_a_collapsed_model_is_named_in_the_verdict() -> None:
+    """A model at 0 % clean accuracy (e.g. a 2-bit collapse) can fire zero-gradient; the verdict
+    says the checks mean nothing for it."""
+    fired = [Check(CheckName.ZERO_GRADIENT, True, 1.0, 0.01, "")]
+    text = Verdict(tuple(fired), 0.0, clean_accuracy=0.0).text
+    assert text.startswith("masking suspected: zero-gradient")
+    assert text.endswith("robust accuracy is 0 whatever the attacks, so these checks say "
+                         "nothing about robustness")
+    assert "collapsed" not in Verdict(tuple(fired), 0.0, clean_accuracy=0.5).text
+
+
 # --------------------------------------------------- end to end: the x1e4 model (issue item 4)
 
 torch = pytest.importorskip("torch")

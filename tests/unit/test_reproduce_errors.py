@@ -34,6 +34,21 @@ def test_unknown_regime_is_refused(tmp_path: Path) -> None:
         reproduce("smoke", tmp_path, models={"ensemble": tmp_path / "m.onnx"})
 
 
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["--model", "orig=/nonexistent.onnx"], 1, "--model orig=/nonexistent.onnx: no such file"),
+    (["--models", "/nonexistent"], 1, "--models /nonexistent: no such folder"),
+    (["--model", "bogus=m.onnx"], 2, "--model names unknown regime(s) bogus"),
+], ids=["model-path", "models-folder", "unknown-regime"])
+def test_explicit_model_paths_must_exist(argv: list[str], code: int, message: str,
+                                         tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A path the user typed that is not there is an error, not a table of 'not run' cells."""
+    assert main(["reproduce", "--profile", "smoke", "-o", str(tmp_path / "run"), *argv]) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_hardening_regime_of_a_custom_profile_is_refused(tmp_path: Path) -> None:
     profile = replace(get_profile("smoke"), hardening_regimes=("adv-qat", "adv-lip"))
     with pytest.raises(ConfigError, match="unknown hardening regime.*adv-lip; use adv-strong"):
@@ -121,3 +136,15 @@ def test_searched_form_refuses_an_int8_recipe_and_notes_a_missing_one(
                for line in header(c, {}))
     assert any("| Adv. strong (searched) | not run (no searched recipe" in line
                for line in hardening_table(c))
+
+
+def test_a_force_pattern_that_matches_no_step_is_said(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """paper-cifar without models or data runs no step: --force 'attack.*' recomputed nothing,
+    and the run says so instead of passing in silence."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    reproduce("paper-cifar", tmp_path / "run", models_dir=tmp_path,
+              data_root=tmp_path / "no-data", force=["attack.*"])
+    assert "--force 'attack.*' matched no step of this run" in caplog.text

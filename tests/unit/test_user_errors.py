@@ -62,6 +62,16 @@ def test_report_of_a_check_summary_says_what_it_is(tmp_path: Path,
     assert "rerun qrdeploy attack" not in err
 
 
+def test_report_of_a_reproduce_summary_points_to_its_attack_results(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = tmp_path / "results.json"
+    summary.write_text(json.dumps({"schema": "qrdeploy/reproduce", "schema_version": 1}))
+    assert main(["report", str(summary), "-o", str(tmp_path / "r.md"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is the summary of qrdeploy reproduce" in err and "steps/attack.*/results.json" in err
+    assert "rerun qrdeploy attack" not in err and "\n" not in err
+
+
 @pytest.fixture
 def two_outputs(tmp_path: Path) -> Path:
     m = cnn(seed=0, c=1, hw=28)
