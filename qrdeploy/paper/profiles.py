@@ -122,10 +122,17 @@ class Profile:
             del d["retrain"], d["retrain_feedback"]
         return d
 
+    def _capped(self, key: str, value: object) -> str:
+        """A sample count as it runs: the steps take at most the n_test samples loaded."""
+        if key.endswith("_n") and isinstance(value, int) and self.n_test is not None and \
+                value > self.n_test:
+            return f"{self.n_test} (asks {value}; the data loaded holds n_test = {self.n_test})"
+        return str(value)
+
     def rows(self) -> list[tuple[str, str]]:
         """(field, value) pairs for the report's budget table."""
         skip = ("budget", "extra", "retrain", "retrain_feedback")
-        out = [(k, str(v)) for k, v in asdict(self).items() if k not in skip]
+        out = [(k, self._capped(k, v)) for k, v in asdict(self).items() if k not in skip]
         out += [(f"budget.{k}", str(v)) for k, v in asdict(self.budget).items()]
         out += [(f"{k} (--retrain only)", str(dict(getattr(self, k))))
                 for k in ("retrain", "retrain_feedback")]

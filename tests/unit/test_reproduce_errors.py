@@ -148,3 +148,11 @@ def test_a_force_pattern_that_matches_no_step_is_said(tmp_path: Path,
     reproduce("paper-cifar", tmp_path / "run", models_dir=tmp_path,
               data_root=tmp_path / "no-data", force=["attack.*"])
     assert "--force 'attack.*' matched no step of this run" in caplog.text
+
+
+def test_the_profile_table_shows_the_sample_counts_that_run() -> None:
+    """The bits sweep runs on the n_test samples loaded: a larger bits_n must not be printed as
+    if it ran (smoke asked 50 on 8 loaded)."""
+    rows = dict(get_profile("smoke").rows())
+    assert rows["bits_n"].startswith("8 (asks 50")
+    assert rows["sufficiency_n"] == "8"
