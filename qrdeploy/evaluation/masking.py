@@ -181,10 +181,14 @@ def _within(a: Arm, b: Arm) -> bool:
 
 
 def _reference(a: Arm, arms: Sequence[Arm]) -> list[Arm]:
-    """The arms a challenger `a` is held against: none unless one has at least its budget; then
-    all of them, since a smaller-eps arm's examples lie inside a's ball too (a sample it fools is
-    fooled within a's budget: robust accuracy can only fall as eps grows)."""
-    return list(arms) if any(_within(a, b) for b in arms) else []
+    """The arms a challenger `a` is held against. When one has exactly its eps: every arm whose
+    examples lie inside a's ball (eps at most a's, arms without an eps included), since a sample
+    a smaller-eps arm fools is fooled within a's budget; larger-eps arms are left out, as their
+    examples are not. Without an arm at its eps: the arms with more budget (none: no pair)."""
+    if a.eps is not None and any(b.eps is not None and abs(b.eps - a.eps) <= 1e-12
+                                 for b in arms):
+        return [b for b in arms if b.eps is None or b.eps <= a.eps + 1e-12]
+    return [b for b in arms if _within(a, b)]
 
 
 def _worst(arms: Sequence[Arm]) -> np.ndarray:

@@ -147,6 +147,17 @@ def test_smaller_eps_white_arms_count_inside_the_larger_ball() -> None:
     assert not check_black_box([white[1]], [Arm("black/fgsm-s", flags(8), 0.3)]).ran
 
 
+def test_larger_eps_arms_do_not_shield_a_challenger_at_its_own_eps() -> None:
+    """Square at 0.1 against PGD at 0.1 (leaves 60 %) and FGSM at 0.3 (leaves 4 %): FGSM's
+    examples lie outside the 0.1 ball, so Square at 10 % is held against PGD's 60 % and fires;
+    counting FGSM at 0.3 would have hidden it."""
+    gradient = [Arm("white/pgd", flags(60), 0.1), Arm("white/fgsm-s@0.3", flags(4), 0.3)]
+    c = check_square(Arm("square", flags(10), 0.1), gradient)
+    assert c.fired and "50.0 points below gradient worst case" in c.detail
+    # no gradient arm at the challenger's eps: the larger ones are the reference, as before
+    assert not check_square(Arm("square", flags(10), 0.2), gradient).fired
+
+
 @pytest.mark.parametrize(
     ("fgsm", "pgd", "fired"),
     [(flags(40), flags(10), False), (flags(10), flags(40), True), (flags(39), flags(40), False)],
