@@ -24,7 +24,7 @@ import torch
 from qrdeploy.core.fileio import atomic_write_bytes
 from qrdeploy.core.version import __version__
 from qrdeploy.data.datasets import load_dataset
-from qrdeploy.errors import DataError, GraphError
+from qrdeploy.errors import CheckpointError, DataError, GraphError
 from qrdeploy.evaluation.clean import predict_logits
 from qrdeploy.train.load import load_trained
 from qrdeploy.train.nets import input_shape
@@ -63,6 +63,9 @@ class ExportResult:
 def export_onnx(checkpoint: str | Path, out: str | Path, fold_bn: bool = False,
                 parity_n: int = 256, data_root: str | None = None) -> ExportResult:
     """Export a trained checkpoint to ONNX (dynamic batch), check parity, write atomically."""
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        raise CheckpointError(f"{checkpoint} is already an ONNX model; export takes the "
+                              ".safetensors checkpoint that qrdeploy train wrote")
     model, ck = load_trained(checkpoint)
     config = ck.meta["config"]
     proto = export_module(model, input_shape(config["net"]), fold_bn)

@@ -49,7 +49,7 @@ from qrdeploy.model.torchmodel import NumpyModel, TorchModel
 from qrdeploy.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from qrdeploy.train.config import Acceptance, FeedbackConfig, Method, TrainConfig
 from qrdeploy.train.export import export_module
-from qrdeploy.train.load import load_trained
+from qrdeploy.train.load import check_net_data, load_source
 from qrdeploy.train.loop import State, correct, make_optimizer, resume_path, run_epoch
 from qrdeploy.train.methods import clean
 
@@ -268,15 +268,6 @@ def deployed(module: nn.Module, config: TrainConfig, train: Dataset) -> mg.VjpCl
 
 # --- the run: source, resume, finish -----------------------------------------------------------
 
-def load_source(config: TrainConfig) -> tuple[nn.Module, Checkpoint]:
-    module, ck = load_trained(str(config.from_checkpoint))
-    net = ck.meta["config"].get("net")
-    if net != config.net:
-        raise ConfigError(f"--from {config.from_checkpoint} holds a {net} model, the recipe asks "
-                          f"for {config.net}; pass --net {net}")
-    return module, ck
-
-
 def _clone(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -312,6 +303,7 @@ def train_feedback(config: TrainConfig, out: str | Path, fresh: bool = False,
     module, _ = load_source(config)
     source_sha = sha256_file(str(config.from_checkpoint))
     train = load_dataset(config.data, "train", n=config.n_train, data_root=config.data_root)
+    check_net_data(config.net, tuple(train.x.shape[1:]), config.data)
     val = load_dataset(config.data, "val", data_root=config.data_root)
     base_ok = correct(module, val)  # (N,) the starting model's validation flags
     base = float(base_ok.mean())

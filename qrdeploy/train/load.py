@@ -16,7 +16,27 @@ from qrdeploy.errors import CheckpointError, ConfigError, GraphError, first_line
 from qrdeploy.graphio.graph import PROVENANCE_JSON, load_model
 from qrdeploy.train.checkpoint import Checkpoint, load_checkpoint
 from qrdeploy.train.config import TrainConfig
-from qrdeploy.train.nets import build_net
+from qrdeploy.train.nets import build_net, input_shape
+
+
+def load_source(config: TrainConfig) -> tuple[nn.Module, Checkpoint]:
+    """The model a run starts from (--from), refused in one line when it is another net."""
+    module, ck = load_trained(str(config.from_checkpoint))
+    net = ck.meta["config"].get("net")
+    if net != config.net:
+        raise ConfigError(f"--from {config.from_checkpoint} holds a {net} model, the recipe asks "
+                          f"for {config.net}; pass --net {net}")
+    return module, ck
+
+
+def check_net_data(net: str, images: tuple[int, ...], data: str) -> None:
+    """ConfigError when the net's input (C, H, W) is not the data set's image shape."""
+    want = input_shape(net)
+    if tuple(images) != tuple(want):
+        shape = "x".join(map(str, images))
+        raise ConfigError(f"--net {net} takes {'x'.join(map(str, want))} images, --data {data} "
+                          f"holds {shape}; use --data "
+                          f"{'mnist-5k' if want[0] == 1 else 'cifar10-10k'} or another --net")
 
 
 def load_trained(path: str | Path) -> tuple[nn.Module, Checkpoint]:

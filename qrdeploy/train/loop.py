@@ -32,7 +32,7 @@ from qrdeploy.train.checkpoint import (
     save_checkpoint,
 )
 from qrdeploy.train.config import Method, Optim, TrainConfig
-from qrdeploy.train.load import load_trained
+from qrdeploy.train.load import check_net_data, load_source
 from qrdeploy.train.nets import build_net
 from qrdeploy.train.quantaware import (
     CALIBRATION_IMAGES,
@@ -142,7 +142,8 @@ def run_epoch(st: State, train: Dataset, config: TrainConfig, perturb: Perturb,
         correct += int((logits.argmax(1) == y).sum())
         if bar is not None:
             seen = min(len(train), (b + 1) * config.batch_size)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}")
+            # the epoch so far, as the epoch's summary line reports it at the end
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
             bar.update(1)
     if bar is not None:
         bar.close()
@@ -190,12 +191,17 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if config.method is Method.ADVERSARIAL and config.eps_warmup > config.epochs:
+        log(f"warning: --eps-warmup {config.eps_warmup} is longer than --epochs "
+            f"{config.epochs}: training never reaches eps {config.eps:g} (the last epoch trains "
+            f"at {config.eps * config.epochs / config.eps_warmup:.3g}); lower --eps-warmup")
     train = load_dataset(config.data, "train", n=config.n_train, data_root=config.data_root)
+    check_net_data(config.net, tuple(train.x.shape[1:]), config.data)
     val = load_dataset(config.data, "val", data_root=config.data_root)
     torch.manual_seed(config.seed)
     model = build_net(config.net, num_classes=train.num_classes, init=config.init)
     if config.from_checkpoint:  # fine-tuning: start from a trained model's weights
-        model.load_state_dict(load_trained(config.from_checkpoint)[0].state_dict())
+        model.load_state_dict(load_source(config)[0].state_dict())
     if config.quant_aware:
         attach(model, config.quant_aware, config.quant_granularity)
     recalibrate = _activation_quant(model, config, train)

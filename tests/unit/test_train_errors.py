@@ -54,3 +54,42 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_trained(tmp_path / "none.safetensors")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+MNIST = ROOT / "models" / "mnist-standard.onnx"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--net", "wrn-32-1", "--from", str(MNIST), "--epochs", "1"],
+     "holds a mnist-cnn model, the recipe asks for wrn-32-1; pass --net mnist-cnn"),
+    (["train", "--net", "wrn-32-1", "--method", "adversarial", "--from", str(MNIST),
+      "--epochs", "1"], "holds a mnist-cnn model, the recipe asks for wrn-32-1"),
+    (["train", "--net", "mnist-cnn", "--data", "cifar10-10k", "--epochs", "1", "--n-train",
+      "64"], "--net mnist-cnn takes 1x28x28 images, --data cifar10-10k holds 3x32x32; use "
+             "--data mnist-5k"),
+    (["export", str(MNIST)], "is already an ONNX model; export takes the .safetensors"),
+], ids=["from-other-net", "from-other-net-adversarial", "net-vs-data", "export-onnx"])
+def test_mismatches_are_one_line_errors_before_any_training(
+        argv: list[str], message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from qrdeploy.cli import main
+
+    out = tmp_path / ("t.onnx" if argv[0] == "export" else "t.safetensors")
+    assert main([*argv, "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qrdeploy: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_warm_up_longer_than_the_run_is_warned(tmp_path: Path) -> None:
+    """--epochs 1 with the adversarial recipe's 6 warm-up epochs never trains at eps 0.3."""
+    from qrdeploy.train import train
+    from qrdeploy.train.config import Method
+
+    said: list[str] = []
+    cfg = TrainConfig(method=Method.ADVERSARIAL, epochs=1, eps_warmup=6, n_train=32,
+                      batch_size=32, attack_steps=1, val_attack_steps=1)
+    train(cfg, tmp_path / "a.safetensors", log=said.append)
+    assert any("--eps-warmup 6 is longer than --epochs 1: training never reaches eps 0.3"
+               in line for line in said)
