@@ -34,6 +34,17 @@ def bit_width(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type for a rate or a scale: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """argparse type for a time limit: a number of seconds > 0."""
     try:

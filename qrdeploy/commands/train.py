@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from qrdeploy.commands._options import positive_int
+from qrdeploy.commands._options import positive_float, positive_int
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 from qrdeploy.train.recipes import BY_PREFIX
 
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--optimizer", choices=[o.value for o in Optim], default=None,
                    help="default: adam for mnist-cnn, sgd for wrn-32-K")
-    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--lr", type=positive_float, default=None)
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     g.add_argument("--shift", type=int, default=None, help="max random shift in pixels")
@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "torch (PyTorch's defaults); default: the recipe's (MNIST adversarial: "
                         "torch, with which the short PGD schedule learns; madry collapses to "
                         "chance)")
-    g.add_argument("--n-train", type=int, default=None, help="use the first N training samples")
+    g.add_argument("--n-train", type=positive_int, default=None,
+                   help="use the first N training samples")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     q = p.add_argument_group("hardening-aware training (docs/training.md)")
     q.add_argument("--quant-aware", type=int, default=_D.quant_aware, metavar="BITS",
@@ -90,9 +91,9 @@ def _add_feedback(p: argparse.ArgumentParser) -> None:
                         "model, or for standard/adversarial training a fine-tuning start; a "
                         "float .onnx that qrdeploy export wrote works too")
     g.add_argument("--fl-rounds", type=int, default=None)
-    g.add_argument("--fl-directions", type=int, default=None,
+    g.add_argument("--fl-directions", type=positive_int, default=None,
                    help="random directions per sample")
-    g.add_argument("--fl-top", type=int, default=None, help="paper: 40 smallest margins")
+    g.add_argument("--fl-top", type=positive_int, default=None, help="paper: 40 smallest margins")
     g.add_argument("--fl-rank-per-class", type=int, default=None,
                    help="samples per class used for ranking")
     g.add_argument("--fl-seeds", type=int, nargs=3, default=None,

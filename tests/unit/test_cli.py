@@ -43,9 +43,11 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
                                                     "range=0-256"],
     ["eval", "m.onnx", "--batch-size", "0"], ["attack", "m.onnx", "-o", "r.json", "--workers",
                                               "0"],
+    ["train", "-o", "t.safetensors", "--n-train", "0"], ["train", "-o", "t.safetensors",
+                                                         "--lr", "-1"],
 ], ids=["none", "unknown", "missing-model", "bad-choice", "n-zero", "n-negative", "n-word",
         "lipschitz-split", "lipschitz-n", "bits-9", "calibrate-0", "isolate-timeout-0",
-        "input-spec-range", "batch-size-0", "workers-0"])
+        "input-spec-range", "batch-size-0", "workers-0", "n-train-0", "lr-negative"])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
 
