@@ -35,24 +35,13 @@ def bit_width(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type for a rate or a scale: a finite number > 0."""
+    """argparse type for a rate, a scale or a time limit: a finite number > 0."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type for a time limit: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -145,7 +134,7 @@ def add_isolate(p: argparse.ArgumentParser) -> None:
     g.add_argument("--isolate", action="store_true",
                    help="open each model first in a subprocess, so a crash or hang of the C++ "
                         "libraries becomes a clean error")
-    g.add_argument("--isolate-timeout", type=positive_seconds, default=120.0, metavar="S",
+    g.add_argument("--isolate-timeout", type=positive_float, default=120.0, metavar="S",
                    help="seconds the isolated check may take (default: %(default)s)")
 
 
