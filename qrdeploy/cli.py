@@ -1,5 +1,6 @@
 """The command line: a thin argparse layer over the library. `main(argv) -> int` returns the exit
-code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed, 130 Ctrl-C.
+code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed, 130 Ctrl-C,
+141 a closed output pipe (`| head`).
 
 Each subcommand lives in qrdeploy/commands/<name>.py and defines HELP, add_arguments(parser) and
 run(args) -> int; run() only parses options into a library call and prints its result. A command

@@ -265,4 +265,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.pass_kind:6} {r.tensor:32} {r.op_type:13} {bits:8} levels={r.levels:<6} "
               f"max|dW|={r.max_abs_delta:.4g} {r.encoding}")
     print(f"wrote {result.path} ({result.bytes_out:,} bytes; input {result.bytes_in:,} bytes)")
+    for note in () if args.quiet else result.notes:
+        print(f"note: {note}")
     return 0

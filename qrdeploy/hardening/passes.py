@@ -697,6 +697,8 @@ class HardenResult:
     records: tuple[PassRecord, ...]
     bytes_in: int
     bytes_out: int
+    #: what a user shipping the file should know (e.g. float activations are the analysis form)
+    notes: tuple[str, ...] = ()
 
 
 def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: bool = False,
@@ -713,7 +715,17 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
     graph.save_model(hardened, dst)
     # a device or FIFO (-o /dev/null) was written through and has no size of its own
     size = dst.stat().st_size if dst.is_file() else len(graph.model_to_bytes(hardened))
-    return HardenResult(dst, tuple(records), src.stat().st_size, size)
+    return HardenResult(dst, tuple(records), src.stat().st_size, size, deployment_notes(recipe))
+
+
+def deployment_notes(recipe: Recipe) -> tuple[str, ...]:
+    """Says when the written graph is the analysis form rather than the one to ship."""
+    if recipe.activations is not None:
+        return ()
+    how = "" if recipe.encoding == Encoding.FLOAT else ", its weights dequantized on every run"
+    return (f"float activations: the analysis form (the paper's tables), run with float "
+            f"kernels{how}; to ship, add --activations int8 (integer kernels; docs/passes.md, "
+            f"full-integer deployment)",)
 
 
 def describe_model(model: onnx.ModelProto,

@@ -17,8 +17,16 @@ from qrdeploy.errors import PassError
 from qrdeploy.gradients.prepare import prepare
 from qrdeploy.graphio.graph import layer_weight
 from qrdeploy.graphio.twin import float_twin
+from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.integer import IntegerActivations
-from qrdeploy.hardening.passes import WeightQuant, harden, recipe_from_dict, recipes_of
+from qrdeploy.hardening.passes import (
+    Recipe,
+    WeightQuant,
+    harden,
+    harden_file,
+    recipe_from_dict,
+    recipes_of,
+)
 from qrdeploy.hardening.quant import quantize
 from qrdeploy.model.kernels import kernel_summary
 from qrdeploy.model.ortmodel import OrtModel
@@ -155,12 +163,32 @@ def test_cli_harden_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--granularity", "channel",
                  "--activations", "int8", "--calibrate", "30", "--calibration-data",
                  f"npz:{tmp_path / 'c.npz'}"]) == 0
-    assert "int8" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "int8" in printed and "analysis form" not in printed  # the graph to ship: no note
     assert main(["inspect", str(out)]) == 0
     assert "onnxruntime runs (integer kernels)" in capsys.readouterr().out
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--quantizer",
                  "companding", "--activations", "int8", "--calibration-data",
                  f"npz:{tmp_path / 'c.npz'}", "--calibrate", "30"]) == 1
+
+
+@pytest.mark.parametrize("encoding", ["float", "qdq"])
+def test_float_activations_say_they_are_the_analysis_form(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str) -> None:
+    """A float-activation graph is not the one an edge team ships: harden says so, with the fix,
+    and the library result carries the same note."""
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    out = tmp_path / "h.onnx"
+    assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--encoding", encoding]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "analysis form" in notes[0]
+    assert "add --activations int8" in notes[0]
+    assert ("dequantized on every run" in notes[0]) == (encoding == "qdq")
+    assert main(["harden", str(src), "-o", str(out), "--bits", "3", "-q"]) == 0
+    assert "note:" not in capsys.readouterr().out  # --quiet: only the final line
+    result = harden_file(src, out, Recipe((WeightQuant(3),), Encoding(encoding)))
+    assert result.notes == tuple(n.removeprefix("note: ") for n in notes)
 
 
 def _legacy_reduce_mean() -> onnx.ModelProto:
