@@ -6,7 +6,7 @@ import argparse
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.shard import Parallel, warm
 from qrdeploy.graphio.inputspec import InputContract, InputSpec
 from qrdeploy.graphio.isolate import Isolation, open_isolated
@@ -52,6 +52,15 @@ def input_spec(text: str) -> str:
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def top_within(top_flag: str, top: int, directions_flag: str, directions: int) -> None:
+    """The margin criteria average the `top` smallest of `directions` margins: a usage error
+    (exit 2) naming both options when there are fewer directions than that."""
+    if top > directions:
+        raise UsageError(f"{top_flag} {top} is more than {directions_flag} {directions}: the "
+                         f"smallest margins are taken among the directions; lower {top_flag} or "
+                         f"raise {directions_flag}")
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:

@@ -17,7 +17,9 @@ from qrdeploy.commands._options import (
     add_runtime,
     check_isolated,
     load_data,
+    positive_int,
     session_config,
+    top_within,
 )
 from qrdeploy.core.plotting import require
 from qrdeploy.graphio.graph import load_model as load_onnx
@@ -37,9 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX classifier(s), or qrdeploy .safetensors checkpoints; several are "
                         "measured on the same samples and directions and plotted side by side")
     g = p.add_argument_group("criteria (defaults are qrdeploy's own; see docs/feedback.md)")
-    g.add_argument("--directions", type=int, default=_D.directions,
+    g.add_argument("--directions", type=positive_int, default=_D.directions,
                    help="random unit directions per sample (default: %(default)s)")
-    g.add_argument("--top", type=int, default=_D.top, help="smallest margins averaged (40)")
+    g.add_argument("--top", type=positive_int, default=_D.top,
+                   help="smallest margins averaged (default: %(default)s)")
     g.add_argument("--t-max", type=float, default=_D.search.t_max, help="L2 search cap")
     g.add_argument("--l2-attack", choices=[a.value for a in L2Attack], default=_D.l2_attack.value)
     g.add_argument("--sigma", type=float, default=_D.sigma, help="Gaussian noise sigma")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         require()  # before any work: a missing plots extra costs no compute
     check_isolated(args, *(m for m in args.models if not m.endswith(".safetensors")), probe=True)
+    top_within("--top", args.top, "--directions", args.directions)
     config = CriteriaConfig(directions=args.directions, top=args.top,
                             search=SearchConfig(t_max=args.t_max, t0=min(0.5, args.t_max)),
                             l2_attack=L2Attack(args.l2_attack), sigma=args.sigma,

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from qrdeploy.commands._options import positive_float, positive_int
+from qrdeploy.commands._options import positive_float, positive_int, top_within
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 from qrdeploy.train.recipes import BY_PREFIX
 
@@ -134,6 +134,8 @@ def feedback_from_args(args: argparse.Namespace,
             given[field.name] = tuple(value) if isinstance(value, list) else value
     if "acceptance" in given:
         given["acceptance"] = Acceptance(given["acceptance"])
+    top_within("--fl-top", given.get("top", base.top), "--fl-directions",
+               given.get("directions", base.directions))
     return dataclasses.replace(base, **given)
 
 

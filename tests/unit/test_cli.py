@@ -75,9 +75,12 @@ def test_an_unknown_option_prints_the_commands_usage(capsys: pytest.CaptureFixtu
      "--recipe sets the passes and the encoding itself; drop --granularity"),
     (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--activations", "int8", "--encoding",
       "int4"], "drop --encoding int4"),
+    (["margins", "m.onnx", "--top", "100"], "--top 100 is more than --directions 64"),
+    (["train", "--net", "mnist-cnn", "--method", "feedback", "--from", "m.onnx", "-o", "f.onnx",
+      "--fl-directions", "10"], "--fl-top 40 is more than --fl-directions 10"),
 ], ids=["lipschitz-both", "lipschitz-neither", "recipe-and-bits", "search-and-bits",
         "model-format", "retrain-and-model", "calibrate-without-int8", "avg-bits-without-search",
-        "recipe-and-granularity", "int8-and-int4"])
+        "recipe-and-granularity", "int8-and-int4", "margins-top", "train-fl-top"])
 def test_conflicting_options_exit_2_in_one_line(argv: list[str], message: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
