@@ -18,6 +18,8 @@ in activation scales across builds or CPUs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -36,7 +38,14 @@ from qrdeploy.graphio.graph import unique_name
 from qrdeploy.graphio.inputspec import InputSpec, model_input
 from qrdeploy.hardening.quant import Quantized, dequantize
 
+log = logging.getLogger(__name__)
+
 CALIBRATION_BATCH = 50
+#: entropy calibration histogram: 2,048 bins, thresholds searched over 128 quantized bins (the
+#: values of TensorRT's entropy calibration, Migacz 2017, "8-bit Inference with TensorRT"; a
+#: qrdeploy default). quantize_static passes no bin counts to its calibrator, whose defaults are
+#: 128 and 128: a search with one candidate, the min-max range itself.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 
 
 class Calibration(StrEnum):
@@ -129,15 +138,16 @@ def _overrides(quantized: Mapping[str, Quantized]) -> dict[str, list[dict[str, A
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an (N, C, H, W) array."""
+    """onnxruntime's CalibrationDataReader protocol over an (N, C, H, W) array, in batches of
+    `batch` (the model's fixed batch size when it has one)."""
 
-    def __init__(self, name: str, x: np.ndarray) -> None:
-        self.name, self.x = name, x
+    def __init__(self, name: str, x: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self.name, self.x, self.batch = name, x, batch
         self._it: Iterator[dict[str, np.ndarray]] = self._batches()
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self.x), CALIBRATION_BATCH):
-            yield {self.name: np.ascontiguousarray(self.x[i:i + CALIBRATION_BATCH])}
+        for i in range(0, len(self.x), self.batch):
+            yield {self.name: np.ascontiguousarray(self.x[i:i + self.batch])}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -152,14 +162,6 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
     """The QDQ model with uint8 activations and int8 weights, from a model whose rewritten
     weights are stored as float (their dequantized values). Returns it and, per rewritten
     tensor, the name of the int8 initializer that now holds its codes."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     check_weights(quantized)
     x = np.asarray(calibration, np.float32)
     if x.ndim < 2 or len(x) < act.samples:
@@ -178,8 +180,14 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
                         f"{onnx.TensorProto.DataType.Name(elem)}, the calibration images are "
                         f"{onnx.TensorProto.DataType.Name(fed)}; {fix} so that they reach it "
                         "as it expects")
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in graph_input.type.tensor_type.shape.dim][1:]
+    all_dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in graph_input.type.tensor_type.shape.dim]
+    dims = all_dims[1:]
+    fixed = all_dims[0] if all_dims else None
+    if fixed is not None and len(x) % fixed:
+        fit = len(x) // fixed * fixed or fixed
+        raise PassError(f"the model takes batches of exactly {fixed}; --calibrate {len(x)} is "
+                        f"not a multiple of it (e.g. --calibrate {fit})")
     if len(dims) != x.ndim - 1 or any(d is not None and d != n for d, n in zip(dims, x.shape[1:],
                                                                               strict=False)):
         want = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
@@ -187,37 +195,108 @@ def quantize_activations(model: onnx.ModelProto, quantized: Mapping[str, Quantiz
                         f"the model takes {want}; pass --calibration-data with images of the "
                         "model's input (e.g. cifar10-10k for a CIFAR-10 model), or its "
                         "--input-spec when it takes another layout (e.g. layout=nhwc)")
-    reader = _Reader(name, x)
-    CalibrationDataReader.register(_Reader)
-    method = {Calibration.MINMAX: CalibrationMethod.MinMax,
-              Calibration.PERCENTILE: CalibrationMethod.Percentile,
-              Calibration.ENTROPY: CalibrationMethod.Entropy}[act.method]
+    reader = _Reader(name, x, fixed or CALIBRATION_BATCH)
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # quantize_static's advice to pre-process goes to the root
     try:
-        return _run_quantizer(model, quantized, reader, method, per_channel, quantize_static,
-                              QuantFormat, QuantType)
+        return _run_quantizer(model, quantized, reader, act.method, per_channel)
     finally:
         logging.disable(previous)
 
 
-def _run_quantizer(model: onnx.ModelProto, quantized: Mapping[str, Quantized], reader: Any,
-                   method: Any, per_channel: bool, quantize_static: Any, fmt: Any, qtype: Any
+def _run_quantizer(model: onnx.ModelProto, quantized: Mapping[str, Quantized], reader: _Reader,
+                   method: Calibration, per_channel: bool
                    ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    with tempfile.TemporaryDirectory(prefix="qrdeploy-int8-") as tmp:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    CalibrationDataReader.register(_Reader)
+    overrides = _overrides(quantized)
+    # onnxruntime's histogram calibrators print their progress to stdout: kept out of the
+    # command's output (and of a library caller's), logged at debug level
+    printed = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="qrdeploy-int8-") as tmp, \
+            contextlib.redirect_stdout(printed):
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, src)
+        if method is Calibration.ENTROPY:
+            # the ranges come from onnxruntime's entropy calibrator with real bin counts and
+            # enter the quantizer as overrides; its own calibration is then min-max, overridden
+            overrides.update(_entropy_ranges(src, Path(tmp) / "augmented.onnx", reader,
+                                             skip=set(overrides)))
+            reader.rewind()
+        ort_method = (CalibrationMethod.Percentile if method is Calibration.PERCENTILE
+                      else CalibrationMethod.MinMax)
         quantize_static(
-            str(src), str(dst), reader, quant_format=fmt.QDQ, per_channel=per_channel,
-            activation_type=qtype.QUInt8, weight_type=qtype.QInt8,
-            calibrate_method=method,
-            extra_options={"TensorQuantOverrides": _overrides(quantized),
+            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=ort_method,
+            extra_options={"TensorQuantOverrides": overrides,
                            "QDQDisableWeightAdjustForInt32Bias": True},
             calibration_providers=["CPUExecutionProvider"])
         out = onnx.load_model(dst)
+    if printed.getvalue():
+        log.debug("onnxruntime calibration: %s", printed.getvalue().strip())
     held = _check_codes(out, quantized)
     compact_names(out, model, keep=set(held.values()))
     return out, held
+
+
+def _flatten_zero_spike(histograms: Any) -> None:
+    """The bin holding 0 gets its right neighbour's count, in place.
+
+    A ReLU output is mostly exact zeros: that one bin outweighs the rest of the histogram, and
+    the KL search then keeps the narrowest candidate range (1/16 of the largest value with these
+    bin counts): on models/mnist-standard.onnx at 3 bits, 81.7 % clean accuracy on 1,000 test
+    digits against 97.1 % with min-max ranges. The zeros are represented exactly by any range
+    that contains 0, so they carry no information about where to clip (qrdeploy's choice).
+    `histograms` is the calibrator's collector's {tensor: (hist, edges, ...)}; anything else (a
+    later onnxruntime that keeps them otherwise) is left alone, and said in the debug log."""
+    if not isinstance(histograms, dict):
+        log.debug("entropy calibration: no histograms to adjust (onnxruntime changed them)")
+        return
+    for name, entry in list(histograms.items()):
+        if not isinstance(entry, tuple) or len(entry) < 2:
+            continue
+        hist, edges = np.asarray(entry[0]), np.asarray(entry[1])
+        zero = int(np.searchsorted(edges, 0.0, side="right")) - 1
+        if hist.ndim == 1 and edges.size == hist.size + 1 and 0 <= zero < hist.size - 1:
+            hist = hist.copy()
+            hist[zero] = hist[zero + 1]
+            histograms[name] = (hist, *entry[1:])
+
+
+def _entropy_ranges(src: Path, augmented: Path, reader: _Reader, skip: set[str]
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """Each activation's range from onnxruntime's EntropyCalibrater (ENTROPY_BINS histogram
+    bins, ENTROPY_QUANTIZED_BINS quantized bins, the zero spike flattened): the KL-optimal
+    threshold +-t of its symmetric histogram, narrowed to the values observed (a ReLU output
+    keeps rmin = 0, so uint8 spends no code on negatives it never holds)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(
+        src, None, augmented_model_path=str(augmented), calibrate_method=CalibrationMethod.Entropy,
+        providers=["CPUExecutionProvider"],
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                       "symmetric": False})
+    calibrator.collect_data(reader)
+    _flatten_zero_spike(getattr(getattr(calibrator, "collector", None), "histogram_dict", None))
+    ranges: dict[str, list[dict[str, Any]]] = {}
+    for name, data in calibrator.compute_data().items():
+        if name in skip:
+            continue
+        lo, hi = (float(v) for v in data.range_value)
+        hist, edges = np.asarray(data.hist), np.asarray(data.bins, np.float64)
+        held = np.flatnonzero(hist)
+        if held.size:  # the observed extent of the values, from the histogram's occupied bins
+            lo, hi = max(lo, float(edges[held[0]])), min(hi, float(edges[held[-1] + 1]))
+        ranges[name] = [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+    return ranges
 
 
 def compact_names(model: onnx.ModelProto, source: onnx.ModelProto, keep: set[str]) -> None:
