@@ -47,9 +47,16 @@ class OutputError(QrdeployError):
 
 def first_line(exc: BaseException, limit: int | None = 200) -> str:
     """The first line of an exception's message (its type's name when empty), at most `limit`
-    characters (None: the whole line): onnx's and onnxruntime's messages run over many lines."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    characters (None: the whole line): onnx's and onnxruntime's messages run over many lines.
+    A first line that announces what follows ("...: ", onnxruntime's "for the following
+    indices") is joined with the lines after it."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__[:limit]
+    head = lines[0]
+    if len(lines) > 1 and head.endswith((":", "for the following indices")):
+        head = " ".join([head, *lines[1:]])  # a line that announces its details keeps them
+    return head[:limit]
 
 
 class InputContractError(QrdeployError):

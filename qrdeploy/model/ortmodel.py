@@ -122,6 +122,8 @@ class OrtModel:
         forward = self.prepared.model if self.prepared is not None and \
             not self.prepared.score_deployed else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
+        # the batch the forward graph fixes (the deployed graph as it ships; None when dynamic)
+        self._forward_batch = _fixed_batch(forward)
         self._deployed_session: onnxruntime.InferenceSession | None = \
             self._forward if forward is self.deployed and self.config == self.timing_config \
             else None
@@ -163,7 +165,8 @@ class OrtModel:
     def _probe_classes(self) -> int:
         """The class count of a model whose output shape onnxruntime does not state."""
         z = run_session(self._forward, None,
-                        {self.input_name: np.zeros((1, *self.input_shape), np.float32)})[0]
+                        {self.input_name: np.zeros((self._forward_batch or 1, *self.input_shape),
+                                                   np.float32)})[0]
         if np.ndim(z) != 2:
             raise DataError(f"expected logits of shape (N, K), the model gives {np.shape(z)} "
                             "for one input; export a classifier whose output is the logits")
@@ -174,11 +177,13 @@ class OrtModel:
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x (N, C, H, W) float32 in [0, 1] -> logits (N, K)."""
         x = self._check_x(x)
-        name = self.input_name
+        name, n, size = self.input_name, len(x), 1 if self.per_sample else self._forward_batch
+        if size is not None and n % size:  # a fixed batch: the last one is filled up, then cut
+            x = np.concatenate([x, np.repeat(x[-1:], size - n % size, axis=0)])
         z = self._batched(lambda s: run_session(self._forward, None, {name: x[s]}), len(x),
-                          1 if self.per_sample else None)[0]
-        if z.ndim != 2 or z.shape[0] != len(x):
-            raise GraphError(f"the model's output has shape {z.shape} for {len(x)} inputs; "
+                          size)[0][:n]
+        if z.ndim != 2 or z.shape[0] != n:
+            raise GraphError(f"the model's output has shape {z.shape} for {n} inputs; "
                              "expected (N, classes) logits")
         return z.astype(np.float32, copy=False)
 
@@ -210,8 +215,7 @@ class OrtModel:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the deployed graph's input fixes, or None when it is dynamic."""
-        dims = self.deployed.graph.input[0].type.tensor_type.shape.dim
-        return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+        return _fixed_batch(self.deployed)
 
     def time_run(self, x: np.ndarray) -> float:
         """Seconds of one session run of the deployed graph on the batch x (N, C, H, W), in a
@@ -305,3 +309,9 @@ class OrtModel:
         b = size or self.batch_size
         parts = [run(slice(i, i + b)) for i in range(0, max(n, 1), b)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size a graph's first input fixes, or None when it is dynamic."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else None

@@ -169,6 +169,21 @@ def test_latency_is_in_the_summary_for_both_models(world: dict[str, Any]) -> Non
         assert r.ratio > 0 and r.to_json()["ratio"] == r.ratio
 
 
+def test_a_fixed_batch_model_is_checked_and_timed_at_its_batch(world: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    """An edge export with its batch fixed at 1: clean thresholds score it (batches of 1) and
+    latency is timed only at the batch size it accepts (batch 4 is skipped, not an error)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(world["models"]["a"])
+    for v in (fixed.graph.input[0], fixed.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(fixed, tmp_path / "fixed.onnx")
+    result = check(tmp_path / "fixed.onnx", world["paths"]["a"], world["data"],
+                   _policy(clean={"min_agreement": 0.9}, size={"max_mb": 1}), batch_size=64)
+    assert result.exit_code == 0 and _only(result, "clean.agreement")
+    assert [r.batch_size for r in result.latency] == [1]
+
+
 EVERYTHING = {
     "clean": {"min_accuracy": 0.5, "max_drop": 0.5, "min_agreement": 0.5},
     "robust": {"n": 20, "threshold": [{**ROBUST_FGSM, "eps": 0.5},

@@ -115,6 +115,31 @@ def test_static_batch_becomes_dynamic() -> None:
     assert om.logits(_x(5)).shape == (5, K)
 
 
+@pytest.mark.parametrize("fixed", [1, 4])
+def test_a_fixed_batch_deployed_graph_is_scored_in_its_batch(fixed: int) -> None:
+    """gradients=False runs the graph as it ships: a fixed batch (1 for many edge exports) gets
+    batches of that size, the last one filled up and cut, and the same logits as a dynamic
+    graph (onnxruntime refused 'index: 0 Got: 7 Expected: 1' before)."""
+    model = tiny()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = fixed
+    om = OrtModel(model, gradients=False)
+    assert om.fixed_batch == fixed
+    x = _x(7)
+    np.testing.assert_allclose(om.logits(x), OrtModel(tiny(), gradients=False).logits(x),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_onnxruntime_errors_keep_the_details_their_first_line_announces() -> None:
+    from qrdeploy.errors import first_line
+
+    text = ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for "
+            "the following indices\n index: 0 Got: 7 Expected: 1\n Please fix the model.")
+    assert first_line(RuntimeError(text)).endswith(
+        "following indices index: 0 Got: 7 Expected: 1 Please fix the model.")
+    assert first_line(RuntimeError("one\ntwo")) == "one"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+
+
 def test_supported_ops_lists_the_issue_rules() -> None:
     assert set(supported_ops()) >= {
         "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "MaxPool",
