@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+from typing import TypeVar
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
@@ -11,38 +14,38 @@ from qrdeploy.evaluation.shard import Parallel, warm
 from qrdeploy.graphio.inputspec import InputContract, InputSpec
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
-
-def positive_int(text: str) -> int:
-    """argparse type for a count: an integer >= 1 (anything else is a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def bit_width(text: str) -> int:
-    """argparse type for --bits: a whole number in 1..8 (else a usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a bit width 1..8, got {text!r}") from None
-    if not 1 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"bits must be in 1..8, got {value}")
-    return value
+def _ranged(convert: Callable[[str], N], fits: Callable[[N], bool], expected: str,
+            out_of_range: str) -> Callable[[str], N]:
+    """An argparse type: `convert` the text, then require `fits`; anything else is a usage
+    error (exit 2) saying what was `expected` ('{value}' in `out_of_range` is the value)."""
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not fits(value):
+            raise argparse.ArgumentTypeError(out_of_range.format(value=text))
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type for a rate, a scale or a time limit: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+#: a count: an integer >= 1
+positive_int = _ranged(int, lambda v: v >= 1, "a whole number >= 1", "must be >= 1, got {value}")
+#: a thread count: an integer >= 0 (0: the runtime's own choice)
+non_negative_int = _ranged(int, lambda v: v >= 0, "a whole number >= 0",
+                           "must be >= 0, got {value}")
+#: --bits: a whole number in 1..8
+bit_width = _ranged(int, lambda v: 1 <= v <= 8, "a bit width 1..8",
+                    "bits must be in 1..8, got {value}")
+#: a rate, a scale, a mu or a time limit: a finite number > 0
+positive_float = _ranged(float, lambda v: 0 < v < math.inf, "a number > 0",
+                         "must be a finite number > 0, got {value}")
+#: a tolerance: a finite number >= 0
+non_negative_float = _ranged(float, lambda v: 0 <= v < math.inf, "a number >= 0",
+                             "must be a finite number >= 0, got {value}")
 
 
 def input_spec(text: str) -> str:
@@ -83,7 +86,8 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("onnxruntime")
     g.add_argument("--provider", choices=PROVIDERS, default="auto",
                    help="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU")
-    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
+    g.add_argument("--threads", type=non_negative_int, default=0,
+                   help="intra-op threads (0: onnxruntime's)")
     g.add_argument("--batch-size", type=positive_int, default=500, help="default: %(default)s")
 
 

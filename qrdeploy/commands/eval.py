@@ -14,6 +14,7 @@ from qrdeploy.commands._options import (
     check_isolated,
     input_contract,
     load_data,
+    non_negative_float,
     session_config,
 )
 from qrdeploy.evaluation.clean import Tolerance, evaluate_files
@@ -26,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX classifier (output: logits)")
     p.add_argument("--reference", help="reference ONNX model (e.g. the one before hardening): "
                                        "top-1 agreement, logit differences, accuracy drop")
-    p.add_argument("--atol", type=float, default=Tolerance.atol,
+    p.add_argument("--atol", type=non_negative_float, default=Tolerance.atol,
                    help="absolute logit tolerance of the pass rate (default: %(default)g)")
-    p.add_argument("--rtol", type=float, default=Tolerance.rtol,
+    p.add_argument("--rtol", type=non_negative_float, default=Tolerance.rtol,
                    help="relative logit tolerance of the pass rate (default: %(default)g)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data(p)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +23,12 @@ from qrdeploy.commands._options import (
     bit_width,
     check_isolated,
     input_spec,
+    positive_float,
     positive_int,
 )
 from qrdeploy.core import plotting
 from qrdeploy.data.datasets import load_dataset
-from qrdeploy.errors import UsageError
+from qrdeploy.errors import PassError, UsageError
 from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
 from qrdeploy.hardening.integer import Calibration, IntegerActivations
@@ -34,6 +37,7 @@ from qrdeploy.hardening.passes import (
     MuLawMap,
     Recipe,
     WeightQuant,
+    check_recipe,
     harden_file,
     load_recipe,
 )
@@ -74,23 +78,27 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The hardening options, shared with `qrdeploy lipschitz` (hardening in memory)."""
     p.add_argument("--recipe", metavar="FILE.toml", help="passes and encoding from a TOML recipe")
     m = p.add_argument_group("mu-law mapping (paper: post-training, last few layers)")
-    m.add_argument("--mulaw", type=float, metavar="MU", help="apply F with this mu (e.g. 255)")
-    m.add_argument("--mulaw-layers", default=_DEFAULT["mulaw_layers"], metavar="SEL",
-                   help="default: %(default)s")
+    m.add_argument("--mulaw", type=positive_float, metavar="MU",
+                   help="apply F with this mu (e.g. 255)")
+    # the pass options default to None, so that one given (even at its default) is told apart
+    # from one left out: a --recipe sets them itself, and each belongs to one pass
+    m.add_argument("--mulaw-layers", metavar="SEL",
+                   help=f"default: {_DEFAULT['mulaw_layers']}")
     m.add_argument("--mulaw-rescale", action=argparse.BooleanOptionalAction,
-                   default=_DEFAULT["mulaw_rescale"],
                    help="W' = s*F(W/s) (default) or, with --no-mulaw-rescale, F(W/s)")
     q = p.add_argument_group("weight quantization (after mu-law)")
     q.add_argument("--bits", type=bit_width, metavar="B", help="bit width 1..8 (paper: 3)")
     q.add_argument("--granularity", choices=[g.value for g in Granularity],
-                   default=_DEFAULT["granularity"])
-    q.add_argument("--scale", choices=[s.value for s in ScaleRule], default=_DEFAULT["scale"])
+                   help=f"default: {_DEFAULT['granularity']}")
+    q.add_argument("--scale", choices=[s.value for s in ScaleRule],
+                   help=f"default: {_DEFAULT['scale']}")
     q.add_argument("--quantizer", choices=[s.value for s in Quantizer],
-                   default=_DEFAULT["quantizer"])
-    q.add_argument("--full-range", action="store_true", help="codes -2^(b-1)..2^(b-1)-1")
-    q.add_argument("--layers", default=_DEFAULT["layers"], metavar="SEL",
+                   help=f"default: {_DEFAULT['quantizer']}")
+    q.add_argument("--full-range", action="store_true", default=None,
+                   help="codes -2^(b-1)..2^(b-1)-1")
+    q.add_argument("--layers", metavar="SEL",
                    help="all | first:N | last:N | Conv|Gemm|MatMul|ConvTranspose | glob; "
-                        "comma-separated, '!' excludes (default: %(default)s)")
+                        f"comma-separated, '!' excludes (default: {_DEFAULT['layers']})")
     q.add_argument("--encoding", choices=[e.value for e in Encoding], default=_DEFAULT["encoding"],
                    help="weight storage with float activations (for analysis: onnxruntime "
                         "dequantizes the weights on every run); default float, qdq with "
@@ -113,14 +121,48 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
                         "calibration pixels are converted to it (default: float32 NCHW in [0, 1])")
 
 
+#: the options of each pass (dests of PASS_OPTIONS)
+MULAW_OPTIONS = ("mulaw_layers", "mulaw_rescale")
+QUANT_OPTIONS = ("granularity", "scale", "quantizer", "full_range", "layers")
+
+
+def option(args: argparse.Namespace, dest: str) -> Any:
+    """A pass option's value: the one given, else its default (PASS_OPTIONS)."""
+    value = getattr(args, dest, None)
+    return _DEFAULT[dest] if value is None else value
+
+
+def given_options(args: argparse.Namespace, dests: Iterable[str]) -> list[str]:
+    """The flags of the pass options among `dests` that the command line gave."""
+    flags = {dest: flag for dest, flag, _ in PASS_OPTIONS}
+    out = []
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if value is not None:
+            out.append("--mulaw-rescale" if dest == "mulaw_rescale" and value else flags[dest])
+    return out
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
-    """The recipe the options ask for; None when they ask for no pass at all."""
+    """The recipe the options ask for; None when they ask for no pass at all. An option of a
+    pass that was not asked for (--mulaw-layers without --mulaw, --granularity without --bits)
+    is a usage error: it would be ignored without a word."""
+    if not args.recipe:
+        for asked, dests, flag in ((args.mulaw, MULAW_OPTIONS, "--mulaw MU"),
+                                   (args.bits, QUANT_OPTIONS, "--bits B")):
+            unused = given_options(args, dests)
+            if asked is None and unused:
+                verb = "applies" if len(unused) == 1 else "apply"
+                raise UsageError(f"{', '.join(unused)} {verb} to {flag.split()[0]} only; add "
+                                 f"{flag} or drop {'it' if len(unused) == 1 else 'them'}")
     passes: list[GraphPass] = []
     if args.mulaw is not None:
-        passes.append(MuLawMap(args.mulaw, args.mulaw_rescale, args.mulaw_layers))
+        passes.append(MuLawMap(args.mulaw, option(args, "mulaw_rescale"),
+                               option(args, "mulaw_layers")))
     if args.bits is not None:
-        passes.append(WeightQuant(args.bits, args.granularity, args.scale, args.quantizer,
-                                  args.layers, narrow=not args.full_range))
+        passes.append(WeightQuant(args.bits, option(args, "granularity"), option(args, "scale"),
+                                  option(args, "quantizer"), option(args, "layers"),
+                                  narrow=not option(args, "full_range")))
     acts = None
     if getattr(args, "activations", "float") == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
@@ -132,8 +174,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     if args.recipe:
         if passes:
             raise UsageError("--recipe cannot be combined with --mulaw/--bits; put them in it")
-        given = [flag for dest, flag, default in PASS_OPTIONS
-                 if getattr(args, dest, default) != default]
+        given = given_options(args, (*MULAW_OPTIONS, *QUANT_OPTIONS))
+        given += ["--encoding"] if args.encoding is not None else []
         if given:
             raise UsageError(f"--recipe sets the passes and the encoding itself; drop "
                              f"{', '.join(given)} (or put the setting in the recipe)")
@@ -141,7 +183,14 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
         if acts is not None:
             recipe = Recipe(recipe.passes, recipe.encoding, acts)
         return recipe
-    return Recipe(tuple(passes), Encoding(args.encoding or "float"), acts) if passes else None
+    if not passes:
+        return None
+    recipe = Recipe(tuple(passes), Encoding(args.encoding or "float"), acts)
+    try:  # settings given as options that do not go together: a usage error (exit 2)
+        check_recipe(recipe)
+    except PassError as exc:
+        raise UsageError(str(exc)) from None
+    return recipe
 
 
 def add_search_options(p: argparse.ArgumentParser) -> None:
@@ -202,15 +251,20 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     if args.input_spec:
         raise UsageError("--search scores candidates on float32 NCHW [0, 1] pixels; --input-spec"
                          " works without --search (harden with --bits, then eval)")
+    unused = given_options(args, MULAW_OPTIONS)
+    if unused:
+        raise UsageError(f"--search chooses which layers to mu-map itself (with --mulaw MU); "
+                         f"drop {', '.join(unused)}")
     acts = None
     if args.activations == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
                                   f"{args.calibration_data}:train")
     return SearchConfig(
         bits=parse_bits(args.search_bits), avg_bits=args.avg_bits, max_bytes=args.max_bytes,
-        max_drop=args.max_drop, mulaw=args.mulaw, layers=args.layers,
-        granularity=Granularity(args.granularity), scale=ScaleRule(args.scale),
-        quantizer=Quantizer(args.quantizer), narrow=not args.full_range,
+        max_drop=args.max_drop, mulaw=args.mulaw, layers=option(args, "layers"),
+        granularity=Granularity(option(args, "granularity")),
+        scale=ScaleRule(option(args, "scale")), quantizer=Quantizer(option(args, "quantizer")),
+        narrow=not option(args, "full_range"),
         encoding=Encoding(args.encoding or "qdq"), activations=acts, confirm=args.confirm,
         eps=None if args.confirm_eps is None else parse_number(args.confirm_eps, "--confirm-eps"),
         steps=args.confirm_steps, queries=args.confirm_queries,
@@ -257,7 +311,9 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"{', '.join(given)} only applies with --activations int8 (or "
                              "--search); add one or drop it")
-    recipe = recipe_from_args(args) or Recipe((), Encoding(args.encoding or "float"))
+    recipe = recipe_from_args(args)
+    if recipe is None:
+        raise UsageError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
                          calibration=calibration_images(recipe))
     for r in () if args.quiet else result.records:  # --quiet: only the final line

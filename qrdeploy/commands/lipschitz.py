@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from qrdeploy.commands._options import add_isolate, check_isolated, positive_int
+from qrdeploy.commands._options import add_isolate, check_isolated, non_negative_int, positive_int
 from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
 from qrdeploy.core.plotting import require
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
@@ -69,7 +69,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-n", type=positive_int, default=100, help="samples (default: %(default)s)")
     g.add_argument("--batch-size", type=positive_int, default=64, help="default: %(default)s")
     g.add_argument("--provider", choices=PROVIDERS, default="auto")
-    g.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's)")
+    g.add_argument("--threads", type=non_negative_int, default=0,
+                   help="intra-op threads (0: onnxruntime's)")
 
 
 def _recipe(args: argparse.Namespace) -> Recipe | None:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from qrdeploy.commands._options import positive_float, positive_int, top_within
+from qrdeploy.commands._options import non_negative_int, positive_float, positive_int, top_within
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 from qrdeploy.train.recipes import BY_PREFIX
 
@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "chance)")
     g.add_argument("--n-train", type=positive_int, default=None,
                    help="use the first N training samples")
-    g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    g.add_argument("--threads", type=non_negative_int, default=0,
+                   help="torch threads (0: torch's default)")
     q = p.add_argument_group("hardening-aware training (docs/training.md)")
     q.add_argument("--quant-aware", type=int, default=_D.quant_aware, metavar="BITS",
                    help="train through the harden pass's B-bit weight quantizer (straight-"

@@ -395,7 +395,9 @@ def describe_recipe(step: Mapping[str, Any]) -> str:
     return text
 
 
-def _check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe) -> None:
+    """Refuse a recipe whose settings do not go together (PassError, naming the CLI options;
+    the CLI turns it into a usage error when the options built the recipe)."""
     if not recipe.passes:
         raise PassError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
     quants = [p for p in recipe.passes if isinstance(p, WeightQuant)]
@@ -405,6 +407,11 @@ def _check_recipe(recipe: Recipe) -> None:
     if recipe.encoding is not Encoding.FLOAT and not quants:
         raise PassError(f"--encoding {recipe.encoding.value} needs a quantization pass "
                         "(--bits B); use --encoding float for μ-law only")
+    if recipe.activations is not None and any(p.quantizer is Quantizer.COMPANDING
+                                              for p in quants):
+        raise PassError("--activations int8 runs integer kernels, which need uniform codes; the "
+                        "companding quantizer gives a codebook: use --quantizer uniform, or "
+                        "float activations")
     if recipe.activations is not None and recipe.encoding is Encoding.INT4:
         raise PassError("--activations int8 stores the weight codes in int8 for the integer "
                         "kernels; drop --encoding int4 (or use float activations)")
@@ -434,7 +441,7 @@ def harden(
         encoding = Encoding.QDQ if _enum(Encoding, encoding, "encoding") is Encoding.FLOAT \
             else encoding
     recipe = Recipe(tuple(passes), _enum(Encoding, encoding, "encoding"), activations)
-    _check_recipe(recipe)
+    check_recipe(recipe)
     if activations is not None:
         return _harden_integer(model, recipe, calibration)
     if recipe.encoding is Encoding.INT4 and graph.opset_version(model) < 21:

@@ -45,9 +45,12 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
                                               "0"],
     ["train", "-o", "t.safetensors", "--n-train", "0"], ["train", "-o", "t.safetensors",
                                                          "--lr", "-1"],
+    ["eval", "m.onnx", "--threads", "-1"], ["eval", "m.onnx", "--atol", "-1"],
+    ["harden", "m.onnx", "-o", "h.onnx", "--mulaw", "-1"],
 ], ids=["none", "unknown", "missing-model", "bad-choice", "n-zero", "n-negative", "n-word",
         "lipschitz-split", "lipschitz-n", "bits-9", "calibrate-0", "isolate-timeout-0",
-        "input-spec-range", "batch-size-0", "workers-0", "n-train-0", "lr-negative"])
+        "input-spec-range", "batch-size-0", "workers-0", "n-train-0", "lr-negative",
+        "threads-negative", "atol-negative", "mulaw-negative"])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
 
@@ -76,11 +79,31 @@ def test_an_unknown_option_prints_the_commands_usage(capsys: pytest.CaptureFixtu
     (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--activations", "int8", "--encoding",
       "int4"], "drop --encoding int4"),
     (["margins", "m.onnx", "--top", "100"], "--top 100 is more than --directions 64"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--mulaw-layers", "all"],
+     "--mulaw-layers applies to --mulaw only"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--mulaw", "255", "--scale", "mse", "--full-range"],
+     "--scale, --full-range apply to --bits only"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--recipe", "r.toml", "--granularity", "tensor"],
+     "drop --granularity"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--search", "--no-mulaw-rescale"],
+     "drop --no-mulaw-rescale"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--mulaw", "255", "--encoding", "qdq"],
+     "--encoding qdq needs a quantization pass"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "5", "--encoding", "int4"],
+     "--encoding int4 holds at most 4 bits"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--mulaw", "255", "--activations", "int8"],
+     "--activations int8 needs a quantization pass"),
+    (["harden", "a.onnx", "-o", "h.onnx", "--bits", "3", "--quantizer", "companding",
+      "--activations", "int8"], "need uniform codes"),
+    (["harden", "a.onnx", "-o", "h.onnx"], "no pass given"),
     (["train", "--net", "mnist-cnn", "--method", "feedback", "--from", "m.onnx", "-o", "f.onnx",
       "--fl-directions", "10"], "--fl-top 40 is more than --fl-directions 10"),
 ], ids=["lipschitz-both", "lipschitz-neither", "recipe-and-bits", "search-and-bits",
         "model-format", "retrain-and-model", "calibrate-without-int8", "avg-bits-without-search",
-        "recipe-and-granularity", "int8-and-int4", "margins-top", "train-fl-top"])
+        "recipe-and-granularity", "int8-and-int4", "margins-top", "mulaw-layers-without-mulaw",
+        "quant-options-without-bits", "recipe-and-default-granularity", "search-and-rescale",
+        "mulaw-only-qdq", "int4-5-bits", "int8-without-bits", "int8-companding", "no-pass",
+        "train-fl-top"])
 def test_conflicting_options_exit_2_in_one_line(argv: list[str], message: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,7 +169,12 @@ def test_cli_harden_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "onnxruntime runs (integer kernels)" in capsys.readouterr().out
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--quantizer",
                  "companding", "--activations", "int8", "--calibration-data",
-                 f"npz:{tmp_path / 'c.npz'}", "--calibrate", "30"]) == 1
+                 f"npz:{tmp_path / 'c.npz'}", "--calibrate", "30"]) == 2  # options conflict
+    assert "need uniform codes" in capsys.readouterr().err
+    # the library refuses the same recipe, from the codes, where no option built it
+    with pytest.raises(PassError, match="need uniform codes"):
+        harden(cnn(0), [WeightQuant(3, quantizer="companding")],
+               activations=IntegerActivations(30), calibration=CALIB)
 
 
 @pytest.mark.parametrize("encoding", ["float", "qdq"])
