@@ -716,13 +716,14 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
     if dst.resolve() == src.resolve() and not in_place:
         raise ConfigError(f"output {dst} is the input model; choose another -o or pass --in-place")
     model = graph.load_model(src)
+    bytes_in = src.stat().st_size  # before --in-place replaces it
     hardened, records = harden(model, recipe.passes, recipe.encoding,
                                activations=recipe.activations, calibration=calibration)
     del model
     graph.save_model(hardened, dst)
     # a device or FIFO (-o /dev/null) was written through and has no size of its own
     size = dst.stat().st_size if dst.is_file() else len(graph.model_to_bytes(hardened))
-    return HardenResult(dst, tuple(records), src.stat().st_size, size, deployment_notes(recipe))
+    return HardenResult(dst, tuple(records), bytes_in, size, deployment_notes(recipe))
 
 
 def deployment_notes(recipe: Recipe) -> tuple[str, ...]:

@@ -184,10 +184,14 @@ def test_cli_harden_twice_is_byte_identical_and_inspect(tmp_path: Path,
     assert "harden step 1" in capsys.readouterr().out
 
 
-def test_cli_in_place(tmp_path: Path) -> None:
+def test_cli_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = graph.save_model(cnn(0), tmp_path / "m.onnx")
+    before = src.stat().st_size
     assert _cli_harden(src, src, "--bits", "3", "--in-place") == 0
     assert describe_model(graph.load_model(src))["layers"][0]["bits"] == 3
+    # the input size is the file before it was replaced, not the new file's again
+    assert f"({src.stat().st_size:,} bytes; input {before:,} bytes)" in capsys.readouterr().out
+    assert src.stat().st_size != before
 
 
 def test_cli_recipe_equals_options(tmp_path: Path) -> None:
