@@ -31,7 +31,7 @@ from qrdeploy.gate.run import CheckResult
 from qrdeploy.gate.run import check as _check
 from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.hardening.encodings import Encoding
-from qrdeploy.hardening.integer import Calibration, IntegerActivations
+from qrdeploy.hardening.integer import Calibration, IntegerActivations, calibration_images
 from qrdeploy.hardening.passes import (
     GraphPass,
     HardenResult,
@@ -53,44 +53,70 @@ PathLike = str | Path
 
 
 def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
-           mulaw: float | None = None, mulaw_layers: str = "last:1",
-           granularity: str = "tensor", encoding: str = "float",
+           mulaw: float | None = None, mulaw_layers: str | None = None,
+           granularity: str | None = None, encoding: str | None = None,
            recipe: PathLike | Recipe | None = None, in_place: bool = False,
-           activations: str = "float", calibrate: int = 500,
-           calibration_data: str | Dataset = "mnist-5k",
-           calibration_method: str = "minmax", input_spec: str | None = None) -> HardenResult:
+           activations: str | None = None, calibrate: int | None = None,
+           calibration_data: str | Dataset | None = None,
+           calibration_method: str | None = None, input_spec: str | None = None
+           ) -> HardenResult:
     """Harden an ONNX classifier's weights and write the hardened model to `out`.
 
-    The paper's way: `mulaw=255` (μ-law on the `mulaw_layers`, e.g. 'last:1'), then `bits=3`
-    post-training quantization (per 'tensor' or 'channel'), stored as `encoding` 'float', 'qdq',
-    'int4' or 'nbits' (float activations, for analysis). Or a `recipe` (a TOML file or a Recipe)
-    with any sequence of passes. `activations='int8'` writes the full-integer model instead,
-    calibrated on the first `calibrate` images of `calibration_data` (a name as `load_dataset`
-    takes it, train split, or a Dataset) with `calibration_method` (minmax, percentile,
-    entropy), the pixels converted to the model's `input_spec` first (as `--input-spec`, e.g.
-    "dtype=uint8,range=0-255"; None: float32 NCHW in [0, 1]). Returns the per-tensor records
-    and the file sizes."""
-    if activations not in ("float", "int8"):
+    The paper's way: `mulaw=255` (μ-law on the `mulaw_layers`, default 'last:1'), then `bits=3`
+    post-training quantization (per 'tensor' [default] or 'channel'), stored as `encoding`
+    'float' [default], 'qdq', 'int4' or 'nbits' (float activations, for analysis). Or a `recipe`
+    (a TOML file or a Recipe, e.g. `recipes_of(model)[0]`) with any sequence of passes; it sets
+    the passes and the encoding itself. `activations='int8'` writes the full-integer model
+    instead, calibrated on the first `calibrate` (500) images of `calibration_data` (mnist-5k;
+    a name as `load_dataset` takes it, train split, or a Dataset) with `calibration_method`
+    (minmax [default], percentile, entropy), the pixels converted to the model's `input_spec`
+    first (as `--input-spec`, e.g. "dtype=uint8,range=0-255"; None: float32 NCHW in [0, 1]).
+    A recipe that records int8 activations is calibrated as it records unless these say
+    otherwise (`activations='float'` drops them). An option that would be ignored (a pass
+    option beside a recipe, `granularity` without `bits`, calibration options with float
+    activations) raises UsageError, as the command line refuses it. Returns the per-tensor
+    records, the file sizes and notes."""
+    if activations not in (None, "float", "int8"):
         raise ConfigError(f"activations must be 'float' or 'int8', got {activations!r}")
     if recipe is not None:
         if bits is not None or mulaw is not None:
             raise UsageError("give either recipe or bits / mulaw, not both")
+        _refuse_unused("a recipe sets the passes and the encoding itself",
+                       mulaw_layers=mulaw_layers, granularity=granularity, encoding=encoding)
         rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     else:
-        rec = Recipe(_passes(bits, mulaw, mulaw_layers, granularity),
-                     _choice(Encoding, encoding, "encoding"))
-    calibration = None
-    if activations == "int8":
-        name = calibration_data.name if isinstance(calibration_data, Dataset) \
-            else calibration_data
-        rec = Recipe(rec.passes, rec.encoding,
-                     IntegerActivations(calibrate, _choice(Calibration, calibration_method,
-                                                           "calibration method"), f"{name}:train",
-                                        input_spec or ""))
-        ds = calibration_data if isinstance(calibration_data, Dataset) else \
-            load_dataset(calibration_data, "train", n=calibrate)
-        calibration = ds.x[:calibrate]
-    return harden_file(model, out, rec, in_place=in_place, calibration=calibration)
+        if mulaw is None:
+            _refuse_unused("mulaw_layers applies to mulaw only", mulaw_layers=mulaw_layers)
+        if bits is None:
+            _refuse_unused("granularity applies to bits only", granularity=granularity)
+        rec = Recipe(_passes(bits, mulaw, mulaw_layers or "last:1", granularity or "tensor"),
+                     _choice(Encoding, encoding or "float", "encoding"))
+    recorded = rec.activations if activations is None else None
+    if activations != "int8" and recorded is None:
+        _refuse_unused("the calibration options apply to activations='int8' only",
+                       calibrate=calibrate, calibration_data=calibration_data,
+                       calibration_method=calibration_method, input_spec=input_spec)
+        return harden_file(model, out, Recipe(rec.passes, rec.encoding), in_place=in_place)
+    base = recorded or IntegerActivations()
+    name = base.data if calibration_data is None else \
+        f"{calibration_data.name if isinstance(calibration_data, Dataset) else calibration_data}" \
+        ":train"
+    acts = IntegerActivations(
+        base.samples if calibrate is None else calibrate,
+        base.method if calibration_method is None else _choice(Calibration, calibration_method,
+                                                               "calibration method"),
+        name, base.input_spec if input_spec is None else input_spec)
+    images = calibration_data.x[:acts.samples] if isinstance(calibration_data, Dataset) \
+        else calibration_images(acts)
+    return harden_file(model, out, Recipe(rec.passes, rec.encoding, acts), in_place=in_place,
+                       calibration=images)
+
+
+def _refuse_unused(why: str, **given: object) -> None:
+    """UsageError naming the arguments among `given` that are set (not None)."""
+    names = [name for name, value in given.items() if value is not None]
+    if names:
+        raise UsageError(f"{why}; drop {', '.join(f'{n}=' for n in names)}")
 
 
 def search_recipe(model: PathLike, out: PathLike, config: SearchConfig | None = None, *,

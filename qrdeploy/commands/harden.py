@@ -9,8 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qrdeploy.bitsearch.render import summary_lines, write_search
 from qrdeploy.bitsearch.search import (
     DEFAULT_MAX_DROP,
@@ -27,11 +25,10 @@ from qrdeploy.commands._options import (
     positive_int,
 )
 from qrdeploy.core import plotting
-from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import PassError, UsageError
 from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
-from qrdeploy.hardening.integer import Calibration, IntegerActivations
+from qrdeploy.hardening.integer import Calibration, IntegerActivations, calibration_images
 from qrdeploy.hardening.passes import (
     GraphPass,
     MuLawMap,
@@ -287,16 +284,6 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibration_images(recipe: Recipe, data_root: str | None = None) -> np.ndarray | None:
-    """The calibration images an int8 recipe names (DATA:train, first N), else None."""
-    acts = recipe.activations
-    if acts is None:
-        return None
-    name, _, split = acts.data.rpartition(":")
-    return load_dataset(name or acts.data, split or "train", n=acts.samples,
-                        data_root=data_root).x
-
-
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
     if args.search:
@@ -315,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     if recipe is None:
         raise UsageError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
-                         calibration=calibration_images(recipe))
+                         calibration=None if recipe.activations is None
+                         else calibration_images(recipe.activations))
     for r in () if args.quiet else result.records:  # --quiet: only the final line
         bits = f"{r.bits} bits" if r.bits else f"mu={r.mu:g}"
         print(f"{r.pass_kind:6} {r.tensor:32} {r.op_type:13} {bits:8} levels={r.levels:<6} "

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import PassError
 from qrdeploy.graphio.fold import Fold, fold_batchnorm
 from qrdeploy.graphio.graph import unique_name
@@ -135,6 +136,13 @@ def _overrides(quantized: Mapping[str, Quantized]) -> dict[str, list[dict[str, A
                          else {"scale": s, "zero_point": np.int8(0)}
                          for i, s in enumerate(scales)]
     return out
+
+
+def calibration_images(acts: IntegerActivations, data_root: str | None = None) -> np.ndarray:
+    """The calibration images `acts` names: the first `samples` of its DATA:SPLIT."""
+    name, _, split = acts.data.rpartition(":")
+    return load_dataset(name or acts.data, split or "train", n=acts.samples,
+                        data_root=data_root).x
 
 
 class _Reader:

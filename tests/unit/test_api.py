@@ -8,6 +8,7 @@ import importlib
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,49 @@ def test_the_version_is_written_once() -> None:
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml")
                               .read_text())
     assert pyproject["project"]["version"] == qrdeploy.__version__
+
+
+def test_api_harden_refuses_what_it_would_ignore(tmp_path: Path) -> None:
+    """The library refuses the same ignored options the command line refuses."""
+    import onnx
+
+    import qrdeploy
+    from qrdeploy.errors import UsageError
+    from tests.unit.onnx_builders import cnn
+
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    (tmp_path / "r.toml").write_text('encoding = "qdq"\n[[passes]]\nkind = "quant"\nbits = 3\n')
+    cases = [
+        ({"recipe": tmp_path / "r.toml", "encoding": "int4"}, "drop encoding="),
+        ({"recipe": tmp_path / "r.toml", "granularity": "channel"}, "drop granularity="),
+        ({"mulaw": 255, "granularity": "channel"}, "granularity applies to bits only"),
+        ({"bits": 3, "mulaw_layers": "all"}, "mulaw_layers applies to mulaw only"),
+        ({"bits": 3, "calibrate": 10}, "apply to activations='int8' only; drop calibrate="),
+        ({"bits": 3, "calibration_method": "entropy", "input_spec": "range=0-255"},
+         "drop calibration_method=, input_spec="),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(UsageError, match=message):
+            qrdeploy.harden(src, tmp_path / "h.onnx", **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "h.onnx").exists()
+
+
+def test_api_harden_replays_a_recorded_int8_recipe_byte_for_byte(tmp_path: Path) -> None:
+    """recipes_of(hardened)[0] carries its calibration (images, method, data): replaying it
+    through the API needs nothing else and gives the same bytes (same onnxruntime, same CPU)."""
+    import onnx
+
+    import qrdeploy
+    from qrdeploy.hardening.passes import recipes_of
+
+    src = Path(__file__).parents[2] / "models" / "mnist-standard.onnx"
+    first = qrdeploy.harden(src, tmp_path / "a.onnx", bits=3, activations="int8", calibrate=40,
+                            calibration_method="entropy")
+    (recipe,) = recipes_of(onnx.load(first.path))
+    assert recipe.activations is not None and recipe.activations.samples == 40
+    again = qrdeploy.harden(src, tmp_path / "b.onnx", recipe=recipe)
+    assert again.path.read_bytes() == first.path.read_bytes()
+    # activations="float" drops the recorded int8 step: the weight-only analysis form
+    flt = qrdeploy.harden(src, tmp_path / "c.onnx", recipe=recipe, activations="float")
+    assert flt.notes and "analysis form" in flt.notes[0]
