@@ -70,7 +70,8 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> No
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, required=default is None,
                    help="mnist-5k or cifar10-10k (embedded), mnist, cifar10 or npz:PATH "
-                   "(default: %(default)s)")
+                   + ("(required: the data the gate measures on)" if default is None
+                      else "(default: %(default)s)"))
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--download", action="store_true", help="download mnist/cifar10 if missing")
     g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")

@@ -107,8 +107,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--calibrate", type=positive_int, default=_DEFAULT["calibrate"], metavar="N",
                    help="calibration images for int8 activations (default: %(default)s)")
     a.add_argument("--calibration-data", default=_DEFAULT["calibration_data"], metavar="DATA",
-                   help="mnist-5k (embedded), mnist, cifar10 or npz:PATH; its train split "
-                        "(default: %(default)s)")
+                   help="mnist-5k or cifar10-10k (embedded), mnist, cifar10 or npz:PATH; its "
+                        "train split (default: %(default)s)")
     a.add_argument("--calibration-method", choices=[c.value for c in Calibration],
                    default=_DEFAULT["calibration_method"], help="default: %(default)s")
     a.add_argument("--input-spec", type=input_spec, default=_DEFAULT["input_spec"],

@@ -1,7 +1,8 @@
 """Numbers from the per-sample flags of an Evaluation (qrdeploy.evaluation.runner): robust accuracy
 with clean errors counted as failures, the paper-style accuracy on attacked inputs, the per-sample
 worst case, accuracy-vs-eps curves, CW-L2 distances, noise draws, and paired tests between two
-models or two attacks on the same samples (exact McNemar and a paired bootstrap interval). Every
+models or two attacks on the same samples (exact McNemar and Newcombe's paired interval, the one
+interval of a paired difference everywhere in qrdeploy: check, F.L. acceptance, reports). Every
 accuracy is a Proportion with a 95 % Wilson interval (qrdeploy.core.stats). No scipy; see
 docs/evaluation.md."""
 
@@ -11,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qrdeploy.core.stats import Proportion, mcnemar_exact
+from qrdeploy.core.stats import PairedCounts, Proportion, mcnemar_exact, newcombe_paired_interval
 from qrdeploy.errors import DataError
 from qrdeploy.evaluation.runner import Evaluation, robust_under
 from qrdeploy.evaluation.suites import Mode, Suite
 
 ALPHA = 0.05  # a paired difference is "significant" when McNemar's exact p < ALPHA
-BOOTSTRAP_RESAMPLES = 10_000
+#: the noise column's bootstrap interval of a mean over draws (a mean of per-sample fractions is
+#: not a binomial count, so neither Wilson nor Newcombe applies to it)
+BOOTSTRAP_RESAMPLES = 2_000
 BOOTSTRAP_SEED = 20201229  # fixed: an interval is part of the report, not of a run's seed
 
 
@@ -120,7 +123,7 @@ def noise_summary(ev: Evaluation, key: str) -> NoiseSummary:
 # --------------------------------------------------------------------------------- paired tests
 
 
-def bootstrap_mean_interval(values: np.ndarray, resamples: int = 2000,
+def bootstrap_mean_interval(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
                             seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean of `values` (N,), resampling samples."""
     gen = np.random.default_rng(seed)
@@ -130,26 +133,11 @@ def bootstrap_mean_interval(values: np.ndarray, resamples: int = 2000,
     return float(lo), float(hi)
 
 
-def bootstrap_diff_interval(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                            seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """95 % paired percentile bootstrap interval of mean(a) - mean(b) for bool flags (N,).
-
-    Resampling pairs only changes how many of the n pairs are (1, 0), (0, 1) or ties, so the
-    resampled counts are drawn from the equivalent multinomial: same distribution, no (R, N)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n = len(a)
-    plus, minus = int((a & ~b).sum()), int((~a & b).sum())
-    counts = np.random.default_rng(seed).multinomial(
-        n, [plus / n, minus / n, 1 - (plus + minus) / n], size=resamples)  # (R, 3)
-    diffs = (counts[:, 0] - counts[:, 1]) / n
-    lo, hi = np.quantile(diffs, [ALPHA / 2, 1 - ALPHA / 2])
-    return float(lo), float(hi)
-
-
 @dataclass(frozen=True)
 class PairedTest:
-    """a vs b on the same n samples: accuracies, difference a - b with its bootstrap interval,
-    discordant counts (a right b wrong, a wrong b right) and McNemar's exact p-value."""
+    """a vs b on the same n samples: accuracies, difference a - b with its 95 % Newcombe hybrid
+    score interval, discordant counts (a right b wrong, a wrong b right) and McNemar's exact
+    p-value."""
 
     a: str
     b: str
@@ -176,7 +164,8 @@ def paired_test(a_flags: np.ndarray, b_flags: np.ndarray, a: str = "a", b: str =
                         f"{fa.shape} and {fb.shape}; compare results of the same data and -n")
     a_only, b_only = int((fa & ~fb).sum()), int((~fa & fb).sum())
     return PairedTest(a, b, fa.size, float(fa.mean()), float(fb.mean()),
-                      float(fa.mean() - fb.mean()), bootstrap_diff_interval(fa, fb),
+                      float(fa.mean() - fb.mean()),
+                      newcombe_paired_interval(PairedCounts.from_flags(fa, fb)),
                       a_only, b_only, mcnemar_exact(a_only, b_only))
 
 

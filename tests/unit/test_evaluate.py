@@ -13,7 +13,7 @@ from qrdeploy.attacks import CWL2, PGD
 from qrdeploy.core.stats import Proportion
 from qrdeploy.evaluation.metrics import (
     attacked_flags,
-    bootstrap_diff_interval,
+    bootstrap_mean_interval,
     cw_summary,
     noise_summary,
     paired_test,
@@ -141,20 +141,37 @@ def test_mcnemar_matches_scipy_binomtest(b: int, c: int) -> None:
 
 @pytest.mark.parametrize(("plus", "minus", "ties"), [(30, 10, 160), (5, 5, 90), (0, 12, 88)],
                          ids=str)
-def test_bootstrap_interval_matches_scipy(plus: int, minus: int, ties: int) -> None:
+def test_paired_interval_is_newcombes_on_the_discordant_counts(plus: int, minus: int,
+                                                                ties: int) -> None:
+    """One interval of a paired difference in qrdeploy (check, F.L., reports): Newcombe's hybrid
+    score interval (pinned to published values in test_stats), a - b in sign."""
+    from qrdeploy.core.stats import PairedCounts, newcombe_paired_interval
+
     a = np.array([1] * plus + [0] * minus + [1] * (ties // 2) + [0] * (ties - ties // 2), bool)
     b = np.array([0] * plus + [1] * minus + [1] * (ties // 2) + [0] * (ties - ties // 2), bool)
-    lo, hi = bootstrap_diff_interval(a, b)
-    ref = st.bootstrap((a.astype(float), b.astype(float)), lambda u, v: u.mean() - v.mean(),
-                       paired=True, vectorized=False, n_resamples=4000, method="percentile",
-                       random_state=0).confidence_interval
-    assert lo == pytest.approx(ref.low, abs=0.012) and hi == pytest.approx(ref.high, abs=0.012)
+    t = paired_test(a, b)
+    counts = PairedCounts(ties // 2, plus, minus, ties - ties // 2)
+    assert t.ci95 == pytest.approx(newcombe_paired_interval(counts), abs=1e-12)
+    assert t.diff == pytest.approx((plus - minus) / len(a))
+    assert t.ci95[0] <= t.diff <= t.ci95[1]
+    assert (t.ci95[0] > 0) == (plus > minus and t.significant)  # only (30, 10) clears zero
 
 
-def test_identical_flags_give_a_zero_interval_and_no_significance() -> None:
+def test_identical_flags_give_no_difference_and_no_significance() -> None:
     f = np.array([1, 0, 1, 1, 0, 1], bool)
     t = paired_test(f, f)
-    assert t.ci95 == (0.0, 0.0) and t.p_value == 1.0 and not t.significant
+    assert t.diff == 0.0 and t.ci95[0] < 0 < t.ci95[1] and t.p_value == 1.0
+    assert not t.significant
+
+
+def test_noise_interval_matches_scipys_bootstrap() -> None:
+    """The noise column's mean over draws keeps a percentile bootstrap (a mean of per-sample
+    fractions is not a binomial count)."""
+    values = np.random.default_rng(3).integers(0, 11, 300) / 10.0  # (N,) fractions of 10 draws
+    lo, hi = bootstrap_mean_interval(values)
+    ref = st.bootstrap((values,), np.mean, n_resamples=4000, method="percentile",
+                       random_state=0).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.01) and hi == pytest.approx(ref.high, abs=0.01)
 
 
 def test_wilson_cell_matches_scipy() -> None:
