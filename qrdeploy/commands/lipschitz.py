@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
           else render_markdown(report))
     if args.plot:
         path = plot_reports([report], args.plot, norm=args.plot_norm)
-        print(f"wrote {path}", file=sys.stderr)
+        if not args.quiet:
+            print(f"wrote {path}", file=sys.stderr)
     if not args.quiet:
         print(f"{len(report.layers)} layers in {report.seconds:.2f} s", file=sys.stderr)
     return 0

@@ -215,12 +215,28 @@ def comparable(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _reference_is_float(reference: onnx.ModelProto, hardened: onnx.ModelProto) -> None:
-    """A GraphError when the reference is the quantized one of the two (arguments swapped)."""
+    """A GraphError when the reference is the quantized one of the two (arguments swapped):
+    its layers are integer kernels and the other's are not, or it carries qrdeploy's hardening
+    provenance and the other does not (a weight-only model: float, qdq, int4, nbits)."""
     ref_q = float_twin(reference, "ste")[1]
     if ref_q.quantized and not float_twin(hardened, "ste")[1].quantized:
         ops = ", ".join(sorted(ref_q.rewritten)) or "quantized activations"
         raise GraphError(f"the reference model is the quantized one ({ops}) and the hardened "
                          "one is float: the arguments look swapped; pass the float model first")
+    if passes.recipes_of(reference) and not passes.recipes_of(hardened) \
+            and _plain_float(hardened):
+        raise GraphError("the reference model was written by `qrdeploy harden` (it carries the "
+                         "hardening recipe) and the other was not: the arguments look swapped; "
+                         "pass the model before hardening first")
+
+
+def _plain_float(model: onnx.ModelProto) -> bool:
+    """Every weight layer reads a float32 initializer directly (no codes, no quantized ops): a
+    float model no quantizer has touched, as far as the file shows."""
+    dtypes = {t.name: t.data_type for t in model.graph.initializer}
+    return not float_twin(model, "ste")[1].quantized and all(
+        dtypes.get(layer.weight_name) == onnx.TensorProto.FLOAT
+        for layer in graph.weight_layers(model))
 
 
 FOLDED_NOTE = ("BatchNorm folded into this conv in the hardened model: W and Ŵ are the folded "

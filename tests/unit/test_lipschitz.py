@@ -303,3 +303,23 @@ def test_swapped_arguments_are_named() -> None:
     with pytest.raises(GraphError, match=r"the arguments look swapped; pass the float model"):
         lipschitz_report(int8, ref)
     assert lipschitz_report(ref, int8).layers  # the right way round works
+
+
+@pytest.mark.parametrize("encoding", ["float", "qdq", "int4"])
+def test_swapped_weight_only_models_are_named(encoding: str) -> None:
+    """A weight-only hardened model (float activations) given first: its recipe gives it away."""
+    ref = ob.cnn(seed=0)
+    hard, _ = harden(ref, [WeightQuant(bits=3)], encoding)
+    with pytest.raises(GraphError, match=r"written by `qrdeploy harden`.*look swapped"):
+        lipschitz_report(hard, ref)
+    assert lipschitz_report(ref, hard).layers
+
+
+def test_a_third_party_quantization_of_a_hardened_model_is_not_called_swapped() -> None:
+    """A conversion pipeline: qrdeploy's float-encoded model, then another tool quantizes it
+    (here: the same codes behind DequantizeLinear, without qrdeploy's metadata). Comparing the
+    two is the right way round."""
+    base, _ = harden(ob.cnn(seed=0), [WeightQuant(bits=3)], "float")
+    other, _ = harden(ob.cnn(seed=0), [WeightQuant(bits=3)], "qdq")
+    del other.metadata_props[:]
+    assert lipschitz_report(base, other).layers
