@@ -145,11 +145,14 @@ class Sources:
 
 
 def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
-                    unhardened: Subject | None, session: SessionConfig) -> Sources:
+                    unhardened: Subject | None, session: SessionConfig,
+                    integer: bool = False) -> Sources:
     """The black-box source (the user's, else the mnist default) and the adaptive transfer
-    column's source (the unhardened model, else the black-box source)."""
+    column's source (the unhardened model, else the black-box source). `integer`: the victim is
+    an integer graph, to which the adaptive transfer column is always added (it needs a
+    source even when the suite asks for none)."""
     notes, origin = [], "user"
-    if source is None and _needs_transfer_source(opts, data):
+    if source is None and (integer or _needs_transfer_source(opts, data)):
         path = default_source(data, data_family(opts, data))
         if path is not None:
             source, origin = open_subject(path, session, opts.run.batch_size), "default"
@@ -192,7 +195,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     victim = open_subject(model, session, bs, contract)
     ref = open_(reference)
     before = open_(unhardened)
-    srcs = resolve_sources(opts, data, open_(source), before, session)
+    srcs = resolve_sources(opts, data, open_(source), before, session, integer=victim.bpda)
     check_fits([victim, ref, before, srcs.black, srcs.adaptive], data.x)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])

@@ -625,3 +625,21 @@ def test_notes_never_announce_a_column_they_drop(world: dict[str, Any], tmp_path
     assert added and "adaptive/transfer" not in added[0]
     assert any("adaptive transfer dropped" in n for n in res.notes)
     assert not any(c.key == "adaptive/transfer" for c in res.columns)
+
+
+def test_an_integer_mnist_graph_gets_its_transfer_column_from_the_default_source(
+        tmp_path: Path) -> None:
+    """On 1x28x28 MNIST inputs the default transfer source exists, so the transfer column that
+    an integer graph always gets is crafted on it even when the suite asks for no source (it was
+    dropped, and bpda-weaker lost one of its three inputs)."""
+    import qrdeploy
+    from qrdeploy.api import attack
+
+    models = Path(__file__).parents[2] / "models"
+    int8 = qrdeploy.harden(models / "mnist-standard.onnx", tmp_path / "i8.onnx", bits=3,
+                           activations="int8", calibrate=50).path
+    res = attack(int8, "mnist-5k", out=tmp_path / "r.json", suite="white",
+                 attacks="clean,fgsm-w", eps=None, n=8, batch_size=8)
+    assert any(c.key == "adaptive/transfer" for c in res.columns)
+    assert not any("adaptive transfer dropped" in n for n in res.notes)
+    assert any("mnist-standard-seed1.onnx" in n for n in res.notes)
