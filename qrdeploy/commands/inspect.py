@@ -11,6 +11,7 @@ from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
 from qrdeploy.errors import QrdeployError, first_line
+from qrdeploy.gate.measure import file_bytes
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.twin import float_twin, gradient_form, stored_layers
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
     report = differentiability(model)
     info["quantization"] = twin_summary(quant)
+    info["file_bytes"] = file_bytes(args.model)
     try:
         info["kernels"] = kernel_summary(model)
     except QrdeployError as exc:  # a graph onnxruntime cannot load: still list what we can
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(info: dict[str, Any]) -> None:
-    print(f"opset {info['opset']}, {len(info['layers'])} weight layers")
+    print(f"opset {info['opset']}, {len(info['layers'])} weight layers, "
+          f"{info['file_bytes']:,} bytes (with external data)")
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
             shape = "?" if t["shape"] is None else \
@@ -75,7 +78,7 @@ def _print_table(info: dict[str, Any]) -> None:
     quant = info["quantization"]
     if quant["integer_kernels"] or quant["activation_quant"]:
         ops = ", ".join(f"{op} x{n}" for op, n in quant["integer_kernels"].items()) or "none"
-        print(f"quantized graph: integer ops in the file: {ops}; activations quantized at run "
+        print(f"quantized graph: quantized ops in the file: {ops}; activations quantized at run "
               f"time: {'yes' if quant['activation_quant'] else 'no'} (levels above are those "
               "of the dequantized weights)")
     k = info["kernels"]

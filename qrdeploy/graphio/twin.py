@@ -503,13 +503,14 @@ _WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger"
                  "MatMulInteger": 1, "MatMulNBits": 1}
 
 
-def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
+def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str, str]]:
     """How the file itself holds the weight of each integer kernel with a constant weight, keyed
     by the node's name (the name its float layer keeps in the twin): (op, weight dtype,
-    encoding). The twin's rows show float ops and, for ConvInteger / MatMulInteger /
-    MatMulNBits, float32 weights; these are what the file ships."""
+    encoding, weight initializer). The twin's rows show float ops and, for ConvInteger /
+    MatMulInteger / MatMulNBits, float32 weights under the twin's own names; these are what the
+    file ships."""
     inits = {t.name: t for t in model.graph.initializer}
-    out: dict[str, tuple[str, str, str]] = {}
+    out: dict[str, tuple[str, str, str, str]] = {}
     for node in model.graph.node:
         k = _WEIGHT_INPUT.get(node.op_type)
         if k is None or not node.name or len(node.input) <= k or node.input[k] not in inits:
@@ -519,7 +520,7 @@ def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str]]:
         else:
             dtype = TensorProto.DataType.Name(inits[node.input[k]].data_type).lower()
             enc = "integer"
-        out[node.name] = (node.op_type, dtype, enc)
+        out[node.name] = (node.op_type, dtype, enc, node.input[k])
     return out
 
 

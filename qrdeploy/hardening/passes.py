@@ -737,11 +737,13 @@ def deployment_notes(recipe: Recipe) -> tuple[str, ...]:
 
 
 def describe_model(model: onnx.ModelProto,
-                   stored: Mapping[str, tuple[str, str, str]] | None = None) -> dict[str, Any]:
+                   stored: Mapping[str, tuple[str, str, str, str]] | None = None
+                   ) -> dict[str, Any]:
     """What `qrdeploy inspect` shows: weight layers (levels per tensor and per channel, bits,
     encoding) and the provenance recorded by harden. `stored`: for a quantized graph's twin,
-    (op, weight dtype, encoding) as the file holds them, by node name (graphio.twin's
-    stored_layers); those rows show them, with the twin's op as `twin_op`."""
+    (op, weight dtype, encoding, weight initializer) as the file holds them, by node name
+    (graphio.twin's stored_layers); those rows show them (and the bits recorded for the file's
+    initializer), with the twin's op as `twin_op`."""
     meta = graph.get_metadata(model)
     bits = json.loads(meta.get(META_BITS, "{}"))
     folded = {f["conv"] for f in json.loads(meta.get(META_FOLDED, "[]"))}
@@ -750,7 +752,8 @@ def describe_model(model: onnx.ModelProto,
     for row in rows:
         if stored and row["node"] in stored:
             row["twin_op"] = row["op"]
-            row["op"], row["dtype"], row["encoding"] = stored[row["node"]]
+            row["op"], row["dtype"], row["encoding"], row["weight"] = stored[row["node"]]
+            row["bits"] = row["bits"] or bits.get(row["weight"])
     return {
         "opset": graph.opset_version(model),
         "inputs": _tensors(model.graph.input, {t.name for t in model.graph.initializer}),

@@ -15,7 +15,7 @@ import onnx
 from qrdeploy.core.runtime import SessionConfig, make_session
 
 INTEGER = frozenset({
-    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulNBits",
+    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger",
     "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearAdd",
     "QLinearMul", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
     "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearWhere", "QLinearReduceMean",
@@ -25,13 +25,27 @@ FLOAT_COMPUTE = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose"
 CONVERSIONS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
+#: MatMulNBits' accuracy_level that computes in integers (int8 activations); the others (unset,
+#: fp32, fp16, bf16) dequantize the low-bit weights and compute in float (onnxruntime's
+#: contrib-op documentation)
+NBITS_INTEGER_LEVEL = 4
+
+
 def optimized_ops(model: onnx.ModelProto, config: SessionConfig | None = None) -> Counter[str]:
-    """Op types (qualified by domain when not the default) of the graph onnxruntime runs."""
+    """Op types of the graph onnxruntime runs; a MatMulNBits that computes in float is
+    counted as "MatMulNBits (float compute)"."""
     with tempfile.TemporaryDirectory(prefix="qrdeploy-kernels-") as tmp:
         path = str(Path(tmp) / "optimized.onnx")
         make_session(model.SerializeToString(), config or SessionConfig("cpu"), path)
         optimized = onnx.load_model(path, load_external_data=False)
-    return Counter(n.op_type for n in optimized.graph.node)
+    return Counter(_kernel(n) for n in optimized.graph.node)
+
+
+def _kernel(node: onnx.NodeProto) -> str:
+    if node.op_type == "MatMulNBits":
+        level = next((a.i for a in node.attribute if a.name == "accuracy_level"), 0)
+        return "MatMulNBits" if level == NBITS_INTEGER_LEVEL else "MatMulNBits (float compute)"
+    return node.op_type
 
 
 def kernel_summary(model: onnx.ModelProto, config: SessionConfig | None = None) -> dict[str, Any]:
@@ -41,7 +55,8 @@ def kernel_summary(model: onnx.ModelProto, config: SessionConfig | None = None) 
     groups: dict[str, dict[str, int]] = {"integer": {}, "float_compute": {}, "conversions": {},
                                          "other": {}}
     for op, n in sorted(ops.items()):
-        key = ("integer" if op in INTEGER else "float_compute" if op in FLOAT_COMPUTE
+        key = ("integer" if op in INTEGER or op == "MatMulNBits"
+               else "float_compute" if op in FLOAT_COMPUTE or op.startswith("MatMulNBits")
                else "conversions" if op in CONVERSIONS else "other")
         groups[key][op] = n
     verdict = ("integer" if groups["integer"] and not groups["float_compute"] else

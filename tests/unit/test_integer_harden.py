@@ -247,6 +247,14 @@ def test_nbits_encoding_holds_the_float_encodings_weights(trans_b: int) -> None:
     for r, h in match_layers(fl, twin, in_order=True):
         np.testing.assert_array_equal(hardened_weight(twin, r, h), layer_weight(fl, r))
     assert float_twin(nb)[1].rewritten["MatMulNBits"] == 2
+    # inspect's rows: the file's op, container and initializer, and the bits recorded for it
+    from qrdeploy.graphio.twin import stored_layers
+    from qrdeploy.hardening.passes import describe_model
+
+    rows = describe_model(float_twin(nb)[0], stored_layers(nb))["layers"]
+    inits = {t.name for t in nb.graph.initializer}
+    assert [(r["op"], r["bits"]) for r in rows] == [("Conv", 3)] * 2 + [("MatMulNBits", 3)] * 2
+    assert all(r["weight"] in inits for r in rows)
     with pytest.raises(PassError, match="--encoding nbits holds at most 4 bits"):
         harden(model, [WeightQuant(5)], "nbits")
 

@@ -211,8 +211,9 @@ def test_commands_on_each_variant(world: dict[str, Any], variant: str, tmp_path:
     assert main(["inspect", model, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     expected = {"qdq": {"integer"}, "qop": {"integer"}, "dynamic": {"integer", "mixed"},
-                "nbits": {"mixed"}}[variant]  # nbits: integer MatMulNBits, float Conv
+                "nbits": {"float"}}[variant]  # nbits: MatMulNBits computes in float, float Conv
     assert info["kernels"]["verdict"] in expected
+    assert info["file_bytes"] == paths[variant].stat().st_size
     assert main(["eval", model, "--data", data]) == 0
     assert main(["attack", model, "--data", data, "--attacks", "clean,pgd", "--eps", "none",
                  "--batch-size", "8", "-q", "-o", str(tmp_path / "a.json")]) == 0
@@ -643,3 +644,17 @@ def test_an_integer_mnist_graph_gets_its_transfer_column_from_the_default_source
     assert any(c.key == "adaptive/transfer" for c in res.columns)
     assert not any("adaptive transfer dropped" in n for n in res.notes)
     assert any("mnist-standard-seed1.onnx" in n for n in res.notes)
+
+
+def test_matmulnbits_counts_as_integer_only_when_it_computes_in_integers() -> None:
+    """MatMulNBits dequantizes its low-bit weights and computes in float unless accuracy_level
+    is 4 (int8 activations): inspect's kernel groups must say which."""
+    from qrdeploy.model.kernels import _kernel
+
+    def node(level: int | None) -> onnx.NodeProto:
+        extra = {} if level is None else {"accuracy_level": level}
+        return helper.make_node("MatMulNBits", ["a", "b", "s"], ["y"], domain="com.microsoft",
+                                K=16, N=8, bits=4, block_size=16, **extra)
+
+    assert [_kernel(node(v)) for v in (None, 0, 1, 4)] == [
+        "MatMulNBits (float compute)"] * 3 + ["MatMulNBits"]
