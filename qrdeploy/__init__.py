@@ -1,9 +1,10 @@
 """qrdeploy: ONNX deployment hardening (mu-law mapping, low-bit weight quantization) and honest
 robustness evaluation of the deployed graph.
 
-The public API (qrdeploy.api, docs/api.md): harden, evaluate, attack, check, lipschitz,
-reproduce, load_dataset; and train / export_onnx with the `train` extra. It is imported lazily,
-so `import qrdeploy` stays fast and never imports torch. Old module paths of qrdeploy 0.1 still
+The public API (qrdeploy.api, docs/api.md): harden, search_recipe, inspect, evaluate, attack,
+check, replay, write_report, lipschitz, reproduce, load_dataset; and train / export_onnx with
+the `train` extra. It is imported lazily, so `import qrdeploy` stays fast and never imports
+torch. Old module paths of qrdeploy 0.1 still
 import, with a DeprecationWarning (qrdeploy.core.compat)."""
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _API = {
     "attack": "qrdeploy.api",
     "check": "qrdeploy.api",
     "replay": "qrdeploy.api",
+    "inspect": "qrdeploy.api",
+    "write_report": "qrdeploy.api",
     "InputContractError": "qrdeploy.errors",
     "lipschitz": "qrdeploy.api",
     "reproduce": "qrdeploy.api",

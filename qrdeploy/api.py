@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from qrdeploy.bitsearch.render import SearchFiles, write_search
 from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file, search_folder
@@ -42,12 +42,15 @@ from qrdeploy.hardening.passes import (
     load_recipe,
 )
 from qrdeploy.hardening.quant import Granularity
+from qrdeploy.model.inspection import inspect_model
 from qrdeploy.paper.pipeline import ReproduceResult
 from qrdeploy.paper.pipeline import reproduce as _reproduce
+from qrdeploy.report.render import ReportFiles
+from qrdeploy.report.render import write_report as _write_report
 from qrdeploy.spectral.analysis import LipschitzConfig, LipschitzReport, lipschitz_report
 
-__all__ = ["harden", "search_recipe", "evaluate", "attack", "check", "replay", "lipschitz",
-           "reproduce", "load_dataset"]
+__all__ = ["harden", "search_recipe", "inspect", "evaluate", "attack", "check", "replay",
+           "write_report", "lipschitz", "reproduce", "load_dataset"]
 
 PathLike = str | Path
 
@@ -219,6 +222,23 @@ def check(model: PathLike, reference: PathLike, data: str | Dataset,
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
                   seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard,
                   parallel=Parallel(workers, ray, shards))
+
+
+def inspect(model: PathLike) -> dict[str, Any]:
+    """`qrdeploy inspect --json` as a dict: the weight layers (op, shape, dtype, distinct levels,
+    bits, encoding, as the file holds them), inputs and outputs, harden's provenance, the
+    kernels onnxruntime runs (`kernels["verdict"]`: integer, float or mixed), `file_bytes`, and
+    whether white-box gradients are available (`differentiable`)."""
+    return inspect_model(model)
+
+
+def write_report(results: PathLike | Sequence[PathLike], out: PathLike, *, plots: bool = True,
+                 fmt: str = "markdown") -> ReportFiles:
+    """`qrdeploy report`: the report of one or more results files (from `attack`) at `out`, with
+    its CSV table and eps-curve plots (`plots=False`: none); `fmt="github"`: one markdown file
+    for a pull-request comment. Returns the paths written."""
+    paths = [results] if isinstance(results, str | Path) else list(results)
+    return _write_report(paths, out, plots=plots, fmt=fmt)
 
 
 def replay(model: PathLike, adversarials: PathLike, *, input_spec: str | None = None,

@@ -10,14 +10,7 @@ import json
 from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
-from qrdeploy.errors import QrdeployError, first_line
-from qrdeploy.gate.measure import file_bytes
-from qrdeploy.gradients.builder import differentiability
-from qrdeploy.graphio.graph import load_model
-from qrdeploy.graphio.twin import float_twin, gradient_form, stored_layers
-from qrdeploy.graphio.twin import summary as twin_summary
-from qrdeploy.hardening.passes import describe_model
-from qrdeploy.model.kernels import kernel_summary
+from qrdeploy.model.inspection import inspect_model
 
 HELP = "list weight layers (levels, bits, encoding), the hardening provenance, differentiability"
 
@@ -30,22 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=False)
-    model = load_model(args.model)
-    twin, quant = float_twin(model)
-    info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
-    report = differentiability(model)
-    info["quantization"] = twin_summary(quant)
-    info["file_bytes"] = file_bytes(args.model)
-    try:
-        info["kernels"] = kernel_summary(model)
-    except QrdeployError as exc:  # a graph onnxruntime cannot load: still list what we can
-        info["kernels"] = {"verdict": "unknown", "error": first_line(exc, None)}
-    info["differentiable"] = {
-        "ok": report.ok,
-        "gradient": gradient_form(quant),
-        "blocking": [{"op": op, "node": node, "reason": reason}
-                     for op, node, reason in report.blocking],
-    }
+    info = inspect_model(args.model)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,6 @@ from qrdeploy.evaluation.suites import (
     with_integer_columns,
 )
 from qrdeploy.gate.policy import LatencyPolicy, MaskingPolicy, RobustKind, RobustThreshold
-from qrdeploy.graphio.prevalidate import external_files
 from qrdeploy.model.ortmodel import OrtModel
 
 # ---------------------------------------------------------------------------------- attacks
@@ -144,10 +142,3 @@ def measure_latency(model: OrtModel, reference: OrtModel, x: np.ndarray,
 def predictions(p: OrtModel, x: np.ndarray) -> np.ndarray:
     """Top-1 predictions (N,) int64 of the deployed graph."""
     return p.predict(x)
-
-
-def file_bytes(path: str | Path) -> int:
-    """Size of an ONNX file plus the external-data files its initializers name (each checked by
-    qrdeploy.graphio.prevalidate: inside the model's folder, a regular file)."""
-    p = Path(path)
-    return p.stat().st_size + sum(f.stat().st_size for f in external_files(p))

@@ -46,7 +46,6 @@ from qrdeploy.evaluation.suites import Mode, family_of
 from qrdeploy.evaluation.verdict import masking
 from qrdeploy.gate.measure import (
     LatencyRow,
-    file_bytes,
     masking_suite,
     measure_latency,
     predictions,
@@ -56,6 +55,7 @@ from qrdeploy.gate.measure import (
 from qrdeploy.gate.policy import Bound, Policy, load_policy
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import contracted
+from qrdeploy.graphio.prevalidate import file_bytes
 from qrdeploy.model.ortmodel import OrtModel
 
 __all__ = ["CheckResult", "Policy", "ThresholdResult", "check", "load_policy"]

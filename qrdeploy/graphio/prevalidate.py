@@ -372,3 +372,10 @@ def _has_symlink(base: Path, location: str) -> bool:
 def _outside(tensor: str, location: str, base: Path) -> GraphError:
     return GraphError(f"tensor {tensor!r} points to external data {location[:80]!r} outside the "
                       f"model's folder {base}; keep the data file beside the .onnx file")
+
+
+def file_bytes(path: str | Path) -> int:
+    """Size of an ONNX file plus the external-data files its initializers name (each checked as
+    above: inside the model's folder, a regular file)."""
+    p = Path(path)
+    return p.stat().st_size + sum(f.stat().st_size for f in external_files(p))

@@ -19,8 +19,8 @@ def examples() -> list[str]:
 
 def test_every_public_function_has_an_example() -> None:
     code = "\n".join(examples())
-    for name in ("harden", "evaluate", "attack", "check", "lipschitz", "reproduce",
-                 "load_dataset"):
+    for name in ("harden", "inspect", "evaluate", "attack", "write_report", "check", "lipschitz",
+                 "reproduce", "load_dataset"):
         assert f"qrdeploy.{name}(" in code, name
 
 
@@ -36,3 +36,4 @@ def test_the_examples_run(tmp_path: Path) -> None:
     assert re.search(r"^\d+ tensors rewritten, \d+ bytes$", out, re.M)
     assert "check passed" in out or "check FAILED" in out
     assert (tmp_path / "results.json").exists() and (tmp_path / "smoke-run" / "report.md").exists()
+    assert (tmp_path / "report.md").exists() and re.search(r"^float \d+ \[3, 3, 3, 3\]$", out, re.M)

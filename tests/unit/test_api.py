@@ -14,7 +14,8 @@ import pytest
 
 from qrdeploy.core.compat import MOVED_MODULES, MOVED_NAMES
 
-PUBLIC = ("harden", "evaluate", "attack", "check", "lipschitz", "reproduce", "load_dataset")
+PUBLIC = ("harden", "search_recipe", "inspect", "evaluate", "attack", "check", "replay",
+          "write_report", "lipschitz", "reproduce", "load_dataset")
 
 
 def test_public_names_are_the_api_functions_even_after_every_package_is_imported() -> None:
@@ -124,3 +125,22 @@ def test_api_harden_replays_a_recorded_int8_recipe_byte_for_byte(tmp_path: Path)
     # activations="float" drops the recorded int8 step: the weight-only analysis form
     flt = qrdeploy.harden(src, tmp_path / "c.onnx", recipe=recipe, activations="float")
     assert flt.notes and "analysis form" in flt.notes[0]
+
+
+def test_api_inspect_is_what_the_command_prints(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import onnx
+
+    import qrdeploy
+    from qrdeploy.cli import main
+    from tests.unit.onnx_builders import cnn
+
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    hard = qrdeploy.harden(src, tmp_path / "h.onnx", bits=3, encoding="qdq").path
+    assert main(["inspect", str(hard), "--json"]) == 0
+    assert qrdeploy.inspect(hard) == json.loads(capsys.readouterr().out)
+    info = qrdeploy.inspect(hard)
+    assert info["file_bytes"] == hard.stat().st_size and {r["bits"] for r in info["layers"]} == {3}
