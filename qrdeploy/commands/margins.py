@@ -17,6 +17,7 @@ from qrdeploy.commands._options import (
     add_runtime,
     check_isolated,
     load_data,
+    positive_float,
     positive_int,
     session_config,
     top_within,
@@ -43,10 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random unit directions per sample (default: %(default)s)")
     g.add_argument("--top", type=positive_int, default=_D.top,
                    help="smallest margins averaged (default: %(default)s)")
-    g.add_argument("--t-max", type=float, default=_D.search.t_max, help="L2 search cap")
+    g.add_argument("--t-max", type=positive_float, default=_D.search.t_max,
+                   help="L2 search cap (default: %(default)s)")
     g.add_argument("--l2-attack", choices=[a.value for a in L2Attack], default=_D.l2_attack.value)
-    g.add_argument("--sigma", type=float, default=_D.sigma, help="Gaussian noise sigma")
-    g.add_argument("--bound", type=float, default=_D.bound, help="uniform noise bound")
+    g.add_argument("--sigma", type=positive_float, default=_D.sigma,
+                   help="Gaussian noise sigma (default: %(default)s)")
+    g.add_argument("--bound", type=positive_float, default=_D.bound,
+                   help="uniform noise bound (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="per-class bar chart (needs matplotlib)")
     add_data(p)
