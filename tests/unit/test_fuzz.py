@@ -102,13 +102,21 @@ def _segfault() -> None:
 
 
 def test_reported_eval_finding_is_fixed() -> None:
+    from onnx import helper, numpy_helper
+
     from qrdeploy.data.datasets import Dataset
     from qrdeploy.errors import QrdeployError
     from qrdeploy.evaluation.clean import evaluate_onnx
     from tests.unit.onnx_builders import cnn
 
+    # a graph that fails only at run time: its logits reshaped to 3 rows, the data has 2 (a
+    # fixed input batch no longer fails: the last batch is filled up to it)
     m = cnn(0)
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3  # fixed batch 3, data has 2
+    last = m.graph.node[-1]
+    last.output[0] = "pre"
+    m.graph.initializer.append(numpy_helper.from_array(np.array([3, -1], np.int64), "rows"))
+    m.graph.node.append(helper.make_node("Reshape", ["pre", "rows"],
+                                         [m.graph.output[0].name]))
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     with pytest.raises(QrdeployError, match="onnxruntime failed to run the model") as err:
         evaluate_onnx(m, Dataset("t", "test", x, np.array([1, 2]), 10))
