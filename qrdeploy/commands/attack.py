@@ -60,9 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "8/255; 'paper': FGSM and PGD over the paper suite's sweep (default: "
                         "no sweep)")
     g.add_argument("--source", default=None,
-                   help="ONNX model to craft transfer (black-box) examples on (default: for "
-                        "mnist, models/mnist-standard-seed1.onnx when present; otherwise none, "
-                        "and black-box columns are skipped)")
+                   help="ONNX model to craft transfer (black-box) examples on (default: "
+                        "models/mnist-standard-seed1.onnx for mnist, "
+                        "models/cifar10-standard-seed1.onnx for cifar10, when present; otherwise "
+                        "none, and black-box columns are skipped, with a note)")
     g.add_argument("--unhardened", default=None, metavar="MODEL",
                    help="the model before hardening: it runs the same suite for the report's "
                         "before/after, and the adaptive 'transfer' column crafts on it (default: "

@@ -52,9 +52,10 @@ from qrdeploy.graphio.inputspec import InputContract
 
 log = logging.getLogger(__name__)
 
-#: The default transfer source of mnist runs (the second standard reference model).
-DEFAULT_MNIST_SOURCE = "mnist-standard-seed1.onnx"
-MNIST_SHAPE = (1, 28, 28)
+#: The default transfer source of each family (its second standard reference model, trained
+#: with another seed) and the input shape it takes.
+DEFAULT_SOURCES = {Family.MNIST: ("mnist-standard-seed1.onnx", (1, 28, 28)),
+                   Family.CIFAR10: ("cifar10-standard-seed1.onnx", (3, 32, 32))}
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,11 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 def default_source(data: Dataset, family: Family) -> Path | None:
-    """The second standard reference model for mnist-family runs on 1x28x28 inputs, when the
-    file is there (the checkout's models/ folder); else None."""
-    path = MODELS_DIR / DEFAULT_MNIST_SOURCE
-    fits = family is Family.MNIST and tuple(data.x.shape[1:]) == MNIST_SHAPE
-    return path if fits and path.is_file() else None
+    """The family's second standard reference model (mnist on 1x28x28 inputs, cifar10 on
+    3x32x32) when the file is there (the checkout's models/ folder); else None."""
+    name, shape = DEFAULT_SOURCES[family]
+    path = MODELS_DIR / name
+    return path if tuple(data.x.shape[1:]) == shape and path.is_file() else None
 
 
 def data_family(opts: AttackOptions, data: Dataset) -> Family:
@@ -102,11 +103,17 @@ def make_suite(opts: AttackOptions, data: Dataset, has_source: bool) -> Suite:
     return suite
 
 
+def _needs_black_columns(opts: AttackOptions, data: Dataset) -> bool:
+    """Does the unnarrowed suite have black-box columns?"""
+    return bool(build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps,
+                            opts.cw_budget).by_mode(Mode.BLACK))
+
+
 def _needs_transfer_source(opts: AttackOptions, data: Dataset) -> bool:
     """Does the unnarrowed suite want a source (black-box or adaptive transfer columns)?"""
     suite = build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps,
                         opts.cw_budget)
-    return bool(suite.by_mode(Mode.BLACK)) or _transfer_keys(suite) != []
+    return _needs_black_columns(opts, data) or _transfer_keys(suite) != []
 
 
 def _transfer_keys(suite: Suite) -> list[str]:
@@ -156,8 +163,9 @@ def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
         path = default_source(data, data_family(opts, data))
         if path is not None:
             source, origin = open_subject(path, session, opts.run.batch_size), "default"
-            notes.append(f"transfer source: {path.name} (qrdeploy's default for mnist, the "
-                         "second standard reference model; pass --source to choose another)")
+            notes.append(f"transfer source: {path.name} (qrdeploy's default for "
+                         f"{data_family(opts, data).value}, the second standard reference "
+                         "model; pass --source to choose another)")
     if unhardened is not None:
         return Sources(source, unhardened, origin, "unhardened", tuple(notes))
     note = None if source is None else (
@@ -199,6 +207,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     check_fits([victim, ref, before, srcs.black, srcs.adaptive], data.x)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + ([guard_note] if guard_note else [])
+    if srcs.black is None and _needs_black_columns(opts, data):
+        notes.append("black-box columns dropped: no transfer source (no --source, and no "
+                     "default source for these inputs); pass --source SRC.onnx to run them")
     inferred = family_of(data.name, int(data.x.shape[1]))
     if opts.family is not None and opts.family is not inferred:
         notes.append(f"the {opts.family.value} attack parameters (eps, steps) were asked for on "

@@ -192,6 +192,29 @@ def test_default_source_and_cw_budget(tiny_onnx: Path, tmp_path: Path) -> None:
     assert doc["settings"]["cw_budget"] == "paper"
 
 
+def test_cifar10_runs_get_their_own_default_source(tmp_path: Path) -> None:
+    """The CIFAR-10 seed-1 reference model is the cifar10 family's default transfer source."""
+    out = tmp_path / "r.json"
+    assert main(["attack", str(ROOT / "models" / "cifar10-standard.onnx"), "--data",
+                 "cifar10-10k", "-n", "4", "--attacks", "clean,black/fgsm-s", "--eps", "none",
+                 "-q", "-o", str(out)]) == 0
+    doc = load(out)
+    seed1 = ROOT / "models" / "cifar10-standard-seed1.onnx"
+    assert doc["source"]["origin"] == "default" and doc["source"]["name"] == seed1.name
+    assert any("qrdeploy's default for cifar10" in n for n in doc["notes"])
+
+
+def test_dropped_black_box_columns_are_noted(files: dict[str, Path], tmp_path: Path) -> None:
+    """No source for 1x8x8 inputs: the paper suite runs without its black-box columns, and the
+    results say so (the report prints the notes)."""
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--suite", "paper", "-n", "6", "--eps", "none",
+                  "--cw-budget", "quick", "-q") == 0
+    doc = load(out)
+    assert not any(c["mode"] == "black" for c in doc["columns"])
+    assert any(n.startswith("black-box columns dropped: no transfer source") for n in doc["notes"])
+
+
 @pytest.mark.parametrize("suite", ["paper,grey", "paper;adaptive"], ids=["unknown", "separator"])
 def test_bad_suite_list_is_usage_error(files: dict[str, Path], tmp_path: Path, suite: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
