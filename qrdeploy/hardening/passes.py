@@ -719,11 +719,28 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
     bytes_in = src.stat().st_size  # before --in-place replaces it
     hardened, records = harden(model, recipe.passes, recipe.encoding,
                                activations=recipe.activations, calibration=calibration)
+    notes = deployment_notes(recipe) + _layer_notes(model, recipe)
     del model
     graph.save_model(hardened, dst)
     # a device or FIFO (-o /dev/null) was written through and has no size of its own
     size = dst.stat().st_size if dst.is_file() else len(graph.model_to_bytes(hardened))
-    return HardenResult(dst, tuple(records), bytes_in, size, deployment_notes(recipe))
+    return HardenResult(dst, tuple(records), bytes_in, size, notes)
+
+
+def _layer_notes(model: onnx.ModelProto, recipe: Recipe) -> tuple[str, ...]:
+    """μ-law on the last layer only of a CIFAR-10 model (3x32x32 input, or trained on cifar10 by
+    qrdeploy): the default selection is the MNIST tables'; qrdeploy's CIFAR-10 tables map the
+    last three layers (docs/method.md). Said, not changed: the selection is the user's."""
+    mulaw = [p for p in recipe.passes if isinstance(p, MuLawMap) and p.layers == "last:1"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
+    shape = tuple(d.dim_value for d in dims[1:])
+    cifar = shape == (3, 32, 32) or graph.get_metadata(model).get(
+        "qrdeploy.dataset", "").startswith("cifar10")
+    if not (mulaw and cifar):
+        return ()
+    return ("μ-law mapped the last weight layer only (--mulaw-layers last:1, the MNIST tables' "
+            "selection); qrdeploy's CIFAR-10 tables map the last three: --mulaw-layers last:3 "
+            "(docs/method.md)",)
 
 
 def deployment_notes(recipe: Recipe) -> tuple[str, ...]:

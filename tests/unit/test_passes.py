@@ -21,6 +21,7 @@ from qrdeploy.hardening.passes import (
     bits_sweep,
     describe_model,
     harden,
+    harden_file,
     load_recipe,
     recipes_of,
     select_layers,
@@ -213,3 +214,14 @@ def test_per_channel_axis_follows_consumer(model: onnx.ModelProto, axes: list[in
     for r in records:
         assert len(r.scale) == r.shape[r.axis or 0]
         assert r.levels_per_channel is not None and 1 <= r.levels_per_channel <= 7
+
+
+@pytest.mark.parametrize(("c", "hw", "layers", "noted"), [
+    (3, 32, "last:1", True), (3, 32, "last:3", False), (1, 28, "last:1", False)],
+    ids=["cifar-last1", "cifar-last3", "mnist-last1"])
+def test_mulaw_on_the_last_layer_of_a_cifar_model_points_to_the_cifar_selection(
+        tmp_path: Path, c: int, hw: int, layers: str, noted: bool) -> None:
+    src = graph.save_model(cnn(0, c=c, hw=hw), tmp_path / "m.onnx")
+    result = harden_file(src, tmp_path / "h.onnx",
+                         Recipe((MuLawMap(255.0, layers=layers), WeightQuant(3))))
+    assert any("--mulaw-layers last:3" in n for n in result.notes) == noted
