@@ -257,3 +257,11 @@ def test_a_reader_that_goes_away_is_no_internal_error(tiny_onnx: Path) -> None:
                           timeout=120)
     assert done.returncode == 141, done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_cifar_model_on_the_default_data_names_the_cifar_data_set(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """eval's --data defaults to mnist-5k: a CIFAR-10 model then says which embedded data set
+    fits it, not only that the shapes differ."""
+    model = Path(__file__).parents[2] / "models" / "cifar10-standard.onnx"
+    _one_line_error(["eval", str(model), "-n", "4"], capsys, "pass --data cifar10-10k")
