@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qrdeploy.errors import ConfigError
+from qrdeploy.evaluation.suites import parse_number
 
 POLICY_VERSION = 1
 
@@ -56,6 +57,21 @@ def _fraction(where: str, key: str, v: object) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
         raise _err(where, key, f"must be a number in [0, 1] (a fraction, 0.95 = 95%), got {v!r}")
     return float(v)
+
+
+def _eps(where: str, key: str, v: object) -> float:
+    """An L-inf budget in pixel units of [0, 1] images: a number, or a fraction as a string
+    ("8/255"), as the command line takes it."""
+    value = v
+    if isinstance(v, str):
+        try:
+            value = parse_number(v, f"{where} {key}")
+        except ConfigError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise _err(where, key, f"must be an L-inf budget in [0, 1] pixel units, e.g. 0.1 or "
+                               f"\"8/255\", got {v!r}")
+    return float(value)
 
 
 def _positive(where: str, key: str, v: object) -> float:
@@ -141,7 +157,7 @@ class RobustThreshold:
         if kind is not RobustKind.ADAPTIVE and "queries" in d:
             raise _err(where, "queries", "is Square's query budget and applies to attack = "
                                          "\"adaptive\" only; drop it")
-        return cls(kind, _fraction(where, "eps", d["eps"]),
+        return cls(kind, _eps(where, "eps", d["eps"]),
                    _fraction(where, "min_accuracy", d["min_accuracy"]),
                    _optional(_count, where, "steps", d.get("steps")),
                    _optional(_count, where, "queries", d.get("queries")),

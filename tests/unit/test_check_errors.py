@@ -36,7 +36,7 @@ BAD_POLICIES = [
     ("robust-missing-eps", "[[robust.threshold]]\nattack = 'pgd'\nmin_accuracy = 0.1\n",
      r"#1: eps is required"),
     ("robust-eps-range", "[[robust.threshold]]\nattack = 'pgd'\neps = 8\nmin_accuracy = 0.1\n",
-     r"#1: eps must be a number in \[0, 1\]"),
+     r"#1: eps must be an L-inf budget in \[0, 1\] pixel units, e.g. 0.1 or \"8/255\", got 8"),
     ("robust-unknown-attack", "[[robust.threshold]]\nattack = 'cw'\neps = 0.1\n"
      "min_accuracy = 0.1\n", r"attack must be one of fgsm, pgd, bim, mim, adaptive, got 'cw'"),
     ("robust-steps-zero", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\nmin_accuracy = 0.1\n"
@@ -62,6 +62,10 @@ BAD_POLICIES = [
     ("queries-on-pgd", "[[robust.threshold]]\nattack = 'pgd'\neps = 0.1\nmin_accuracy = 0.1\n"
      "queries = 100\n", r"#1: queries is Square's query budget and applies to attack = "
                         r"\"adaptive\" only"),
+    ("robust-eps-word", "[[robust.threshold]]\nattack = 'pgd'\neps = 'small'\n"
+     "min_accuracy = 0.1\n", r"#1: eps must be an L-inf budget .* got 'small'"),
+    ("robust-eps-fraction-above-1", "[[robust.threshold]]\nattack = 'pgd'\neps = '300/255'\n"
+     "min_accuracy = 0.1\n", r"#1: eps must be an L-inf budget .* got '300/255'"),
     ("masking-not-bool", "[masking]\nfail_if_suspected = 1\n", r"must be true or false, got 1"),
     ("size-zero", "[size]\nmax_mb = 0\n", r"max_mb must be a finite number > 0"),
     ("size-inf", "[size]\nmax_mb = inf\n", r"max_mb must be a finite number > 0"),
@@ -84,6 +88,12 @@ def test_bad_policies_are_one_line_config_errors(text: str, match: str) -> None:
 def test_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"policy file .* does not exist; pass --policy"):
         load_policy(tmp_path / "nope.toml")
+
+
+def test_eps_takes_a_fraction_as_the_command_line_does() -> None:
+    p = Policy.from_toml("[[robust.threshold]]\nattack = 'pgd'\neps = '8/255'\n"
+                         "min_accuracy = 0.1\n")
+    assert p.robust.thresholds[0].eps == pytest.approx(8 / 255)
 
 
 def test_a_minimum_of_1_is_allowed_on_the_point_estimate() -> None:
