@@ -23,6 +23,7 @@ from qrdeploy.commands._options import (
     top_within,
 )
 from qrdeploy.core.plotting import require
+from qrdeploy.evaluation.suites import PARAMS, family_of
 from qrdeploy.graphio.graph import load_model as load_onnx
 from qrdeploy.margins.criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
 from qrdeploy.margins.search import SearchConfig, VjpClassifier
@@ -47,10 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--t-max", type=positive_float, default=_D.search.t_max,
                    help="L2 search cap (default: %(default)s)")
     g.add_argument("--l2-attack", choices=[a.value for a in L2Attack], default=_D.l2_attack.value)
-    g.add_argument("--sigma", type=positive_float, default=_D.sigma,
-                   help="Gaussian noise sigma (default: %(default)s)")
-    g.add_argument("--bound", type=positive_float, default=_D.bound,
-                   help="uniform noise bound (default: %(default)s)")
+    g.add_argument("--sigma", type=positive_float, default=None,
+                   help="Gaussian noise sigma (default: the attack suite's noise scale for the "
+                        "data: 0.3 for mnist, 0.1 for cifar10)")
+    g.add_argument("--bound", type=positive_float, default=None,
+                   help="uniform noise bound (default: as --sigma)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="per-class bar chart (needs matplotlib)")
     add_data(p)
@@ -72,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
         require()  # before any work: a missing plots extra costs no compute
     check_isolated(args, *(m for m in args.models if not m.endswith(".safetensors")), probe=True)
     top_within("--top", args.top, "--directions", args.directions)
+    data = load_data(args)
+    # the noise of the attack suite's columns for this data (mnist 0.3, cifar10 0.1)
+    noise = PARAMS[family_of(data.name, int(data.x.shape[1]))].noise_scale
     config = CriteriaConfig(directions=args.directions, top=args.top,
                             search=SearchConfig(t_max=args.t_max, t0=min(0.5, args.t_max)),
-                            l2_attack=L2Attack(args.l2_attack), sigma=args.sigma,
-                            bound=args.bound)
-    data = load_data(args)
+                            l2_attack=L2Attack(args.l2_attack),
+                            sigma=noise if args.sigma is None else args.sigma,
+                            bound=noise if args.bound is None else args.bound)
     reports = {Path(m).name: margin_criteria(load_model(m, args), data, config, seed=args.seed)
                for m in args.models}
     if args.json:

@@ -202,3 +202,30 @@ def test_margins_command_prints_a_per_class_table(tmp_path: Path,
     assert "## m.onnx" in out and "| all | 12 |" in out
     assert all(f"\n| {c} | 4 |" in out for c in range(3))
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("channels", "noise"), [(1, 0.3), (3, 0.1)], ids=["mnist", "cifar10"])
+def test_margins_noise_follows_the_data_family(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               channels: int, noise: float) -> None:
+    """The noise columns use the attack suite's scale for the data (a CIFAR-10 model under
+    MNIST's sigma 0.3 predicts one class for almost every image); --sigma overrides it."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import onnx
+
+    from qrdeploy.cli import main
+    from tests.unit.onnx_builders import cnn
+
+    onnx.save(cnn(0, c=channels, hw=8, k=3), tmp_path / "m.onnx")
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=g.uniform(0, 1, (6, channels, 8, 8)).astype(np.float32),
+             y=np.arange(6) % 3)
+    argv = ["margins", str(tmp_path / "m.onnx"), "--data", f"npz:{tmp_path / 'd.npz'}",
+            "--directions", "4", "--top", "2", "--json", "-q"]
+    assert main(argv) == 0
+    config = json.loads(capsys.readouterr().out)["m.onnx"]["settings"]
+    assert (config["sigma"], config["bound"]) == (noise, noise)
+    assert main([*argv, "--sigma", "0.05"]) == 0
+    config = json.loads(capsys.readouterr().out)["m.onnx"]["settings"]
+    assert (config["sigma"], config["bound"]) == (0.05, noise)
