@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,15 @@ def set_metadata_inplace(model: onnx.ModelProto, values: Mapping[str, str]) -> N
     del model.metadata_props[:]
     for key in sorted(merged):
         model.metadata_props.add(key=key, value=merged[key])
+
+
+def delete_metadata_inplace(model: onnx.ModelProto, keys: Iterable[str]) -> None:
+    """Remove keys from metadata_props (absent ones ignored), order kept."""
+    drop = set(keys)
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in drop]
+    del model.metadata_props[:]
+    for key, value in keep:
+        model.metadata_props.add(key=key, value=value)
 
 
 def set_metadata(model: onnx.ModelProto, values: Mapping[str, str]) -> onnx.ModelProto:

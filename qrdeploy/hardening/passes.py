@@ -40,6 +40,12 @@ META_STEPS = "qrdeploy.harden"  # JSON list of replayable recipes, one per harde
 META_RECORDS = "qrdeploy.records"  # JSON list of the records of the last harden call
 META_BITS = "qrdeploy.bits"  # JSON {stored tensor: true bits}; int8 / INT4 containers hide it
 META_FOLDED = "qrdeploy.folded_batchnorm"  # JSON [{conv, batchnorm}] folded by int8 (if any)
+#: keys `qrdeploy export` writes that hardening changes: the trained model's validation accuracy
+#: becomes the source's (the hardened graph has its own, which `eval` measures), and the
+#: BatchNorm state is updated when the int8 pass folds some
+META_VAL_ACCURACY = "qrdeploy.val_accuracy"
+META_SOURCE_VAL_ACCURACY = "qrdeploy.source_val_accuracy"
+META_BN = "qrdeploy.bn"
 FORMAT_VERSION = 1
 
 
@@ -512,6 +518,10 @@ def _harden_integer(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndar
     if folds:
         graph.set_metadata_inplace(out, {META_FOLDED: _dumps(
             [{"conv": f.conv, "batchnorm": f.batchnorm} for f in folds])})
+        if graph.get_metadata(out).get(META_BN) == "kept":  # the export's word, no longer true
+            left = any(n.op_type == "BatchNormalization" for n in out.graph.node)
+            graph.set_metadata_inplace(out, {META_BN: f"{'partly ' if left else ''}folded by "
+                                                      f"harden ({META_FOLDED})"})
     return out, records
 
 
@@ -561,6 +571,9 @@ def _write_provenance(out: onnx.ModelProto, recipe: Recipe, records: Sequence[Pa
     """Recipe steps, records, and the true bit width keyed by the initializer that now holds
     each tensor (the codes initializer for qdq / int4 / codebook)."""
     meta = graph.get_metadata(out)
+    if META_VAL_ACCURACY in meta:  # the trained model's accuracy: not this graph's
+        graph.set_metadata_inplace(out, {META_SOURCE_VAL_ACCURACY: meta[META_VAL_ACCURACY]})
+        graph.delete_metadata_inplace(out, (META_VAL_ACCURACY,))
     steps = json.loads(meta.get(META_STEPS, "[]"))
     steps.append({"format": FORMAT_VERSION, **recipe.to_json()})
     bits = json.loads(meta.get(META_BITS, "{}"))

@@ -61,14 +61,18 @@ def test_harden_twice_gives_identical_bytes(hardened: dict[str, Path], tmp_path:
 #: sha256 of the hardened models of the committed mnist-standard.onnx, serialized without the
 #: `qrdeploy.version` metadata entry (so a version bump alone does not change them), as written on
 #: the 2-core x86-64 sandbox (AMD EPYC, AVX-512; numpy 2.4.6, onnx 1.23.2). A different hash on
-#: another machine means hardening is not byte-identical across machines.
+#: another machine means hardening is not byte-identical across machines. Re-pinned on the
+#: Intel Xeon sandbox when harden began to rename the export's `qrdeploy.val_accuracy` to
+#: `qrdeploy.source_val_accuracy`: with that one key renamed back, each new file hashed to its
+#: earlier pin (float c1a06ed9..., qdq 9e4f3a4d..., int4 587d1269..., README 981c2470...), so the
+#: graphs and weights are the ones pinned on the AMD machine.
 PINNED = {
-    "float": "c1a06ed92ea37aabf5bdf2c11ae5659b636fbef6b595c3b440ae4dcf4c8733ed",
-    "qdq": "9e4f3a4dca7b975599d67a55acd6bf2211996e3679eaae6e56755e38e513d2c5",
-    "int4": "587d126950db9452928292e222fcfef75474215b5428966904b0a7f0fd2b8d94",
+    "float": "d2412a044a490ee2f3d0baae3e144b433b194470b35ad05fcf3ad143365814c0",
+    "qdq": "519e645d2f8c255ac45674cad085c73f3a16d8694b297d6eb75eee59f42b2df0",
+    "int4": "0c8b0ea9b7adc89c01b912dd27a50e54a3e30c9eadbf686e6345625f7b7470af",
 }
 #: the README's main recipe: mu-law (mu 255) on the last layer, then 3-bit weights, float encoding
-PINNED_README = "981c24702ad882a33585b84788ae0c34ca693a7fe796e588bb283d1570267df8"
+PINNED_README = "4cea69abc437bdeb2ccbbd38ea6622876f6e5a9eb9386cea9da50761b676bbb8"
 
 
 def content_sha256(path: Path) -> str:

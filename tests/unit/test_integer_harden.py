@@ -455,3 +455,19 @@ def test_entropy_calibration_clips_ranges_without_collapsing_accuracy(
     assert sum(entropy[k] < 0.99 * minmax[k] for k in minmax) >= 2
     acc = {m: float((ort_logits(built[m], test.x).argmax(1) == test.y).mean()) for m in built}
     assert acc["entropy"] >= acc["minmax"] - 0.02, acc
+
+
+def test_the_exports_accuracy_and_batchnorm_keys_do_not_describe_the_hardened_graph() -> None:
+    """`qrdeploy export` writes the trained model's validation accuracy and whether BatchNorm was
+    kept; a hardened graph keeps the accuracy as its source's and, when the int8 pass folds
+    BatchNorm, says so."""
+    from qrdeploy.graphio import graph as g
+
+    model = g.set_metadata(cnn(0, bn=True), {"qrdeploy.val_accuracy": "0.9740",
+                                             "qrdeploy.bn": "kept"})
+    for kwargs in ({}, {"activations": IntegerActivations(30), "calibration": CALIB}):
+        out, _ = harden(model, [WeightQuant(3)], **kwargs)  # type: ignore[arg-type]
+        meta = g.get_metadata(out)
+        assert "qrdeploy.val_accuracy" not in meta
+        assert meta["qrdeploy.source_val_accuracy"] == "0.9740"
+    assert meta["qrdeploy.bn"] == "folded by harden (qrdeploy.folded_batchnorm)"
