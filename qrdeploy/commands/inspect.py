@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(info: dict[str, Any]) -> None:
     print(f"opset {info['opset']}, {len(info['layers'])} weight layers, "
-          f"{info['file_bytes']:,} bytes (with external data)")
+          f"{info['file_bytes']:,} bytes"
+          + (" (with its external data)" if info["external_data"] else ""))
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
             shape = "?" if t["shape"] is None else \

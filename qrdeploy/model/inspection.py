@@ -22,14 +22,15 @@ from qrdeploy.model.kernels import kernel_summary
 
 def inspect_model(path: str | Path) -> dict[str, Any]:
     """The JSON-ready description `qrdeploy inspect --json` prints (keys: opset, inputs,
-    outputs, layers, provenance, metadata, quantization, file_bytes, kernels,
+    outputs, layers, provenance, metadata, quantization, file_bytes, external_data, kernels,
     differentiable)."""
     model = load_model(path)
     twin, quant = float_twin(model)
     info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
     report = differentiability(model)
     info["quantization"] = twin_summary(quant)
-    info["file_bytes"] = file_bytes(path)
+    info["file_bytes"] = file_bytes(path)  # the .onnx file plus its external data, if any
+    info["external_data"] = info["file_bytes"] != Path(path).stat().st_size
     try:
         info["kernels"] = kernel_summary(model)
     except QrdeployError as exc:  # a graph onnxruntime cannot load: still list what we can
