@@ -301,6 +301,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     if recipe is None:
         raise UsageError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
+    acts = recipe.activations
+    if acts is not None and not args.quiet:  # the one slow step (a minute for entropy on a WRN)
+        print(f"calibrating int8 activations: {acts.samples} images of {acts.data}, "
+              f"{acts.method.value} ...", file=sys.stderr, flush=True)
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
                          calibration=None if recipe.activations is None
                          else calibration_images(recipe.activations))

@@ -163,8 +163,10 @@ def test_cli_harden_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--granularity", "channel",
                  "--activations", "int8", "--calibrate", "30", "--calibration-data",
                  f"npz:{tmp_path / 'c.npz'}"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "int8" in printed and "analysis form" not in printed  # the graph to ship: no note
+    assert "calibrating int8 activations: 30 images" in captured.err  # the slow step is said
     assert main(["inspect", str(out)]) == 0
     assert "onnxruntime runs (integer kernels)" in capsys.readouterr().out
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--quantizer",
