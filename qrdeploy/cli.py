@@ -1,6 +1,6 @@
 """The command line: a thin argparse layer over the library. `main(argv) -> int` returns the exit
 code: 0 success, 1 a QrdeployError (one line), 2 usage, 3 a `check` threshold failed, 130 Ctrl-C,
-141 a closed output pipe (`| head`).
+141 a closed output pipe (`| head`), 143 SIGTERM (handled as Ctrl-C: progress saved the same).
 
 Each subcommand lives in qrdeploy/commands/<name>.py and defines HELP, add_arguments(parser) and
 run(args) -> int; run() only parses options into a library call and prints its result. A command
@@ -14,7 +14,9 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from qrdeploy import commands
@@ -24,6 +26,16 @@ from qrdeploy.errors import QrdeployError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command ended by SIGPIPE
+EXIT_TERMINATED = 143  # SIGTERM (a CI timeout, a supervisor): handled as Ctrl-C, saved the same
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: every handler that saves progress on Ctrl-C saves
+    it on SIGTERM too."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _common() -> argparse.ArgumentParser:
@@ -90,6 +102,22 @@ def _input_files(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _main(argv)
+    except Terminated:  # before the command ran (while its modules were imported)
+        print("qrdeploy: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("qrdeploy: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -110,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QrdeployError as exc:
         print(f"qrdeploy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+    except Terminated:
+        print("qrdeploy: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("qrdeploy: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -198,6 +199,10 @@ def _merge(outs: list[ShardOut], victim: Subject, source: Subject | None,
                       timings, probe, adaptive_source, survivor_keys(suite))
 
 
+#: how often a local worker checks that its parent is alive, and its exit status when not
+WATCHDOG_SECONDS = 0.5
+EXIT_ORPHANED = 1
+
 # What `warm` started and `release` stops: the local worker pool (its size and executor) and
 # whether this process connected to Ray itself (a caller's own ray.init is left alone).
 _HELD: dict[str, Any] = {}
@@ -207,6 +212,22 @@ def _warm_imports() -> None:
     """A worker's start: the imports a shard needs (this module, so the runner, and
     onnxruntime), done before its first shard arrives."""
     import onnxruntime  # noqa: F401
+
+
+def _worker_start() -> None:
+    """A local worker's initializer: the imports, and a watchdog that ends the worker when its
+    parent is gone (killed with SIGKILL, or by a CI timeout's SIGTERM, which runs no cleanup):
+    an orphaned worker would go on computing and writing shard state files that a rerun writes
+    too. Its state files are written atomically, so the rerun resumes from them."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_SECONDS)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="qrdeploy-parent-watchdog", daemon=True).start()
+    _warm_imports()
 
 
 def warm(parallel: Parallel) -> None:
@@ -228,14 +249,21 @@ def warm(parallel: Parallel) -> None:
             pool.submit(_warm_imports)  # each submit starts one more process (spawn)
 
 
-def release() -> None:
+def release(terminate: bool = False) -> None:
     """Stop what `warm` or a sharded run started in this process: the local worker pool, and the
     Ray connection when this process made it (a local Ray instance stops with it). Without this,
-    Ray's own handler at interpreter exit does the same, half a second slower."""
+    Ray's own handler at interpreter exit does the same, half a second slower. `terminate`:
+    stop the workers now (Ctrl-C or SIGTERM reached only this process) instead of letting their
+    running shards finish; their state files are written atomically, so a rerun resumes."""
     pool = _HELD.pop("pool", None)
     _HELD.pop("workers", None)
     _HELD.pop("warming", None)
     if pool is not None:
+        if terminate:
+            # the executor keeps its processes in a private mapping; Python 3.14 has
+            # terminate_workers() for this
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
     if _HELD.pop("ray", False):
         import ray
@@ -252,7 +280,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
             old.shutdown(wait=True, cancel_futures=True)
         # spawn: no fork of a process that holds onnxruntime sessions and threads
         _HELD["pool"] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                            initializer=_warm_imports)
+                                            initializer=_worker_start)
         _HELD["workers"] = workers
     pool: ProcessPoolExecutor = _HELD["pool"]
     return pool
@@ -314,8 +342,11 @@ def _run_local(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, workers: in
             out = f.result()
             done(out)
             outs.append(out)
+    except KeyboardInterrupt:
+        release(terminate=True)  # Ctrl-C / SIGTERM sent to this process only: stop them now
+        raise
     except BaseException:
-        # Ctrl-C or a failed shard: stop the workers now, as leaving a `with` pool did
+        # a failed shard: stop the workers, as leaving a `with` pool did
         release()
         raise
     return outs
@@ -358,6 +389,14 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
             outs = _run_ray(tasks, x, yy, ray, done)
         else:
             outs = _run_local(tasks, x, yy, parallel.workers, done)
+    except KeyboardInterrupt:
+        if cfg.state_path is None:
+            log.warning("interrupted; nothing is saved: rerun the command to start again")
+        else:
+            log.warning("interrupted; what the %d shards did is saved in %s.shard-*-of-%d.npz: "
+                        "rerun the same command to resume", len(tasks), cfg.state_path,
+                        len(tasks))
+        raise
     finally:
         if progress is not None:
             progress.close()

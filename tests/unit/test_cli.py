@@ -265,3 +265,32 @@ def test_a_cifar_model_on_the_default_data_names_the_cifar_data_set(
     fits it, not only that the shapes differ."""
     model = Path(__file__).parents[2] / "models" / "cifar10-standard.onnx"
     _one_line_error(["eval", str(model), "-n", "4"], capsys, "pass --data cifar10-10k")
+
+
+def test_sigterm_is_handled_as_ctrl_c_with_its_own_exit_code(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CI timeout's SIGTERM reaches the same handlers as Ctrl-C (progress saved, one line) and
+    exits 143; the process's own SIGTERM handler is back afterwards."""
+    import os
+    import signal
+
+    from qrdeploy import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_check_outputs",
+                        lambda args: os.kill(os.getpid(), signal.SIGTERM))
+    assert main(["eval", "m.onnx"]) == 143
+    assert capsys.readouterr().err.strip() == "qrdeploy: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from qrdeploy import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["eval", "m.onnx"]) == 130
+    assert capsys.readouterr().err.strip() == "qrdeploy: interrupted"

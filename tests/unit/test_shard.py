@@ -150,6 +150,54 @@ def test_warm_starts_the_worker_processes_before_any_run_and_release_stops_them(
     assert not _children() - before
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_end_when_their_parent_is_killed() -> None:
+    """A parent killed without cleanup (SIGKILL, or SIGTERM by a CI timeout before the handler)
+    leaves its workers orphaned: their watchdog ends them instead of letting them compute on
+    and write the shard states a rerun writes too."""
+    import subprocess
+
+    code = ("import os\n"
+            "from qrdeploy.evaluation import shard\n"
+            "pool = shard._pool(2)\n"
+            "pids = {pool.submit(os.getpid).result() for _ in range(8)}\n"
+            "print(' '.join(map(str, sorted(pids))), flush=True)\n"
+            "os._exit(0)  # no cleanup, as SIGKILL\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    pids = [int(p) for p in proc.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), pids
+
+
+def test_release_on_interrupt_stops_running_shards_now() -> None:
+    """Ctrl-C or SIGTERM that reached only the parent: the workers are stopped at once, not
+    after their running shards finish (their state files are written atomically)."""
+    before = _children()
+    pool = shard._pool(2)
+    try:
+        futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(f.running() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        release(terminate=True)
+        assert time.monotonic() - t0 < 30  # not the 60 s the shards would take
+    finally:
+        release()
+    assert not _children() - before
+
+
 def test_bad_counts_are_refused() -> None:
     with pytest.raises(ConfigError, match="--workers must be >= 1"):
         Parallel(workers=0)
