@@ -3,6 +3,7 @@ either complete or absent, never half-written."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -130,7 +131,9 @@ def _special(path: Path) -> bool:
 
 def _cannot(target: Path, exc: OSError) -> OutputError:
     reason = exc.strerror or type(exc).__name__
-    return OutputError(f"cannot write {target}: {reason}; choose a writable path")
+    fix = ("free some space there and rerun" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "choose a writable path")
+    return OutputError(f"cannot write {target}: {reason}; {fix}")
 
 
 def _remove_orphans(target: Path) -> None:

@@ -26,7 +26,7 @@ from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import ConfigError, OutputError
 from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
@@ -254,7 +254,16 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                             source_origin=srcs.black_origin,
                             adaptive_source_role=srcs.adaptive_role, notes=notes,
                             baseline=baseline)
-    write_results(out, results)
+    try:
+        write_results(out, results)
+    except OutputError as exc:  # the work is done: say where it is kept
+        kept = [p for p in (state, *state.parent.glob(f"{state.name}.shard-*-of-*.npz"))
+                if p.exists()]
+        if kept:
+            raise OutputError(f"{exc}; the attacks' results are kept in {kept[0]}: a rerun of "
+                              "the same command (same -o) writes them without attacking "
+                              "again") from exc
+        raise
     for path in (state, out.with_name(out.name + ".baseline.state.npz")):
         path.unlink(missing_ok=True)
         remove_shard_states(path)

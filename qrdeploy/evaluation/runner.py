@@ -490,8 +490,17 @@ def _craft_column(source: Subject, x: np.ndarray, y: np.ndarray, col: Column, cf
         xa[sl] = adv
         rec.put(sl, fooled, adv - x[sl])
 
-    _loop(rec, n, cfg, craft_label(col),
-          step, lambda: state.save({**rec.arrays("0"), "x_adv": xa}), bar)
+    try:
+        _loop(rec, n, cfg, craft_label(col),
+              step, lambda: state.save({**rec.arrays("0"), "x_adv": xa}), bar)
+    except KeyboardInterrupt:
+        done = int(rec.done.sum())
+        where = (f"what is done is saved in the transfer cache {state.path}: rerun the same "
+                 "command to resume" if state.path is not None
+                 else "nothing is saved: rerun the command to start again")
+        log.warning("interrupted in %s at %d of %d samples; %s", craft_label(col), done, n,
+                    where)
+        raise
     return xa, rec
 
 

@@ -211,6 +211,21 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
         _restore(rpath, st, config)
         log(f"resuming from {rpath} after epoch {st.epoch}")
     adversarial = config.method is not Method.STANDARD
+    try:
+        _epochs(st, train, val, config, perturb, score, recalibrate, rpath, log, adversarial)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what a rerun starts from
+        kept = (f"{st.epoch} finished epoch{'s are' if st.epoch > 1 else ' is'} saved in "
+                f"{rpath}" if st.epoch else "no epoch had finished, nothing is saved")
+        log(f"interrupted in epoch {st.epoch + 1} of {config.epochs}; {kept}: rerun the same "
+            "command to resume")
+        raise
+    return _finish(out, rpath, st, config, val)
+
+
+def _epochs(st: State, train: Dataset, val: Dataset, config: TrainConfig,
+            perturb: Perturb, score: Score, recalibrate: Callable[[nn.Module], None], rpath: Path,
+            log: Callable[[str], None], adversarial: bool) -> None:
+    """The epochs left, each saved to `rpath` when it ends."""
     while st.epoch < config.epochs:
         recalibrate(st.model)
         stats = run_epoch(st, train, config, perturb)
@@ -228,7 +243,6 @@ def fit(config: TrainConfig, out: str | Path, perturb: Perturb, score: Score,
         log(f"epoch {st.epoch}/{config.epochs}: loss {stats['loss']:.4f}, train "
             f"{'(adversarial) ' if adversarial else ''}accuracy {stats['train_acc']:.4f}, val "
             f"clean accuracy {stats['val_clean']:.4f}{robust}")
-    return _finish(out, rpath, st, config, val)
 
 
 def _activation_quant(model: nn.Module, config: TrainConfig, train: Dataset

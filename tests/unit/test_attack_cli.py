@@ -192,6 +192,31 @@ def test_default_source_and_cw_budget(tiny_onnx: Path, tmp_path: Path) -> None:
     assert doc["settings"]["cw_budget"] == "paper"
 
 
+def test_results_that_cannot_be_written_say_where_the_work_is_kept(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk at the end of a run: the error says that the attacks' results are kept in the
+    state file and that a rerun writes them without attacking again (it does)."""
+    from qrdeploy.errors import OutputError
+    from qrdeploy.evaluation import campaign
+
+    real = campaign.write_results
+
+    def full(path: Path, results: object) -> None:
+        raise OutputError(f"cannot write {path}: No space left on device; free some space "
+                          "there and rerun")
+
+    monkeypatch.setattr(campaign, "write_results", full)
+    out = tmp_path / "r.json"
+    assert attack(files, out, "--attacks", "clean,pgd", "--eps", "none", "-n", "8", "-q") == 1
+    err = capsys.readouterr().err
+    assert f"the attacks' results are kept in {out}.state.npz" in err and "\n" not in err.strip()
+    monkeypatch.setattr(campaign, "write_results", real)
+    assert attack(files, out, "--attacks", "clean,pgd", "--eps", "none", "-n", "8") == 0
+    assert "2 of 2 columns" in capsys.readouterr().err  # resumed, nothing attacked again
+    assert not (tmp_path / "r.json.state.npz").exists()
+
+
 def test_cifar10_runs_get_their_own_default_source(tmp_path: Path) -> None:
     """The CIFAR-10 seed-1 reference model is the cifar10 family's default transfer source."""
     out = tmp_path / "r.json"

@@ -138,3 +138,14 @@ def test_harden_in_place_and_a_shared_device_stay_allowed(tmp_path: Path) -> Non
     assert main(["check", str(model), "--reference", str(MODEL), "--data", "mnist-5k", "-n",
                  "20", "--policy", str(policy), "-o", os.devnull, "--junit", os.devnull,
                  "-q"]) == 0
+
+
+def test_a_full_disk_asks_for_space_not_another_path(tmp_path: Path) -> None:
+    import errno
+
+    from qrdeploy.core.fileio import _cannot
+
+    full = _cannot(tmp_path / "r.json", OSError(errno.ENOSPC, "No space left on device"))
+    assert str(full).endswith("No space left on device; free some space there and rerun")
+    denied = _cannot(tmp_path / "r.json", OSError(errno.EACCES, "Permission denied"))
+    assert str(denied).endswith("Permission denied; choose a writable path")

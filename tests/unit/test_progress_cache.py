@@ -232,6 +232,36 @@ def test_transfer_sets_are_shared_across_output_folders(
     assert not any(p.name.startswith(".qrdeploy") for p in (tmp_path / "b").iterdir())
 
 
+def test_an_interrupted_transfer_set_says_where_its_progress_is(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while crafting a transfer set: the line names the cache entry holding what is done
+    (the run's own state file does not exist yet), and the rerun completes it."""
+    from qrdeploy.evaluation import runner
+
+    monkeypatch.setenv("QRDEPLOY_CACHE", str(tmp_path / "cache"))
+    real, calls = runner._attack_batch, {"n": 0}
+
+    def batch(*a: object, **k: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "_attack_batch", batch)
+    args = ["attack", str(files["v"]), "--data", f"npz:{files['d']}", "--source",
+            str(files["s"]), "--attacks", "clean,black/fgsm-s", "--batch-size", "8", "-o",
+            str(tmp_path / "r.json")]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    (entry,) = (tmp_path / "cache" / "transfer").glob("transfer-*.npz")
+    assert (f"interrupted in craft black/fgsm-s on source at 8 of 16 samples; what is done is "
+            f"saved "
+            f"in the transfer cache {entry}: rerun the same command to resume") in err
+    monkeypatch.setattr(runner, "_attack_batch", real)
+    assert main(args) == 0
+
+
 def test_cache_off_crafts_in_memory(files: dict[str, Path], tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QRDEPLOY_CACHE", "off")

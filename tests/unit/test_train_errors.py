@@ -93,3 +93,33 @@ def test_a_warm_up_longer_than_the_run_is_warned(tmp_path: Path) -> None:
     train(cfg, tmp_path / "a.safetensors", log=said.append)
     assert any("--eps-warmup 6 is longer than --epochs 1: training never reaches eps 0.3"
                in line for line in said)
+
+
+def test_an_interrupted_run_says_which_epochs_are_saved(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM) in epoch 2 says that epoch 1 is saved and how to resume; the rerun
+    starts after it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mlxtend")
+    from qrdeploy.train import TrainConfig, loop, train
+
+    real = loop.run_epoch
+    calls = {"n": 0}
+
+    def epoch(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "run_epoch", epoch)
+    lines: list[str] = []
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(epochs=3, n_train=64, batch_size=32, seed=1), out, log=lines.append)
+    assert lines[-1] == (f"interrupted in epoch 2 of 3; 1 finished epoch is saved in "
+                         f"{out}.resume: rerun the same command to resume")
+    monkeypatch.setattr(loop, "run_epoch", real)
+    lines.clear()
+    train(TrainConfig(epochs=3, n_train=64, batch_size=32, seed=1), out, log=lines.append)
+    assert lines[0] == f"resuming from {out}.resume after epoch 1"
