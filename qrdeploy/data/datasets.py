@@ -32,6 +32,9 @@ from qrdeploy.errors import DataError
 
 SPLITS = ("train", "val", "test")
 BUILTIN = ("mnist-5k", "cifar10-10k", "mnist", "cifar10")
+#: the image shape (C, H, W) of each embedded data set: what a model of its family takes
+EMBEDDED_SHAPES: dict[str, tuple[int, int, int]] = {"mnist-5k": (1, 28, 28),
+                                                    "cifar10-10k": (3, 32, 32)}
 SPLIT_SEED = 20201229  # fixed: the split is part of the data set's definition, not of a run
 MNIST5K_PER_CLASS = {"train": 350, "val": 50, "test": 100}
 FULL_VAL = 5000

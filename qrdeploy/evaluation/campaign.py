@@ -25,7 +25,7 @@ from pathlib import Path
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
 from qrdeploy.core.runtime import SessionConfig
-from qrdeploy.data.datasets import Dataset
+from qrdeploy.data.datasets import EMBEDDED_SHAPES, Dataset
 from qrdeploy.errors import ConfigError, OutputError
 from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.guard import Verdict, enforce
@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 
 #: The default transfer source of each family (its second standard reference model, trained
 #: with another seed) and the input shape it takes.
-DEFAULT_SOURCES = {Family.MNIST: ("mnist-standard-seed1.onnx", (1, 28, 28)),
-                   Family.CIFAR10: ("cifar10-standard-seed1.onnx", (3, 32, 32))}
+DEFAULT_SOURCES = {Family.MNIST: ("mnist-standard-seed1.onnx", EMBEDDED_SHAPES["mnist-5k"]),
+                   Family.CIFAR10: ("cifar10-standard-seed1.onnx",
+                                    EMBEDDED_SHAPES["cifar10-10k"])}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qrdeploy.data.datasets import EMBEDDED_SHAPES
 from qrdeploy.errors import ConfigError, PassError
 from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
@@ -747,7 +748,7 @@ def _layer_notes(model: onnx.ModelProto, recipe: Recipe) -> tuple[str, ...]:
     mulaw = [p for p in recipe.passes if isinstance(p, MuLawMap) and p.layers == "last:1"]
     dims = model.graph.input[0].type.tensor_type.shape.dim if model.graph.input else []
     shape = tuple(d.dim_value for d in dims[1:])
-    cifar = shape == (3, 32, 32) or graph.get_metadata(model).get(
+    cifar = shape == EMBEDDED_SHAPES["cifar10-10k"] or graph.get_metadata(model).get(
         "qrdeploy.dataset", "").startswith("cifar10")
     if not (mulaw and cifar):
         return ()

@@ -32,6 +32,7 @@ import onnx
 
 from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
+from qrdeploy.data.datasets import EMBEDDED_SHAPES
 from qrdeploy.errors import ConfigError, DataError, GraphError, first_line
 from qrdeploy.gradients.builder import (
     TEMPERATURE,
@@ -278,7 +279,8 @@ class OrtModel:
         arr = np.asarray(x, dtype=np.float32)
         want = self.input_shape
         if arr.ndim != len(want) + 1 or arr.shape[1:] != want:
-            embedded = _EMBEDDED_DATA.get(tuple(want))
+            embedded = next((name for name, shape in EMBEDDED_SHAPES.items()
+                             if shape == tuple(want)), None)
             fix = (f"pass --data {embedded} (the embedded data set of that shape; the default is "
                    "mnist-5k), or resize" if embedded and embedded != "mnist-5k" else "resize")
             raise DataError(f"{self.name} expects images of shape {want}, the data has "
@@ -312,10 +314,6 @@ class OrtModel:
         b = size or self.batch_size
         parts = [run(slice(i, i + b)) for i in range(0, max(n, 1), b)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
-
-
-#: the embedded data set of each input shape, named when the data does not fit a model
-_EMBEDDED_DATA: dict[tuple[int, ...], str] = {(1, 28, 28): "mnist-5k", (3, 32, 32): "cifar10-10k"}
 
 
 def _fixed_batch(model: onnx.ModelProto) -> int | None:
