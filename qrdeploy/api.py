@@ -193,8 +193,9 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
     options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
     ('pgd:eps=8/255,steps=100'); `eps` is an eps sweep, () (default) none, None the paper
-    suite's sweep. With `unhardened`, that model runs the same suite too (unless
-    `baseline=False`): the results' `baseline`, the report's before/after. `workers`, `ray`
+    suite's sweep. With `unhardened`, that model runs the same suite too, less its L2 and
+    transfer columns (unless `baseline=False`): the results' `baseline`, the report's
+    before/after. `workers`, `ray`
     ('local', 'auto' or an address) and `shards` split the samples (docs/evaluation.md); the
     results equal the one-process run's."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)

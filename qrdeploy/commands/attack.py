@@ -65,9 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "models/cifar10-standard-seed1.onnx for cifar10, when present; otherwise "
                         "none, and black-box columns are skipped, with a note)")
     g.add_argument("--unhardened", default=None, metavar="MODEL",
-                   help="the model before hardening: it runs the same suite for the report's "
-                        "before/after, and the adaptive 'transfer' column crafts on it (default: "
-                        "the transfer source, no before/after)")
+                   help="the model before hardening: it runs the same suite (less its L2 and "
+                        "transfer columns) for the report's before/after, and the adaptive "
+                        "'transfer' column crafts on it (default: the transfer source, no "
+                        "before/after)")
     g.add_argument("--no-baseline", action="store_true",
                    help="with --unhardened: do not attack it too (no before/after; faster)")
     g.add_argument("--save-adversarials", default=None, metavar="FILE.npz",

@@ -186,14 +186,18 @@ class RunProgress:
         self.k, self.done = -1, 0.0
 
     def start(self, label: str, already: int = 0) -> None:
-        """Begin the stage `label` with `already` samples done (read back from a state file)."""
-        if self.k >= 0:
+        """Begin the stage `label` with `already` samples done (read back from a state file).
+        A terminal's line shows every stage as it starts; a log (stderr not a terminal) gets the
+        first stage's line, then at most one line per interval, so quick stages in a row do not
+        flood it."""
+        first = self.k < 0
+        if not first:
             self.base += self.stages[self.k].work
         self.k = next(i for i, s in enumerate(self.stages) if s.label == label)
         stage = self.stages[self.k]
         self.done = float(already)
         self.resumed += already * max(stage.cost, 1e-9)
-        self._show(force=True)
+        self._show(force=first or (self.line is not None and self.line.tty))
 
     def at(self, samples: float) -> None:
         """The current stage has processed `samples` samples."""

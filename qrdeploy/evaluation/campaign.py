@@ -129,10 +129,14 @@ def _twin_keys(suite: Suite) -> list[str]:
 
 
 def baseline_suite(suite: Suite, before: Subject) -> Suite:
-    """The victim's suite for the model before hardening: no transfer entry (it crafts on that
-    very model) and, when it has no float-activation twin (a float model beside an integer
-    victim), no square-twin."""
-    drop = _transfer_keys(suite) + ([] if before.twin else _twin_keys(suite))
+    """The victim's suite for the model before hardening, less what the baseline block of the
+    results would not use: the transfer entry (it crafts on that very model), the L2 columns
+    (CW-L2 enters neither worst case nor any masking check, and the block keeps no per-column
+    results) and, when it has no float-activation twin (a float model beside an integer
+    victim), square-twin."""
+    l2 = [c.key for c in suite.columns
+          if c.mode in (Mode.WHITE, Mode.BLACK) and not c.bounded]
+    drop = _transfer_keys(suite) + l2 + ([] if before.twin else _twin_keys(suite))
     return _drop_keys(suite, drop)
 
 

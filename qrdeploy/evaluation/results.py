@@ -459,7 +459,8 @@ class PerSampleSummary:
 @dataclass(frozen=True)
 class Baseline:
     """The model before hardening (`attack --unhardened`), run on the same suite and samples
-    (without the adaptive transfer column, which would craft on the model itself): its clean
+    (without the adaptive transfer column, which would craft on the model itself, and without
+    the L2 columns, which enter none of these figures): its clean
     accuracy, the paper's worst case (its L-inf columns), the adaptive worst case and the
     verdict, with per-sample flags for the paired tests of the report's before/after."""
 

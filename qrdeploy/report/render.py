@@ -197,11 +197,11 @@ def _paired_row(t: Comparison, column: str) -> list[str]:
             f"{t.a_only} / {t.b_only}", f"{t.p_value:.3g}", _verdict(t)]
 
 
-PAIRED_HEADER = ["column", "A", "B", "A − B [95% paired bootstrap CI]", "A only / B only",
+PAIRED_HEADER = ["column", "A", "B", "A − B [95% Newcombe paired CI]", "A only / B only",
                  "McNemar exact p", "McNemar at 5%"]
-PAIRED_NOTE = ("The interval is a paired percentile bootstrap of the difference; the test is "
-               "McNemar's exact test on the discordant samples. They are two procedures and can "
-               "disagree near the 5% level; the last column is the test's.")
+PAIRED_NOTE = ("The interval is Newcombe's hybrid score interval for a paired difference of "
+               "proportions; the test is McNemar's exact test on the discordant samples. They are "
+               "two procedures and can disagree near the 5% level; the last column is the test's.")
 
 
 def _robust(doc: Results, key: str) -> np.ndarray:

@@ -145,3 +145,39 @@ def test_report_shows_verdict_and_checks(runs: dict[str, dict[str, Any]], tmp_pa
     assert "## Adaptive attacks" in md and "pgd-cw" in md
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert len(sections) == len(set(sections)), sections  # each section once
+
+
+def test_the_baseline_of_the_model_itself_gives_its_figures_without_l2_columns(
+        tmp_path: Path) -> None:
+    """`--unhardened` naming the victim itself: the baseline block (run without the L2 columns,
+    which enter none of its figures) has the victim's clean and paper worst-case flags exactly,
+    and an adaptive worst case no lower (the victim's adds its transfer column)."""
+    from qrdeploy.core.runtime import SessionConfig
+    from qrdeploy.evaluation.campaign import baseline_suite
+    from qrdeploy.evaluation.results import load_results
+    from qrdeploy.evaluation.subjects import open_subject
+    from qrdeploy.evaluation.suites import Family, build_suite
+
+    w, b = softmax_regression()
+    onnx.save(linear_onnx(w, b, None), tmp_path / "m.onnx")
+    out = tmp_path / "r.json"
+    assert main(["attack", str(tmp_path / "m.onnx"), "--unhardened", str(tmp_path / "m.onnx"),
+                 "-o", str(out), "--data", "mnist-5k", "-n", "20", "--suite", "paper,adaptive",
+                 "--attacks", "clean,cw-l2,fgsm-s,pgd,black/cw-l2,black/fgsm-s,normal,pgd-cw,"
+                 "square,transfer", "-q"]) == 0
+    doc = json.loads(out.read_text())
+    base, keys = doc["baseline"], {c["key"] for c in doc["columns"]}
+    assert {"white/cw-l2", "black/cw-l2"} <= keys  # the victim's run has them
+    assert base["per_sample"]["clean_correct"] == doc["per_sample"]["clean_correct"]
+    keys, alive = load_results(out).paper_worst()
+    assert base["worst_case"]["columns"] == list(keys)
+    assert base["per_sample"]["worst_case"] == "".join("1" if a else "0" for a in alive)
+    mine = doc["adaptive"]["worst_case"]["robust"]["k"]
+    assert base["adaptive_worst_case"]["robust"]["k"] >= mine
+    # the baseline's suite is the victim's less the transfer entry and the L2 columns
+    suite = build_suite("paper,adaptive", Family.MNIST, None, None)
+    before = open_subject(tmp_path / "m.onnx", SessionConfig(), 100)
+    kept = {c.key for c in baseline_suite(suite, before).columns}
+    l2 = {c.key for c in suite.columns if c.name == "cw-l2"}
+    assert l2 == {"white/cw-l2", "black/cw-l2"}
+    assert kept == {c.key for c in suite.columns} - l2 - {"adaptive/transfer"}

@@ -54,6 +54,24 @@ def test_run_progress_weighs_columns_by_cost() -> None:
     assert text.startswith("[column 2 of 2] white/pgd: 5/10 samples; run 55%, 11s, ETA 9s")
 
 
+def test_quick_stages_in_a_log_do_not_flood_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal: the first stage's line, then one per interval however many stages start
+    in it; a terminal redraws its line at every stage start."""
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "10")
+    stages = [Stage(f"s{i}", 10, 1.0) for i in range(30)]
+    clock, out, tty = Clock(), io.StringIO(), Tty()
+    log_bar = RunProgress(stages, line=Line(out, clock))
+    tty_bar = RunProgress(stages, line=Line(tty, clock))
+    for i in range(30):  # a stage every second
+        clock.t = float(i)
+        log_bar.start(f"s{i}")
+        tty_bar.start(f"s{i}")
+    lines = out.getvalue().splitlines()
+    assert [ln.split("]")[0] for ln in lines] == [
+        "[column 1 of 30", "[column 11 of 30", "[column 21 of 30"]
+    assert tty.getvalue().count("\r") == 30
+
+
 def test_resumed_work_is_not_timed() -> None:
     clock = Clock()
     bar = RunProgress([Stage("a", 100, 1.0)], line=Line(io.StringIO(), clock))

@@ -95,7 +95,8 @@ def test_paired_tests_say_not_significant(docs: list[Results]) -> None:
     section = md.split("## Paired differences between models")[1].split("\n## ")[0]
     assert "| not significant |" in section  # a 2 % weight change: no detectable difference
     assert "not compared" in section and "different samples" in section  # the third result
-    assert "paired bootstrap CI" in section and "McNemar exact p" in section  # both named
+    assert "Newcombe paired CI" in section and "McNemar exact p" in section  # both named
+    assert "bootstrap" not in section  # the interval is Newcombe's, as the results compute it
 
 
 def test_csv_has_one_row_per_model_and_cell(docs: list[Results]) -> None:
