@@ -14,6 +14,7 @@ import numpy as np
 
 from qrdeploy.core.arrays import Array, to_numpy
 from qrdeploy.core.losses import Loss
+from qrdeploy.core.markdown import eps_text
 from qrdeploy.errors import ConfigError, DataError
 
 
@@ -30,15 +31,17 @@ class Config:
 
     def describe(self) -> str:
         """'PGD: eps 0.1, step 0.0025, steps 100, ...', the settings as a reader wants them (no
-        quotes, enum values, booleans in lower case)."""
-        def show(v: object) -> str:
+        quotes, enum values, booleans in lower case, an eps or step of whole 255ths as 8/255)."""
+        def show(name: str, v: object) -> str:
             if isinstance(v, Enum):
                 return str(v.value)
             if isinstance(v, bool):
                 return str(v).lower()
+            if isinstance(v, float) and name in ("eps", "step"):
+                return eps_text(v, digits=6)
             return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-        parts = ", ".join(f"{f.name} {show(getattr(self, f.name))}"
+        parts = ", ".join(f"{f.name} {show(f.name, getattr(self, f.name))}"
                           for f in fields(self))  # type: ignore[arg-type]
         return f"{type(self).__name__}: {parts}"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from qrdeploy.bitsearch.search import Confirmed, SearchResult
 from qrdeploy.core import plotting
 from qrdeploy.core.fileio import atomic_write_text
-from qrdeploy.core.markdown import table
+from qrdeploy.core.markdown import eps_text, table
 from qrdeploy.errors import RuntimeMissingError
 from qrdeploy.hardening.passes import describe_recipe, recipe_to_toml
 
@@ -22,13 +22,6 @@ class SearchFiles:
     json: Path
     report: Path
     plot: Path | None  # None when matplotlib (the plots extra) is missing
-
-
-def eps_text(eps: float) -> str:
-    """0.3 as '0.3', 4/255 as '4/255'."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) >= 1 and eps < 0.2 \
-        else f"{eps:g}"
 
 
 def _pct(v: float) -> str:

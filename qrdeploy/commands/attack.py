@@ -17,6 +17,7 @@ from qrdeploy.commands._options import (
     parallel,
     session_config,
 )
+from qrdeploy.core.markdown import eps_text
 from qrdeploy.core.stats import Proportion
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files, data_family
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if r.column("clean") is None:  # clean is always measured; show it even when not asked
         print(f"  {'clean':<22} {fmt_cell(r.clean)}")
     for c in r.columns:
-        eps = "" if c.eps is None else f"  (eps {c.eps:.4g})"
+        eps = "" if c.eps is None else f"  (eps {eps_text(c.eps)})"
         print(f"  {c.key:<22} {fmt_column(c)}{eps}")
     keys, paper = r.paper_worst()
     if keys:
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
               "  (each column at its own eps)")
     if r.adaptive is not None:
         print(f"  {'adaptive worst case':<22} {fmt_cell(r.adaptive.worst_case.robust)}"
-              f"  (eps {r.adaptive.eps:.4g})")
+              f"  (eps {eps_text(r.adaptive.eps)})")
     if not args.quiet:
         for note in r.notes:
             print(f"note: {note}")

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
+from qrdeploy.core.markdown import eps_text
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.schema import errors, load_schema
 from qrdeploy.core.stats import (
@@ -229,7 +230,7 @@ class CheckResult:
                        f"{f.mean_ms:.2f}/{f.median_ms:.2f}/{f.p95_ms:.2f}, paired median ratio "
                        f"{r.ratio:.3f}")
         if self.masking is not None:
-            at = "" if self.masking_eps is None else f" at eps {self.masking_eps:g}"
+            at = "" if self.masking_eps is None else f" at eps {eps_text(self.masking_eps)}"
             robust_n = self.data.get("robust_n")
             on = "" if robust_n is None else f" on {robust_n} samples"
             out.append(f"masking{at}{on}: {self.masking.verdict}")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text, sha256_file
-from qrdeploy.core.markdown import table
+from qrdeploy.core.markdown import eps_text, table
 from qrdeploy.core.stats import PairedCounts, Proportion, newcombe_paired_interval
 from qrdeploy.evaluation.results import AdaptiveResult, Results, unflag
 from qrdeploy.paper import claims as cl
@@ -175,10 +175,10 @@ def adaptive_table(c: Collected) -> list[str]:
     if not rows:
         return ["## Adaptive attacks", "", "not run (no model, or adaptive attacks off)", ""]
     eps = next(d.adaptive.eps for d in ran.values() if d.adaptive is not None)
-    intro = (f"The attack runner's adaptive suite at eps {eps:g}, run with the paper's columns "
-             "(qrdeploy.evaluation.runner): its gradient entries as a cascade, cheapest first, "
-             "each on the samples that survived the paper's L-inf columns of at most that eps "
-             "and the entries before it ('broken' counts are of that cascade); Square and "
+    intro = (f"The attack runner's adaptive suite at eps {eps_text(eps)}, run with the paper's "
+             "columns (qrdeploy.evaluation.runner): its gradient entries as a cascade, cheapest "
+             "first, each on the samples that survived the paper's L-inf columns of at most that "
+             "eps and the entries before it ('broken' counts are of that cascade); Square and "
              "transfer on every sample. The adaptive worst case is over all of them and the "
              "paper's columns; the verdict is that run's masking verdict (docs/masking.md), the "
              "same as `qrdeploy attack --suite paper,adaptive` gives.")
@@ -269,10 +269,10 @@ def hardening_table(c: Collected) -> list[str]:
              "chose for it (searched: the recipe file beside the model, replayed), "
              "and its 3-bit quantization-aware fine-tuning (Adv.+QAT) hardened at 3 and at 2 "
              "bits, each scored by clean accuracy and the adaptive suite alone"
-             f"{'' if eps is None else f' at eps {eps:g}'} (the profile's adaptive budget; the "
-             "transfer entry crafts on Orig. seed 1). Percentages with Wilson 95 % intervals; "
-             "differences against Adv. strong paired on the same samples, Newcombe's 95 % "
-             "interval. The claims table holds the pre-registered targets (OWN_CLAIMS in "
+             f"{'' if eps is None else f' at eps {eps_text(eps)}'} (the profile's adaptive "
+             "budget; the transfer entry crafts on Orig. seed 1). Percentages with Wilson 95 % "
+             "intervals; differences against Adv. strong paired on the same samples, Newcombe's "
+             "95 % interval. The claims table holds the pre-registered targets (OWN_CLAIMS in "
              "qrdeploy/paper/claims.py); docs/training.md has the recipes and their seed spread.")
     return ["## Hardening that holds (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "clean %", "adaptive worst case %", "vs Adv. strong (points)",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from qrdeploy.core.fileio import atomic_write_text
-from qrdeploy.core.markdown import table
+from qrdeploy.core.markdown import eps_text, table
 from qrdeploy.core.plotting import legend_outside, pyplot, require, save_png, series_styles
 from qrdeploy.core.stats import (
     PairedCounts,
@@ -121,14 +121,14 @@ def main_table(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
     rows = []
     for k in keys:
         col = next((c for d in docs if (c := d.column(k)) is not None), None)
-        eps = "—" if col is None or col.eps is None else f"{col.eps:.4g}"
+        eps = "—" if col is None or col.eps is None else eps_text(col.eps)
         rows.append([k, eps, *(fmt_column(d.column(k)) if k != "clean" else fmt_cell(d.clean)
                                for d in docs)])
     rows.append(["paper worst case", "own eps",
                  *(fmt_cell(_prop(d.paper_worst()[1])) for d in docs)])
     if any(d.adaptive is not None for d in docs):
         rows.append(["adaptive worst case",
-                     ", ".join(sorted({f"{d.adaptive.eps:.4g}" for d in docs if d.adaptive})),
+                     ", ".join(sorted({eps_text(d.adaptive.eps) for d in docs if d.adaptive})),
                      *(_adaptive_wc(d) for d in docs)])
     return _table(["attack", "eps", *names], rows)
 
@@ -251,7 +251,7 @@ def settings_table(docs: Sequence[Results]) -> list[str]:
     for d in docs:
         for a in d.settings.attacks:
             seen.setdefault((a.key, a.attack), a)
-    rows = [[a.key, a.attack or "—", "—" if a.eps is None else f"{a.eps:.6g}",
+    rows = [[a.key, a.attack or "—", "—" if a.eps is None else eps_text(a.eps),
              ORIGIN[a.origin]] for a in seen.values()]
     return ["Where a setting comes from: the paper states no eps, step size or noise scale; "
             "those are qrdeploy's [DEFAULT]s (its documentation lists them with the reasons), "
@@ -263,7 +263,7 @@ def sweep_table(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
     rows = []
     for name, d in zip(names, docs, strict=True):
         for s in d.sweeps:
-            pts = "; ".join(f"{p.eps:.4g}: {pct(p.robust.value)} (worst {pct(p.worst.value)})"
+            pts = "; ".join(f"{eps_text(p.eps)}: {pct(p.robust.value)} (worst {pct(p.worst.value)})"
                             for p in s.points)
             rows.append([name, s.kind, pts])
     if not rows:
@@ -303,7 +303,7 @@ def _summary_rows(d: Results) -> list[_Row]:
                          None if b is None else unflag(b.worst_flags)))
     if d.adaptive is not None:
         bw = None if b is None or b.adaptive_worst_case is None else b.adaptive_worst_case
-        rows.append(_Row(f"adaptive worst case (eps {d.adaptive.eps:.4g})",
+        rows.append(_Row(f"adaptive worst case (eps {eps_text(d.adaptive.eps)})",
                          d.adaptive.worst_case.robust, d.adaptive.worst_flags(),
                          None if bw is None else bw.robust,
                          None if bw is None or b is None or b.adaptive_flags is None

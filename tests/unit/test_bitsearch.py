@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from qrdeploy.bitsearch.render import eps_text, write_search
+from qrdeploy.bitsearch.render import write_search
 from qrdeploy.bitsearch.search import (
     Confirmed,
     LayerSensitivity,
@@ -26,6 +26,7 @@ from qrdeploy.bitsearch.search import (
     greedy_path,
     search_file,
 )
+from qrdeploy.core.markdown import eps_text
 from qrdeploy.core.stats import Proportion, non_inferiority
 from qrdeploy.data.datasets import load_dataset
 from qrdeploy.errors import ConfigError, PassError
@@ -364,5 +365,5 @@ def test_a_rerun_with_another_budget_measures_nothing_again(
 
 
 def test_eps_is_written_as_the_user_would() -> None:
-    assert [eps_text(e) for e in (0.3, 0.1, 4 / 255, 8 / 255, 0.5)] == \
-        ["0.3", "0.1", "4/255", "8/255", "0.5"]
+    assert [eps_text(e) for e in (0.3, 0.1, 4 / 255, 8 / 255, 0.5, 0.2, 0.0314, 1.0)] == \
+        ["0.3", "0.1", "4/255", "8/255", "0.5", "0.2", "0.0314", "1"]

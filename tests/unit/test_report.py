@@ -272,3 +272,18 @@ def test_the_cascade_footnote_only_when_a_cell_carries_its_mark(before_after: Re
                      suite_name="paper,adaptive")
     assert not any(c.restricted for c in plain.columns)
     assert "† ran only" not in render_markdown([plain], [], None)
+
+
+def test_eps_in_255ths_is_written_as_the_user_wrote_it() -> None:
+    """A CIFAR-style eps of 8/255 reads '8/255' in the attack table, the settings and the
+    sweep, not 0.03137."""
+    x = np.random.default_rng(1).uniform(size=(20, 1, 4, 4)).astype(np.float32)
+    y = linear(0).logits(x).argmax(1)
+    suite = build_suite("paper", "mnist", attacks="clean,pgd=8/255,fgsm-s=4/255",
+                        eps=(2 / 255, 0.1))
+    ev = evaluate(Subject("m.onnx", "a" * 64, linear(0)), x, y, suite,
+                  config=RunConfig(batch_size=20))
+    md = render_markdown([build_results(ev, data_name="toy", split="test")], [], None)
+    assert "| white/pgd | 8/255 |" in md and "| white/fgsm-s | 4/255 |" in md
+    assert "2/255: " in md and "0.1: " in md  # the sweep's points
+    assert "0.0313" not in md and "0.0156" not in md
