@@ -162,6 +162,10 @@ def _cascade(doc: Results, ad: AdaptiveResult) -> str:
     return ", ".join(parts)
 
 
+#: the cell of `_cascade`: counts for the restricted entries, robust accuracy for the others
+CASCADE_HEADER = "gradient entries: broken/attacked; square, transfer: robust %"
+
+
 def _adaptive_row(doc: Results, row: str, ad: AdaptiveResult) -> list[str]:
     return [row_name(row), f"{100 * paper_iterative(doc).mean():.1f}",
             f"{100 * ad.worst_case.robust.value:.1f}", f"{doc.data.n}", _cascade(doc, ad),
@@ -184,7 +188,7 @@ def adaptive_table(c: Collected) -> list[str]:
              "same as `qrdeploy attack --suite paper,adaptive` gives.")
     return ["## Adaptive attacks (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "paper PGD∧BIM∧MIM %", "adaptive worst case %", "n",
-                     "broken (cascade)", "masking verdict"], rows)]
+                     CASCADE_HEADER, "masking verdict"], rows)]
 
 
 def int8_table(c: Collected) -> list[str]:
@@ -276,7 +280,7 @@ def hardening_table(c: Collected) -> list[str]:
              "qrdeploy/paper/claims.py); docs/training.md has the recipes and their seed spread.")
     return ["## Hardening that holds (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "clean %", "adaptive worst case %", "vs Adv. strong (points)",
-                     "broken (cascade)", "masking verdict"], rows)]
+                     CASCADE_HEADER, "masking verdict"], rows)]
 
 
 def row_verdict(doc: Results) -> str:

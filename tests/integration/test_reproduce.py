@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -169,6 +170,15 @@ def _md(p: Path) -> None:
     assert "| Adv. strong (searched) |" in text
     assert "not run (model missing" in text  # F.L.
     assert "not run (CIFAR-10: profile smoke is mnist; use --profile quick-cifar" in text
+    # the adaptive table's cascade cell: counts for the gradient entries, % for the others
+    adaptive = text.split("## Adaptive attacks")[1].split("\n## ")[0]
+    assert "| gradient entries: broken/attacked; square, transfer: robust % |" in adaptive
+    rows = [ln for ln in adaptive.splitlines()
+            if ln.startswith("| ") and not ln.startswith(("| Model", "|---"))]
+    assert rows
+    for row in rows:
+        cell = row.split(" | ")[4]
+        assert re.search(r"\bpgd-cw \d+/\d+", cell) and re.search(r"\bsquare \d+\.\d%", cell), row
 
 
 ARTEFACTS = [
