@@ -375,13 +375,17 @@ def _is_restricted(suite: Suite, key: str) -> bool:
 
 
 def survivor_keys(suite: Suite) -> tuple[str, ...]:
-    """The cheaper columns and sweep points (L-inf, eps at most the adaptive eps) whose
-    survivors the restricted adaptive columns run on; () without adaptive columns."""
+    """The cheaper white-box columns and sweep points (L-inf, eps at most the adaptive eps)
+    whose survivors the restricted adaptive columns run on; () without adaptive columns.
+    Black-box columns are left out: the restricted entries' flags (theirs and these columns')
+    are the gradient worst case that black-box-stronger and square-stronger hold transfer and
+    Square against, so a transfer success among them would shield the very column the check
+    must compare."""
     eps = suite.adaptive_eps
     if eps is None:
         return ()
-    keys = [c.key for c in suite.columns if c.bounded and c.eps is not None
-            and c.eps <= eps + 1e-12]
+    keys = [c.key for c in suite.columns if c.bounded and c.mode is Mode.WHITE
+            and c.eps is not None and c.eps <= eps + 1e-12]
     return tuple(keys + [p.key for p in suite.sweep if p.eps <= eps + 1e-12])
 
 

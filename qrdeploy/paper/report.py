@@ -181,11 +181,11 @@ def adaptive_table(c: Collected) -> list[str]:
     eps = next(d.adaptive.eps for d in ran.values() if d.adaptive is not None)
     intro = (f"The attack runner's adaptive suite at eps {eps_text(eps)}, run with the paper's "
              "columns (qrdeploy.evaluation.runner): its gradient entries as a cascade, cheapest "
-             "first, each on the samples that survived the paper's L-inf columns of at most that "
-             "eps and the entries before it ('broken' counts are of that cascade); Square and "
-             "transfer on every sample. The adaptive worst case is over all of them and the "
-             "paper's columns; the verdict is that run's masking verdict (docs/masking.md), the "
-             "same as `qrdeploy attack --suite paper,adaptive` gives.")
+             "first, each on the samples that survived the paper's white-box L-inf columns of at "
+             "most that eps and the entries before it ('broken' counts are of that cascade); "
+             "Square and transfer on every sample. The adaptive worst case is over all of them and"
+             " the paper's columns; the verdict is that run's masking verdict (docs/masking.md), "
+             "the same as `qrdeploy attack --suite paper,adaptive` gives.")
     return ["## Adaptive attacks (qrdeploy's, not the paper's)", "", intro, "",
             *_table(["Model", "paper PGD∧BIM∧MIM %", "adaptive worst case %", "n",
                      CASCADE_HEADER, "masking verdict"], rows)]

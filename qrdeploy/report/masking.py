@@ -27,9 +27,10 @@ def adaptive_columns(docs: Sequence[Results], names: Sequence[str], fmt: Fmt,
             for name, d in zip(names, docs, strict=True)]
     header = [k.removeprefix("adaptive/") for k in keys]
     dagger = any(c is not None and c.restricted for d in docs for c in map(d.column, keys))
-    note = ["† ran only on the samples that survived the paper's cheaper L-inf attacks of at most "
-            "its eps and the gradient entries before it (a cascade, a legitimate saving for a "
-            "worst case): the cell is robust accuracy under it and them together.", ""]
+    note = ["† ran only on the samples that survived the paper's cheaper white-box L-inf "
+            "attacks of at most its eps and the gradient entries before it (a cascade, a "
+            "legitimate saving for a worst case): the cell is robust accuracy under it and them "
+            "together.", ""]
     return [*(note if dagger else []), *table(["model", *header], rows), ""]
 
 

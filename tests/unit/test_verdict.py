@@ -3,6 +3,8 @@ adaptive per-sample worst case, and the sweep kinds that eps-no-effect reads."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,41 @@ def test_the_worst_case_covers_every_column_that_ran() -> None:
     assert keys == ["white/pgd", "adaptive/pgd-cw", "adaptive/square"]
     assert int(flags.sum()) == N - 30
     assert int(flags.sum()) <= int(adaptive_worst_case(ev)[1].sum())
+
+
+class _MaskedLinear(NumpyLinear):
+    """The same logits as NumpyLinear, with an exactly zero input gradient (fully masked)."""
+
+    def vjp(self, x: np.ndarray, cot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.logits(x), np.zeros_like(x)
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, loss: Any,
+                      temperature: Any = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z, value, _ = super().loss_and_grad(x, y, loss, temperature)
+        return z, value, np.zeros_like(x)
+
+
+def test_a_transfer_column_inside_the_adaptive_eps_can_fire_black_box_stronger() -> None:
+    """The restricted gradient entries run after the white-box columns only: were a black-box
+    column among the cheaper attacks they skip, its successes would count in the gradient worst
+    case it is held against, and black-box-stronger could never fire for it. Here the victim's
+    gradient is exactly zero and black/fgsm-w (eps 0.1, the adaptive eps) transfers from a
+    source with the same logits: the check fires and names it."""
+    from qrdeploy.evaluation.runner import evaluate, survivor_keys
+    from qrdeploy.evaluation.suites import build_suite
+
+    r = np.random.default_rng(0)
+    w, b = r.normal(size=(4, 16)), r.normal(size=4) * 0.1
+    x = r.uniform(size=(60, 1, 4, 4)).astype(np.float32)
+    y = NumpyLinear(w, b).logits(x).argmax(1)
+    suite = build_suite("paper,adaptive", "mnist", attacks="clean,pgd,black/fgsm-w,pgd-cw,apgd-ce",
+                        eps=())
+    assert survivor_keys(suite) == ("white/pgd",)  # no black-box column among them
+    ev = evaluate(Subject("masked", "1" * 64, _MaskedLinear(w, b)), x, y, suite,
+                  source=Subject("source", "2" * 64, NumpyLinear(w, b)),
+                  adaptive_source=Subject("source", "2" * 64, NumpyLinear(w, b)),
+                  config=RunConfig(batch_size=30))
+    m = masking(ev)
+    assert m is not None
+    check = next(c for c in m.verdict.checks if c.name.value == "black-box-stronger")
+    assert check.fired and "black/fgsm-w" in check.detail, check.detail
