@@ -170,11 +170,18 @@ def paired_test(a_flags: np.ndarray, b_flags: np.ndarray, a: str = "a", b: str =
 
 
 def attack_pairs(suite: Suite) -> list[tuple[str, str]]:
-    """Column pairs whose difference is a gradient-masking warning sign (docs/method.md section 10):
-    white vs black of the same attack, and one-step FGSM (s) vs iterative PGD."""
+    """Column pairs (A, B) where A should be at least as strong as B, so that a significantly
+    positive A − B (A leaves more images correct) is a gradient-masking warning sign: white-box
+    vs transfer (black-box) of the same attack, and iterative PGD vs one-step FGSM at PGD's eps
+    or, without an FGSM column at that eps, at the largest FGSM eps below it (CIFAR-10: PGD at
+    4/255 vs FGSM at 2/255); an FGSM with more budget than PGD is no pair."""
     keys = {c.key for c in suite.columns}
     pairs = [(f"white/{c.name}", c.key) for c in suite.by_mode(Mode.BLACK)
              if f"white/{c.name}" in keys]
-    if {"white/fgsm-s", "white/pgd"} <= keys:
-        pairs.append(("white/fgsm-s", "white/pgd"))
+    pgd = next((c for c in suite.by_mode(Mode.WHITE) if c.name == "pgd" and c.eps), None)
+    fgsm = [c for c in suite.by_mode(Mode.WHITE) if c.name.startswith("fgsm-") and c.eps]
+    if pgd is not None and pgd.eps is not None:
+        within = [c for c in fgsm if c.eps is not None and c.eps <= pgd.eps + 1e-12]
+        if within:
+            pairs.append((pgd.key, max(within, key=lambda c: c.eps or 0.0).key))
     return pairs

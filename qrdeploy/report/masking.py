@@ -40,10 +40,21 @@ def _adaptive_cell(c: ColumnResult | None, fmt: Fmt) -> str:
     return fmt(c.robust) + (" †" if c.restricted else "")
 
 
+#: checks whose statistic is a share of inputs or an accuracy (fire above a fixed threshold);
+#: the others compare two accuracies by the paired rule (a gap in points against a margin)
+SHARE_CHECKS = ("zero-gradient", "logit-gap", "probability-outputs", "unbounded-below-100")
+
+
 def _stat(c: CheckEntry) -> str:
+    """The statistic and the rule that fires the check, in the detail's units (%, points)."""
     if c.statistic is None or c.threshold is None:
         return "—"
-    return f"{c.statistic:.4g} (threshold {c.threshold:.4g})"
+    if c.name in SHARE_CHECKS:
+        return f"{100 * c.statistic:.1f}% (fires above {100 * c.threshold:.3g}%)"
+    if c.name == "eps-no-effect" and "accuracy rises" not in c.detail:
+        return (f"fall {100 * c.statistic:.1f} pts (fires at {100 * c.threshold:.1f} pts or "
+                "less, where a fall could be seen)")
+    return f"{100 * c.statistic:+.1f} pts (fires above {100 * c.threshold:.1f} pts)"
 
 
 def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) -> list[str]:
@@ -61,7 +72,7 @@ def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) 
         bins = ", ".join(f"[{a}, {b}): {n}" for a, b, n in
                          zip(edges, edges[1:], m.gap_counts, strict=False))
         out += [f"### {name}", "", f"**Verdict:** {m.verdict}", "",
-                *table(["check", "fired", "statistic", "detail"], rows), "",
+                *table(["check", "fired", "statistic (rule)", "detail"], rows), "",
                 f"Clean top-1 − top-2 logit gap histogram: {bins}", ""]
         out += [f"- note: {n}" for n in d.notes]
         out += [""] if d.notes else []

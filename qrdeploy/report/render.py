@@ -241,8 +241,10 @@ def attack_pairs_table(docs: Sequence[Results], names: Sequence[str]) -> list[st
             for t in d.comparisons]
     if not rows:
         return []
-    return ["White-box should not be weaker than transfer of the same attack, nor FGSM (s) "
-            f"weaker than PGD; a significant reversal is a warning sign. {PAIRED_NOTE}", "",
+    return ["A should be at least as strong as B: white-box against transfer of the same "
+            "attack, iterative PGD against one-step FGSM with at most PGD's eps. A significantly "
+            "positive A − B (A leaves more images correct) is a warning sign of gradient "
+            f"masking. {PAIRED_NOTE}", "",
             *_table(["model", *PAIRED_HEADER[1:]], rows)]
 
 
@@ -415,10 +417,12 @@ def sections(docs: Sequence[Results], plots: Sequence[str], plot_note: str | Non
     out = [Section("Robust accuracy per attack", [
         "Cells: robust accuracy in % with a 95% Wilson interval; a clean error counts as a "
         "failure. Where the paper-style accuracy on the attacked inputs differs, it follows as "
-        "(att. ...). The paper's worst case is per sample over its L-inf columns at their own "
-        "eps; the adaptive worst case is per sample over every L-inf column and sweep point of "
-        "at most the adaptive eps and every adaptive attack. An attack gives an upper bound on "
-        "robust accuracy, not a certificate.", "", *main_table(docs, names)])]
+        "(att. ...). Noise rows give the paper's figure, the mean over draws with a 95% percentile "
+        "bootstrap interval, then (worst of k: ...), the share robust under all k draws; their "
+        "scale is in the settings table. The paper's worst case is per sample over its L-inf "
+        "columns at their own eps; the adaptive worst case is per sample over every L-inf column "
+        "and sweep point of at most the adaptive eps and every adaptive attack. An attack gives an "
+        "upper bound on robust accuracy, not a certificate.", "", *main_table(docs, names)])]
     if (checks := checks_section(docs, names, _table)):
         out.append(Section("Gradient-masking checks", checks))
     if (adaptive := adaptive_columns(docs, names, fmt_cell, _table)):
@@ -476,43 +480,62 @@ def render_markdown(docs: Sequence[Results], plots: Sequence[str], plot_note: st
     return text
 
 
+#: the columns of report.csv (docs/evaluation.md, "Report files", says what each holds)
+CSV_HEADER = ["model", "sha256", "role", "column", "mode", "eps", "origin", "statistic",
+              "interval", "k", "n", "value", "ci_low", "ci_high", "attacked"]
+
+
 def render_csv(docs: Sequence[Results]) -> str:
+    """One row per model and cell of the markdown's attack table (the same names: clean, every
+    column, noise as its mean over draws and its worst of k, paper worst case, adaptive worst
+    case), then the rows of each model before hardening (`attack --unhardened`) that the
+    summary's before/after shows."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "sha256", "column", "mode", "eps", "origin", "k", "n", "robust",
-                "ci_low", "ci_high", "attacked"])
+    w.writerow(CSV_HEADER)
     for name, d in zip(row_names(docs), docs, strict=True):
-        sha = d.victim.sha256
         for row in _csv_rows(d):
-            w.writerow([name, sha, *row])
+            w.writerow([name, d.victim.sha256, "attacked", *row])
+        if (b := d.baseline) is not None:
+            rows = [_csv_cell("clean", "clean", None, "paper", "accuracy", b.clean)]
+            rows.append(_csv_cell("paper worst case", "worst", None, "default",
+                                  "robust accuracy", b.worst_case.robust))
+            if b.adaptive_worst_case is not None and d.adaptive is not None:
+                rows.append(_csv_cell("adaptive worst case", "worst", d.adaptive.eps, "default",
+                                      "robust accuracy", b.adaptive_worst_case.robust))
+            for row in rows:
+                w.writerow([b.model.name, b.model.sha256, f"before hardening of {name}", *row])
     return buf.getvalue()
 
 
-def _csv_cell(key: str, mode: str, eps: float | None, origin: str, c: Proportion,
-              att: Proportion | None) -> list[Any]:
+def _csv_cell(key: str, mode: str, eps: float | None, origin: str, statistic: str,
+              c: Proportion, att: Proportion | None = None) -> list[Any]:
     lo, hi = c.interval
-    return [key, mode, "" if eps is None else f"{eps:.6g}", origin, c.k, c.n,
-            f"{c.value:.6f}", f"{lo:.6f}", f"{hi:.6f}", "" if att is None else f"{att.value:.6f}"]
+    return [key, mode, "" if eps is None else f"{eps:.6g}", origin, statistic, "wilson", c.k,
+            c.n, f"{c.value:.6f}", f"{lo:.6f}", f"{hi:.6f}",
+            "" if att is None else f"{att.value:.6f}"]
 
 
 def _csv_rows(d: Results) -> list[list[Any]]:
-    """Clean, every column (noise: the mean over draws, then the worst of k), the worst case."""
-    rows = [_csv_cell("clean", "clean", None, "paper", d.clean, d.clean)]
+    """The rows of one results file; see render_csv."""
+    rows = [_csv_cell("clean", "clean", None, "paper", "accuracy", d.clean)]
     for c in d.columns:
         if c.key == "clean":
             continue
         if (nz := c.noise) is not None:
-            rows.append([c.key, c.mode, "", c.origin, "", c.robust.n, f"{nz.mean:.6f}",
-                         f"{nz.mean_ci95[0]:.6f}", f"{nz.mean_ci95[1]:.6f}",
-                         f"{nz.mean_attacked:.6f}"])
+            rows.append([c.key, c.mode, "", c.origin, "mean robust accuracy over draws",
+                         "bootstrap", "", c.robust.n, f"{nz.mean:.6f}", f"{nz.mean_ci95[0]:.6f}",
+                         f"{nz.mean_ci95[1]:.6f}", f"{nz.mean_attacked:.6f}"])
             rows.append(_csv_cell(f"{c.key} worst of {nz.draws}", c.mode, None, c.origin,
-                                  nz.worst, None))
+                                  f"robust under all {nz.draws} draws", nz.worst))
         else:
-            rows.append(_csv_cell(c.key, c.mode, c.eps, c.origin, c.robust, c.attacked))
-    rows.append(_csv_cell("worst case", "worst", None, "default", d.worst_case.robust, None))
+            rows.append(_csv_cell(c.key, c.mode, c.eps, c.origin, "robust accuracy", c.robust,
+                                  c.attacked))
+    rows.append(_csv_cell("paper worst case", "worst", None, "default", "robust accuracy",
+                          _prop(d.paper_worst()[1])))
     if (ad := d.adaptive) is not None:
         rows.append(_csv_cell("adaptive worst case", "worst", ad.eps, "default",
-                              ad.worst_case.robust, None))
+                              "robust accuracy", ad.worst_case.robust))
     return rows
 
 

@@ -349,3 +349,24 @@ def test_paper_suite_default_sweep_is_fgsm_and_pgd() -> None:
     assert {p.kind for p in s.sweep} == {"fgsm", "pgd"}
     assert max(p.eps for p in s.sweep) == 1.0
     assert build_suite("white", "mnist", eps=None).sweep == ()
+
+
+@pytest.mark.parametrize(("family", "fgsm"), [("mnist", "white/fgsm-w"),
+                                              ("cifar10", "white/fgsm-w")])
+def test_attack_pairs_put_the_stronger_attack_first_at_comparable_eps(family: str,
+                                                                      fgsm: str) -> None:
+    """White-box before its transfer twin, and PGD before the FGSM at its eps (MNIST: fgsm-w at
+    0.1 = PGD's 0.1) or the largest FGSM eps below it (CIFAR-10: fgsm-w at 2/255 < 4/255);
+    never FGSM (s), whose eps is three or four times PGD's."""
+    from qrdeploy.evaluation.metrics import attack_pairs
+
+    suite = build_suite("paper", family)
+    pairs = attack_pairs(suite)
+    assert ("white/pgd", fgsm) in pairs
+    assert ("white/fgsm-s", "white/pgd") not in pairs and ("white/pgd", "white/fgsm-s") not in pairs
+    assert ("white/fgsm-s", "black/fgsm-s") in pairs
+    eps = {c.key: c.eps for c in suite.columns}
+    for a, b in pairs:  # A's examples may use at least B's budget
+        assert eps[a] is None or eps[b] is None or eps[a] >= eps[b] - 1e-12, (a, b)
+    only_s = build_suite("white", family, attacks="fgsm-s,pgd")
+    assert attack_pairs(only_s) == []  # FGSM with more budget than PGD: no pair

@@ -103,16 +103,41 @@ def test_csv_has_one_row_per_model_and_cell(docs: list[Results]) -> None:
     rows = list(csv.DictReader(io.StringIO(render_csv(docs))))
     per_model = 1 + 2 + 2 + 1  # clean, fgsm-s and pgd, noise mean and worst of k, worst case
     assert len(rows) == 3 * per_model
+    assert all(r["role"] == "attacked" for r in rows)
     pgd = next(r for r in rows if r["column"] == "white/pgd")
     cell = docs[0].column("white/pgd").robust  # type: ignore[union-attr]
-    assert float(pgd["robust"]) == pytest.approx(cell.value, abs=1e-6)
-    assert float(pgd["ci_low"]) <= float(pgd["robust"]) <= float(pgd["ci_high"])
+    assert float(pgd["value"]) == pytest.approx(cell.value, abs=1e-6)
+    assert float(pgd["ci_low"]) <= float(pgd["value"]) <= float(pgd["ci_high"])
     assert pgd["origin"] == "default" and pgd["eps"] == "0.1"
+    assert (pgd["statistic"], pgd["interval"]) == ("robust accuracy", "wilson")
     noise = docs[0].column("noise/normal").noise  # type: ignore[union-attr]
     assert noise is not None
     mean, worst = (r for r in rows[:per_model] if r["column"].startswith("noise/normal"))
-    assert float(mean["robust"]) == pytest.approx(noise.mean, abs=1e-6) and mean["k"] == ""
+    assert float(mean["value"]) == pytest.approx(noise.mean, abs=1e-6) and mean["k"] == ""
+    assert (mean["statistic"], mean["interval"]) == ("mean robust accuracy over draws",
+                                                     "bootstrap")
     assert worst["column"] == "noise/normal worst of 10" and int(worst["k"]) == noise.worst.k
+    # the worst case is the markdown's "paper worst case", with its value
+    wc = rows[per_model - 1]
+    assert wc["column"] == "paper worst case"
+    assert int(wc["k"]) == int(docs[0].paper_worst()[1].sum())
+
+
+def test_csv_has_the_before_hardening_rows_of_the_summary() -> None:
+    """With a baseline: clean and the paper worst case of the model before hardening, named and
+    with its own sha256, the numbers of the summary's before column."""
+    doc = make_doc(linear(0, 1.02), "after.onnx", "d", before=linear(0))
+    rows = list(csv.DictReader(io.StringIO(render_csv([doc]))))
+    before = [r for r in rows if r["role"] != "attacked"]
+    assert doc.baseline is not None
+    assert [r["column"] for r in before] == ["clean", "paper worst case"]
+    assert {r["model"] for r in before} == {"before.onnx"}
+    assert {r["role"] for r in before} == {"before hardening of after.onnx"}
+    assert int(before[0]["k"]) == doc.baseline.clean.k
+    assert int(before[1]["k"]) == doc.baseline.worst_case.robust.k
+    md = render_markdown([doc], [], None)
+    lo, hi = doc.baseline.clean.interval
+    assert f"{100 * doc.baseline.clean.value:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in md
 
 
 def _files(docs: list[Results], tmp: Path) -> list[Path]:
@@ -287,3 +312,25 @@ def test_eps_in_255ths_is_written_as_the_user_wrote_it() -> None:
     assert "| white/pgd | 8/255 |" in md and "| white/fgsm-s | 4/255 |" in md
     assert "2/255: " in md and "0.1: " in md  # the sweep's points
     assert "0.0313" not in md and "0.0156" not in md
+
+
+@pytest.mark.parametrize(("name", "stat", "thr", "detail", "text"), [
+    ("logit-gap", 0.47, 0.5, "47.0% of inputs ...", "47.0% (fires above 50%)"),
+    ("black-box-stronger", -0.11, 0.07464, "black/fgsm-s 11.0 points above ...",
+     "-11.0 pts (fires above 7.5 pts)"),
+    ("eps-no-effect", 0.11, 0.06289, "pgd: accuracy falls 11.0 points from eps 0.1 to 1.0",
+     "fall 11.0 pts (fires at 6.3 pts or less, where a fall could be seen)"),
+    ("eps-no-effect", 0.08, 0.05, "pgd: accuracy rises 8.0 points from eps 0.1 to 0.2",
+     "+8.0 pts (fires above 5.0 pts)"),
+    ("unbounded-below-100", 0.0, 0.01, "white/pgd@1 ...", "0.0% (fires above 1%)"),
+], ids=["share", "paired", "eps-fall", "eps-rise", "unbounded"])
+def test_check_statistics_say_their_rule_in_the_details_units(
+        name: str, stat: float, thr: float, detail: str, text: str) -> None:
+    """A statistic above its threshold that did not fire (eps-no-effect's fall) or below one
+    that did not either (logit-gap) read the same without the rule; the cell says it, in % or
+    points as the detail does."""
+    from qrdeploy.evaluation.results import CheckEntry
+    from qrdeploy.report.masking import _stat
+
+    assert _stat(CheckEntry(name, False, True, stat, thr, detail, "")) == text
+    assert _stat(CheckEntry(name, False, False, None, None, "not run", "")) == "—"
