@@ -331,8 +331,10 @@ def conclusion(d: Results) -> str:
                     "adaptive entries)" if narrowed
                     else "gradient masking was not checked (add --suite adaptive)")
     if b is None or head.before_flags is None or head.before is None:
-        hint = "" if b is not None else " Attack the model before hardening too (--unhardened) " \
-            "for a before/after."
+        quantized = bool(d.victim.harden) or str(
+            d.runtime.info.get("gradient_form") or "").startswith("BPDA")
+        hint = "" if b is not None or not quantized else " Attack the model before " \
+            "hardening too (--unhardened) for a before/after."
         return (f"Clean {d.measure} {pct(d.clean.value)}%, {what} "
                 f"{pct(head.after.value)}%; {masking_text}.{hint}")
     c = PairedCounts.from_flags(head.after_flags, head.before_flags)
@@ -346,8 +348,10 @@ def conclusion(d: Results) -> str:
     else:
         effect = (f"did not measurably change the {what} ({100 * c.difference:+.1f} points, "
                   "95% interval includes 0)")
+    clo, chi = newcombe_paired_interval(clean)
     return (f"Hardening {effect}, at a clean {d.measure} change of "
-            f"{100 * clean.difference:+.1f} points; {masking_text}.")
+            f"{100 * clean.difference:+.1f} points (95% interval {100 * clo:+.1f} to "
+            f"{100 * chi:+.1f}); {masking_text}.")
 
 
 def short_verdict(m: MaskingResult | None) -> str:
@@ -388,7 +392,15 @@ def summary_block(d: Results) -> list[str]:
         table_rows.append(["gradient-masking verdict", _baseline_verdict(b), verdict_after, ""])
         lines += _table(["", f"before hardening: {b.model.name}",
                          f"after: {d.victim.name}", "after − before (same images)"], table_rows)
-    lines += ["", f"**Conclusion:** {conclusion(d)}"]
+    legend = "Cells: % correct with a 95% Wilson interval"
+    if b is not None:
+        legend += ("; after − before: Newcombe's 95% interval for the paired difference and "
+                   "McNemar's exact test on the same images")
+        if d.adaptive is not None and d.column("adaptive/transfer") is not None:
+            legend += (". Before hardening, the adaptive worst case has no transfer column: it "
+                       "would attack that model with examples crafted on itself, which its "
+                       "white-box entries already do")
+    lines += ["", legend + ".", "", f"**Conclusion:** {conclusion(d)}"]
     return lines
 
 

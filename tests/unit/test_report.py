@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrdeploy.core.stats import Proportion
+from qrdeploy.core.stats import PairedCounts, Proportion, newcombe_paired_interval
 from qrdeploy.evaluation.build import build_baseline, build_results
 from qrdeploy.evaluation.results import Results, write_results
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
@@ -151,7 +151,7 @@ def test_report_with_matplotlib_writes_plots(docs: list[Results], tmp_path: Path
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in files.plots)
     md = files.markdown.read_text()
     assert "![report-eps-pgd](report-eps-pgd.png)" in md and files.plot_note is None
-    assert files.csv.read_text().startswith("model,sha256,column")
+    assert files.csv.read_text().startswith("model,sha256,role,column")
 
 
 def test_report_without_plots_says_how_and_keeps_tables(
@@ -232,9 +232,34 @@ def test_summary_numbers_are_the_paired_ones(before_after: Results) -> None:
 
 
 def test_without_baseline_the_summary_says_how_to_get_one(docs: list[Results]) -> None:
+    """A hardened model without --unhardened is told how to get a before/after; a model that
+    was never hardened (nothing before it) is not."""
+    from qrdeploy.report.render import conclusion
+
     md = render_markdown(docs[:1], [], None)
-    assert "Attack the model before hardening too (--unhardened)" in md
     assert "before hardening:" not in md
+    assert "--unhardened" not in conclusion(docs[0])  # not hardened, not quantized
+    hard = dataclasses.replace(docs[0], victim=dataclasses.replace(
+        docs[0].victim, harden=[{"passes": [{"pass": "weight_quant", "bits": 3}]}]))
+    assert "Attack the model before hardening too (--unhardened)" in conclusion(hard)
+    integer = dataclasses.replace(docs[0], runtime=dataclasses.replace(
+        docs[0].runtime, info={"gradient_form": "BPDA (straight-through)"}))
+    assert "(--unhardened)" in conclusion(integer)
+
+
+def test_the_conclusion_gives_the_clean_change_its_interval(before_after: Results) -> None:
+    from qrdeploy.report.render import conclusion
+
+    b = before_after.baseline
+    assert b is not None
+    c = PairedCounts.from_flags(before_after.clean_flags(),
+                                np.array([ch == "1" for ch in b.clean_correct]))
+    lo, hi = newcombe_paired_interval(c)
+    assert (f"clean accuracy change of {100 * c.difference:+.1f} points (95% interval "
+            f"{100 * lo:+.1f} to {100 * hi:+.1f})") in conclusion(before_after)
+    md = render_markdown([before_after], [], None)
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "Cells: % correct with a 95% Wilson interval; after − before: Newcombe" in summary
 
 
 def test_no_python_reprs(before_after: Results) -> None:
