@@ -392,7 +392,8 @@ def _size_and_latency(run: _Run, pm: OrtModel, pr: OrtModel) -> tuple[LatencyRow
         run.results.append(judge(
             f"latency.ratio@b{r.batch_size}", r.ratio, None, limit, Direction.MAX, Unit.RATIO,
             Bound.POINT,
-            f"median {r.model.median_ms:.2f} ms vs {r.reference.median_ms:.2f} ms"))
+            f"the median of paired per-round ratios; medians {r.model.median_ms:.2f} ms vs "
+            f"{r.reference.median_ms:.2f} ms"))
     return rows
 
 

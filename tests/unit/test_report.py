@@ -359,3 +359,13 @@ def test_check_statistics_say_their_rule_in_the_details_units(
 
     assert _stat(CheckEntry(name, False, True, stat, thr, detail, "")) == text
     assert _stat(CheckEntry(name, False, False, None, None, "not run", "")) == "—"
+
+
+def test_the_same_model_twice_gets_two_names(docs: list[Results]) -> None:
+    """The same file (name and sha256) in two results: a run number tells them apart; two
+    files of one name: their sha256 prefixes."""
+    from qrdeploy.report.render import row_names
+
+    names = row_names([docs[0], docs[1], docs[0]])
+    assert names == ["a.onnx #1", "b.onnx", "a.onnx #2"]
+    assert row_names([docs[0], docs[2]]) == ["a.onnx (aaaaaaaa)", "a.onnx (cccccccc)"]
