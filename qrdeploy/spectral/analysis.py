@@ -142,18 +142,22 @@ class LayerReport:
     dw_total: TensorNorms | None = None
     amplification: Amplification | None = None
     note: str = ""
+    w_prime: TensorNorms | None = None  # the μ-law-mapped W′ of a μ-law layer
 
     @property
     def ratio(self) -> float | None:
-        """‖ΔW‖₂/‖W‖₂ in the matrix (reshaped) convention."""
-        w = self.w.matrix.value
+        """‖ΔW‖₂/‖W‖₂ in the matrix (reshaped) convention; for a μ-law layer ‖ΔW‖₂/‖W′‖₂, both
+        in the mapped space where ΔW = Q(W′) − W′ lives."""
+        base = self.w_prime if self.w_prime is not None else self.w
+        w = base.matrix.value
         return self.dw.matrix.value / w if w else None
 
     @property
     def operator_ratio(self) -> float | None:
-        if self.w.operator is None or self.dw.operator is None or not self.w.operator.value:
+        base = self.w_prime if self.w_prime is not None else self.w
+        if base.operator is None or self.dw.operator is None or not base.operator.value:
             return None
-        return self.dw.operator.value / self.w.operator.value
+        return self.dw.operator.value / base.operator.value
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +166,7 @@ class LayerReport:
             "input_shape": list(self.input_shape) if self.input_shape else None,
             "mulaw": self.mulaw, "w": self.w.to_json(), "dw": self.dw.to_json(),
             "dw_total": self.dw_total.to_json() if self.dw_total else None,
+            "w_prime": self.w_prime.to_json() if self.w_prime else None,
             "ratio": self.ratio, "operator_ratio": self.operator_ratio,
             "amplification": self.amplification.to_json() if self.amplification else None,
             "note": self.note,
@@ -479,7 +484,8 @@ def _matrix_view(weight: np.ndarray, layer: WeightLayer) -> np.ndarray:
 def _layer_norms(
     layer: WeightLayer, w: np.ndarray, w_prime: np.ndarray | None, w_hat: np.ndarray,
     geometry: ConvGeometry | None, config: LipschitzConfig,
-) -> tuple[TensorNorms, TensorNorms, TensorNorms | None]:
+) -> tuple[TensorNorms, TensorNorms, TensorNorms | None, TensorNorms | None]:
+    """‖W‖, ‖ΔW‖ (ΔW = Ŵ − W′), and for a μ-law layer ‖Ŵ − W‖ and ‖W′‖."""
     base = w if w_prime is None else w_prime
     for what, t in (("weight", w), ("deployed weight", w_hat)):
         if not np.isfinite(t).all():
@@ -489,7 +495,9 @@ def _layer_norms(
     dw_n = tensor_norms(_matrix_view(w_hat - base, layer), geometry, config)
     total = None if w_prime is None else tensor_norms(_matrix_view(w_hat - w, layer), geometry,
                                                       config)
-    return w_n, dw_n, total
+    prime = None if w_prime is None else tensor_norms(_matrix_view(w_prime, layer), geometry,
+                                                      config)
+    return w_n, dw_n, total, prime
 
 
 # ---------------------------------------------------------------- amplification
@@ -640,7 +648,8 @@ def lipschitz_report(
         geometry, in_shape, note = _layer_geometry(ref, r, shapes) if r.op_type in _CONV_OPS \
             else (None, None, "")
         w, w_hat = graph.layer_weight(ref, r), hardened_weight(hard, r, h)
-        norms = _layer_norms(r, w, primes.get(r.index), w_hat, geometry, config)
+        w_n, dw_n, total, prime = _layer_norms(r, w, primes.get(r.index), w_hat, geometry,
+                                               config)
         if r.op_type == "MatMul" and w.ndim > 2:
             note = "batched MatMul weight flattened to (batch*K, N): an upper bound"
         if geometry is not None and not _want_fft(w, geometry, config) and config.fft_bound:
@@ -648,8 +657,8 @@ def lipschitz_report(
         if r.weight_name in factors:  # last: the legend finds the folded layers by this note
             note = "; ".join(x for x in (FOLDED_NOTE, note) if x)
         layers.append(LayerReport(
-            r.index, r.node_name, r.op_type, r.shape, in_shape, r.index in primes, *norms,
-            amplification=amp.get(r.index), note=note))
+            r.index, r.node_name, r.op_type, r.shape, in_shape, r.index in primes, w_n, dw_n,
+            total, amplification=amp.get(r.index), note=note, w_prime=prime))
     return LipschitzReport(label or _label(reference, hardened, recipe), source,
                            tuple(rc.to_json() for rc in recipes), tuple(layers), config,
                            time.perf_counter() - start)

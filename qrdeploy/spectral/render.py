@@ -140,7 +140,8 @@ def _legend(report: LipschitzReport, shown: set[str] | None = None) -> list[str]
     return unrelated + fold_line + [
         "- ‖ΔW‖₂: ΔW = Q(W′) − W′, the paper's quantization error of the weights (activation "
         "quantization, in an integer graph, is not in it), W′ = the μ-law-mapped weights "
-        f"(W′ = W for layers without μ-law){total}.",
+        f"(W′ = W for layers without μ-law){total}; ‖ΔW‖/‖W‖ is ‖ΔW‖₂/‖W′‖₂ on a μ-law layer, "
+        "both in the mapped space.",
         "- Gemm/MatMul: matrix norm. Conv: ‖·‖₂ of the kernel reshaped to C_out × C_in/groups·k·k "
         "(the paper's likely convention, [DEFAULT])" + (
             "; ‖·‖op: operator norm of the convolution at "

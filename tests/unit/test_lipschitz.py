@@ -86,6 +86,10 @@ def test_mulaw_splits_quantization_error_from_total_change(ref: onnx.ModelProto,
         assert lyr.dw.matrix.value == pytest.approx(np.linalg.norm(w_hat - w_prime, 2), rel=1e-4)
         assert lyr.dw_total is not None
         assert lyr.dw_total.matrix.value == pytest.approx(np.linalg.norm(w_hat - w, 2), rel=1e-4)
+        # the ratio stays in the mapped space: ‖ΔW‖/‖W′‖, not ‖ΔW‖/‖W‖
+        assert lyr.w_prime is not None
+        assert lyr.ratio == pytest.approx(np.linalg.norm(w_hat - w_prime, 2)
+                                          / np.linalg.norm(w_prime, 2), rel=1e-4)
 
 
 def test_recipe_in_memory_equals_file_path(ref: onnx.ModelProto, tmp_path: Path) -> None:
