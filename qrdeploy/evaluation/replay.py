@@ -17,7 +17,8 @@ allow_pickle=False and validated before use (it may come from elsewhere):
 - `x` (N, C, H, W) float32: the clean inputs, in [0, 1];
 - `clean_correct` (N,) bool: the victim's clean verdict;
 - `adv_<i>` (N, C, H, W) float32: column i's adversarial inputs (the clean input where it did
-  not run);
+  not run; a restricted adaptive column holds, for each sample the cascade skipped, the example
+  of the cheaper column that fooled it);
 - `fooled_<i>` (N,) bool: whether column i fooled the victim.
 """
 
@@ -35,7 +36,8 @@ from qrdeploy.core.fileio import atomic_write
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.runner import Evaluation
+from qrdeploy.evaluation.runner import Evaluation, robust_under
+from qrdeploy.evaluation.suites import restricted
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
@@ -61,12 +63,13 @@ def save_adversarials(path: str | Path, ev: Evaluation, x: np.ndarray, data_name
         "meta": np.array(json.dumps(meta)), "sample_ids": np.arange(ev.n, dtype=np.int64),
         "labels": np.asarray(ev.y, np.int64), "x": x,
         "clean_correct": np.asarray(ev.clean_correct, bool)}
+    cascade = _cascade_examples(ev)
     for i, c in enumerate(columns):
         rec = ev.records[c.key]
         if rec.x_adv is None:
             raise DataError("the run kept no adversarial inputs; run it with "
                             "RunConfig(keep_adversarials=True) (attack --save-adversarials)")
-        arrays[f"adv_{i}"] = rec.x_adv
+        arrays[f"adv_{i}"] = cascade.get(c.key, rec.x_adv)
         arrays[f"fooled_{i}"] = np.asarray(rec.fooled, bool)
 
     def write(tmp: Path) -> None:
@@ -74,6 +77,33 @@ def save_adversarials(path: str | Path, ev: Evaluation, x: np.ndarray, data_name
             np.savez_compressed(fh, **arrays)
 
     return atomic_write(path, write)
+
+
+def _cascade_examples(ev: Evaluation) -> dict[str, np.ndarray]:
+    """The inputs of each restricted adaptive column as its flags mean them. The runner attacks
+    a restricted entry only on the samples that survived the cheaper columns and the entries
+    before it, and records the others as fooled with their clean input; here each of those gets
+    the example of the first earlier column that fooled it, so a replay on the same model finds
+    every recorded success again (clean errors keep their clean input, which fools already)."""
+    order = list(ev.survivor_keys)
+    alive = robust_under(ev.records, order)
+    out: dict[str, np.ndarray] = {}
+    for c in ev.suite.columns:
+        rec = ev.records[c.key]
+        if not restricted(c) or rec.x_adv is None:
+            continue
+        xa, filled = rec.x_adv.copy(), alive.copy()
+        for k in order:
+            src = ev.records[k]
+            if src.x_adv is None:
+                continue
+            take = ~filled & src.fooled & ev.clean_correct
+            xa[take] = src.x_adv[take]
+            filled |= take
+        out[c.key] = xa
+        order.append(c.key)
+        alive = alive & ~rec.fooled
+    return out
 
 
 @dataclass(frozen=True)

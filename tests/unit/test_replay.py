@@ -114,3 +114,24 @@ def test_replay_refuses_a_model_of_another_shape(world: dict[str, Any], tmp_path
     onnx.save(cnn(seed=0, c=1, hw=12), tmp_path / "other.onnx")
     with pytest.raises(DataError, match="takes inputs of shape"):
         replay(tmp_path / "other.onnx", world["set"])
+
+
+def test_restricted_adaptive_columns_replay_their_recorded_successes(
+        world: dict[str, Any], tmp_path: Path) -> None:
+    """The adaptive gradient entries attack only what the cheaper columns left; the samples they
+    skipped count as fooled and are saved with the example that fooled them, so a replay on the
+    same model finds every recorded success (not the clean input, which would not fool)."""
+    d = world["root"]
+    out = tmp_path / "adaptive.npz"
+    assert main(["attack", str(d / "float.onnx"), "--data", f"npz:{d / 'd.npz'}", "--suite",
+                 "white,adaptive", "--attacks", "clean,pgd:eps=0.3,pgd-cw=0.3,apgd-ce=0.3",
+                 "--batch-size", "10", "--save-adversarials", str(out), "-q",
+                 "-o", str(tmp_path / "r.json")]) == 0
+    s = load_adversarials(out)
+    assert {"adaptive/pgd-cw", "adaptive/apgd-ce"} <= set(s.keys)
+    pgd = s.fooled[s.keys.index("white/pgd")]
+    assert (pgd & s.clean_correct).any()  # the cascade skipped some samples
+    r = replay(d / "float.onnx", out)
+    for row in r.rows:
+        assert row.still_fooled.k == row.still_fooled.n, (row.key, row.still_fooled)
+        assert row.robust == row.recorded
