@@ -78,15 +78,15 @@ def fmt_cell(c: Proportion | None, attacked: Proportion | None = None) -> str:
 
 def row_names(docs: Sequence[Results]) -> list[str]:
     """Victim names, made unique with a sha256 prefix where two results share a name, and with
-    a run number (#1, #2: the order given) where they share the file too (the same model
-    attacked twice, with another seed, suite or -n)."""
+    a run number in the order given ("run 1", "run 2") where they share the file too (the same
+    model attacked twice, with another seed, suite or -n)."""
     keys = [(d.victim.name, d.victim.sha256) for d in docs]
     out = []
     for i, (name, sha) in enumerate(keys):
         shas = {s for n, s in keys if n == name}
         label = f"{name} ({sha[:8]})" if len(shas) > 1 else name
         if keys.count((name, sha)) > 1:
-            label += f" #{keys[:i + 1].count((name, sha))}"
+            label += f" run {keys[:i + 1].count((name, sha))}"
         out.append(label)
     return out
 

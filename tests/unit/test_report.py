@@ -367,5 +367,5 @@ def test_the_same_model_twice_gets_two_names(docs: list[Results]) -> None:
     from qrdeploy.report.render import row_names
 
     names = row_names([docs[0], docs[1], docs[0]])
-    assert names == ["a.onnx #1", "b.onnx", "a.onnx #2"]
+    assert names == ["a.onnx run 1", "b.onnx", "a.onnx run 2"]
     assert row_names([docs[0], docs[2]]) == ["a.onnx (aaaaaaaa)", "a.onnx (cccccccc)"]
