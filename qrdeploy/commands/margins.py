@@ -25,6 +25,7 @@ from qrdeploy.commands._options import (
 from qrdeploy.core.plotting import require
 from qrdeploy.evaluation.suites import PARAMS, family_of
 from qrdeploy.graphio.graph import load_model as load_onnx
+from qrdeploy.graphio.inputspec import contracted
 from qrdeploy.margins.criteria import CriteriaConfig, L2Attack, margin_criteria, plot_criteria
 from qrdeploy.margins.search import SearchConfig, VjpClassifier
 from qrdeploy.model.ortmodel import OrtModel
@@ -66,7 +67,8 @@ def load_model(path: str, args: argparse.Namespace) -> VjpClassifier:
 
         module, ck = load_trained(path)
         return NumpyModel(TorchModel(module, int(ck.meta.get("num_classes", 10))))
-    return OrtModel(load_onnx(path), session_config(args), batch_size=args.batch_size)
+    model, batch = contracted(load_onnx(path), None, args.batch_size)  # a kept batch of 1
+    return OrtModel(model, session_config(args), batch_size=batch)
 
 
 def run(args: argparse.Namespace) -> int:

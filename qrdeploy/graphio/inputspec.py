@@ -452,6 +452,19 @@ class InputContract:
         return wrap_model(model, self.spec, self.input_name, self.output_name, self.upcast_fp16)
 
 
+def _kept_batch_of_one(model: onnx.ModelProto) -> bool:
+    """A model without a contract whose input has a batch of 1 that its graph hard-codes (a
+    Reshape to (1, ...)): gradient graphs make the batch symbolic, so it must run one sample at
+    a time, as wrap_model decides for a model with a contract."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        return False
+    dims = inputs[0].type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1 \
+        and _hard_coded_batch(model.graph) is not None
+
+
 def one_by_one(model: onnx.ModelProto) -> bool:
     """True when wrap_model kept a hard-coded batch of 1: run samples one at a time."""
     meta = {p.key: p.value for p in model.metadata_props}
@@ -464,6 +477,6 @@ def contracted(model: onnx.ModelProto, contract: InputContract | None, batch_siz
     and the batch size to run it at: 1 when the conversion kept a hard-coded batch of 1. The one
     place `eval`, `attack` and `check` adapt a model to its input contract."""
     if contract is None:
-        return model, batch_size
+        return model, 1 if _kept_batch_of_one(model) else batch_size
     wrapped = contract.apply(model)
     return wrapped, 1 if one_by_one(wrapped) else batch_size

@@ -578,10 +578,17 @@ def measure_amplification(
         hardened, list(hard_outputs.values()))), config.session)
     feed_name = ref_sess.get_inputs()[0].name
     acc = {r.index: _Accumulator() for r, _ in pairs}
-    for start in range(0, x.shape[0], config.batch_size):
-        xb = np.ascontiguousarray(x[start : start + config.batch_size], dtype=np.float32)
-        ref_out = _run(ref_sess, feed_name, xb)
-        hard_out = _run(hard_sess, hard_sess.get_inputs()[0].name, xb)
+    fixed = _fixed_batch(ref_sess) or _fixed_batch(hard_sess)
+    step = fixed or config.batch_size
+    for start in range(0, x.shape[0], step):
+        xb = np.ascontiguousarray(x[start : start + step], dtype=np.float32)
+        m = len(xb)
+        if fixed is not None and m < fixed:  # a fixed-batch graph: fill up, then cut
+            xb = np.concatenate([xb, np.repeat(xb[-1:], fixed - m, axis=0)])
+        ref_out = {k: v[:m] for k, v in _run(ref_sess, feed_name, xb).items()}
+        hard_out = {k: v[:m] for k, v in
+                    _run(hard_sess, hard_sess.get_inputs()[0].name, xb).items()}
+        xb = xb[:m]
         ref_out.setdefault(feed_name, xb)
         for (r, _), node in zip(pairs, ref_nodes, strict=True):
             w, w_hat = weights[r.index]
@@ -594,6 +601,12 @@ def measure_amplification(
             if lin is not None and err is not None:
                 acc[r.index].local.append(_rel(err, lin))
     return {k: a.result() for k, a in acc.items()}
+
+
+def _fixed_batch(session: Any) -> int | None:
+    """The batch size a session's first input fixes (an exported batch of 1, say), else None."""
+    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _run(session: Any, feed: str, xb: np.ndarray) -> dict[str, np.ndarray]:

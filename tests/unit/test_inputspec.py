@@ -187,3 +187,35 @@ def test_eval_attack_and_check_run_a_batch_of_one_model_sample_by_sample(
     (acc,) = [t for t in summary["thresholds"] if t["metric"] == "clean.accuracy"]
     assert acc["value"] == pytest.approx(9 / 12)
     assert doc["clean"]["value"] == pytest.approx(9 / 12)
+
+
+def test_a_batch_of_one_model_needs_no_input_spec_to_be_attacked(tmp_path: Path) -> None:
+    """A float32 NCHW model with a hard-coded batch of 1 and no contract options: the gradient
+    graph (whose batch is made symbolic) is still fed one sample at a time, so `attack`,
+    `lipschitz --data` and `margins` run instead of failing in onnxruntime's Reshape."""
+    import json
+
+    from qrdeploy.cli import main
+
+    model = twin(InputSpec(), batch=1,
+                 flatten=helper.make_node("Reshape", ["feat", "shape"], ["flat"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                 [1, 5]))
+    onnx.save(model, tmp_path / "b1.onnx")
+    p = pixels(8, seed=4)
+    y = _run(twin(InputSpec()), p).argmax(1).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=p, y=y)
+    assert main(["attack", str(tmp_path / "b1.onnx"), "--data", f"npz:{tmp_path / 'd.npz'}",
+                 "--attacks", "clean,fgsm-s,pgd", "--family", "cifar10", "-q",
+                 "-o", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["clean"]["value"] == 1.0
+    assert {c["key"] for c in doc["columns"]} >= {"white/fgsm-s", "white/pgd"}
+    # lipschitz's measured amplification and margins feed it one sample at a time too
+    assert main(["lipschitz", str(tmp_path / "b1.onnx"), "--bits", "3", "--data",
+                 f"npz:{tmp_path / 'd.npz'}", "-o", str(tmp_path / "l.json"), "-q"]) == 0
+    layers = json.loads((tmp_path / "l.json").read_text())["layers"]
+    assert all(lyr["amplification"] is not None for lyr in layers)
+    assert main(["margins", str(tmp_path / "b1.onnx"), "--data", f"npz:{tmp_path / 'd.npz'}",
+                 "--directions", "4", "--top", "2", "--json", "-q"]) == 0
