@@ -41,6 +41,39 @@ class Fold:
     factor: np.ndarray
 
 
+def inline_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose Constant nodes (a `value` tensor) and Identity nodes of a
+    constant are initializers. Legacy exports without constant folding feed BatchNormalization
+    parameters through such nodes (one Identity can share another layer's bias), which keeps
+    the pair from folding."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    values = {t.name: t for t in g.initializer}
+    kept, added = [], []
+    for node in g.node:
+        tensor = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            tensor = None if attr is None else attr.t
+        elif node.op_type == "Identity" and node.domain in ("", "ai.onnx") and \
+                node.input[0] in values:
+            tensor = values[node.input[0]]
+        if tensor is None or len(node.output) != 1:
+            kept.append(node)
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = node.output[0]
+        values[copy.name] = copy
+        added.append(copy)
+    if added:
+        del g.node[:]
+        g.node.extend(kept)
+        g.initializer.extend(added)
+    return out
+
+
 def batchnorm_count(model: onnx.ModelProto) -> int:
     return sum(n.op_type == "BatchNormalization" for n in model.graph.node)
 

@@ -39,7 +39,7 @@ from onnx import helper
 from qrdeploy.core.runtime import SessionConfig, make_session, run_session
 from qrdeploy.errors import ConfigError, GraphError
 from qrdeploy.graphio import graph
-from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm, scale_channels
+from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm, inline_constants, scale_channels
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening import passes
@@ -259,8 +259,15 @@ def aligned_reference(reference: onnx.ModelProto, hardened: onnx.ModelProto
     if have >= batchnorm_count(reference):
         return reference, {}
     folded, folds = fold_batchnorm(reference)
+    if batchnorm_count(folded) != have:  # parameters behind Identity/Constant nodes
+        folded, folds = fold_batchnorm(inline_constants(reference))
     if batchnorm_count(folded) != have:
-        return reference, {}
+        raise GraphError(
+            f"the second model has {batchnorm_count(reference) - have} BatchNormalization(s) "
+            f"fewer than the reference and qrdeploy folds {len(folds)} of the reference's into "
+            "its convolutions, so the layers do not compare (ΔW would hold BatchNorm scales): "
+            "fold the reference the way the second model was (e.g. onnxruntime's "
+            "quant_pre_process) and pass that as the reference")
     return folded, {f.weight: f.factor for f in folds}
 
 

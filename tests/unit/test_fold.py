@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from qrdeploy.errors import GraphError
 from qrdeploy.graphio.fold import batchnorm_count, fold_batchnorm
 from qrdeploy.graphio.graph import layer_weight, weight_layers
 from qrdeploy.hardening.integer import IntegerActivations
@@ -145,3 +146,43 @@ def test_lipschitz_on_onnxruntime_preprocessed_quantization(tmp_path: Path) -> N
     report = lipschitz_report(model, onnx.load_model(dst))
     assert len(report.layers) == 4 and FOLDED_NOTE in report.layers[0].note
     assert max(lyr.ratio for lyr in report.layers if lyr.ratio is not None) < 0.05
+
+
+def _behind_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as a legacy export without constant folding writes it: every BatchNorm
+    parameter reaches the node through an Identity (the bias through an Identity of an
+    Identity)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    bn = next(n for n in out.graph.node if n.op_type == "BatchNormalization")
+    extra = []
+    for k in range(1, 5):
+        name = bn.input[k]
+        extra.append(helper.make_node("Identity", [name], [f"{name}_id"]))
+        bn.input[k] = f"{name}_id"
+    extra.append(helper.make_node("Identity", [bn.input[2]], [f"{bn.input[2]}2"]))
+    bn.input[2] = f"{bn.input[2]}2"
+    nodes = [*extra, *out.graph.node]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_lipschitz_folds_batchnorm_parameters_behind_identity_nodes() -> None:
+    """The same reference with its BatchNorm parameters behind Identity nodes gives the same
+    per-layer norms against the folded int8 model (it was compared unfolded, ΔW holding the
+    BatchNorm factor); a second model that folded more than the reference can is refused."""
+    model = _bn_model()
+    out, _ = harden(model, [WeightQuant(3, "channel")],
+                    activations=IntegerActivations(40, "minmax", "test"), calibration=CALIB)
+    legacy = _behind_identities(model)
+    assert fold_batchnorm(legacy)[1] == []  # as exported, the pair does not fold
+    np.testing.assert_allclose(ort_logits(legacy, CALIB[:4]), ort_logits(model, CALIB[:4]),
+                               rtol=1e-6, atol=1e-6)
+    plain, behind = lipschitz_report(model, out), lipschitz_report(legacy, out)
+    assert FOLDED_NOTE in behind.layers[0].note
+    assert [lyr.ratio for lyr in behind.layers] == [lyr.ratio for lyr in plain.layers]
+    zero = _bn_model(np.array([1.0, 0.0, 1.0, 1.0], np.float32))  # cannot fold
+    with pytest.raises(GraphError, match="fold the reference the way the second model was"):
+        lipschitz_report(zero, out)
