@@ -110,15 +110,19 @@ def _batchable(p: OrtModel, b: int) -> bool:
     return p.fixed_batch is None or p.fixed_batch == b
 
 
+def timeable_batches(model: OrtModel, reference: OrtModel, sizes: tuple[int, ...]
+                     ) -> tuple[int, ...]:
+    """The batch sizes of `sizes` both models take (a fixed-batch model takes only its own)."""
+    return tuple(b for b in sizes if _batchable(model, b) and _batchable(reference, b))
+
+
 def measure_latency(model: OrtModel, reference: OrtModel, x: np.ndarray,
                     lp: LatencyPolicy) -> tuple[LatencyRow, ...]:
     """Mean and p95 latency of one session run at each batch size, model and reference in the
     same loop (alternating which runs first, so drift in machine load hits both alike), after
     `warmup` untimed runs each. Batch sizes a fixed-batch model cannot take are skipped."""
     rows = []
-    for b in lp.batch_sizes:
-        if not (_batchable(model, b) and _batchable(reference, b)):
-            continue
+    for b in timeable_batches(model, reference, lp.batch_sizes):
         xb = np.ascontiguousarray(x[np.arange(b) % len(x)], np.float32)  # (b, C, H, W)
         for _ in range(lp.warmup):
             model.time_run(xb), reference.time_run(xb)

@@ -255,6 +255,7 @@ class LatencyPolicy:
     batch_sizes: tuple[int, ...] = (1, 32)
     warmup: int = 3
     repeats: int = 20
+    given: bool = field(default=False, compare=False)  # the policy file has a [latency] section
 
     KEYS = ("max_ratio", "batch_sizes", "warmup", "repeats")
 
@@ -268,7 +269,7 @@ class LatencyPolicy:
         return cls(_optional(_positive, w, "max_ratio", d.get("max_ratio")),
                    tuple(sorted({_count(w, "batch_sizes", b) for b in sizes})),
                    _count(w, "warmup", d.get("warmup", cls.warmup), 0),
-                   _count(w, "repeats", d.get("repeats", cls.repeats), 2))
+                   _count(w, "repeats", d.get("repeats", cls.repeats), 2), given=True)
 
 
 def _reachable_through_bounds(policy: Policy) -> None:
@@ -308,7 +309,8 @@ class Policy:
         c = self.clean
         return (c.min_accuracy is None and c.max_drop is None and c.min_agreement is None
                 and not self.robust.thresholds and not self.masking.fail_if_suspected
-                and self.size.max_mb is None and self.latency == LatencyPolicy())
+                and self.size.max_mb is None and self.latency.max_ratio is None
+                and not self.latency.given)
 
     @classmethod
     def from_dict(cls, d: object) -> Policy:
@@ -324,7 +326,8 @@ class Policy:
         policy = cls(bound, CleanPolicy.parse(t.get("clean", {})),
                      RobustPolicy.parse(t.get("robust", {})),
                      MaskingPolicy.parse(t.get("masking", {})),
-                     SizePolicy.parse(t.get("size", {})), LatencyPolicy.parse(t.get("latency", {})))
+                     SizePolicy.parse(t.get("size", {})),
+                     LatencyPolicy.parse(t["latency"]) if "latency" in t else LatencyPolicy())
         if bound is Bound.LOWER:
             _reachable_through_bounds(policy)
         return policy

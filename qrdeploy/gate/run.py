@@ -52,6 +52,7 @@ from qrdeploy.gate.measure import (
     predictions,
     threshold_flags,
     threshold_suite,
+    timeable_batches,
 )
 from qrdeploy.gate.policy import Bound, Policy, load_policy
 from qrdeploy.graphio.graph import load_model
@@ -440,6 +441,12 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
                   name=str(run.model.path))
     pr = OrtModel(run.reference.proto, run.session, batch_size=run.reference.batch_size,
                   gradients=False, name=f"--reference {run.reference.path}")
+    lp = pol.latency
+    if (lp.given or lp.max_ratio is not None) and not timeable_batches(pm, pr, lp.batch_sizes):
+        fixed = sorted({f for f in (pm.fixed_batch, pr.fixed_batch) if f is not None})
+        raise ConfigError(f"[latency] batch_sizes {list(lp.batch_sizes)}: the models take only a "
+                          f"batch of {' or '.join(map(str, fixed))}, so no latency could be "
+                          f"measured; set batch_sizes = [{fixed[0]}]")
     labels = _clean(run, pm, pr)
     verdict = _robust(run, labels)
     rows = _size_and_latency(run, pm, pr)

@@ -19,6 +19,7 @@ from qrdeploy.cli import main
 from qrdeploy.core.schema import load_schema
 from qrdeploy.core.stats import PairedCounts, newcombe_paired_interval
 from qrdeploy.data.datasets import Dataset
+from qrdeploy.errors import ConfigError
 from qrdeploy.gate.junit import junit_xml
 from qrdeploy.gate.policy import Policy
 from qrdeploy.gate.run import CheckResult, check, write_summary
@@ -182,6 +183,12 @@ def test_a_fixed_batch_model_is_checked_and_timed_at_its_batch(world: dict[str, 
                    _policy(clean={"min_agreement": 0.9}, size={"max_mb": 1}), batch_size=64)
     assert result.exit_code == 0 and _only(result, "clean.agreement")
     assert [r.batch_size for r in result.latency] == [1]
+    # a latency threshold at batch sizes the model cannot take is refused, never passed unmeasured
+    unmeasurable = Policy.from_dict({"latency": {"batch_sizes": [4], "max_ratio": 0.01,
+                                                 "warmup": 0, "repeats": 2}})
+    with pytest.raises(ConfigError, match=r"\[latency\] batch_sizes \[4\]: the models take only "
+                                          r"a batch of 1.*set batch_sizes = \[1\]"):
+        check(tmp_path / "fixed.onnx", world["paths"]["a"], world["data"], unmeasurable)
 
 
 EVERYTHING = {

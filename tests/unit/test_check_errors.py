@@ -184,3 +184,6 @@ def test_an_empty_policy_is_refused_not_passed(tiny: tuple[Path, Dataset]) -> No
     latency_only = Policy.from_dict({"latency": {"batch_sizes": [1], "repeats": 2,
                                                  "warmup": 0}})
     assert check(root / "a.onnx", root / "a.onnx", data, latency_only).latency  # a report
+    # a [latency] section is a request for the table whatever its values, defaults included
+    assert not Policy.from_dict({"latency": {"batch_sizes": [1, 32]}}).empty
+    assert not Policy.from_dict({"latency": {}}).empty and Policy.from_dict({}).empty
