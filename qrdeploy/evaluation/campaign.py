@@ -189,8 +189,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     `unhardened`: the model before hardening, for the adaptive transfer column and (unless
     `opts.baseline` is False) run on the same suite for the report's before/after; `contract`:
     the input contract of the user's models (see the module docstring). `input_guard` first
-    checks that the contract fits the victim (qrdeploy.evaluation.guard): a mismatch raises
-    InputContractError before any attack runs; a suspicion becomes a note."""
+    checks that the contract fits the victim, or the `unhardened` model when given (a hardened
+    model near chance is a finding, not a wrong contract; qrdeploy.evaluation.guard): a
+    mismatch raises InputContractError before any attack runs; a suspicion becomes a note."""
     session = session or SessionConfig()
     out = Path(out)
     bs = opts.run.batch_size
@@ -199,8 +200,9 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         return open_subject(path, session, bs, contract) if path else None
 
     guard_note = None
-    if input_guard:
-        found = guard_input(load_model(model), data, contract, session, bs, name=str(model))
+    if input_guard:  # on the model before hardening when there is one, as check does
+        guarded = model if unhardened is None else unhardened
+        found = guard_input(load_model(guarded), data, contract, session, bs, name=str(guarded))
         enforce(found)
         if found.verdict is Verdict.SUSPECT:
             log.warning("%s", found.message())

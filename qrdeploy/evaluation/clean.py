@@ -193,13 +193,16 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
                    contract: InputContract | None = None, config: SessionConfig | None = None,
                    batch_size: int = 500, tolerance: Tolerance | None = None,
                    guard: bool = True) -> EvalResult:
-    """`qrdeploy eval` as one call: load the model file(s), run the input guard on the model
-    (qrdeploy.evaluation.guard; a mismatch raises InputContractError), apply the input
-    contract to both models, and evaluate."""
+    """`qrdeploy eval` as one call: load the model file(s), run the input guard
+    (qrdeploy.evaluation.guard; a mismatch raises InputContractError) on the reference when
+    there is one, as `check` does (a hardened model near chance is a finding, not a wrong
+    contract), else on the model; apply the input contract to both models, and evaluate."""
     proto = load_model(model)
     found = None
     if guard:
-        found = input_guard(proto, dataset, contract, config, batch_size)
+        guarded = proto if reference is None else load_model(reference)
+        found = input_guard(guarded, dataset, contract, config, batch_size,
+                            name=None if reference is None else f"--reference {reference}")
         enforce(found)
         if found.verdict is Verdict.SUSPECT:
             log.warning("%s", found.message())

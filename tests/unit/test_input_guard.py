@@ -84,6 +84,23 @@ def test_eval_and_attack_stop_and_name_the_spec(mnist: dict[str, Path], name: st
     assert float(capsys.readouterr().out.split("accuracy: ")[1].split("%")[0]) < 60
 
 
+def test_with_a_reference_the_guard_judges_the_reference(mnist: dict[str, Path],
+                                                          tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """A model far worse than its reference (here one that expects normalized pixels, given
+    [0, 1] ones) is a finding about the model when the reference fits the declared contract:
+    eval --reference and attack --unhardened score it instead of calling the contract wrong,
+    as check does; without the reference they stop."""
+    model, ref = str(mnist["norm"]), str(mnist["plain"])
+    assert main([*cli("eval", model), "--reference", ref]) == 0
+    assert float(capsys.readouterr().out.split("accuracy: ")[1].split("%")[0]) < 60
+    assert main([*cli("attack", model), "--unhardened", ref, "--no-baseline", "--suite", "white",
+                 "--attacks", "clean,fgsm-w", "-o", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["clean"]["value"] < 0.6
+    assert main(cli("eval", model)) == 1
+
+
 def test_the_plain_model_passes_quietly(mnist: dict[str, Path]) -> None:
     found = input_guard(onnx.load(mnist["plain"]), load_dataset("mnist-5k", "test", n=120))
     assert found.verdict is Verdict.OK and found.best is None
