@@ -39,9 +39,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _common() -> argparse.ArgumentParser:
+    from qrdeploy.commands._options import seed_value
+
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
-    g.add_argument("--seed", type=int, default=0, help="one seed for numpy, torch and every attack")
+    g.add_argument("--seed", type=seed_value, default=0,
+                   help="one seed for numpy, torch and every attack (an integer >= 0)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info lines")
     g.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return common

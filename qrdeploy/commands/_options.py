@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
-from qrdeploy.data.datasets import SPLITS, Dataset, load_dataset
+from qrdeploy.data.datasets import BUILTIN, SPLITS, Dataset, load_dataset
 from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.shard import Parallel, warm
 from qrdeploy.graphio.inputspec import InputContract, InputSpec
@@ -37,6 +37,9 @@ positive_int = _ranged(int, lambda v: v >= 1, "a whole number >= 1", "must be >=
 #: a thread count: an integer >= 0 (0: the runtime's own choice)
 non_negative_int = _ranged(int, lambda v: v >= 0, "a whole number >= 0",
                            "must be >= 0, got {value}")
+#: --seed: what numpy's and qrdeploy's counter-based streams take, an integer in [0, 2**64)
+seed_value = _ranged(int, lambda v: 0 <= v < 2**64, "a whole number >= 0",
+                     "must be a whole number in [0, 2**64), got {value}")
 #: --bits: a whole number in 1..8
 bit_width = _ranged(int, lambda v: 1 <= v <= 8, "a bit width 1..8",
                     "bits must be in 1..8, got {value}")
@@ -46,6 +49,15 @@ positive_float = _ranged(float, lambda v: 0 < v < math.inf, "a number > 0",
 #: a tolerance: a finite number >= 0
 non_negative_float = _ranged(float, lambda v: 0 <= v < math.inf, "a number >= 0",
                              "must be a finite number >= 0, got {value}")
+
+
+def data_name(text: str) -> str:
+    """argparse type for --data and --calibration-data: an embedded or torchvision data set, or
+    npz:PATH; a misspelt name is a usage error (exit 2), not a failed run."""
+    if text in BUILTIN or (text.startswith("npz:") and len(text) > 4):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown data set {text!r}; use one of "
+                                     f"{', '.join(BUILTIN)} or npz:PATH")
 
 
 def input_spec(text: str) -> str:
@@ -68,7 +80,7 @@ def top_within(top_flag: str, top: int, directions_flag: str, directions: int) -
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=default, required=default is None,
+    g.add_argument("--data", type=data_name, default=default, required=default is None,
                    help="mnist-5k or cifar10-10k (embedded), mnist, cifar10 or npz:PATH "
                    + ("(required: the data the gate measures on)" if default is None
                       else "(default: %(default)s)"))

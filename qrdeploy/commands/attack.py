@@ -19,7 +19,7 @@ from qrdeploy.commands._options import (
 )
 from qrdeploy.core.markdown import eps_text
 from qrdeploy.core.stats import Proportion
-from qrdeploy.errors import ConfigError
+from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files, data_family
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import (
@@ -109,9 +109,17 @@ def run(args: argparse.Namespace) -> int:
     if args.no_baseline and not args.unhardened and not args.quiet:
         print("note: --no-baseline does nothing without --unhardened (there is no model before "
               "hardening to leave out)")
-    opts, data = options(args), load_data(args)
-    # settings are checked before any model is opened: a typo costs no model load
-    build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps, opts.cw_budget)
+    try:  # malformed --eps/--attacks values are usage errors (exit 2), checked before any work
+        opts = options(args)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    data = load_data(args)
+    try:  # settings are checked before any model is opened: a typo costs no model load
+        build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps, opts.cw_budget)
+    except UsageError:
+        raise
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     check_isolated(args, args.model, args.source, args.reference, args.unhardened, probe=True)
     r = attack_files(args.model, data, opts, out=args.output,
                      source=args.source, reference=args.reference,

@@ -20,6 +20,7 @@ from qrdeploy.commands._options import (
     add_isolate,
     bit_width,
     check_isolated,
+    data_name,
     input_spec,
     positive_float,
     positive_int,
@@ -106,7 +107,8 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
                         "that onnxruntime runs as integer kernels (default: %(default)s)")
     a.add_argument("--calibrate", type=positive_int, default=_DEFAULT["calibrate"], metavar="N",
                    help="calibration images for int8 activations (default: %(default)s)")
-    a.add_argument("--calibration-data", default=_DEFAULT["calibration_data"], metavar="DATA",
+    a.add_argument("--calibration-data", type=data_name, default=_DEFAULT["calibration_data"],
+                   metavar="DATA",
                    help="mnist-5k or cifar10-10k (embedded), mnist, cifar10 or npz:PATH; its "
                         "train split (default: %(default)s)")
     a.add_argument("--calibration-method", choices=[c.value for c in Calibration],

@@ -12,7 +12,13 @@ import argparse
 import json
 import sys
 
-from qrdeploy.commands._options import add_isolate, check_isolated, non_negative_int, positive_int
+from qrdeploy.commands._options import (
+    add_isolate,
+    check_isolated,
+    data_name,
+    non_negative_int,
+    positive_int,
+)
 from qrdeploy.commands.harden import add_recipe_options, recipe_from_args
 from qrdeploy.core.plotting import require
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
@@ -62,7 +68,7 @@ def _add_norm_options(p: argparse.ArgumentParser) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("measured amplification (needs data)")
-    g.add_argument("--data", default=None,
+    g.add_argument("--data", type=data_name, default=None,
                    help="mnist-5k, cifar10-10k, mnist, cifar10 or npz:PATH; omit for norms only")
     g.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")
     g.add_argument("--split", choices=SPLITS, default="test", help="default: %(default)s")

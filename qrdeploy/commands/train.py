@@ -7,7 +7,13 @@ import dataclasses
 import logging
 from typing import Any
 
-from qrdeploy.commands._options import non_negative_int, positive_float, positive_int, top_within
+from qrdeploy.commands._options import (
+    data_name,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    top_within,
+)
 from qrdeploy.train.config import INITS, Acceptance, FeedbackConfig, Method, Optim, TrainConfig
 from qrdeploy.train.recipes import BY_PREFIX
 
@@ -19,7 +25,7 @@ OUTPUT_FILES = ("output",)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", default=_D.net, help="mnist-cnn or wrn-32-K (default: %(default)s)")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=data_name, default=None,
                    help="mnist-5k, cifar10-10k, mnist or cifar10 (default: the net's reference "
                         "data: mnist-5k for mnist-cnn, cifar10-10k for wrn-32-K)")
     p.add_argument("--data-root", default=None, help="folder with torchvision-format data sets")

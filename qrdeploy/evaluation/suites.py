@@ -451,7 +451,8 @@ def _select(columns: tuple[Column, ...], attacks: str, p: Params) -> tuple[Colum
                  None)
         if c is None:
             known = ", ".join(c.key for c in columns)
-            raise ConfigError(f"--attacks: {item.name!r} is not a column of this suite "
+            named = item.name if item.mode is None else f"{item.mode}/{item.name}"
+            raise ConfigError(f"--attacks: {named!r} is not a column of this suite "
                               f"({known})")
         col = _make(c.name, c.mode, p, item.value) if item.value is not None else c
         chosen[c.key] = with_settings(col, item.settings)

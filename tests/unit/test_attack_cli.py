@@ -109,14 +109,17 @@ def test_no_labels_mode(files: dict[str, Path], tmp_path: Path, data: str, extra
         assert doc["reference"]["sha256"] == sha256_file(files["s"])
 
 
-@pytest.mark.parametrize(("extra", "match"), [
-    (["--suite", "black"], "need --source SRC.onnx"),
-    (["--attacks", "square"], "'square' is not a column"),
-    (["--eps", "0.1,x"], "'x' is not a number"),
+@pytest.mark.parametrize(("extra", "match", "code"), [
+    (["--suite", "black"], "need --source SRC.onnx", 1),
+    (["--attacks", "square"], "'square' is not a column", 2),
+    (["--eps", "0.1,x"], "'x' is not a number", 2),
 ], ids=["black-without-source", "unknown-attack", "bad-eps"])
 def test_cli_errors_are_one_line(files: dict[str, Path], tmp_path: Path, extra: list[str],
-                                 match: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert attack(files, tmp_path / "r.json", "-q", *extra) == 1
+                                 match: str, code: int, capsys: pytest.CaptureFixture[str]
+                                 ) -> None:
+    """One line each; option values that do not parse are usage errors (exit 2), checked
+    before any model is opened; a missing source model is an error of the run (exit 1)."""
+    assert attack(files, tmp_path / "r.json", "-q", *extra) == code
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
 

@@ -47,10 +47,21 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
                                                          "--lr", "-1"],
     ["eval", "m.onnx", "--threads", "-1"], ["eval", "m.onnx", "--atol", "-1"],
     ["harden", "m.onnx", "-o", "h.onnx", "--mulaw", "-1"],
+    ["harden", "m.onnx", "-o", "h.onnx", "--bits", "3", "--seed", "-5"],
+    ["check", "m.onnx", "--reference", "r.onnx", "--seed", str(2**64)],
+    ["eval", "m.onnx", "--data", "mnist5k"],
+    ["harden", "m.onnx", "-o", "h.onnx", "--bits", "3", "--activations", "int8",
+     "--calibration-data", "cifar"],
+    ["attack", "m.onnx", "-o", "r.json", "--eps", "2"],
+    ["attack", "m.onnx", "-o", "r.json", "--attacks", "foo"],
+    ["attack", "m.onnx", "-o", "r.json", "--attacks", "pgd=2"],
+    ["attack", "m.onnx", "-o", "r.json", "--suite", "white", "--attacks", "black/fgsm-w"],
 ], ids=["none", "unknown", "missing-model", "bad-choice", "n-zero", "n-negative", "n-word",
         "lipschitz-split", "lipschitz-n", "bits-9", "calibrate-0", "isolate-timeout-0",
         "input-spec-range", "batch-size-0", "workers-0", "n-train-0", "lr-negative",
-        "threads-negative", "atol-negative", "mulaw-negative"])
+        "threads-negative", "atol-negative", "mulaw-negative", "seed-negative", "seed-too-big",
+        "data-misspelt", "calibration-data-misspelt", "eps-out-of-range", "attacks-unknown",
+        "attacks-eps-out-of-range", "attacks-mode-not-in-suite"])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert main(argv) == 2
 
