@@ -21,7 +21,9 @@ import functools
 import gzip
 import hashlib
 import io
+import logging
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import numpy as np
 
 from qrdeploy.errors import DataError
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 BUILTIN = ("mnist-5k", "cifar10-10k", "mnist", "cifar10")
 #: the image shape (C, H, W) of each embedded data set: what a model of its family takes
@@ -96,6 +99,9 @@ def load_dataset(
         ds = load_mnist_folder(root, split) if name == "mnist" else load_cifar_folder(root, split)
     else:
         raise DataError(f"unknown data set {name!r}; use one of {', '.join(BUILTIN)} or npz:PATH")
+    if n is not None and n > len(ds):
+        log.warning("-n %d: %s (%s) has %d samples; using all %d", n, name, split, len(ds),
+                    len(ds))
     return ds.take(n)
 
 
@@ -307,8 +313,11 @@ def _download(name: str, root: Path) -> None:
 
 def load_npz(path: Path) -> Dataset:
     if not path.is_file():
-        raise DataError(f"npz file {path} does not exist; pass --data npz:PATH with the path of "
-                        "an .npz holding images x (NCHW or NHWC) and, optionally, labels y")
+        raise DataError(f"npz file {path} does not exist; give npz:PATH the path of an .npz "
+                        "holding images x (NCHW or NHWC) and, optionally, labels y")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so
+        raise DataError(f"{path} is not an .npz file (a zip of arrays, as numpy.savez writes); "
+                        "give npz:PATH one holding images x and, optionally, labels y")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -157,11 +157,20 @@ class RobustThreshold:
         if kind is not RobustKind.ADAPTIVE and "queries" in d:
             raise _err(where, "queries", "is Square's query budget and applies to attack = "
                                          "\"adaptive\" only; drop it")
+        members = _members(where, kind, d.get("members"))
+        if members is not None:  # settings no chosen member reads would be ignored
+            square = [m for m in members if m.startswith("square")]
+            if "queries" in d and not square:
+                raise _err(where, "queries", "is Square's query budget, and members has no "
+                                             "square; drop it or add 'square' to members")
+            if "steps" in d and len(square) == len(members):
+                raise _err(where, "steps", "applies to the gradient and transfer members, and "
+                                           "members has only Square (which takes queries); "
+                                           "drop it")
         return cls(kind, _eps(where, "eps", d["eps"]),
                    _fraction(where, "min_accuracy", d["min_accuracy"]),
                    _optional(_count, where, "steps", d.get("steps")),
-                   _optional(_count, where, "queries", d.get("queries")),
-                   _members(where, kind, d.get("members")))
+                   _optional(_count, where, "queries", d.get("queries")), members)
 
 
 def _members(where: str, kind: RobustKind, v: object) -> tuple[str, ...] | None:
@@ -316,7 +325,7 @@ class Policy:
     def from_dict(cls, d: object) -> Policy:
         t = _keys("file", d, cls.KEYS)
         version = t.get("version", POLICY_VERSION)
-        if version != POLICY_VERSION or isinstance(version, bool):
+        if type(version) is not int or version != POLICY_VERSION:
             raise _err("file", "version", f"must be {POLICY_VERSION}, got {version!r}")
         try:
             bound = Bound(t.get("use_bound", Bound.LOWER.value))

@@ -27,6 +27,7 @@ from qrdeploy.data.datasets import EMBEDDED_SHAPES
 from qrdeploy.errors import ConfigError, PassError
 from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
+from qrdeploy.graphio.prevalidate import file_bytes
 from qrdeploy.hardening import quant
 from qrdeploy.hardening.encodings import Encoded, Encoding, encode_float, encode_quantized
 from qrdeploy.hardening.integer import (
@@ -730,7 +731,7 @@ def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: b
     if dst.resolve() == src.resolve() and not in_place:
         raise ConfigError(f"output {dst} is the input model; choose another -o or pass --in-place")
     model = graph.load_model(src)
-    bytes_in = src.stat().st_size  # before --in-place replaces it
+    bytes_in = file_bytes(src)  # its external data included; before --in-place replaces it
     hardened, records = harden(model, recipe.passes, recipe.encoding,
                                activations=recipe.activations, calibration=calibration)
     notes = deployment_notes(recipe) + _layer_notes(model, recipe)

@@ -31,6 +31,13 @@ BAD_POLICIES = [
     ("string-as-number", "[clean]\nmin_accuracy = '0.9'\n", r"min_accuracy must be a number"),
     ("use-bound", "use_bound = 'upper'\n", r"use_bound must be \"lower\" or \"point\""),
     ("version", "version = 2\n", r"version must be 1, got 2"),
+    ("version-float", "version = 1.0\n", r"version must be 1, got 1.0"),
+    ("queries-without-square", "[[robust.threshold]]\nattack = 'adaptive'\neps = 0.1\n"
+     "min_accuracy = 0.1\nmembers = ['pgd-cw']\nqueries = 5\n",
+     r"queries is Square's query budget, and members has no square"),
+    ("steps-with-square-only", "[[robust.threshold]]\nattack = 'adaptive'\neps = 0.1\n"
+     "min_accuracy = 0.1\nmembers = ['square']\nsteps = 5\n",
+     r"steps applies to the gradient and transfer members"),
     ("robust-n-zero", "[robust]\nn = 0\n", r"\[robust\]: n must be an integer >= 1"),
     ("robust-not-array", "[robust]\nthreshold = 3\n", r"threshold must be an array of tables"),
     ("robust-missing-eps", "[[robust.threshold]]\nattack = 'pgd'\nmin_accuracy = 0.1\n",

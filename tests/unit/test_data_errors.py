@@ -80,12 +80,21 @@ def test_bad_npz(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> N
 
 
 def test_npz_not_a_zip(tmp_path: Path) -> None:
+    """Named for what it is, not with the pickle advice numpy gives for such a file."""
     (tmp_path / "d.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"is not an \.npz file \(a zip of arrays") as info:
         load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert "pickle" not in str(info.value)
 
 
 def test_labels_beyond_model_classes(tmp_path: Path) -> None:
     ds = load_dataset(_npz(tmp_path, x=np.zeros((11, 1, 4, 4), np.float32), y=np.arange(11)))
     with pytest.raises(DataError, match="label 10 \\(11 classes\\) but the model has 10 outputs"):
         check_labels(ds, 10)
+
+
+def test_more_samples_than_the_data_has_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        ds = load_dataset("mnist-5k", "test", n=99999)
+    assert len(ds) == 1000
+    assert "-n 99999: mnist-5k (test) has 1000 samples; using all 1000" in caplog.text

@@ -225,3 +225,16 @@ def test_mulaw_on_the_last_layer_of_a_cifar_model_points_to_the_cifar_selection(
     result = harden_file(src, tmp_path / "h.onnx",
                          Recipe((MuLawMap(255.0, layers=layers), WeightQuant(3))))
     assert any("--mulaw-layers last:3" in n for n in result.notes) == noted
+
+
+def test_cli_input_size_counts_external_data(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A model whose weights live in an external-data file: its input size is both files, as
+    check's size threshold counts it, not the few bytes of the graph."""
+    from qrdeploy.graphio.prevalidate import file_bytes
+
+    src = graph.save_model(cnn(0), tmp_path / "ext.onnx", external_data=True)
+    total = file_bytes(src)
+    assert total > src.stat().st_size  # the weights are in the other file
+    assert _cli_harden(src, tmp_path / "h.onnx", "--bits", "3") == 0
+    assert f"input {total:,} bytes)" in capsys.readouterr().out
