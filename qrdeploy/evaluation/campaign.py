@@ -179,6 +179,24 @@ def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
     return Sources(source, source, origin, "black-box source", tuple(notes), note)
 
 
+def _require_gradients(suite: Suite, victim: Subject, before: Subject | None, srcs: Sources,
+                       black: bool) -> None:
+    """Before any attack runs: every model the suite differentiates can be differentiated
+    (else one line naming the op and the gradient-free columns to run instead), so that a model
+    with an op qrdeploy has no gradient rule for fails at once, not after the transfer crafting
+    and the first columns."""
+    white = bool(suite.by_mode(Mode.WHITE) or suite.sweep or suite.unbounded) or any(
+        isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.WHITE
+        for c in suite.by_mode(Mode.ADAPTIVE))
+    models = [victim, before] if white else []
+    models += [srcs.black] if black else []
+    models += [srcs.adaptive] if _transfer_keys(suite) else []
+    for subject in models:
+        check = getattr(subject.model, "require_gradients", None) if subject else None
+        if check is not None:
+            check()
+
+
 def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: str | Path,
                  source: str | Path | None = None, reference: str | Path | None = None,
                  session: SessionConfig | None = None,
@@ -238,6 +256,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     if srcs.adaptive is None and _transfer_keys(suite):
         notes.append("adaptive transfer dropped: no --unhardened model and no transfer source")
         suite = _drop_keys(suite, _transfer_keys(suite))
+    _require_gradients(suite, victim, before if opts.baseline else None, srcs,
+                       black=bool(suite.by_mode(Mode.BLACK)))
     state = state_path or out.with_name(out.name + ".state.npz")
     run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"),
                     keep_adversarials=opts.save_adversarials is not None)

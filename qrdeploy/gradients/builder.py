@@ -260,9 +260,16 @@ def differentiability(model: onnx.ModelProto, input_shape: tuple[int, ...] | Non
     """Every reason `build_vjp` would refuse the model, at once (each rule is tried on its node)."""
     try:
         prep = prepare(model, input_shape)
-        _, needed = _paths(prep)
+        blocking = blocking_nodes(prep)
     except QrdeployError as exc:
         return Report(False, [("(graph)", model.graph.name, str(exc))])
+    return Report(not blocking, blocking)
+
+
+def blocking_nodes(prep: Prepared) -> list[tuple[str, str, str]]:
+    """(op, node, reason) of every node on the input-to-logits path of a prepared graph whose
+    gradient rule refuses it; no graph is built."""
+    _, needed = _paths(prep)
     blocking = []
     scratch = _emitter(prep, None)
     for node in prep.model.graph.node:
@@ -271,7 +278,7 @@ def differentiability(model: onnx.ModelProto, input_shape: tuple[int, ...] | Non
         reason = _try_rule(scratch, node, needed)
         if reason is not None:
             blocking.append((node.op_type, node.name or node.output[0], reason))
-    return Report(not blocking, blocking)
+    return blocking
 
 
 def _try_rule(e: Emitter, node_in: onnx.NodeProto, needed: set[str]) -> str | None:

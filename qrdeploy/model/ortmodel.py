@@ -39,6 +39,7 @@ from qrdeploy.gradients.builder import (
     X_COTANGENT,
     GradientModel,
     Y,
+    blocking_nodes,
     build_loss_grad,
     build_vjp,
 )
@@ -162,6 +163,24 @@ class OrtModel:
     def differentiable(self) -> bool:
         """True when white-box gradients can be computed."""
         return self.prepared is not None
+
+    def require_gradients(self) -> None:
+        """Raise now, in one line with what to do, when white-box gradients cannot be built (an
+        op without a gradient rule, a graph the preparation refuses); they are otherwise built
+        at the first attack step, after the cheaper work of a run. Builds nothing."""
+        fix = ("white-box and adaptive attacks need its gradient: run the gradient-free "
+               "suites only (--suite black,noise), or export the model without it")
+        if self.prepared is None:
+            raise GraphError(f"white-box gradients are not available for {self.name}: "
+                             f"{self.gradient_error}; {fix}")
+        blocking = blocking_nodes(self.prepared)
+        if blocking:
+            op, node, reason = blocking[0]
+            more = f" (and {len(blocking) - 1} more node(s); qrdeploy inspect lists them)" \
+                if len(blocking) > 1 else ""
+            reason = reason.split("; supported ops:")[0]  # the list is docs/ops.md
+            raise GraphError(f"{self.name}: op {op} (node {node!r}): {reason}{more}; {fix}; "
+                             "docs/ops.md lists the supported ops and their limits")
 
     def _probe_classes(self) -> int:
         """The class count of a model whose output shape onnxruntime does not state."""

@@ -171,3 +171,33 @@ def test_differentiability_report(name: str) -> None:
     assert len(report.blocking) == len(expected)
     for (op, node, reason), (want_op, want_text) in zip(report.blocking, expected, strict=True):
         assert op == want_op and want_text in reason and "\n" not in reason and node
+
+
+def test_require_gradients_fails_at_once_with_the_fix(tmp_path: Any) -> None:
+    """A model with an op that has no gradient rule: `require_gradients` (what `attack` calls
+    before any work) names the first blocking op, how many more there are, and the gradient-free
+    suites to run instead; `attack --suite white` stops there without writing anything, and
+    `--suite noise` (no gradients) runs."""
+    from pathlib import Path
+
+    from qrdeploy.cli import main
+
+    model, _ = REPORT_CASES["two_blockers_listed"]
+    with pytest.raises(GraphError, match=r"op Sin \(node 'sin1'\): no gradient rule for Sin "
+                                         r"\(and 1 more node\(s\); qrdeploy inspect lists them\); "
+                                         r".*--suite black,noise"):
+        OrtModel(model).require_gradients()
+    OrtModel(_ok_model()).require_gradients()  # nothing to say
+    sin = _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"), _flat("s")])
+    sin.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                               ["N", 32]))
+    root = Path(tmp_path)
+    onnx.save(sin, root / "sin.onnx")
+    x = np.random.default_rng(0).uniform(size=(6, 2, 4, 4)).astype(np.float32)
+    np.savez(root / "d.npz", x=x, y=np.zeros(6, np.int64))
+    common = ["--data", f"npz:{root / 'd.npz'}", "--family", "mnist", "-q", "--no-input-guard"]
+    assert main(["attack", str(root / "sin.onnx"), "--suite", "white", "-o",
+                 str(root / "w.json"), *common]) == 1
+    assert sorted(p.name for p in root.iterdir()) == ["d.npz", "sin.onnx"]
+    assert main(["attack", str(root / "sin.onnx"), "--suite", "noise", "-o",
+                 str(root / "n.json"), *common]) == 0
