@@ -190,18 +190,31 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+#: ops that may follow the softmax of a quantized model's output (its probabilities on the
+#: activation grid): they are cut with it
+_QUANT_TAIL = ("QuantizeLinear", "DequantizeLinear")
+
+
 def cut_softmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """Drop a trailing Softmax/LogSoftmax so the graph's output is the logits."""
+    """Drop a trailing Softmax/LogSoftmax, and the Quantize/DequantizeLinear pairs after it in
+    a quantized model, so the graph's output is the logits: margins and CE on probabilities
+    that a uint8 grid rounds (steps of 1/256) would weaken every loss, a masking of qrdeploy's
+    own making. Returns the cut op ("Softmax", "LogSoftmax", "Softmax, then quantized")."""
     graph = model.graph
-    out = graph.output[0].name
-    last = [n for n in graph.node if out in n.output]
-    if not last or last[0].op_type not in ("Softmax", "LogSoftmax"):
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get(graph.output[0].name)
+    quantized = False
+    while node is not None and node.op_type in _QUANT_TAIL and \
+            node.domain in ("", "ai.onnx", "com.microsoft"):
+        quantized = True
+        node = producer.get(node.input[0])
+    if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
         return model, None
-    node = last[0]
-    graph.node.remove(node)
     graph.output[0].name = node.input[0]
     graph.output[0].type.tensor_type.ClearField("shape")
-    return model, node.op_type
+    graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    graph.node.remove(node)  # the quantization after it is dead now: prepare drops it
+    return model, node.op_type + (", then quantized" if quantized else "")
 
 
 def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,

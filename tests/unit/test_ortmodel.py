@@ -101,6 +101,27 @@ def test_trailing_softmax_is_cut_and_reported(head: str) -> None:
     np.testing.assert_array_equal(om.logits(_x()), plain.logits(_x()))
 
 
+def test_a_softmax_quantized_after_is_cut_with_its_quantization() -> None:
+    """Softmax -> QuantizeLinear -> DequantizeLinear at the output (a quantized model's
+    probabilities on a 1/255 grid): the gradient graph ends at the logits before the softmax,
+    so its CE gradient is the plain model's; scoring stays the file's quantized probabilities."""
+    model = tiny(head="Softmax")
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "zp")
+    model.graph.initializer.extend([scale, zero])
+    model.graph.node.extend([helper.make_node("QuantizeLinear", ["prob", "s", "zp"], ["q"]),
+                             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"])])
+    model.graph.output[0].name = "dq"
+    om, plain = OrtModel(model), OrtModel(tiny())
+    assert om.info["softmax_cut"] == "Softmax, then quantized"
+    x, y = _x(), np.arange(7) % K
+    probs = om.logits(x)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=0.02)  # the file's output, scored
+    np.testing.assert_allclose(probs * 255, np.round(probs * 255), atol=1e-4)  # on the grid
+    np.testing.assert_allclose(om.loss_and_grad(x, y, Loss.CE)[2],
+                               plain.loss_and_grad(x, y, Loss.CE)[2], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("opset", [13, 17, 21], ids=["op13", "op17", "op21"])
 def test_opsets_are_normalised_into_range(opset: int) -> None:
     om = OrtModel(tiny(opset))
