@@ -35,8 +35,8 @@ MS = "com.microsoft"
 #: ops the twin rewrites (default domain and com.microsoft unless noted)
 INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
                "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
-               "QLinearSigmoid", "QLinearLeakyRelu", "ConvInteger", "MatMulInteger",
-               "MatMulNBits")
+               "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "ConvInteger",
+               "MatMulInteger", "MatMulNBits")
 #: ops that quantize an activation at run time
 ACTIVATION_QUANT = ("QuantizeLinear", "DynamicQuantizeLinear")
 #: integer element types that hold quantization codes
@@ -233,6 +233,17 @@ def _qlinear_unary(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto]
     r.q(y, i[3], _opt(node, 4), node.output[0], out)
 
 
+def _qlinear_softmax(r: _Rewriter, node: onnx.NodeProto, out: list[onnx.NodeProto]) -> None:
+    """com.microsoft QLinearSoftmax (a quantized model's output probabilities): dequantize,
+    Softmax on its axis, quantize; its `opset` attribute (the Softmax semantics it follows) is
+    the same for the (N, K) logits a classifier ends with."""
+    i = node.input
+    x = r.dq(i[0], i[1], _opt(node, 2), out)
+    y = r.fresh("softmax")
+    out.append(_float_op(node, "Softmax", [x], y, drop=("opset",)))
+    r.q(y, i[3], _opt(node, 4), node.output[0], out)
+
+
 def _shifted(r: _Rewriter, x: str, zp: str | None, out: list[onnx.NodeProto]) -> str:
     """float(x) − float(zero point), for ConvInteger / MatMulInteger activations."""
     xf = r.fresh("cast")
@@ -348,7 +359,8 @@ _RULES = {
     "QLinearAdd": _qlinear_binary, "QLinearMul": _qlinear_binary, "QLinearConcat": _qlinear_concat,
     "QLinearAveragePool": _qlinear_unary, "QLinearGlobalAveragePool": _qlinear_unary,
     "QLinearSigmoid": _qlinear_unary, "QLinearLeakyRelu": _qlinear_unary,
-    "ConvInteger": _conv_integer, "MatMulInteger": _matmul_integer, "MatMulNBits": _matmul_nbits,
+    "QLinearSoftmax": _qlinear_softmax, "ConvInteger": _conv_integer,
+    "MatMulInteger": _matmul_integer, "MatMulNBits": _matmul_nbits,
 }
 
 

@@ -3,6 +3,8 @@ opset normalisation. Tiny models built with onnx.helper; no torch needed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import pytest
@@ -214,3 +216,32 @@ def test_a_graph_that_cannot_be_prepared_still_predicts_and_says_why_no_gradient
     with pytest.raises(GraphError, match="white-box gradients are not available for this graph: "
                                          "shape inference failed"):
         m.vjp(x, np.zeros((2, K), np.float32))
+
+
+def test_a_qoperator_model_with_a_quantized_softmax_is_attackable(tmp_path: Any) -> None:
+    """onnxruntime's QOperator quantization turns a trailing Softmax into com.microsoft
+    QLinearSoftmax: the twin dequantizes it to a Softmax (cut with its quantization), so the
+    model gets BPDA gradients instead of an invalid twin."""
+    from pathlib import Path
+
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    root = Path(tmp_path)
+    onnx.save(tiny(head="Softmax"), root / "f.onnx")
+    x = _x(32)
+
+    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = [{"x": x}]
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.left.pop() if self.left else None
+
+    ortq.quantize_static(str(root / "f.onnx"), str(root / "q.onnx"), Reader(),
+                         quant_format=ortq.QuantFormat.QOperator)
+    q = onnx.load(root / "q.onnx")
+    assert "QLinearSoftmax" in {n.op_type for n in q.graph.node}
+    om = OrtModel(q)
+    assert om.bpda and om.info["softmax_cut"] == "Softmax, then quantized"
+    _, _, g = om.loss_and_grad(x, np.arange(32) % K, Loss.CE)
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+    assert om.activation_twin() is not None
