@@ -276,10 +276,10 @@ def match_layers(
 ) -> list[tuple[WeightLayer, WeightLayer]]:
     """Pairs (reference layer, hardened layer), matched by the consumer node's output tensor
     (what qrdeploy's harden keeps). With `in_order` (models another tool quantized, read through
-    `comparable`: renamed or fused outputs), when the names differ the layers are matched in
-    graph order, each pair of the same kind (Conv; Gemm or MatMul) and the same
-    weight shape up to a transpose. A layer missing on either side, or differing in op or shape,
-    is a GraphError."""
+    `comparable`: renamed or fused outputs), when the outputs differ the layers are matched by
+    node name (a quantizer's `_quant` suffix removed), else in graph order, each pair of the
+    same kind (Conv; Gemm or MatMul) and the same weight shape up to a transpose. A layer
+    missing on either side, or differing in op or shape, is a GraphError."""
     ref_layers, hard_layers = graph.weight_layers(reference), graph.weight_layers(hardened)
     ref = {_output_key(reference, lyr): lyr for lyr in ref_layers}
     hard = {_output_key(hardened, lyr): lyr for lyr in hard_layers}
@@ -287,7 +287,8 @@ def match_layers(
         raise GraphError("the reference model has no weight layers (Conv, Gemm, MatMul); "
                          "pass an ONNX classifier")
     if in_order and set(ref) != set(hard):
-        by_order = _match_in_order(ref_layers, hard_layers)
+        by_order = _match_by_name(ref_layers, hard_layers) or \
+            _match_in_order(ref_layers, hard_layers)
         if by_order is not None:
             return by_order
     for key, lyr in ref.items():
@@ -312,12 +313,39 @@ def match_layers(
 _KIND = {"Conv": "conv", "ConvTranspose": "convT", "Gemm": "linear", "MatMul": "linear"}
 
 
+#: what quantizers append to a node's name (onnxruntime's QOperator nodes: "/conv1/Conv_quant")
+_NAME_SUFFIXES = ("_quant", "_quantized")
+
+
+def _compatible(r: WeightLayer, h: WeightLayer) -> bool:
+    return _KIND[r.op_type] == _KIND[h.op_type] and _matrix_shape(r) == _matrix_shape(h)
+
+
+def _match_by_name(ref: Sequence[WeightLayer], hard: Sequence[WeightLayer]
+                   ) -> list[tuple[WeightLayer, WeightLayer]] | None:
+    """Pairs by node name, a quantizer's suffix removed, in reference order; None unless every
+    layer finds exactly one compatible partner (two independent layers of one shape are told
+    apart by name, not by their order in the file)."""
+    by_name = {r.node_name: r for r in ref if r.node_name}
+    found: dict[int, WeightLayer] = {}
+    for h in hard:
+        stem = next((h.node_name[:-len(x)] for x in _NAME_SUFFIXES if h.node_name.endswith(x)),
+                    h.node_name)
+        r = by_name.get(h.node_name) or by_name.get(stem)
+        if r is None or not _compatible(r, h) or r.index in found:
+            return None
+        found[r.index] = h
+    if len(found) != len(ref):
+        return None
+    return [(r, found[r.index]) for r in ref]
+
+
 def _match_in_order(ref: Sequence[WeightLayer], hard: Sequence[WeightLayer]
                     ) -> list[tuple[WeightLayer, WeightLayer]] | None:
     if len(ref) != len(hard):
         return None
     for r, h in zip(ref, hard, strict=True):
-        if _KIND[r.op_type] != _KIND[h.op_type] or _matrix_shape(r) != _matrix_shape(h):
+        if not _compatible(r, h):
             return None
     return list(zip(ref, hard, strict=True))
 

@@ -327,3 +327,56 @@ def test_a_third_party_quantization_of_a_hardened_model_is_not_called_swapped() 
     other, _ = harden(ob.cnn(seed=0), [WeightQuant(bits=3)], "qdq")
     del other.metadata_props[:]
     assert lipschitz_report(base, other).layers
+
+
+def test_layers_another_tool_reordered_are_matched_by_name(tmp_path: Path) -> None:
+    """Two independent convolutions of one shape, quantized by onnxruntime (QOperator nodes
+    named '<name>_quant'), then written in the other order: the pairs follow the names, so the
+    norms are those of the file in the original order (graph order paired a with b: ‖ΔW‖ of
+    the size of a weight)."""
+    ortq = pytest.importorskip("onnxruntime.quantization")
+    from onnx import TensorProto, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"wa": rng.normal(0, 0.3, (4, 1, 3, 3)), "wb": rng.normal(0, 3.0, (4, 1, 3, 3)),
+             "fc": rng.normal(0, 0.1, (10, 4 * 8 * 8))}
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="/a/Conv", pads=[1] * 4),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="/b/Conv", pads=[1] * 4),
+             helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc"], ["logits"], name="/fc/Gemm", transB=1)]
+    g = helper.make_graph(nodes, "branch",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                          [numpy_helper.from_array(v.astype(np.float32), k)
+                           for k, v in inits.items()])
+    ref = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(ref, tmp_path / "f.onnx")
+    x = rng.uniform(size=(16, 1, 8, 8)).astype(np.float32)
+
+    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = [{"x": x}]
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.left.pop() if self.left else None
+
+    ortq.quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(),
+                         quant_format=ortq.QuantFormat.QOperator)
+    q = onnx.load(tmp_path / "q.onnx")
+    convs = [i for i, n in enumerate(q.graph.node) if n.op_type == "QLinearConv"]
+    assert [q.graph.node[i].name for i in convs] == ["/a/Conv_quant", "/b/Conv_quant"]
+    swapped = onnx.ModelProto()
+    swapped.CopyFrom(q)
+    i, j = convs
+    a, b = onnx.NodeProto(), onnx.NodeProto()
+    a.CopyFrom(q.graph.node[i])
+    b.CopyFrom(q.graph.node[j])
+    swapped.graph.node[i].CopyFrom(b)
+    swapped.graph.node[j].CopyFrom(a)
+    onnx.checker.check_model(swapped)
+    plain, moved = lipschitz_report(ref, q), lipschitz_report(ref, swapped)
+    assert [lyr.node for lyr in moved.layers] == ["/a/Conv", "/b/Conv", "/fc/Gemm"]
+    assert [lyr.ratio for lyr in moved.layers] == [lyr.ratio for lyr in plain.layers]
+    assert max(lyr.ratio for lyr in moved.layers if lyr.ratio is not None) < 0.05
