@@ -32,6 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_isolated(args, args.model, probe=True)
     result = replay(args.model, args.adversarials, input_contract(args), session_config(args),
-                    args.batch_size)
+                    args.batch_size, guard=not args.no_input_guard)
     print(json.dumps(result.to_json(), indent=2) if args.json else "\n".join(result.lines()))
     return 0

@@ -25,6 +25,7 @@ allow_pickle=False and validated before use (it may come from elsewhere):
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,16 @@ import numpy as np
 from qrdeploy.core.fileio import atomic_write
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
+from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import DataError
+from qrdeploy.evaluation.guard import Verdict, enforce, input_guard
 from qrdeploy.evaluation.runner import Evaluation, robust_under
 from qrdeploy.evaluation.suites import restricted
 from qrdeploy.graphio.graph import load_model
-from qrdeploy.graphio.inputspec import InputContract, contracted
+from qrdeploy.graphio.inputspec import DType, InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
 
+log = logging.getLogger(__name__)
 FORMAT, VERSION = "qrdeploy/adversarials", 1
 
 
@@ -219,18 +223,36 @@ def _prop(flags: np.ndarray) -> Proportion:
 
 
 def replay(model: str | Path, path: str | Path, contract: InputContract | None = None,
-           session: SessionConfig | None = None, batch_size: int = 256) -> ReplayResult:
-    """Score `model` (an ONNX file, with its input contract) on a saved adversarial set."""
+           session: SessionConfig | None = None, batch_size: int = 256,
+           guard: bool = True) -> ReplayResult:
+    """Score `model` (an ONNX file, with its input contract) on a saved adversarial set. First
+    the input guard checks the contract on the set's clean inputs and labels, as `eval` does
+    (`guard=False` skips it; a mismatch raises InputContractError naming the --input-spec that
+    fits). With `dtype=uint8` every input is rounded to 8 bits (k/255), what the model's uint8
+    input gets on the device."""
     s = load_adversarials(path)
-    proto, bs = contracted(load_model(model), contract, batch_size)
+    raw = load_model(model)
+    if guard:
+        data = Dataset(f"adversarial set {Path(path).name}", "test", s.x, s.labels,
+                       int(s.labels.max()) + 1)
+        found = input_guard(raw, data, contract, session, batch_size, name=str(model))
+        enforce(found)
+        if found.verdict is Verdict.SUSPECT:
+            log.warning("%s", found.message())
+    proto, bs = contracted(raw, contract, batch_size)
     m = OrtModel(proto, session, batch_size=bs, gradients=False)
     if m.input_shape != tuple(s.x.shape[1:]):
         raise DataError(f"{Path(model).name} takes inputs of shape {m.input_shape}, the set "
                         f"holds {tuple(s.x.shape[1:])}; replay on a model of the same task")
-    clean = m.predict(s.x) == s.labels
+    bits8 = contract is not None and contract.spec.dtype is DType.UINT8
+
+    def inputs(x: np.ndarray) -> np.ndarray:
+        return x if not bits8 else (np.round(x * 255) / 255).astype(np.float32)
+
+    clean = m.predict(inputs(s.x)) == s.labels
     rows = []
     for key, adv, fooled in zip(s.keys, s.adv, s.fooled, strict=True):
-        robust = clean & (m.predict(adv) == s.labels)
+        robust = clean & (m.predict(inputs(adv)) == s.labels)
         found = s.clean_correct & fooled
         rows.append(ReplayRow(key, _prop(robust), _prop(s.clean_correct & ~fooled),
                               _prop(~robust[found])))

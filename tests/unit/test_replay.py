@@ -112,8 +112,11 @@ def test_a_damaged_set_is_one_line(world: dict[str, Any], tmp_path: Path, damage
 
 def test_replay_refuses_a_model_of_another_shape(world: dict[str, Any], tmp_path: Path) -> None:
     onnx.save(cnn(seed=0, c=1, hw=12), tmp_path / "other.onnx")
-    with pytest.raises(DataError, match="takes inputs of shape"):
+    with pytest.raises(DataError, match=r"expects images of shape \(1, 12, 12\), the data has "
+                                        r"\(1, 8, 8\)"):  # the input guard's message
         replay(tmp_path / "other.onnx", world["set"])
+    with pytest.raises(DataError, match="takes inputs of shape"):
+        replay(tmp_path / "other.onnx", world["set"], guard=False)
 
 
 def test_restricted_adaptive_columns_replay_their_recorded_successes(
@@ -135,3 +138,65 @@ def test_restricted_adaptive_columns_replay_their_recorded_successes(
     for row in r.rows:
         assert row.still_fooled.k == row.still_fooled.n, (row.key, row.still_fooled)
         assert row.robust == row.recorded
+
+
+def test_replay_checks_the_input_contract_like_eval(world: dict[str, Any], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The same network taking NHWC input: replay names --input-spec layout=nhwc (it said "replay
+    on a model of the same task"), runs with it, and --no-input-guard skips the guard."""
+    from onnx import TensorProto, helper
+
+    nchw = cnn(seed=0, c=1, hw=8)
+    first = nchw.graph.input[0].name
+    for node in nchw.graph.node:
+        node.input[:] = ["nchw" if i == first else i for i in node.input]
+    nchw.graph.node.insert(0, helper.make_node("Transpose", ["img"], ["nchw"], perm=[0, 3, 1, 2]))
+    del nchw.graph.input[:]
+    nchw.graph.input.append(helper.make_tensor_value_info("img", TensorProto.FLOAT,
+                                                          ["N", 8, 8, 1]))
+    onnx.save(nchw, tmp_path / "nhwc.onnx")
+    model, adv = str(tmp_path / "nhwc.onnx"), str(world["set"])
+    assert main(["replay", model, adv]) == 1
+    err = capsys.readouterr().err
+    assert "input contract mismatch" in err and "--input-spec layout=nhwc" in err
+    assert main(["replay", model, adv, "--input-spec", "layout=nhwc", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(c["still_fooled"]["k"] == c["still_fooled"]["n"] for c in doc["columns"])
+    assert main(["replay", model, adv, "--no-input-guard"]) == 1
+    assert "takes inputs of shape (8, 8, 1)" in capsys.readouterr().err
+
+
+def test_a_uint8_model_is_replayed_on_8_bit_images(tmp_path: Path) -> None:
+    """dtype=uint8: the saved inputs are rounded to k/255, what the uint8 input gets on the
+    device. A threshold model at pixel 100.3/255 and an adversarial pixel of 100.4/255: as a
+    float it is above the threshold (not fooled), as the 8-bit pixel 100/255 it is below."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qrdeploy.evaluation.replay import FORMAT, VERSION
+    from qrdeploy.graphio.inputspec import InputContract
+
+    t = 100.3
+    w = np.array([[1, 0, 0, 0], [-1, 0, 0, 0]], np.float32)
+    nodes = [helper.make_node("Cast", ["u8"], ["raw"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["raw"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    g = helper.make_graph(nodes, "threshold",
+                          [helper.make_tensor_value_info("u8", TensorProto.UINT8, ["N", 1, 2, 2])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(np.array([-t, t], np.float32), "b")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "u8.onnx")
+    x = np.full((1, 1, 2, 2), 110 / 255, np.float32)
+    adv = x.copy()
+    adv[0, 0, 0, 0] = 100.4 / 255
+    meta = {"format": FORMAT, "version": VERSION, "victim": {"name": "m", "sha256": "0" * 64},
+            "data": {"name": "d", "split": "test", "n": 1, "fingerprint": "0"},
+            "labels": "true", "seed": 0,
+            "columns": [{"key": "white/pgd", "mode": "white", "eps": 0.1, "attack": "PGD"}]}
+    np.savez(tmp_path / "set.npz", meta=np.array(json.dumps(meta)),
+             sample_ids=np.zeros(1, np.int64), labels=np.zeros(1, np.int64), x=x,
+             clean_correct=np.ones(1, bool), adv_0=adv, fooled_0=np.zeros(1, bool))
+    contract = InputContract.from_options("dtype=uint8,range=0-255", None, None, False)
+    r = replay(tmp_path / "u8.onnx", tmp_path / "set.npz", contract, guard=False)
+    assert r.clean.k == 1 and r.rows[0].robust.k == 0  # the 8-bit pixel crosses the threshold
