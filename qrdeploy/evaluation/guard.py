@@ -94,7 +94,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class GuardResult:
-    """The guard's finding. `best` is the alternative that fits better (MISMATCH only)."""
+    """The guard's finding. `best` is the alternative that fits better (MISMATCH), or the best
+    one near chance (SUSPECT: better than the declared input, not enough for a mismatch)."""
 
     verdict: Verdict
     declared: InputSpec
@@ -117,6 +118,13 @@ class GuardResult:
                 f"{100 * (self.best_score or 0):.1f}% with {flag}; ")
             return (f"input contract mismatch: {measured or self.reason + '; '}pass "
                     f"--input-spec {flag} (or --no-input-guard to go on as declared)")
+        if self.verdict is Verdict.SUSPECT and self.best is not None and \
+                self.measure == "accuracy":
+            return (f"input guard: the model's accuracy on {self.n} images is "
+                    f"{100 * (self.declared_score or 0):.1f}% with the declared input, near "
+                    f"chance; the best common alternative, {self.best.cli()}, gives "
+                    f"{100 * (self.best_score or 0):.1f}%, too little to call the declared "
+                    "input wrong; check --input-spec")
         if self.verdict is Verdict.SUSPECT and self.best is not None:
             return (f"input guard: the model's predictions on {self.n} unlabelled images "
                     f"collapse onto few classes with the declared input (diversity "
@@ -175,10 +183,12 @@ def candidates(declared: InputSpec, channels: int) -> list[InputSpec]:
         if declared.dtype.value == "uint8" and (rng is Range.UNIT or mean is not None):
             continue  # a uint8 input holds raw 0-255 pixels
         scale = 255.0 if rng is Range.BYTE else 1.0
+        # the statistics are RGB-ordered; a spec's mean/std follow the model's channel order
+        step = -1 if order is Channels.BGR else 1
         spec = dataclasses.replace(
             declared, range=rng, channels=order,
-            mean=None if mean is None else tuple(scale * m for m in mean),
-            std=None if std is None else tuple(scale * s for s in std))
+            mean=None if mean is None else tuple(scale * m for m in mean)[::step],
+            std=None if std is None else tuple(scale * s for s in std)[::step])
         if spec != declared:
             out.append(spec)
     return out
@@ -254,7 +264,12 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
                                        best_score=best.score, p_value=p)
     k = max(data.num_classes, 2)
     near_chance = Proportion(int(declared.correct.sum()), n).interval[1] < 2.0 / k
-    return dataclasses.replace(result, verdict=Verdict.SUSPECT) if near_chance else result
+    if not near_chance:
+        return result
+    better = best is not None and best.score > declared.score
+    return dataclasses.replace(result, verdict=Verdict.SUSPECT,
+                               best=best.spec if better and best else None,
+                               best_score=best.score if better and best else None)
 
 
 def enforce(result: GuardResult) -> None:

@@ -28,6 +28,7 @@ Conventions (qrdeploy's own [DEFAULT]s, the paper has no such models):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -244,8 +245,10 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
     want = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
     if elem != want:
         got = TensorProto.DataType.Name(elem)
-        if elem == TensorProto.UINT8:
-            fix = "pass --input-spec dtype=uint8,range=0-255 (a uint8 input holds raw pixels)"
+        if elem == TensorProto.UINT8:  # the rest of the user's spec (layout, channels) kept
+            fits = dataclasses.replace(spec, dtype=DType.UINT8, range=Range.BYTE, mean=None,
+                                       std=None)
+            fix = f"pass --input-spec {fits} (a uint8 input holds raw pixels)"
         elif elem == TensorProto.FLOAT:
             fix = "drop dtype=uint8 from --input-spec (the input is float)"
         else:

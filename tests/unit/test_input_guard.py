@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from qrdeploy.cli import main
 from qrdeploy.data.datasets import Dataset, load_dataset
 from qrdeploy.evaluation.guard import Verdict, candidates, input_guard
-from qrdeploy.graphio.inputspec import InputContract, InputSpec
+from qrdeploy.graphio.inputspec import Channels, InputContract, InputSpec, Range
 from qrdeploy.model.ortmodel import OrtModel
 from tests.unit import inputspec_models as im
 from tests.unit.onnx_builders import cnn
@@ -216,6 +216,15 @@ def test_candidates_keep_layout_and_dtype() -> None:
     assert len(candidates(InputSpec(), 1)) == 2 * 3 - 1  # ranges x (none, mnist, symmetric)
     byte = candidates(InputSpec.parse("range=0-255,dtype=uint8"), 1)
     assert byte == []  # a uint8 input holds raw 0-255 pixels: nothing else to try
+    # a BGR candidate's mean and std are in the model's (BGR) channel order: ImageNet's
+    # statistics on 0-255 BGR pixels, as Caffe-era models take them
+    caffe = InputSpec(range=Range.BYTE, mean=(103.53, 116.28, 123.675),
+                      std=(57.375, 57.12, 58.395), channels=Channels.BGR)
+    near = [s for s in candidates(InputSpec(), 3) if s.channels is Channels.BGR and s.mean
+            and len(s.mean) == 3 and s.range is Range.BYTE]
+    assert any(np.allclose(s.mean or (), caffe.mean or ()) and np.allclose(s.std or (),
+                                                                          caffe.std or ())
+               for s in near), near
 
 
 def test_reproduce_never_runs_the_guard() -> None:
@@ -228,3 +237,17 @@ def test_reproduce_never_runs_the_guard() -> None:
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                  and (n.module or "").startswith("qrdeploy.") for a in n.names}
         assert not names & guarded, (path.name, names & guarded)
+
+
+def test_a_suspect_near_chance_names_the_better_alternative_it_found() -> None:
+    """Near chance with an alternative that does better but not enough for a mismatch (a BGR
+    model under a contract close to its own, 9 % against 30 %): the warning names it instead of
+    saying that nothing does better."""
+    from qrdeploy.evaluation.guard import GuardResult
+
+    found = GuardResult(Verdict.SUSPECT, InputSpec(), "accuracy", 200, 0.09,
+                        InputSpec.parse("range=0-255,channels=bgr"), 0.30)
+    text = found.message()
+    assert "9.0% with the declared input, near chance" in text
+    assert "the best common alternative, range=0-255,channels=bgr, gives 30.0%" in text
+    assert "no common input contract does better" not in text

@@ -78,7 +78,11 @@ WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], 
                        r"dtype=uint8 from --input-spec \(the input is float\)$"),
     "uint8_input_float_spec": (lambda: twin(InputSpec.parse("range=0-255,dtype=uint8")), "", {},
                                ConfigError, r"input 'in' is UINT8 but the input spec says "
-                               r"dtype=float32; pass --input-spec dtype=uint8,range=0-255 "),
+                               r"dtype=float32; pass --input-spec "
+                               r"range=0-255,(layout=nchw,)?dtype=uint8 "),
+    "uint8_input_keeps_the_layout": (
+        lambda: twin(InputSpec.parse("range=0-255,dtype=uint8,layout=nhwc")), "layout=nhwc", {},
+        ConfigError, r"pass --input-spec range=0-255,layout=nhwc,dtype=uint8 "),
     "channels_mismatch": (lambda: twin(InputSpec()), "mean=0.5/0.5", {}, ConfigError,
                           r"mean has 2 values for 3 channels"),
     "layout_mismatch_shape": (lambda: twin(InputSpec(), batch="N"), "layout=nhwc,mean=1/2/3", {},
