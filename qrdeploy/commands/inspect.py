@@ -73,4 +73,5 @@ def _print_table(info: dict[str, Any]) -> None:
           + (f"supported, {diff['gradient']}" if diff["ok"]
              else f"blocked by {len(diff['blocking'])} node(s)"))
     for b in diff["blocking"]:
-        print(f"  {b['op']} node {b['node']!r}: {b['reason']}")
+        where = f"{b['op']} node {b['node']!r}"  # a rule's refusal names the node itself
+        print(f"  {b['reason'] if b['reason'].startswith(where) else f'{where}: ' + b['reason']}")

@@ -227,7 +227,8 @@ def like(e: Emitter, g: str, x: str) -> str:
 # --- elementwise -----------------------------------------------------------------------------
 
 
-@register("Identity", "Dropout", limits="inference mode only (training_mode a constant False)")
+@register("Dropout", limits="inference mode only (training_mode a constant False)")
+@register("Identity")
 def _identity(e: Emitter, node: onnx.NodeProto, gout: Grads, need: list[bool]) -> Grads:
     if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
         mode = e.value(node.input[2])

@@ -179,8 +179,11 @@ class OrtModel:
             more = f" (and {len(blocking) - 1} more node(s); qrdeploy inspect lists them)" \
                 if len(blocking) > 1 else ""
             reason = reason.split("; supported ops:")[0]  # the list is docs/ops.md
-            raise GraphError(f"{self.name}: op {op} (node {node!r}): {reason}{more}; {fix}; "
-                             "docs/ops.md lists the supported ops and their limits")
+            where = f"{op} node {node!r}"
+            if not reason.startswith(where):  # a rule's refusal names the node itself
+                reason = f"{where}: {reason}"
+            raise GraphError(f"{self.name}: {reason}{more}; {fix}; docs/ops.md lists the "
+                             "supported ops and their limits")
 
     def _probe_classes(self) -> int:
         """The class count of a model whose output shape onnxruntime does not state."""

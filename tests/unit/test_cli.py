@@ -239,6 +239,17 @@ def test_inspect_reports_differentiability(tmp_path: Path,
     assert main(["inspect", str(path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "blocked by 1 node(s)" in out and "Sin node 'sin1'" in out
+    # a rule's own refusal names the node once (a Pad in reflect mode)
+    pad = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], name="pad", mode="reflect"),
+         helper.make_node("Flatten", ["y"], ["logits"], name="flat")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 2, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor("pads", TensorProto.INT64, [8], [0] * 8)])
+    onnx.save(helper.make_model(pad, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["inspect", str(path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "blocked by 1 node(s)" in out and out.count("Pad node 'pad'") == 1, out
 
 
 def test_inspect_names_the_input_and_output(tiny_onnx: Path,

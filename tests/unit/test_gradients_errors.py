@@ -183,7 +183,7 @@ def test_require_gradients_fails_at_once_with_the_fix(tmp_path: Any) -> None:
     from qrdeploy.cli import main
 
     model, _ = REPORT_CASES["two_blockers_listed"]
-    with pytest.raises(GraphError, match=r"op Sin \(node 'sin1'\): no gradient rule for Sin "
+    with pytest.raises(GraphError, match=r"Sin node 'sin1': no gradient rule for Sin "
                                          r"\(and 1 more node\(s\); qrdeploy inspect lists them\); "
                                          r".*--suite black,noise"):
         OrtModel(model).require_gradients()
