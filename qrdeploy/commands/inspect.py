@@ -55,8 +55,8 @@ def _print_table(info: dict[str, Any]) -> None:
     if not prov["steps"]:
         print("no hardening recorded")
     quant = info["quantization"]
-    if quant["integer_kernels"] or quant["activation_quant"]:
-        ops = ", ".join(f"{op} x{n}" for op, n in quant["integer_kernels"].items()) or "none"
+    if quant["integer_ops_in_file"] or quant["activation_quant"]:
+        ops = ", ".join(f"{op} x{n}" for op, n in quant["integer_ops_in_file"].items()) or "none"
         print(f"quantized graph: quantized ops in the file: {ops}; activations quantized at run "
               f"time: {'yes' if quant['activation_quant'] else 'no'} (levels above are those "
               "of the dequantized weights)")

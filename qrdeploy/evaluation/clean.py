@@ -148,7 +148,8 @@ class EvalResult:
         def cell(p: Proportion | None) -> dict[str, Any] | None:
             return None if p is None else p.to_json()
 
-        return {"n": self.n, "accuracy": cell(self.accuracy),
+        return {"schema": "qrdeploy/eval", "schema_version": 1,
+                "n": self.n, "accuracy": cell(self.accuracy),
                 "agreement": cell(self.agreement), "providers": self.providers,
                 "reference_accuracy": cell(self.reference_accuracy),
                 "logits": None if self.logits is None else self.logits.to_json(),

@@ -316,7 +316,8 @@ def _drop(model_ok: np.ndarray, ref_ok: np.ndarray, max_drop: float,
     its pessimistic end is a one-sided 97.5 % non-inferiority bound) and McNemar's exact p."""
     c = PairedCounts.from_flags(ref_ok, model_ok)
     detail = (f"reference {100 * float(np.mean(ref_ok)):.2f}%, model "
-              f"{100 * float(np.mean(model_ok)):.2f}%, discordant {c.gains}/{c.losses}, "
+              f"{100 * float(np.mean(model_ok)):.2f}%, right with the reference only {c.gains}, "
+              f"with the model only {c.losses}, "
               f"McNemar p = {mcnemar_exact(c.gains, c.losses):.3g}")
     k, n = int(np.sum(ref_ok)), int(np.size(ref_ok))
     best = newcombe_paired_interval(PairedCounts(k, 0, 0, n - k))[1]  # the reference's own answers

@@ -549,5 +549,5 @@ def gradient_form(info: TwinInfo | None) -> str:
 
 
 def summary(info: TwinInfo) -> Mapping[str, Any]:
-    return {"integer_kernels": dict(sorted(info.rewritten.items())),
+    return {"integer_ops_in_file": dict(sorted(info.rewritten.items())),
             "activation_quant": info.activation_quant, "activations": info.activations}

@@ -27,6 +27,7 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     model = load_model(path)
     twin, quant = float_twin(model)
     info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
+    info = {"schema": "qrdeploy/inspect", "schema_version": 1, **info}
     report = differentiability(model)
     info["quantization"] = twin_summary(quant)
     info["file_bytes"] = file_bytes(path)  # the .onnx file plus its external data, if any

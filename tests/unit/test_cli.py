@@ -260,6 +260,9 @@ def test_inspect_names_the_input_and_output(tiny_onnx: Path,
 
     assert main(["inspect", str(tiny_onnx), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
+    assert (info["schema"], info["schema_version"]) == ("qrdeploy/inspect", 1)
+    assert set(info["quantization"]) == {"integer_ops_in_file", "activation_quant",
+                                         "activations"}  # the keys docs/api.md describes
     graph = onnx.load(tiny_onnx).graph
     assert [t["name"] for t in info["inputs"]] == [graph.input[0].name]
     assert info["inputs"][0]["dtype"] == "float32" and len(info["inputs"][0]["shape"]) == 4

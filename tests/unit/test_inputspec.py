@@ -174,7 +174,9 @@ def test_eval_attack_and_check_run_a_batch_of_one_model_sample_by_sample(
     np.savez(tmp_path / "d.npz", x=p, y=y)
     common = ["--data", f"npz:{tmp_path / 'd.npz'}", "--input-spec", "layout=nhwc", "-q"]
     assert main(["eval", str(tmp_path / "b1.onnx"), "--json", *common]) == 0
-    assert json.loads(capsys.readouterr().out)["accuracy"]["value"] == pytest.approx(9 / 12)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["accuracy"]["value"] == pytest.approx(9 / 12)
+    assert (doc["schema"], doc["schema_version"]) == ("qrdeploy/eval", 1)
     assert main(["attack", str(tmp_path / "b1.onnx"), "--attacks", "clean,fgsm-s", "--eps",
                  "none", "--family", "cifar10", "-o", str(tmp_path / "r.json"), *common]) == 0
     doc = json.loads((tmp_path / "r.json").read_text())
