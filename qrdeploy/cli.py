@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 
 from qrdeploy import commands
+from qrdeploy.commands._types import seed_value
 from qrdeploy.core.fileio import check_distinct_paths, check_output_dir, check_output_file
 from qrdeploy.core.version import __version__
 from qrdeploy.errors import QrdeployError, UsageError
@@ -39,8 +40,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _common() -> argparse.ArgumentParser:
-    from qrdeploy.commands._options import seed_value
-
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
     g.add_argument("--seed", type=seed_value, default=0,

@@ -94,8 +94,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def options(args: argparse.Namespace) -> AttackOptions:
     labels = Labels.TRUE if args.labels == "true" else Labels.REFERENCE
-    eps = (() if args.eps in (None, "none") else None if args.eps == "paper"
-           else parse_eps(args.eps))
+    try:  # a malformed --eps is a usage error (exit 2), found before any work
+        eps = (() if args.eps in (None, "none") else None if args.eps == "paper"
+               else parse_eps(args.eps))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     family = Family(args.family) if args.family else None
     run = RunConfig(seed=args.seed, batch_size=args.batch_size)
     return AttackOptions(args.suite, args.attacks, eps, labels, family, run,
@@ -109,12 +112,9 @@ def run(args: argparse.Namespace) -> int:
     if args.no_baseline and not args.unhardened and not args.quiet:
         print("note: --no-baseline does nothing without --unhardened (there is no model before "
               "hardening to leave out)")
-    try:  # malformed --eps/--attacks values are usage errors (exit 2), checked before any work
-        opts = options(args)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    opts = options(args)
     data = load_data(args)
-    try:  # settings are checked before any model is opened: a typo costs no model load
+    try:  # malformed --attacks values are usage errors (exit 2), checked before any model
         build_suite(opts.suite, data_family(opts, data), opts.attacks, opts.eps, opts.cw_budget)
     except UsageError:
         raise

@@ -78,7 +78,7 @@ def test_bad_settings_are_one_line_errors(attacks: str, match: str) -> None:
 def test_settings_are_checked_before_any_model_is_opened(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["attack", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "r.json"),
-                 "--attacks", "pgd:size=3", "-n", "4"]) == 1
+                 "--attacks", "pgd:size=3", "-n", "4"]) == 2  # a usage error
     err = capsys.readouterr().err
     assert "unknown setting 'size'" in err and "missing.onnx" not in err
 
