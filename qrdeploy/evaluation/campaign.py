@@ -269,8 +269,8 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         save_adversarials(opts.save_adversarials, ev, data.x, data.name, data.split)
     baseline = None
     if before is not None and opts.baseline:
-        log.info("the model before hardening, %s, on the same suite (the report's before/after)",
-                 before.name)
+        log.info("the model before hardening, %s, on the same suite less its L2 and transfer "
+                 "columns (the report's before/after)", before.name)
         base_state = out.with_name(out.name + ".baseline.state.npz")
         bev = run_evaluation(opts.parallel, before, data.x, data.y,
                              baseline_suite(suite, before), source=black,
