@@ -6,6 +6,8 @@ Every builder takes a seed and returns a checked onnx.ModelProto with input 'inp
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -147,3 +149,21 @@ def ort_logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return np.asarray(sess.run(None, {"input": x})[0])
+
+
+def quantize_static(src: str | Path, dst: str | Path, feed: dict[str, np.ndarray],
+                    **options: Any) -> onnx.ModelProto:
+    """onnxruntime's `quantize_static` of the model file `src` into `dst`, calibrated on one
+    batch `feed` ({input name: array}); `options` go to onnxruntime (quant_format, per_channel,
+    ...). Returns the written model."""
+    from onnxruntime import quantization as ortq
+
+    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = [feed]
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.left.pop() if self.left else None
+
+    ortq.quantize_static(str(src), str(dst), Reader(), **options)
+    return onnx.load(str(dst))

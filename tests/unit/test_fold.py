@@ -19,7 +19,7 @@ from qrdeploy.hardening.integer import IntegerActivations
 from qrdeploy.hardening.passes import WeightQuant, describe_model, harden
 from qrdeploy.hardening.quant import quantize
 from qrdeploy.spectral.analysis import FOLDED_NOTE, comparable, lipschitz_report
-from tests.unit.onnx_builders import cnn, inputs, ort_logits
+from tests.unit.onnx_builders import cnn, inputs, ort_logits, quantize_static
 
 CALIB = inputs(5, (40, 1, 8, 8))
 SCALE = np.array([1.3, -0.7, 0.9, 1.1], np.float32)  # one negative channel: codes flip sign
@@ -133,16 +133,9 @@ def test_lipschitz_on_onnxruntime_preprocessed_quantization(tmp_path: Path) -> N
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     assert batchnorm_count(onnx.load_model(pre)) == 0
 
-    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.left = [{"input": CALIB}]
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return self.left.pop() if self.left else None
-
-    ortq.quantize_static(str(pre), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ,
-                         per_channel=True, activation_type=ortq.QuantType.QUInt8,
-                         weight_type=ortq.QuantType.QInt8)
+    quantize_static(pre, dst, {"input": CALIB}, quant_format=ortq.QuantFormat.QDQ,
+                    per_channel=True, activation_type=ortq.QuantType.QUInt8,
+                    weight_type=ortq.QuantType.QInt8)
     report = lipschitz_report(model, onnx.load_model(dst))
     assert len(report.layers) == 4 and FOLDED_NOTE in report.layers[0].note
     assert max(lyr.ratio for lyr in report.layers if lyr.ratio is not None) < 0.05

@@ -153,6 +153,16 @@ def test_contract_is_wrap_model() -> None:
         "range=0-255,layout=nhwc,dtype=uint8"
 
 
+def _batch_of_one(spec: InputSpec) -> onnx.ModelProto:
+    """The pixel twin expecting `spec`, with its batch hard-coded to 1 by a Reshape to (1, -1)
+    (logits of shape (1, 5)), as edge exports often are."""
+    model = twin(spec, batch=1, flatten=helper.make_node("Reshape", ["feat", "shape"], ["flat"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                                 [1, 5]))
+    return model
+
+
 def test_eval_attack_and_check_run_a_batch_of_one_model_sample_by_sample(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A deployed model with a hard-coded batch of 1 (kept by the wrapper): `eval`, `attack` and
@@ -162,12 +172,7 @@ def test_eval_attack_and_check_run_a_batch_of_one_model_sample_by_sample(
 
     from qrdeploy.cli import main
 
-    spec = InputSpec.parse("layout=nhwc")
-    model = twin(spec, batch=1, flatten=helper.make_node("Reshape", ["feat", "shape"], ["flat"]))
-    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                                 [1, 5]))
-    onnx.save(model, tmp_path / "b1.onnx")
+    onnx.save(_batch_of_one(InputSpec.parse("layout=nhwc")), tmp_path / "b1.onnx")
     p = pixels(12, seed=3)
     y = _run(twin(InputSpec()), p).argmax(1).astype(np.int64)
     y[:3] = (y[:3] + 1) % 5  # K = 5 classes
@@ -199,12 +204,7 @@ def test_a_batch_of_one_model_needs_no_input_spec_to_be_attacked(tmp_path: Path)
 
     from qrdeploy.cli import main
 
-    model = twin(InputSpec(), batch=1,
-                 flatten=helper.make_node("Reshape", ["feat", "shape"], ["flat"]))
-    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                                 [1, 5]))
-    onnx.save(model, tmp_path / "b1.onnx")
+    onnx.save(_batch_of_one(InputSpec()), tmp_path / "b1.onnx")
     p = pixels(8, seed=4)
     y = _run(twin(InputSpec()), p).argmax(1).astype(np.int64)
     np.savez(tmp_path / "d.npz", x=p, y=y)

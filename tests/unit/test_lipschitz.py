@@ -354,17 +354,8 @@ def test_layers_another_tool_reordered_are_matched_by_name(tmp_path: Path) -> No
     ref = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(ref, tmp_path / "f.onnx")
     x = rng.uniform(size=(16, 1, 8, 8)).astype(np.float32)
-
-    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.left = [{"x": x}]
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return self.left.pop() if self.left else None
-
-    ortq.quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(),
-                         quant_format=ortq.QuantFormat.QOperator)
-    q = onnx.load(tmp_path / "q.onnx")
+    q = ob.quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", {"x": x},
+                           quant_format=ortq.QuantFormat.QOperator)
     convs = [i for i, n in enumerate(q.graph.node) if n.op_type == "QLinearConv"]
     assert [q.graph.node[i].name for i in convs] == ["/a/Conv_quant", "/b/Conv_quant"]
     swapped = onnx.ModelProto()

@@ -14,6 +14,7 @@ from qrdeploy.core.losses import Loss, loss_value_and_cotangent
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.gradients.builder import supported_ops
 from qrdeploy.model.ortmodel import OrtModel
+from tests.unit.onnx_builders import quantize_static
 
 K = 5
 
@@ -228,17 +229,8 @@ def test_a_qoperator_model_with_a_quantized_softmax_is_attackable(tmp_path: Any)
     root = Path(tmp_path)
     onnx.save(tiny(head="Softmax"), root / "f.onnx")
     x = _x(32)
-
-    class Reader(ortq.CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.left = [{"x": x}]
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return self.left.pop() if self.left else None
-
-    ortq.quantize_static(str(root / "f.onnx"), str(root / "q.onnx"), Reader(),
-                         quant_format=ortq.QuantFormat.QOperator)
-    q = onnx.load(root / "q.onnx")
+    q = quantize_static(root / "f.onnx", root / "q.onnx", {"x": x},
+                        quant_format=ortq.QuantFormat.QOperator)
     assert "QLinearSoftmax" in {n.op_type for n in q.graph.node}
     om = OrtModel(q)
     assert om.bpda and om.info["softmax_cut"] == "Softmax, then quantized"
