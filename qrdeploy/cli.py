@@ -39,6 +39,15 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The line and exit code of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if isinstance(exc, Terminated):
+        print("qrdeploy: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("qrdeploy: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("common options")
@@ -108,12 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return _main(argv)
-    except Terminated:  # before the command ran (while its modules were imported)
-        print("qrdeploy: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("qrdeploy: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # before the command ran (while its modules were imported)
+        return _stopped(exc)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
@@ -140,12 +145,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except QrdeployError as exc:
         print(f"qrdeploy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
-    except Terminated:
-        print("qrdeploy: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("qrdeploy: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return EXIT_BROKEN_PIPE

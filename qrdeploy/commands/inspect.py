@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from qrdeploy.commands._options import add_isolate, check_isolated
+from qrdeploy.gradients.builder import blocking_text
 from qrdeploy.model.inspection import inspect_model
 
 HELP = "list weight layers (levels, bits, encoding), the hardening provenance, differentiability"
@@ -73,5 +74,4 @@ def _print_table(info: dict[str, Any]) -> None:
           + (f"supported, {diff['gradient']}" if diff["ok"]
              else f"blocked by {len(diff['blocking'])} node(s)"))
     for b in diff["blocking"]:
-        where = f"{b['op']} node {b['node']!r}"  # a rule's refusal names the node itself
-        print(f"  {b['reason'] if b['reason'].startswith(where) else f'{where}: ' + b['reason']}")
+        print(f"  {blocking_text(b['op'], b['node'], b['reason'])}")

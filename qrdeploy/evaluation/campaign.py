@@ -223,7 +223,6 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         found = guard_input(load_model(guarded), data, contract, session, bs, name=str(guarded))
         enforce(found)
         if found.verdict is Verdict.SUSPECT:
-            log.warning("%s", found.message())
             guard_note = found.message()
     victim = open_subject(model, session, bs, contract)
     ref = open_(reference)

@@ -6,7 +6,6 @@ accuracy drop (Newcombe interval, McNemar test)."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from qrdeploy.evaluation.guard import GuardResult, Verdict, enforce, input_guard
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import InputContract, contracted
 from qrdeploy.model.ortmodel import ModelLike, OrtModel
-
-log = logging.getLogger(__name__)
 
 
 def predict_logits(model: ModelLike, x: np.ndarray, config: SessionConfig | None = None,
@@ -205,8 +202,6 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
         found = input_guard(guarded, dataset, contract, config, batch_size,
                             name=None if reference is None else f"--reference {reference}")
         enforce(found)
-        if found.verdict is Verdict.SUSPECT:
-            log.warning("%s", found.message())
     proto, bs = contracted(proto, contract or InputContract(), batch_size)
     ref, ref_bs = None, None
     if reference is not None:

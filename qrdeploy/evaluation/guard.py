@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,6 +50,7 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion, mcnemar_exact
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import InputContractError, QrdeployError
+from qrdeploy.graphio.graph import real_inputs
 from qrdeploy.graphio.inputspec import (
     Channels,
     InputContract,
@@ -58,6 +60,8 @@ from qrdeploy.graphio.inputspec import (
     contracted,
 )
 from qrdeploy.model.ortmodel import OrtModel
+
+log = logging.getLogger(__name__)
 
 #: Per-channel normalisations tried by the guard, by channel count (means and stds in [0, 1]
 #: units; a 0-255 candidate scales them by 255). Sources: torchvision's MNIST and ImageNet
@@ -147,8 +151,7 @@ class GuardResult:
 
 
 def _input_dims(model: onnx.ModelProto, contract: InputContract) -> list[int | None]:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = real_inputs(model.graph)
     chosen = next((i for i in inputs if i.name == contract.input_name), inputs[0]) if inputs \
         else None
     if chosen is None:
@@ -273,6 +276,9 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
 
 
 def enforce(result: GuardResult) -> None:
-    """Raise InputContractError on a mismatch (eval and attack stop there)."""
+    """Raise InputContractError on a mismatch (eval, attack and replay stop there); log a
+    suspicion as a warning (the run goes on)."""
     if result.verdict is Verdict.MISMATCH:
         raise InputContractError(result.message())
+    if result.verdict is Verdict.SUSPECT:
+        log.warning("%s", result.message())

@@ -25,7 +25,6 @@ allow_pickle=False and validated before use (it may come from elsewhere):
 from __future__ import annotations
 
 import json
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +37,13 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import DataError
-from qrdeploy.evaluation.guard import Verdict, enforce, input_guard
+from qrdeploy.evaluation.guard import enforce, input_guard
 from qrdeploy.evaluation.runner import Evaluation, robust_under
 from qrdeploy.evaluation.suites import restricted
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import DType, InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
 
-log = logging.getLogger(__name__)
 FORMAT, VERSION = "qrdeploy/adversarials", 1
 
 
@@ -237,8 +235,6 @@ def replay(model: str | Path, path: str | Path, contract: InputContract | None =
                        int(s.labels.max()) + 1)
         found = input_guard(raw, data, contract, session, batch_size, name=str(model))
         enforce(found)
-        if found.verdict is Verdict.SUSPECT:
-            log.warning("%s", found.message())
     proto, bs = contracted(raw, contract, batch_size)
     m = OrtModel(proto, session, batch_size=bs, gradients=False)
     if m.input_shape != tuple(s.x.shape[1:]):

@@ -46,6 +46,7 @@ from qrdeploy.core.progress import RunProgress, Stage, listening
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.runstate import Layout, StateFile, settings_key
 from qrdeploy.evaluation.suites import Column, ColumnAttack, Mode, Suite, restricted
+from qrdeploy.graphio.twin import is_bpda
 from qrdeploy.model.protocol import Classifier, Differentiable, Twinned
 
 STATE_FORMAT = 1
@@ -75,7 +76,7 @@ class Subject:
         """An integer graph: activations quantized at run time, so its white-box gradient is
         BPDA (the straight-through estimator of its dequantized twin)."""
         info = self.info or getattr(self.model, "info", None) or {}
-        return str(info.get("gradient_form") or "").startswith("BPDA")
+        return is_bpda(info.get("gradient_form"))
 
     @property
     def twin(self) -> bool:

@@ -266,6 +266,13 @@ def differentiability(model: onnx.ModelProto, input_shape: tuple[int, ...] | Non
     return Report(not blocking, blocking)
 
 
+def blocking_text(op: str, node: str, reason: str) -> str:
+    """One blocking node as a line: its op and name, then the reason (a rule's own refusal
+    names the node already, so it is not named twice)."""
+    where = f"{op} node {node!r}"
+    return reason if reason.startswith(where) else f"{where}: {reason}"
+
+
 def blocking_nodes(prep: Prepared) -> list[tuple[str, str, str]]:
     """(op, node, reason) of every node on the input-to-logits path of a prepared graph whose
     gradient rule refuses it; no graph is built."""

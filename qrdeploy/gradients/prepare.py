@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from qrdeploy.core.runtime import make_session, run_session
 from qrdeploy.errors import GraphError, first_line
+from qrdeploy.graphio.graph import real_inputs
 from qrdeploy.graphio.twin import TwinInfo, float_twin, gradient_form
 
 MIN_OPSET, MAX_OPSET = 16, 21
@@ -70,11 +71,6 @@ def _opset(model: onnx.ModelProto) -> int:
     raise GraphError("the model imports no default-domain opset; export it with a standard opset")
 
 
-def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in graph.initializer}
-    return [i for i in graph.input if i.name not in inits]
-
-
 def normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model at min(max(opset, 16), 21), converted only when needed."""
     source = _opset(model)
@@ -93,7 +89,7 @@ def check_io(model: onnx.ModelProto, chw: tuple[int, ...] | None = None) -> tupl
     """The classifier contract every qrdeploy model meets: one float32 image input and one
     output; returns the input's (C, H, W) (`chw` when the file leaves it symbolic)."""
     graph = model.graph
-    inputs = _real_inputs(graph)
+    inputs = real_inputs(graph)
     if len(inputs) != 1 or len(graph.output) != 1:
         names = ", ".join(o.name for o in graph.output)
         raise GraphError(f"expected a classifier with 1 input and 1 output, got {len(inputs)} "
@@ -117,7 +113,7 @@ def _set_input_shape(model: onnx.ModelProto, chw: tuple[int, ...] | None) -> tup
     """Make the input (batch, C, H, W) with C, H, W concrete; drop stale inferred shapes."""
     graph = model.graph
     shape = check_io(model, chw)
-    dims = _real_inputs(graph)[0].type.tensor_type.shape.dim
+    dims = real_inputs(graph)[0].type.tensor_type.shape.dim
     del dims[:]
     dims.add().dim_param = BATCH
     for d in shape:
@@ -181,7 +177,7 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], wanted: list[
 def _drop_unused_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     # initializers listed as graph inputs (IR < 4) are dropped there: the IR is raised to >= 8
-    real = _real_inputs(model.graph)
+    real = real_inputs(model.graph)
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
@@ -237,7 +233,7 @@ def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
         first = first_line(exc, None)
         raise GraphError(f"shape inference failed on the prepared model: {first}") from exc
     observed = observe_shapes(work, chw)
-    return Prepared(work, _real_inputs(work.graph)[0].name, work.graph.output[0].name, chw,
+    return Prepared(work, real_inputs(work.graph)[0].name, work.graph.output[0].name, chw,
                     _opset(work), source, cut, folded, info if info.quantized else None,
                     observed)
 
@@ -277,7 +273,7 @@ def observe_shapes(model: onnx.ModelProto, chw: tuple[int, ...]) -> tuple[str, .
     probe.CopyFrom(model)
     declared = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
-    x_name = _real_inputs(model.graph)[0].name
+    x_name = real_inputs(model.graph)[0].name
     rng = np.random.default_rng(0)
     runs = []
     try:

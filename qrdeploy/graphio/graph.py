@@ -325,6 +325,20 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds (an initializer listed among the inputs has its default)."""
+    inits = {t.name for t in graph.initializer}
+    return [i for i in graph.input if i.name not in inits]
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's first fed input fixes (an edge export's 1), or None when it
+    is dynamic."""
+    inputs = real_inputs(model.graph)
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else None
+
+
 def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 

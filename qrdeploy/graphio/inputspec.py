@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
-from qrdeploy.graphio.graph import unique_name
+from qrdeploy.graphio.graph import fixed_batch, real_inputs, unique_name
 
 PIXELS = "pixels"
 BATCH = "batch"
@@ -156,13 +156,8 @@ class InputSpec:
 # --- selecting one input and one output --------------------------------------------------------
 
 
-def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in graph.initializer}
-    return [i for i in graph.input if i.name not in inits]
-
-
 def _pick_input(graph: onnx.GraphProto, name: str | None) -> onnx.ValueInfoProto:
-    real = _real_inputs(graph)
+    real = real_inputs(graph)
     names = [i.name for i in real]
     if name is None and len(real) == 1:
         return real[0]
@@ -459,13 +454,7 @@ def _kept_batch_of_one(model: onnx.ModelProto) -> bool:
     """A model without a contract whose input has a batch of 1 that its graph hard-codes (a
     Reshape to (1, ...)): gradient graphs make the batch symbolic, so it must run one sample at
     a time, as wrap_model decides for a model with a contract."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
-        return False
-    dims = inputs[0].type.tensor_type.shape.dim
-    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1 \
-        and _hard_coded_batch(model.graph) is not None
+    return fixed_batch(model) == 1 and _hard_coded_batch(model.graph) is not None
 
 
 def one_by_one(model: onnx.ModelProto) -> bool:

@@ -536,6 +536,12 @@ def stored_layers(model: onnx.ModelProto) -> dict[str, tuple[str, str, str, str]
     return out
 
 
+def is_bpda(form: object) -> bool:
+    """A recorded gradient form (`gradient_form`, in a model's or a run's info) is BPDA: the
+    graph quantizes activations at run time."""
+    return str(form or "").startswith("BPDA")
+
+
 def gradient_form(info: TwinInfo | None) -> str:
     """How qrdeploy differentiates a graph whose twin rewrite found `info` (None or an empty
     TwinInfo: a float graph): what attack results record and `inspect` prints."""

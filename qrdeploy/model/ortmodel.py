@@ -40,12 +40,13 @@ from qrdeploy.gradients.builder import (
     GradientModel,
     Y,
     blocking_nodes,
+    blocking_text,
     build_loss_grad,
     build_vjp,
 )
 from qrdeploy.gradients.prepare import Prepared, check_io, prepare
 from qrdeploy.gradients.rules import GradOptions
-from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.graph import fixed_batch, load_model
 from qrdeploy.graphio.twin import float_twin
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ class OrtModel:
             not self.prepared.score_deployed else self.deployed
         self._forward = make_session(forward.SerializeToString(), self.config)
         # the batch the forward graph fixes (the deployed graph as it ships; None when dynamic)
-        self._forward_batch = _fixed_batch(forward)
+        self._forward_batch = fixed_batch(forward)
         self._deployed_session: onnxruntime.InferenceSession | None = \
             self._forward if forward is self.deployed and self.config == self.timing_config \
             else None
@@ -178,11 +179,8 @@ class OrtModel:
             op, node, reason = blocking[0]
             more = f" (and {len(blocking) - 1} more node(s); qrdeploy inspect lists them)" \
                 if len(blocking) > 1 else ""
-            reason = reason.split("; supported ops:")[0]  # the list is docs/ops.md
-            where = f"{op} node {node!r}"
-            if not reason.startswith(where):  # a rule's refusal names the node itself
-                reason = f"{where}: {reason}"
-            raise GraphError(f"{self.name}: {reason}{more}; {fix}; docs/ops.md lists the "
+            line = blocking_text(op, node, reason.split("; supported ops:")[0])
+            raise GraphError(f"{self.name}: {line}{more}; {fix}; docs/ops.md lists the "
                              "supported ops and their limits")
 
     def _probe_classes(self) -> int:
@@ -238,7 +236,7 @@ class OrtModel:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the deployed graph's input fixes, or None when it is dynamic."""
-        return _fixed_batch(self.deployed)
+        return fixed_batch(self.deployed)
 
     def time_run(self, x: np.ndarray) -> float:
         """Seconds of one session run of the deployed graph on the batch x (N, C, H, W), in a
@@ -337,8 +335,3 @@ class OrtModel:
         parts = [run(slice(i, i + b)) for i in range(0, max(n, 1), b)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
-
-def _fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size a graph's first input fixes, or None when it is dynamic."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return int(dims[0].dim_value) if dims and dims[0].dim_value > 0 else None

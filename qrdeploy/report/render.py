@@ -43,6 +43,7 @@ from qrdeploy.evaluation.results import (
     load_results,
     unflag,
 )
+from qrdeploy.graphio.twin import is_bpda
 from qrdeploy.hardening.passes import describe_recipe
 from qrdeploy.report.masking import adaptive_columns, check_help, checks_section
 
@@ -339,8 +340,7 @@ def conclusion(d: Results) -> str:
                     "adaptive entries)" if narrowed
                     else "gradient masking was not checked (add --suite adaptive)")
     if b is None or head.before_flags is None or head.before is None:
-        quantized = bool(d.victim.harden) or str(
-            d.runtime.info.get("gradient_form") or "").startswith("BPDA")
+        quantized = bool(d.victim.harden) or is_bpda(d.runtime.info.get("gradient_form"))
         hint = "" if b is not None or not quantized else " Attack the model before " \
             "hardening too (--unhardened) for a before/after."
         return (f"Clean {d.measure} {pct(d.clean.value)}%, {what} "

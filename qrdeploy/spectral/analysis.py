@@ -613,7 +613,7 @@ def measure_amplification(
         hardened, list(hard_outputs.values()))), config.session)
     feed_name = ref_sess.get_inputs()[0].name
     acc = {r.index: _Accumulator() for r, _ in pairs}
-    fixed = _fixed_batch(ref_sess) or _fixed_batch(hard_sess)
+    fixed = graph.fixed_batch(reference) or graph.fixed_batch(hardened)
     step = fixed or config.batch_size
     for start in range(0, x.shape[0], step):
         xb = np.ascontiguousarray(x[start : start + step], dtype=np.float32)
@@ -636,12 +636,6 @@ def measure_amplification(
             if lin is not None and err is not None:
                 acc[r.index].local.append(_rel(err, lin))
     return {k: a.result() for k, a in acc.items()}
-
-
-def _fixed_batch(session: Any) -> int | None:
-    """The batch size a session's first input fixes (an exported batch of 1, say), else None."""
-    dim = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
-    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _run(session: Any, feed: str, xb: np.ndarray) -> dict[str, np.ndarray]:
