@@ -6,7 +6,8 @@ In one run, same threads and batch on both sides:
    onnxruntime session runs without spin-waiting: interleaved with torch, its spinning threads
    took the cores from the torch call right after it (measured here: torch 198 ms after a spinning
    session, 125 ms after a non-spinning one, with onnxruntime itself at 107 and 101 ms), which
-   inflated the ratio;
+   inflated the ratio. The OrtModel runs as qrdeploy does by default, its gradient batches split
+   over lanes (qrdeploy.core.runtime.lane_plan); the same model in one lane runs beside it;
 2. PGD-40 (eps 0.3 and 0.1, step 0.01, no early stop) on the mnist-5k test digits both ways:
    robust accuracy, agreement of the adversarial pixels, time ratio;
 3. the step's FLOPs (Conv and Gemm, forward + input backward) against this machine's measured
@@ -97,12 +98,14 @@ def matmul_rate(threads: int) -> float:
     return 2 * n**3 / (ms / 1000) / 1e9
 
 
-def pgd_both(net: torch.nn.Module, om: OrtModel, eps: float, n: int) -> dict[str, float]:
+def pgd_both(net: torch.nn.Module, om: OrtModel, om1: OrtModel, eps: float,
+             n: int) -> dict[str, float]:
     ds = load_dataset("mnist-5k", "test", n=n)
     attack = PGD(eps=eps, step=0.01, steps=40, early_stop=False)
     tm = TorchModel(net, num_classes=10)
     out: dict[str, Any] = {}
-    for side, model, conv in (("torch", tm, torch.tensor), ("ort", om, np.asarray)):
+    for side, model, conv in (("torch", tm, torch.tensor), ("ort", om, np.asarray),
+                              ("ort1", om1, np.asarray)):
         t0 = time.perf_counter()
         advs, fooled = [], []
         for start in range(0, len(ds), 250):
@@ -114,6 +117,7 @@ def pgd_both(net: torch.nn.Module, om: OrtModel, eps: float, n: int) -> dict[str
         out[f"{side}_s"] = time.perf_counter() - t0
         out[f"{side}_acc"] = 1 - float(np.concatenate(fooled).mean())
         out[f"{side}_adv"] = np.concatenate(advs)
+    out["lanes_identical"] = float(np.array_equal(out["ort_adv"], out.pop("ort1_adv")))
     out["same_pixels"] = float(np.mean(np.abs(out.pop("torch_adv") - out.pop("ort_adv")) < 1e-6))
     return out
 
@@ -129,6 +133,9 @@ def main() -> None:
     net = train(args.epochs, seed=0)
     model = export_module(net, (1, 28, 28), fold_bn=True)
     om = OrtModel(model, SessionConfig("cpu", args.threads, spinning=False), batch_size=256)
+    # the same session in one lane (every thread on the whole batch), side by side
+    om1 = OrtModel(model, SessionConfig("cpu", args.threads, spinning=False, lanes=1),
+                   batch_size=256)
     rng = np.random.default_rng(0)
     x = rng.random((256, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, 256)
@@ -139,21 +146,27 @@ def main() -> None:
         loss = torch.nn.functional.cross_entropy(net(xg), yt, reduction="sum")
         torch.autograd.grad(loss, xg)
 
-    step = interleaved({"ort": lambda: om.loss_and_grad(x, y, Loss.CE), "torch": torch_step},
+    step = interleaved({"ort": lambda: om.loss_and_grad(x, y, Loss.CE),
+                        "ort1": lambda: om1.loss_and_grad(x, y, Loss.CE), "torch": torch_step},
                        args.repeats)
     flops = step_flops(om.prepared.model) * 256
     rate = matmul_rate(args.threads)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"onnxruntime {om.info['intra_op_threads']} intra-op threads, {om.info['providers']}")
-    print("\n| measure | onnxruntime | torch | ratio torch/ort |\n|---|---|---|---|")
+          f"onnxruntime {om.info['intra_op_threads']} intra-op threads in {om.lanes} gradient "
+          f"lanes of {om.lane_threads or 'default'} threads, {om.info['providers']}")
+    print("\n| measure | onnxruntime | onnxruntime, one lane | torch | ratio torch/ort | ratio "
+          "torch/ort one lane |\n|---|---|---|---|---|---|")
     print(f"| step, fused CE, batch 256 (ms, median of {args.repeats}) | {step['ort']:.1f} | "
-          f"{step['torch']:.1f} | {step['torch'] / step['ort']:.2f} |")
+          f"{step['ort1']:.1f} | {step['torch']:.1f} | {step['torch'] / step['ort']:.2f} | "
+          f"{step['torch'] / step['ort1']:.2f} |")
     for eps in (0.3, 0.1):
-        r = pgd_both(net, om, eps, args.pgd_n)
+        r = pgd_both(net, om, om1, eps, args.pgd_n)
         print(f"| PGD-40 eps {eps}, {args.pgd_n} digits: time (s) | {r['ort_s']:.1f} | "
-              f"{r['torch_s']:.1f} | {r['torch_s'] / r['ort_s']:.2f} |")
-        print(f"| PGD-40 eps {eps}: robust accuracy | {r['ort_acc']:.3f} | {r['torch_acc']:.3f} "
-              f"| same pixels {r['same_pixels']:.3f} |")
+              f"{r['ort1_s']:.1f} | {r['torch_s']:.1f} | {r['torch_s'] / r['ort_s']:.2f} | "
+              f"{r['torch_s'] / r['ort1_s']:.2f} |")
+        print(f"| PGD-40 eps {eps}: robust accuracy | {r['ort_acc']:.3f} | {r['ort1_acc']:.3f} | "
+              f"{r['torch_acc']:.3f} | same pixels {r['same_pixels']:.3f} | lanes identical "
+              f"{r['lanes_identical']:.0f} |")
     print(f"\nstep FLOPs: {flops / 1e9:.1f} GFLOP; onnxruntime step {flops / step['ort'] / 1e6:.0f}"
           f" GFLOP/s, torch step {flops / step['torch'] / 1e6:.0f} GFLOP/s; "
           f"onnxruntime MatMul 2048^2: {rate:.0f} GFLOP/s")

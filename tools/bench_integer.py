@@ -11,7 +11,8 @@ Measures (onnxruntime CPU, `--threads` intra-op threads):
 - clean accuracy on the test split of `--data` (mnist-5k: 1,000 digits) with the paired
   difference to the float model and its Newcombe interval (qrdeploy.core.stats);
 - the cost of one attack step (loss_and_grad, CE, batch `--step-batch`) through the int8 QDQ graph
-  (BPDA: integer forward + gradient of the dequantized twin) against the float graph, interleaved.
+  (BPDA: integer forward + gradient of the dequantized twin) against the float graph, interleaved,
+  as qrdeploy runs it (gradient batches split over lanes) and in one lane.
 
 With `--trained QAT.onnx` (the float export of a quantization-aware fine-tuning of `--model`,
 `qrdeploy train --quant-aware B --from MODEL`), qrdeploy's three encodings are hardened from that
@@ -122,15 +123,20 @@ def _ratio(times: dict[str, list[float]], k: str, base: str) -> float:
 
 def _step_cost(float_path: Path, int8_path: Path, batch: int, rounds: int, threads: int,
                shape: tuple[int, ...]) -> dict[str, float]:
+    """Median seconds of one step through each model, as qrdeploy runs it (gradient batches
+    split over lanes) and in one lane ("/1"), the four interleaved in rotating order."""
     cfg = SessionConfig("cpu", threads=threads)
-    models = {"float": OrtModel(float_path, cfg), "int8": OrtModel(int8_path, cfg)}
+    one = SessionConfig("cpu", threads=threads, lanes=1)
+    models = {"float": OrtModel(float_path, cfg), "int8": OrtModel(int8_path, cfg),
+              "float/1": OrtModel(float_path, one), "int8/1": OrtModel(int8_path, one)}
     x = np.random.default_rng(1).random((batch, *shape), dtype=np.float32)
     y = np.arange(batch) % 10
     times: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
         m.loss_and_grad(x, y, Loss.CE)
+    order = list(models)
     for r in range(rounds):
-        for k in (["float", "int8"] if r % 2 == 0 else ["int8", "float"]):
+        for k in order[r % 4:] + order[:r % 4]:
             m = models[k]
             t0 = time.perf_counter()
             m.loss_and_grad(x, y, Loss.CE)
@@ -218,7 +224,8 @@ def main() -> None:
           f"{counts.losses} lost, n={counts.n})")
     print(f"attack step (loss_and_grad CE, batch {args.step_batch}): float "
           f"{step['float'] * 1e3:.1f} ms, int8 QDQ (BPDA) {step['int8'] * 1e3:.1f} ms, ratio "
-          f"{step['int8'] / step['float']:.2f}")
+          f"{step['int8'] / step['float']:.2f}; in one lane: float {step['float/1'] * 1e3:.1f} ms, "
+          f"int8 {step['int8/1'] * 1e3:.1f} ms, ratio {step['int8/1'] / step['float/1']:.2f}")
     _ = onnx  # the float model is read by path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -41,12 +43,18 @@ class SessionConfig:
     # Measured on 2 cores (docs/benchmarks.md): CW-L2 on 100 digits 1.8x faster without it, the
     # README's attack 1.4x, with identical results; True restores onnxruntime's default
     spinning: bool = False
+    # gradient runs on the CPU split a batch into this many lanes that run at once, each a
+    # session with threads / lanes intra-op threads (0: two lanes when there are at least two
+    # threads, 1: off); each sample's result is the same either way (see `lane_plan`)
+    lanes: int = 0
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ConfigError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}")
+        if self.lanes < 0:
+            raise ConfigError(f"lanes must be >= 0, got {self.lanes}")
 
 
 def gpu_build_installed() -> bool:
@@ -108,6 +116,41 @@ def make_session(model: bytes, config: SessionConfig | None = None,
         return rt.InferenceSession(model, opts, providers=resolve_providers(config.provider))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise GraphError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
+#: A lane gets at least this many samples: below it, one session with every thread is faster.
+LANE_MIN_SAMPLES = 32
+
+
+def lane_plan(config: SessionConfig, providers: list[str]) -> tuple[int, int]:
+    """(lanes, intra-op threads of each lane) for the gradient runs of a session `config`.
+
+    A gradient step is a long chain of operators, many of them elementwise; with every thread
+    in one session, each operator waits for its threads to meet. Two sessions of half the
+    threads, each on half of the batch, keep the cores busy instead: on the 2-core sandbox the
+    mnist-cnn step at batch 256 ran 1.05-1.18x faster, the wrn-32-1 step at batch 100 1.13x
+    (docs/benchmarks.md, "Gradient lanes"). Forward runs are not split: they gained nothing
+    there. Every sample's output is computed by the same kernels whichever lane runs it, and
+    the outputs are identical to the one-session run (tests/unit/test_lanes.py); a GPU session
+    is never split."""
+    if "CUDAExecutionProvider" in providers:
+        return 1, config.threads
+    threads = config.threads or os.cpu_count() or 1
+    lanes = min(config.lanes or 2, threads)
+    if lanes < 2:
+        return 1, config.threads
+    return lanes, threads // lanes
+
+
+_LANE_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def lane_pool(lanes: int) -> ThreadPoolExecutor:
+    """The process's thread pool that runs lanes 2..`lanes` of a split batch (the calling thread
+    runs the first); onnxruntime releases the GIL while it runs."""
+    if lanes not in _LANE_POOLS:
+        _LANE_POOLS[lanes] = ThreadPoolExecutor(lanes - 1, thread_name_prefix="qrdeploy-lane")
+    return _LANE_POOLS[lanes]
 
 
 def run_session(session: Any, outputs: list[str] | None, feeds: dict[str, Any],

@@ -17,7 +17,8 @@ gradient of the float twin with `quantized_gradient="float"`); `info["gradient_f
 which. When a graph cannot be prepared
 for gradients (an op the preparation cannot fold or infer), the deployed graph serves the
 forward pass and the gradient calls raise one GraphError saying why. Calls are split into
-batches of `batch_size`. No torch here."""
+batches of `batch_size`; on the CPU a large gradient batch is split again over lanes that run at
+once (qrdeploy.core.runtime.lane_plan), with the same outputs. No torch here."""
 
 from __future__ import annotations
 
@@ -31,7 +32,14 @@ import numpy as np
 import onnx
 
 from qrdeploy.core.losses import Loss, loss_value_and_cotangent
-from qrdeploy.core.runtime import SessionConfig, make_session, run_session
+from qrdeploy.core.runtime import (
+    LANE_MIN_SAMPLES,
+    SessionConfig,
+    lane_plan,
+    lane_pool,
+    make_session,
+    run_session,
+)
 from qrdeploy.data.datasets import EMBEDDED_SHAPES
 from qrdeploy.errors import ConfigError, DataError, GraphError, first_line
 from qrdeploy.gradients.builder import (
@@ -70,7 +78,8 @@ class OrtModel:
     Args:
         model: the classifier (image -> logits, or -> softmax, which the gradient form cuts
             off): a ModelProto, serialized bytes, or a file path (validated on load).
-        config: provider and intra-op threads (qrdeploy.core.runtime.SessionConfig).
+        config: provider, intra-op threads and gradient lanes
+            (qrdeploy.core.runtime.SessionConfig).
         batch_size: the most samples passed to one session run.
         input_shape: (C, H, W) when the model's input does not state it.
         gradients: False runs only the deployed graph (predict, logits, latency).
@@ -131,6 +140,9 @@ class OrtModel:
             self._forward if forward is self.deployed and self.config == self.timing_config \
             else None
         self._grads: dict[str, tuple[GradientModel, onnxruntime.InferenceSession]] = {}
+        # gradient runs of large batches: `lanes` sessions of `lane_threads` threads at once
+        self.lanes, self.lane_threads = lane_plan(self.config, self._forward.get_providers())
+        self._lane_sessions: dict[str, onnxruntime.InferenceSession] = {}
         self._twin: OrtModel | None = None
         self._twin_built = False
         self.twin_error: str | None = None  # why a graph with quantized activations has no twin
@@ -148,6 +160,7 @@ class OrtModel:
             "threads_requested": self.config.threads,
             "intra_op_threads": int(opts.intra_op_num_threads),
             "batch_size": batch_size,
+            "gradient_lanes": self.lanes,
             "opset": p.opset if p else None,
             "source_opset": p.source_opset if p else None,
             "softmax_cut": p.softmax_cut if p else None,
@@ -258,11 +271,7 @@ class OrtModel:
         if cot.shape != (len(x), self.num_classes):
             raise DataError(f"expected a cotangent of shape {(len(x), self.num_classes)}, got "
                             f"{cot.shape}; pass one row of dL/dlogits per sample")
-        gm, sess = self._session("vjp")
-        z, g = self._batched(
-            lambda s: run_session(sess, list(gm.outputs),
-                                  {gm.input_name: x[s], X_COTANGENT: cot[s]}),
-            len(x))
+        z, g = self._gradient_run("vjp", {X_COTANGENT: cot}, x)
         if self.prepared is not None and self.prepared.score_deployed:
             z = self.logits(x)  # scored on the integer graph; the gradient is the twin's
         return z, g
@@ -281,11 +290,7 @@ class OrtModel:
         feeds: dict[str, np.ndarray] = {Y: labels}
         if loss is Loss.CE_T:
             feeds[TEMPERATURE] = self._temperature(temperature, len(x))
-        gm, sess = self._session(loss.value)
-        z, value, g = self._batched(
-            lambda s: run_session(sess, list(gm.outputs),
-                                  {gm.input_name: x[s], **{k: v[s] for k, v in feeds.items()}}),
-            len(x))
+        z, value, g = self._gradient_run(loss.value, feeds, x)
         if self.prepared is not None and self.prepared.score_deployed:
             # logits and loss of the integer graph; the gradient is the twin's
             z = self.logits(x)
@@ -326,6 +331,44 @@ class OrtModel:
             self._grads[kind] = (gm, make_session(gm.model.SerializeToString(), self.config,
                                                   qdq_transforms=False))
         return self._grads[kind]
+
+    def _gradient_run(self, kind: str, feeds: dict[str, np.ndarray],
+                      x: np.ndarray) -> list[np.ndarray]:
+        """The outputs of the gradient session `kind` on x and `feeds` (arrays of one row per
+        sample), in batches of batch_size; a batch of at least LANE_MIN_SAMPLES per lane is
+        split over the lanes (qrdeploy.core.runtime.lane_plan), which run at once."""
+        gm, sess = self._session(kind)
+        outputs = list(gm.outputs)
+        feeds = {gm.input_name: x, **feeds}
+        # a graph that ships with a fixed batch may hard-code it inside (a Reshape to (N, ...)),
+        # so its gradient batches are never cut smaller than the caller's
+        split = self.lanes > 1 and self.fixed_batch is None
+
+        def run(s: slice) -> list[Any]:
+            part = {k: v[s] for k, v in feeds.items()}
+            n = len(part[gm.input_name])
+            if not split or n < self.lanes * LANE_MIN_SAMPLES:
+                return run_session(sess, outputs, part)
+            lane = self._lane_session(kind)
+            edges = [n * i // self.lanes for i in range(self.lanes + 1)]
+            pieces = [{k: v[a:b] for k, v in part.items()}
+                      for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            others = [lane_pool(self.lanes).submit(run_session, lane, outputs, p)
+                      for p in pieces[1:]]
+            done = [run_session(lane, outputs, pieces[0])] + [f.result() for f in others]
+            return [np.concatenate([d[k] for d in done]) for k in range(len(outputs))]
+
+        return self._batched(run, len(x))
+
+    def _lane_session(self, kind: str) -> onnxruntime.InferenceSession:
+        """The session of `kind` that the lanes share (onnxruntime runs one session from several
+        threads at once), with lane_threads intra-op threads; built on first use."""
+        if kind not in self._lane_sessions:
+            gm = self._grads[kind][0]
+            self._lane_sessions[kind] = make_session(
+                gm.model.SerializeToString(),
+                dataclasses.replace(self.config, threads=self.lane_threads), qdq_transforms=False)
+        return self._lane_sessions[kind]
 
     def _batched(self, run: Callable[[slice], list[Any]], n: int,
                  size: int | None = None) -> list[np.ndarray]:
