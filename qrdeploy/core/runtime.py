@@ -126,13 +126,13 @@ def lane_plan(config: SessionConfig, providers: list[str]) -> tuple[int, int]:
     """(lanes, intra-op threads of each lane) for the gradient runs of a session `config`.
 
     A gradient step is a long chain of operators, many of them elementwise; with every thread
-    in one session, each operator waits for its threads to meet. Two sessions of half the
-    threads, each on half of the batch, keep the cores busy instead: on the 2-core sandbox the
-    mnist-cnn step at batch 256 ran 1.05-1.18x faster, the wrn-32-1 step at batch 100 1.13x
-    (docs/benchmarks.md, "Gradient lanes"). Forward runs are not split: they gained nothing
-    there. Every sample's output is computed by the same kernels whichever lane runs it, and
-    the outputs are identical to the one-session run (tests/unit/test_lanes.py); a GPU session
-    is never split."""
+    in one session, each operator waits for its threads to meet. Lanes of threads / lanes
+    threads, each on its share of the batch, keep the cores busy instead: on the 2-core sandbox
+    the wrn-32-1 step at batch 100 ran 1.12x faster (its BPDA step 1.15x), PGD-40 on 200 digits
+    1.06-1.13x in three of four runs (docs/benchmarks.md, "Gradient lanes"). Forward runs are
+    not split: they gained nothing there. Every sample's output is computed by the same kernels
+    whichever lane runs it, so the outputs are those of the one-session run
+    (tests/unit/test_lanes.py); a GPU session is never split."""
     if "CUDAExecutionProvider" in providers:
         return 1, config.threads
     threads = config.threads or os.cpu_count() or 1
