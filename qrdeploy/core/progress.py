@@ -9,7 +9,9 @@ One renderer serves every long job (attack runs, training epochs, the reproduce 
 `RunProgress` follows a run made of stages of unequal cost (the columns of an attack suite):
 it shows "column k of N", the samples of the current stage, and an ETA over the whole run that
 weighs every stage by its estimated cost per sample. Inside a batch an attack reports how far it
-got with `report(fraction)`, so a long attack on one batch still moves the line.
+got with `report(fraction)`, so a long attack on one batch still moves the line. A job of
+several runs (`attack --unhardened`: the hardened model's, then the baseline's) starts each
+inside `spanning(Span(...))`, and the line shows the whole job's share and ETA.
 """
 
 from __future__ import annotations
@@ -29,6 +31,31 @@ T = TypeVar("T")
 MIN_ETA_SECONDS = 3.0
 
 _SINK: ContextVar[Callable[[float], None] | None] = ContextVar("qrdeploy_progress", default=None)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one run sits in a job of several: the work of the runs `before` and `after` it (in
+    the cost units of `Stage.work`), the `seconds` the earlier runs took, and a `label` that
+    prefixes its line."""
+
+    before: float = 0.0
+    after: float = 0.0
+    seconds: float = 0.0
+    label: str = ""
+
+
+_SPAN: ContextVar[Span | None] = ContextVar("qrdeploy_span", default=None)
+
+
+@contextmanager
+def spanning(span: Span) -> Iterator[None]:
+    """RunProgress lines started inside the block count the whole job that `span` describes."""
+    token = _SPAN.set(span)
+    try:
+        yield
+    finally:
+        _SPAN.reset(token)
 
 
 def quiet() -> bool:
@@ -178,6 +205,7 @@ class RunProgress:
         self.stages = list(stages)
         self.title = title
         self.total = sum(s.work for s in self.stages) or 1.0
+        self.span = _SPAN.get() or Span()  # the job this run is part of (none: itself)
         self.line = line if line is not None else None if quiet() else Line()
         self.clock = self.line.clock if self.line else time.monotonic
         self.t0 = self.clock()
@@ -213,21 +241,32 @@ class RunProgress:
         now = self.base + (self.done * max(stage.cost, 1e-9) if stage else 0.0)
         return min(now / self.total, 1.0)
 
+    def job_fraction(self) -> float:
+        """The share of the whole job done (this run's when it is not part of a larger job)."""
+        sp = self.span
+        return min((sp.before + self.fraction() * self.total)
+                   / (sp.before + self.total + sp.after), 1.0)
+
     def eta(self) -> float | None:
-        """Seconds left at the rate of the work done in this process; None before any."""
+        """Seconds left in the job, at the rate of the work this run did in this process; None
+        before any."""
         timed = self.fraction() * self.total - self.resumed
         elapsed = self.clock() - self.t0
         if timed <= 0 or elapsed < MIN_ETA_SECONDS:
             return None  # too little measured yet for a rate
-        return elapsed / timed * (self.total - self.fraction() * self.total)
+        return elapsed / timed * (self.total - self.fraction() * self.total + self.span.after)
 
     def text(self) -> str:
         stage = self.stages[self.k]
         eta = self.eta()
         tail = f", ETA {duration(eta)}" if eta is not None else ""
-        return (f"[{self.title} {self.k + 1} of {len(self.stages)}] {stage.label}: "
-                f"{int(self.done)}/{stage.samples} samples; run {100 * self.fraction():.0f}%, "
-                f"{duration(self.clock() - self.t0)}{tail}")
+        sp = self.span
+        head = f"{sp.label}: " if sp.label else ""
+        share = (f"all runs {100 * self.job_fraction():.0f}%" if sp.before or sp.after
+                 else f"run {100 * self.fraction():.0f}%")
+        return (f"[{head}{self.title} {self.k + 1} of {len(self.stages)}] {stage.label}: "
+                f"{int(self.done)}/{stage.samples} samples; {share}, "
+                f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
 
     def _show(self, force: bool = False) -> None:
         if self.line is not None and self.k >= 0:

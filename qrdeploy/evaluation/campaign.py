@@ -19,11 +19,13 @@ user; the built-in default source takes float32 NCHW in [0, 1]."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
+from qrdeploy.core.progress import Span, spanning
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import EMBEDDED_SHAPES, Dataset
 from qrdeploy.errors import ConfigError, OutputError
@@ -32,7 +34,7 @@ from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
-from qrdeploy.evaluation.runner import Labels, RunConfig, Subject
+from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, run_stages
 from qrdeploy.evaluation.shard import Parallel, remove_shard_states, run_evaluation
 from qrdeploy.evaluation.subjects import check_fits, open_subject
 from qrdeploy.evaluation.suites import (
@@ -261,20 +263,28 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     run = RunConfig(opts.run.seed, bs, state, cache.cache_dir("transfer"),
                     keep_adversarials=opts.save_adversarials is not None)
     black = srcs.black if suite.by_mode(Mode.BLACK) else None
-    ev = run_evaluation(opts.parallel, victim, data.x, data.y, suite, source=black,
-                        reference=ref, labels=opts.labels, config=run,
-                        adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
+    bsuite = baseline_suite(suite, before) if before is not None and opts.baseline else None
+    # one progress line over both runs: the first one's ETA counts the baseline's work too
+    n, crafted = len(data.x), black is not None
+    works = [sum(st.work for st in run_stages(s, n, crafted)) for s in (suite, bsuite) if s]
+    t0 = time.monotonic()
+    with spanning(Span(after=sum(works[1:]))):
+        ev = run_evaluation(opts.parallel, victim, data.x, data.y, suite, source=black,
+                            reference=ref, labels=opts.labels, config=run,
+                            adaptive_source=srcs.adaptive if _transfer_keys(suite) else None)
     if opts.save_adversarials is not None:
         save_adversarials(opts.save_adversarials, ev, data.x, data.name, data.split)
     baseline = None
-    if before is not None and opts.baseline:
+    if before is not None and bsuite is not None:
         log.info("the model before hardening, %s, on the same suite less its L2 and transfer "
                  "columns (the report's before/after)", before.name)
         base_state = out.with_name(out.name + ".baseline.state.npz")
-        bev = run_evaluation(opts.parallel, before, data.x, data.y,
-                             baseline_suite(suite, before), source=black,
-                             reference=ref, labels=opts.labels,
-                             config=replace(run, state_path=base_state, keep_adversarials=False))
+        with spanning(Span(before=works[0], seconds=time.monotonic() - t0,
+                           label="before hardening")):
+            bev = run_evaluation(opts.parallel, before, data.x, data.y, bsuite, source=black,
+                                 reference=ref, labels=opts.labels,
+                                 config=replace(run, state_path=base_state,
+                                                keep_adversarials=False))
         baseline = build_baseline(bev)
     results = build_results(ev, data_name=data.name, split=data.split, session=session,
                             source_origin=srcs.black_origin,

@@ -523,6 +523,15 @@ def resolve_labels(x: np.ndarray, y: np.ndarray | None, labels: Labels,
     return predict(ref.model, x, batch), Labels.REFERENCE, ref
 
 
+def run_stages(suite: Suite, n: int, crafted: bool) -> list[Stage]:
+    """The progress stages of a run of `suite` on n samples: crafting each black-box column's
+    transfer set (when `crafted`: a source model is given), then each job, weighed by cost."""
+    jobs, of = plan(suite)
+    crafts = suite.by_mode(Mode.BLACK) if crafted else ()
+    return ([Stage(craft_label(c), n, job_cost(Job("", Mode.WHITE, c.attack))) for c in crafts]
+            + [Stage(_labels(of)[j.id], n, job_cost(j)) for j in jobs])
+
+
 def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite, *,
              source: Subject | None = None, reference: Subject | None = None,
              labels: Labels = Labels.TRUE, config: RunConfig | None = None,
@@ -543,9 +552,7 @@ def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
     timings: dict[str, float] = {}
     jobs, of = plan(suite)
     crafts = black if source is not None else ()
-    bar = RunProgress(
-        [Stage(craft_label(c), len(yy), job_cost(Job("", Mode.WHITE, c.attack))) for c in crafts]
-        + [Stage(_labels(of)[j.id], len(yy), job_cost(j)) for j in jobs])
+    bar = RunProgress(run_stages(suite, len(yy), crafted=bool(crafts)))
     t0 = time.perf_counter()
     transfer = (craft_transfer(source, x, yy, black, cfg, data_fp, bar)
                 if crafts and source is not None else None)

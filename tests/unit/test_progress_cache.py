@@ -16,7 +16,7 @@ import pytest
 from qrdeploy.attacks import PGD
 from qrdeploy.cli import main
 from qrdeploy.core import cache, progress
-from qrdeploy.core.progress import Line, RunProgress, Stage, listening
+from qrdeploy.core.progress import Line, RunProgress, Span, Stage, listening, spanning
 from qrdeploy.core.runtime import resolve_providers
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
@@ -52,6 +52,34 @@ def test_run_progress_weighs_columns_by_cost() -> None:
     assert bar.eta() == pytest.approx(11.0 / 55 * 45)
     text = bar.text()
     assert text.startswith("[column 2 of 2] white/pgd: 5/10 samples; run 55%, 11s, ETA 9s")
+
+
+def test_a_run_inside_a_job_shows_the_job() -> None:
+    """The first of two runs counts the second's work in its share and ETA; the second adds the
+    first's work and seconds, and names itself."""
+    clock = Clock()
+    with spanning(Span(after=100.0)):
+        first = RunProgress([Stage("white/pgd", 10, 10.0)], line=Line(io.StringIO(), clock))
+    first.start("white/pgd")
+    clock.t = 10.0
+    first.at(5)  # 50 of the job's 200 units in 10 s
+    assert first.fraction() == pytest.approx(0.5)
+    assert first.job_fraction() == pytest.approx(0.25)
+    assert first.eta() == pytest.approx(10.0 / 50 * 150)  # this run's rest and the next run
+    assert "; all runs 25%, 10s, ETA 30s" in first.text()
+    clock.t = 0.0
+    with spanning(Span(before=100.0, seconds=20.0, label="before hardening")):
+        second = RunProgress([Stage("white/pgd", 10, 10.0)], line=Line(io.StringIO(), clock))
+    second.start("white/pgd")
+    clock.t = 5.0
+    second.at(5)
+    assert second.job_fraction() == pytest.approx(0.75)
+    assert second.eta() == pytest.approx(5.0)  # nothing after it
+    assert second.text().startswith(
+        "[before hardening: column 1 of 1] white/pgd: 5/10 samples; all runs 75%, 25s, ETA 5s")
+    alone = RunProgress([Stage("a", 10, 1.0)], line=Line(io.StringIO(), clock))  # no job
+    alone.start("a")
+    assert "; run 0%" in alone.text() and alone.span == Span()
 
 
 def test_quick_stages_in_a_log_do_not_flood_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,6 +306,30 @@ def test_an_interrupted_transfer_set_says_where_its_progress_is(
             f"in the transfer cache {entry}: rerun the same command to resume") in err
     monkeypatch.setattr(runner, "_attack_batch", real)
     assert main(args) == 0
+
+
+def test_one_line_over_the_attack_and_its_baseline(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`attack --unhardened`: the hardened model's run ends well short of 100 % (the baseline
+    is still to come), and the baseline's line carries on from there instead of restarting."""
+    monkeypatch.setenv("QRDEPLOY_QUIET", "0")
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "0")
+    monkeypatch.setenv("QRDEPLOY_CACHE", str(tmp_path / "cache"))
+    assert main(["attack", str(files["v"]), "--data", f"npz:{files['d']}", "--unhardened",
+                 str(files["s"]), "--attacks", "clean,pgd:steps=3,fgsm-s", "--batch-size", "4",
+                 "-o", str(tmp_path / "r.json")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "samples; " in ln]
+
+    def share(line: str) -> int:
+        return int(line.split("all runs ")[1].split("%")[0])
+
+    first = [share(ln) for ln in lines if ln.startswith("[column")]
+    second = [share(ln) for ln in lines if ln.startswith("[before hardening: column")]
+    assert first and second and len(first) + len(second) == len(lines), lines
+    assert first == sorted(first) and second == sorted(second)
+    assert 30 <= first[-1] <= 70  # the two runs do about the same work
+    assert second[0] >= first[-1] and second[-1] == 100
 
 
 def test_cache_off_crafts_in_memory(files: dict[str, Path], tmp_path: Path,
