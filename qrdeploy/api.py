@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from qrdeploy.bitsearch.render import SearchFiles, write_search
 from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file, search_folder
 from qrdeploy.core.runtime import SessionConfig
-from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.data.datasets import Dataset, data_label, load_dataset
 from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
 from qrdeploy.evaluation.clean import EvalResult, Tolerance, evaluate_files
@@ -101,9 +101,12 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
                        calibration_method=calibration_method, input_spec=input_spec)
         return harden_file(model, out, Recipe(rec.passes, rec.encoding), in_place=in_place)
     base = recorded or IntegerActivations()
-    name = base.data if calibration_data is None else \
-        f"{calibration_data.name if isinstance(calibration_data, Dataset) else calibration_data}" \
-        ":train"
+    if calibration_data is None:
+        name = base.data
+    elif isinstance(calibration_data, Dataset):  # its own split, as the provenance records
+        name = data_label(calibration_data.name, calibration_data.split)
+    else:
+        name = data_label(calibration_data, "train")
     acts = IntegerActivations(
         base.samples if calibrate is None else calibrate,
         base.method if calibration_method is None else _choice(Calibration, calibration_method,

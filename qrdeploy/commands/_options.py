@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from qrdeploy.commands._types import (  # the number types, for the commands that import here
     bit_width as bit_width,
@@ -18,6 +19,8 @@ from qrdeploy.errors import ConfigError, UsageError
 from qrdeploy.evaluation.shard import Parallel, warm
 from qrdeploy.graphio.inputspec import InputContract, InputSpec
 from qrdeploy.graphio.isolate import Isolation, open_isolated
+
+log = logging.getLogger(__name__)
 
 
 def data_name(text: str) -> str:
@@ -60,6 +63,9 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "mnist-5k") -> No
 
 
 def load_data(args: argparse.Namespace) -> Dataset:
+    if args.data.startswith("npz:") and args.split != "test":
+        log.warning("--split %s: %s is one set without splits; all of its samples are used",
+                    args.split, args.data)
     return load_dataset(args.data, args.split, n=args.n, data_root=args.data_root,
                         download=args.download)
 

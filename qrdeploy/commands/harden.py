@@ -26,6 +26,7 @@ from qrdeploy.commands._options import (
     positive_int,
 )
 from qrdeploy.core import plotting
+from qrdeploy.data.datasets import data_label
 from qrdeploy.errors import PassError, UsageError
 from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
@@ -165,7 +166,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
     acts = None
     if getattr(args, "activations", "float") == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
-                                  f"{args.calibration_data}:train",
+                                  data_label(args.calibration_data, "train"),
                                   getattr(args, "input_spec", None) or "")
     if acts is not None and args.encoding in ("int4", "nbits"):
         raise UsageError(f"--activations int8 stores the weight codes in int8 for the integer "
@@ -257,7 +258,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     acts = None
     if args.activations == "int8":
         acts = IntegerActivations(args.calibrate, args.calibration_method,
-                                  f"{args.calibration_data}:train")
+                                  data_label(args.calibration_data, "train"))
     return SearchConfig(
         bits=parse_bits(args.search_bits), avg_bits=args.avg_bits, max_bytes=args.max_bytes,
         max_drop=args.max_drop, mulaw=args.mulaw, layers=option(args, "layers"),

@@ -105,6 +105,21 @@ def load_dataset(
     return ds.take(n)
 
 
+def data_label(name: str, split: str) -> str:
+    """How provenance and messages name a split of a data set: `mnist-5k:train`; an npz file is
+    one set without splits, named by itself."""
+    return name if name.startswith("npz:") else f"{name}:{split}"
+
+
+def parse_data_label(label: str, default: str = "train") -> tuple[str, str]:
+    """(data set, split) of a `data_label` (also of the `npz:PATH:train` that earlier versions
+    wrote); a label without a split gets `default`."""
+    name, sep, split = label.rpartition(":")
+    if sep and name and name != "npz" and split in SPLITS:
+        return name, split
+    return label, default
+
+
 # ---------------------------------------------------------------------------------- mnist-5k
 
 

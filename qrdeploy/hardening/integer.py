@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qrdeploy.data.datasets import load_dataset
+from qrdeploy.data.datasets import load_dataset, parse_data_label
 from qrdeploy.errors import PassError
 from qrdeploy.graphio.fold import Fold, fold_batchnorm
 from qrdeploy.graphio.graph import unique_name
@@ -139,10 +139,10 @@ def _overrides(quantized: Mapping[str, Quantized]) -> dict[str, list[dict[str, A
 
 
 def calibration_images(acts: IntegerActivations, data_root: str | None = None) -> np.ndarray:
-    """The calibration images `acts` names: the first `samples` of its DATA:SPLIT."""
-    name, _, split = acts.data.rpartition(":")
-    return load_dataset(name or acts.data, split or "train", n=acts.samples,
-                        data_root=data_root).x
+    """The calibration images `acts` names: the first `samples` of its DATA:SPLIT (an npz file:
+    all of it)."""
+    name, split = parse_data_label(acts.data)
+    return load_dataset(name, split, n=acts.samples, data_root=data_root).x
 
 
 class _Reader:

@@ -29,7 +29,7 @@ from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
 from qrdeploy.core.fileio import atomic_write_text
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
-from qrdeploy.data.datasets import Dataset, load_dataset
+from qrdeploy.data.datasets import Dataset, data_label, load_dataset
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.build import build_results
 from qrdeploy.evaluation.clean import evaluate_onnx
@@ -196,7 +196,7 @@ def harden_step(name: str, p: Profile, src: Path, form: str, recipe: Path | None
         passes: list[Any] = list(chosen.passes)
     else:
         passes = form_passes(p, form)
-    act = IntegerActivations(p.calibrate, Calibration.MINMAX, f"{p.data}:train") \
+    act = IntegerActivations(p.calibrate, Calibration.MINMAX, data_label(p.data, "train")) \
         if form == "q-int8" else None
 
     def body(out: Path, work: Path) -> None:

@@ -6,9 +6,17 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from qrdeploy.data.datasets import check_labels, load_dataset, parse_idx
+from qrdeploy.cli import main
+from qrdeploy.data.datasets import (
+    check_labels,
+    data_label,
+    load_dataset,
+    parse_data_label,
+    parse_idx,
+)
 from qrdeploy.errors import DataError
 from tests.unit.data_builders import Payload, write_cifar_folder
 
@@ -98,3 +106,27 @@ def test_more_samples_than_the_data_has_is_said(caplog: pytest.LogCaptureFixture
         ds = load_dataset("mnist-5k", "test", n=99999)
     assert len(ds) == 1000
     assert "-n 99999: mnist-5k (test) has 1000 samples; using all 1000" in caplog.text
+
+
+def test_data_labels_name_a_split_only_where_there_is_one() -> None:
+    assert data_label("mnist-5k", "train") == "mnist-5k:train"
+    assert data_label("npz:/a/d.npz", "train") == "npz:/a/d.npz"
+    assert parse_data_label("mnist-5k:test") == ("mnist-5k", "test")
+    assert parse_data_label("mnist-5k") == ("mnist-5k", "train")
+    assert parse_data_label("npz:/a/d.npz") == ("npz:/a/d.npz", "train")
+    assert parse_data_label("npz:/a:b/d.npz") == ("npz:/a:b/d.npz", "train")
+    assert parse_data_label("npz:/a/d.npz:train") == ("npz:/a/d.npz", "train")  # 0.2.0 and older
+
+
+def test_a_split_of_an_npz_file_is_said_to_have_no_effect(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.onnx_builders import cnn
+
+    onnx.save(cnn(seed=0, c=1, hw=8), tmp_path / "m.onnx")
+    data = _npz(tmp_path, x=np.zeros((6, 1, 8, 8), np.float32), y=np.arange(6))
+    assert main(["eval", str(tmp_path / "m.onnx"), "--data", data, "--split", "train",
+                 "--no-input-guard"]) == 0
+    assert f"--split train: {data} is one set without splits; all of its samples are used" \
+        in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "m.onnx"), "--data", data, "--no-input-guard"]) == 0
+    assert "--split" not in capsys.readouterr().err

@@ -167,6 +167,9 @@ def test_cli_harden_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     printed = captured.out
     assert "int8" in printed and "analysis form" not in printed  # the graph to ship: no note
     assert "calibrating int8 activations: 30 images" in captured.err  # the slow step is said
+    steps = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["qrdeploy.harden"])
+    # an npz file is one set: the provenance names it without a split it does not have
+    assert steps[-1]["activations"]["data"] == f"npz:{tmp_path / 'c.npz'}"
     assert main(["inspect", str(out)]) == 0
     assert "onnxruntime runs (integer kernels)" in capsys.readouterr().out
     assert main(["harden", str(src), "-o", str(out), "--bits", "3", "--quantizer",
