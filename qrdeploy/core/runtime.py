@@ -143,6 +143,9 @@ def lane_plan(config: SessionConfig, providers: list[str]) -> tuple[int, int]:
 
 
 _LANE_POOLS: dict[int, ThreadPoolExecutor] = {}
+# a forked child has none of its parent's threads: it makes its own pools (a user's fork after
+# qrdeploy ran; qrdeploy's own workers are spawned)
+os.register_at_fork(after_in_child=_LANE_POOLS.clear)
 
 
 def lane_pool(lanes: int) -> ThreadPoolExecutor:

@@ -3,7 +3,10 @@ output is the same as in one session (qrdeploy.core.runtime.lane_plan)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +121,30 @@ def test_a_fixed_batch_graph_is_not_split() -> None:
     y = np.arange(len(x)) % 10
     _same(split.loss_and_grad(x, y, Loss.CE), whole.loss_and_grad(x, y, Loss.CE))
     assert not split._lane_sessions
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_runs_its_own_lanes() -> None:
+    """A child forked after the parent used the lane pool has none of its threads; it makes its
+    own pool instead of queueing work that nothing runs."""
+    om = OrtModel(cnn(seed=3), SessionConfig("cpu", threads=2))
+    n = 2 * LANE_MIN_SAMPLES
+    x, y = inputs(1, (n, 1, 8, 8)), np.zeros(n, np.int64)
+    want = om.loss_and_grad(x, y, Loss.CE)[2]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only when the lanes ran and gave the same gradient
+        ok = False
+        try:
+            ok = bool(np.array_equal(om.loss_and_grad(x, y, Loss.CE)[2], want))
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the parent's lane pool")
