@@ -166,7 +166,11 @@ def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
     an integer graph, to which the adaptive transfer column is always added (it needs a
     source even when the suite asks for none)."""
     notes, origin = [], "user"
-    if source is None and (integer or _needs_transfer_source(opts, data)):
+    # the default source serves the black-box columns, and the adaptive transfer column only
+    # when there is no model before hardening to craft on
+    wanted = _needs_black_columns(opts, data) or (
+        unhardened is None and (integer or _needs_transfer_source(opts, data)))
+    if source is None and wanted:
         path = default_source(data, data_family(opts, data))
         if path is not None:
             source, origin = open_subject(path, session, opts.run.batch_size), "default"

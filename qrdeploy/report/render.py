@@ -133,8 +133,10 @@ def main_table(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
         eps = "—" if col is None or col.eps is None else eps_text(col.eps)
         rows.append([k, eps, *(fmt_column(d.column(k)) if k != "clean" else fmt_cell(d.clean)
                                for d in docs)])
-    rows.append(["paper worst case", "own eps",
-                 *(fmt_cell(_prop(d.paper_worst()[1])) for d in docs)])
+    if any(d.paper_worst()[0] for d in docs):  # not over no columns: that would read clean
+        rows.append(["paper worst case", "own eps",
+                     *(fmt_cell(_prop(d.paper_worst()[1])) if d.paper_worst()[0] else "—"
+                       for d in docs)])
     if any(d.adaptive is not None for d in docs):
         rows.append(["adaptive worst case",
                      ", ".join(sorted({eps_text(d.adaptive.eps) for d in docs if d.adaptive})),
@@ -234,7 +236,8 @@ def model_pairs(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
             skipped.append(f"- {name}: not compared with {names[0]} (different samples or labels)")
             continue
         shared = [k for k in column_keys([base]) if d.column(k) is not None]
-        shared.append("paper worst case")
+        if base.paper_worst()[0] and d.paper_worst()[0]:
+            shared.append("paper worst case")
         if base.adaptive is not None and d.adaptive is not None:
             shared.append("adaptive worst case")
         for k in shared:
@@ -518,8 +521,9 @@ def render_csv(docs: Sequence[Results]) -> str:
             w.writerow([name, d.victim.sha256, "attacked", *row])
         if (b := d.baseline) is not None:
             rows = [_csv_cell("clean", "clean", None, "paper", "accuracy", b.clean)]
-            rows.append(_csv_cell("paper worst case", "worst", None, "default",
-                                  "robust accuracy", b.worst_case.robust))
+            if b.worst_case.columns:
+                rows.append(_csv_cell("paper worst case", "worst", None, "default",
+                                      "robust accuracy", b.worst_case.robust))
             if b.adaptive_worst_case is not None and d.adaptive is not None:
                 rows.append(_csv_cell("adaptive worst case", "worst", d.adaptive.eps, "default",
                                       "robust accuracy", b.adaptive_worst_case.robust))
@@ -551,8 +555,10 @@ def _csv_rows(d: Results) -> list[list[Any]]:
         else:
             rows.append(_csv_cell(c.key, c.mode, c.eps, c.origin, "robust accuracy", c.robust,
                                   c.attacked))
-    rows.append(_csv_cell("paper worst case", "worst", None, "default", "robust accuracy",
-                          _prop(d.paper_worst()[1])))
+    keys, worst = d.paper_worst()
+    if keys:  # no paper column ran (--suite adaptive): no worst case over them
+        rows.append(_csv_cell("paper worst case", "worst", None, "default", "robust accuracy",
+                              _prop(worst)))
     if (ad := d.adaptive) is not None:
         rows.append(_csv_cell("adaptive worst case", "worst", ad.eps, "default",
                               "robust accuracy", ad.worst_case.robust))

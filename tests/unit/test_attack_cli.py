@@ -195,6 +195,21 @@ def test_default_source_and_cw_budget(tiny_onnx: Path, tmp_path: Path) -> None:
     assert doc["settings"]["cw_budget"] == "paper"
 
 
+def test_no_default_source_when_the_model_before_hardening_serves(tiny_onnx: Path,
+                                                                  tmp_path: Path) -> None:
+    """--suite adaptive with --unhardened: the adaptive transfer column crafts on the model
+    before hardening, and no black-box column runs, so no default source is opened or named in
+    a note (the note contradicted the report's models table)."""
+    out = tmp_path / "r.json"
+    assert main(["attack", str(tiny_onnx), "--data", "mnist-5k", "-n", "8", "--suite",
+                 "adaptive", "--attacks", "pgd-cw,transfer", "--unhardened", str(tiny_onnx),
+                 "--no-baseline", "-q", "-o", str(out)]) == 0
+    doc = load(out)
+    assert doc["source"] is None
+    assert doc["adaptive"]["source"]["name"] == tiny_onnx.name
+    assert not any("transfer source" in n for n in doc["notes"]), doc["notes"]
+
+
 def test_results_that_cannot_be_written_say_where_the_work_is_kept(
         files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

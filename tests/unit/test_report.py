@@ -369,3 +369,27 @@ def test_the_same_model_twice_gets_two_names(docs: list[Results]) -> None:
     names = row_names([docs[0], docs[1], docs[0]])
     assert names == ["a.onnx run 1", "b.onnx", "a.onnx run 2"]
     assert row_names([docs[0], docs[2]]) == ["a.onnx (aaaaaaaa)", "a.onnx (cccccccc)"]
+
+
+def test_no_paper_worst_case_when_no_paper_column_ran() -> None:
+    """--suite adaptive: a worst case over no paper column is no worst case (it read as the
+    clean accuracy, 100 % robust in the review's run) in the markdown, the pairs and the CSV."""
+    x = np.random.default_rng(1).uniform(size=(40, 1, 4, 4)).astype(np.float32)
+    y = linear(0).logits(x).argmax(1)
+    suite = build_suite("adaptive", "mnist", attacks="pgd-cw")
+    cfg = RunConfig(batch_size=20)
+    base = build_baseline(evaluate(Subject("before.onnx", "f" * 64, linear(0)), x, y, suite,
+                                   config=cfg))
+    adaptive = build_results(evaluate(Subject("hard.onnx", "d" * 64, linear(0, 0.05)), x, y,
+                                      suite, config=cfg), data_name="toy", split="test",
+                             baseline=base)
+    assert adaptive.paper_worst()[0] == ()
+    paper = make_doc(linear(0), "a.onnx", "a")
+    md = render_markdown([adaptive], [], None)
+    assert "paper worst case" not in md and "adaptive worst case" in md
+    assert not [r for r in csv.DictReader(io.StringIO(render_csv([adaptive])))
+                if r["column"] == "paper worst case"]
+    both = render_markdown([paper, adaptive], [], None)
+    row = next(ln for ln in both.splitlines() if ln.startswith("| paper worst case | own eps"))
+    assert row.rstrip(" |").endswith("—")  # the adaptive-only run has none
+    assert "paper worst case" not in both.split("A is each model after the first")[1]
