@@ -8,6 +8,7 @@ function (tests/unit/test_api_doc.py runs them).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -112,8 +113,10 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
         base.method if calibration_method is None else _choice(Calibration, calibration_method,
                                                                "calibration method"),
         name, base.input_spec if input_spec is None else input_spec)
-    images = calibration_data.x[:acts.samples] if isinstance(calibration_data, Dataset) \
-        else calibration_images(acts)
+    given = calibration_data
+    # loaded once the model and the recipe are found hardenable
+    images = (lambda: given.x[:acts.samples]) if isinstance(given, Dataset) \
+        else functools.partial(calibration_images, acts)
     return harden_file(model, out, Recipe(rec.passes, rec.encoding, acts), in_place=in_place,
                        calibration=images)
 

@@ -4,6 +4,7 @@ written in the chosen encoding with its provenance inside."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -305,12 +306,16 @@ def run(args: argparse.Namespace) -> int:
     if recipe is None:
         raise UsageError("no pass given; ask for --mulaw MU and/or --bits B (or --recipe FILE)")
     acts = recipe.activations
-    if acts is not None and not args.quiet:  # the one slow step (a minute for entropy on a WRN)
-        print(f"calibrating int8 activations: {acts.samples} images of {acts.data}, "
-              f"{acts.method.value} ...", file=sys.stderr, flush=True)
+
+    def images(acts: IntegerActivations) -> Any:  # (N, C, H, W) images
+        """Loaded once the model and the recipe are found hardenable."""
+        if not args.quiet:  # the one slow step (a minute for entropy on a WRN)
+            print(f"calibrating int8 activations: {acts.samples} images of {acts.data}, "
+                  f"{acts.method.value} ...", file=sys.stderr, flush=True)
+        return calibration_images(acts)
+
     result = harden_file(args.model, args.output, recipe, in_place=args.in_place,
-                         calibration=None if recipe.activations is None
-                         else calibration_images(recipe.activations))
+                         calibration=None if acts is None else functools.partial(images, acts))
     for r in () if args.quiet else result.records:  # --quiet: only the final line
         bits = f"{r.bits} bits" if r.bits else f"mu={r.mu:g}"
         print(f"{r.pass_kind:6} {r.tensor:32} {r.op_type:13} {bits:8} levels={r.levels:<6} "

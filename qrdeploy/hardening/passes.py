@@ -28,6 +28,7 @@ from qrdeploy.errors import ConfigError, PassError
 from qrdeploy.graphio import graph
 from qrdeploy.graphio.graph import WeightLayer
 from qrdeploy.graphio.prevalidate import file_bytes
+from qrdeploy.graphio.twin import INTEGER_OPS
 from qrdeploy.hardening import quant
 from qrdeploy.hardening.encodings import Encoded, Encoding, encode_float, encode_quantized
 from qrdeploy.hardening.integer import (
@@ -450,6 +451,7 @@ def harden(
             else encoding
     recipe = Recipe(tuple(passes), _enum(Encoding, encoding, "encoding"), activations)
     check_recipe(recipe)
+    refuse_integer_kernels(model)
     if activations is not None:
         return _harden_integer(model, recipe, calibration)
     if recipe.encoding is Encoding.INT4 and graph.opset_version(model) < 21:
@@ -485,6 +487,24 @@ def harden(
                                                                          key=lambda o: o[0])]
     _write_provenance(out, recipe, records, stored_bits)
     return out, records
+
+
+def refuse_integer_kernels(model: onnx.ModelProto) -> None:
+    """A graph that already runs integer kernels (onnxruntime's QOperator or dynamic
+    quantization, MatMulNBits) has no float weights left to rewrite."""
+    node = next((n for n in model.graph.node
+                 if n.op_type in (*INTEGER_OPS, "DynamicQuantizeLinear")), None)
+    if node is not None:
+        raise PassError(f"the model is already quantized ({node.op_type} "
+                        f"{node.name or node.output[0]!r} runs integer kernels); harden the float "
+                        "model instead")
+
+
+def check_hardenable(model: onnx.ModelProto, recipe: Recipe) -> None:
+    """Everything `harden` refuses about the model and the recipe, without reading a weight."""
+    check_recipe(recipe)
+    refuse_integer_kernels(model)
+    _plan(recipe.passes, graph.weight_layers(model), graph.initializer_map(model))
 
 
 def _harden_integer(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndarray | None
@@ -724,16 +744,21 @@ class HardenResult:
 
 
 def harden_file(src: str | Path, dst: str | Path, recipe: Recipe, *, in_place: bool = False,
-                calibration: np.ndarray | None = None) -> HardenResult:
+                calibration: np.ndarray | Callable[[], np.ndarray] | None = None
+                ) -> HardenResult:
     """Load, harden and atomically save; refuses to overwrite the input unless in_place.
-    `calibration` (N, C, H, W) images are needed when the recipe asks for int8 activations."""
+    `calibration` (N, C, H, W) images, or the call that loads them, are needed when the recipe
+    asks for int8 activations; a call runs only once the model and the recipe have been
+    checked, so that a model that cannot be hardened is refused before the slow loading."""
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve() and not in_place:
         raise ConfigError(f"output {dst} is the input model; choose another -o or pass --in-place")
     model = graph.load_model(src)
     bytes_in = file_bytes(src)  # its external data included; before --in-place replaces it
+    check_hardenable(model, recipe)
+    images = calibration() if callable(calibration) else calibration
     hardened, records = harden(model, recipe.passes, recipe.encoding,
-                               activations=recipe.activations, calibration=calibration)
+                               activations=recipe.activations, calibration=images)
     notes = deployment_notes(recipe) + _layer_notes(model, recipe)
     del model
     graph.save_model(hardened, dst)

@@ -476,3 +476,39 @@ def test_the_exports_accuracy_and_batchnorm_keys_do_not_describe_the_hardened_gr
         assert "qrdeploy.val_accuracy" not in meta
         assert meta["qrdeploy.source_val_accuracy"] == "0.9740"
     assert meta["qrdeploy.bn"] == "folded by harden (qrdeploy.folded_batchnorm)"
+
+
+def test_calibration_refusals_come_alone_and_before_the_slow_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Too few images: one line (not an -n warning that says it goes on, then the refusal); an
+    all-constant set is refused (it calibrated every range to a point: 48.9 % for
+    mnist-standard); a model that already runs integer kernels is refused before the images
+    are loaded, naming the op (it said 'matches none of the 0 weight layers')."""
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    np.savez(tmp_path / "small.npz", x=CALIB[:20])
+    np.savez(tmp_path / "zero.npz", x=np.zeros_like(CALIB))
+    args = ["harden", str(src), "-o", str(tmp_path / "o.onnx"), "--bits", "3",
+            "--activations", "int8", "--calibrate", "30", "--calibration-data"]
+    assert main([*args, f"npz:{tmp_path / 'small.npz'}"]) == 1
+    err = capsys.readouterr().err
+    assert "--calibrate 30 needs that many calibration images, the data has 20" in err
+    assert "-n 30" not in err and len(err.strip().splitlines()) == 2  # the step line, the error
+    assert main([*args, f"npz:{tmp_path / 'zero.npz'}"]) == 1
+    assert "the 30 calibration images are all one value (0)" in capsys.readouterr().err
+    with pytest.raises(PassError, match="all one value"):
+        harden(cnn(0), [WeightQuant(3)], activations=IntegerActivations(30),
+               calibration=np.full_like(CALIB, 0.5))
+    from onnxruntime.quantization import QuantFormat
+
+    from tests.unit.onnx_builders import quantize_static
+
+    qop = quantize_static(src, tmp_path / "qop.onnx", {"input": CALIB[:16]},
+                          quant_format=QuantFormat.QOperator)
+    assert main(["harden", str(tmp_path / "qop.onnx"), *args[2:],
+                 f"npz:{tmp_path / 'small.npz'}"]) == 1
+    err = capsys.readouterr().err
+    assert "the model is already quantized (QLinearConv" in err and "harden the float" in err
+    assert "calibrating" not in err and "needs that many" not in err  # refused first
+    with pytest.raises(PassError, match="already quantized"):
+        harden(qop, [WeightQuant(3)])
