@@ -16,7 +16,7 @@ from qrdeploy.commands._types import seed_value as seed_value
 from qrdeploy.core.runtime import PROVIDERS, SessionConfig
 from qrdeploy.data.datasets import BUILTIN, SPLITS, Dataset, load_dataset
 from qrdeploy.errors import ConfigError, UsageError
-from qrdeploy.evaluation.shard import Parallel, warm
+from qrdeploy.evaluation.shard import Parallel, ray_address, warm
 from qrdeploy.graphio.inputspec import InputContract, InputSpec
 from qrdeploy.graphio.isolate import Isolation, open_isolated
 
@@ -85,11 +85,21 @@ def add_parallel(p: argparse.ArgumentParser) -> None:
                    help="split the samples over N local processes (threads split so that "
                         "workers x threads = cores); the results equal the one-process run's")
     g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   type=ray_option,
                    help="shard over a Ray cluster: no ADDRESS starts one on this machine, 'auto' "
                         "joins the running one (needs the cluster extra)")
     g.add_argument("--shards", type=positive_int, default=None, metavar="K",
                    help="pieces of the samples (default: one per worker; with --ray one per CPU "
                         "of the cluster)")
+
+
+def ray_option(text: str) -> str:
+    """argparse type of --ray ADDRESS: a malformed address is a usage error (exit 2)."""
+    try:
+        ray_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parallel(args: argparse.Namespace) -> Parallel:

@@ -131,8 +131,9 @@ class Line:
 
 
 def _columns() -> int:
+    """The terminal's width; 100 when it cannot say (or says 0, as some pseudo-terminals do)."""
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 100
     except (OSError, ValueError):
         return 100
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ import numpy as np
 
 from qrdeploy.core.progress import Bar, bar
 from qrdeploy.core.runtime import SessionConfig
-from qrdeploy.errors import ConfigError, RuntimeMissingError
+from qrdeploy.errors import ConfigError, RuntimeMissingError, first_line
 from qrdeploy.evaluation.runner import (
     Evaluation,
     Labels,
@@ -72,6 +73,8 @@ class Parallel:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.shards is not None and self.shards < 1:
             raise ConfigError(f"--shards must be >= 1, got {self.shards}")
+        if self.ray is not None:
+            ray_address(self.ray)
 
     @property
     def active(self) -> bool:
@@ -119,14 +122,21 @@ class ShardOut:
 
 def run_shard(task: ShardTask, x: np.ndarray, y: np.ndarray) -> ShardOut:
     """Evaluate samples [start, stop) of x (N, C, H, W) / y (N,) with the global rng keys."""
+    quiet = os.environ.get("QRDEPLOY_QUIET")
     os.environ["QRDEPLOY_QUIET"] = "1"  # the driver shows the progress
-    session = dataclasses.replace(task.victim.session, threads=task.threads)
-    victim = task.victim.open(session)
-    source = None if task.source is None else task.source.open(session)
-    adaptive = None if task.adaptive_source is None else task.adaptive_source.open(session)
-    xs, ys = x[task.start:task.stop], y[task.start:task.stop]
-    ev = evaluate(victim, xs, ys, task.suite, source=source, labels=Labels.TRUE,
-                  config=task.config, adaptive_source=adaptive)
+    try:
+        session = dataclasses.replace(task.victim.session, threads=task.threads)
+        victim = task.victim.open(session)
+        source = None if task.source is None else task.source.open(session)
+        adaptive = None if task.adaptive_source is None else task.adaptive_source.open(session)
+        xs, ys = x[task.start:task.stop], y[task.start:task.stop]
+        ev = evaluate(victim, xs, ys, task.suite, source=source, labels=Labels.TRUE,
+                      config=task.config, adaptive_source=adaptive)
+    finally:  # a shard run in the driver's own process leaves its progress as it was
+        if quiet is None:
+            os.environ.pop("QRDEPLOY_QUIET", None)
+        else:
+            os.environ["QRDEPLOY_QUIET"] = quiet
     t = ev.transfer
     return ShardOut(task.start, task.stop, ev.records, None if t is None else t.x_adv,
                     None if t is None else t.records,
@@ -135,6 +145,19 @@ def run_shard(task: ShardTask, x: np.ndarray, y: np.ndarray) -> ShardOut:
 
 def _state(path: Path | None, i: int, n: int) -> Path | None:
     return None if path is None else path.with_name(f"{path.name}.shard-{i + 1}-of-{n}.npz")
+
+
+def _say_other_shard_states(path: Path | None, n: int) -> None:
+    """State files of an interrupted run split into another number of shards are not resumed
+    (each holds its own slice of the samples): say so before the run starts again."""
+    if path is None:
+        return
+    other = sorted(p.name for p in path.parent.glob(f"{path.name}.shard-*-of-*.npz")
+                   if not p.name.endswith(f"-of-{n}.npz"))
+    if other:
+        log.warning("state files of a run in another number of shards are not resumed by this "
+                    "one in %d (%s): rerun with that shard count to resume it; they are "
+                    "deleted when this run ends", n, other[0])
 
 
 def _threads(session: SessionConfig, parallel: Parallel) -> int:
@@ -286,6 +309,37 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
+_RAY_FIX = ("start one with `ray start --head`, give its address, or pass --ray alone to run "
+            "a local one")
+
+
+def ray_address(address: str) -> tuple[str, int] | None:
+    """Check the form of a --ray ADDRESS: local, auto, HOST:PORT or ray://HOST:PORT; the
+    (host, port) to reach, None for local and auto. A malformed one is a ConfigError in one
+    line, before Ray is imported."""
+    if address in ("local", "auto"):
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"--ray {address!r} is not an address; give HOST:PORT (e.g. "
+                          "10.0.0.5:6379), ray://HOST:PORT, auto to join the cluster running "
+                          "here, or --ray alone to run a local one")
+    return host.strip("[]"), int(port)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Something answers at a HOST:PORT address: Ray itself retries an unreachable one for
+    minutes, printing its own log lines."""
+    target = ray_address(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: nothing answers there ({exc.strerror or exc}); "
+                          f"{_RAY_FIX}") from None
+
+
 def _ray(address: str) -> Any:
     try:
         import ray
@@ -302,12 +356,18 @@ def _ray(address: str) -> Any:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
         else:
             try:
+                _reachable(address)
                 ray.init(address=address, **kwargs)
             except ConnectionError as exc:  # Ray's message names its own CLI flags
                 _HELD.pop("ray", None)
-                raise ConfigError(f"--ray {address}: no Ray cluster to join there; start one "
-                                  "with `ray start --head`, give its address, or pass --ray "
-                                  "alone to run a local one") from exc
+                raise ConfigError(f"--ray {address}: no Ray cluster to join there; "
+                                  f"{_RAY_FIX}") from exc
+            except (ValueError, RuntimeError) as exc:  # e.g. ray:// without ray[client]
+                _HELD.pop("ray", None)
+                raise ConfigError(f"--ray {address}: Ray refused it: {first_line(exc)}") from exc
+            except ConfigError:
+                _HELD.pop("ray", None)
+                raise
     return ray
 
 
@@ -377,7 +437,10 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
                                                                   len(ranges)),
                                            index_offset=a), threads)
              for i, (a, b) in enumerate(ranges)]
+    _say_other_shard_states(cfg.state_path, len(tasks))
     progress: Bar | None = bar(len(yy), f"{len(tasks)} shards")
+    if progress is not None:  # a line at the start: a shard reports only when it ends
+        progress.line.show(progress.text(), force=True)
     t0 = time.perf_counter()
 
     def done(out: ShardOut) -> None:
@@ -390,12 +453,15 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
         else:
             outs = _run_local(tasks, x, yy, parallel.workers, done)
     except KeyboardInterrupt:
-        if cfg.state_path is None:
-            log.warning("interrupted; nothing is saved: rerun the command to start again")
+        saved = [t.config.state_path for t in tasks
+                 if t.config.state_path is not None and t.config.state_path.exists()]
+        if not saved:
+            log.warning("interrupted; no shard had saved any work yet: rerun the command to "
+                        "start again")
         else:
-            log.warning("interrupted; what the %d shards did is saved in %s.shard-*-of-%d.npz: "
-                        "rerun the same command to resume", len(tasks), cfg.state_path,
-                        len(tasks))
+            log.warning("interrupted; what %d of the %d shards did is saved in %s.shard-*-of-"
+                        "%d.npz: rerun the same command to resume", len(saved), len(tasks),
+                        cfg.state_path, len(tasks))
         raise
     finally:
         if progress is not None:

@@ -96,6 +96,37 @@ def test_no_cluster_to_join_is_one_line_with_the_fix(world: dict[str, Path], tmp
     assert "ray" not in shard._HELD  # nothing to shut down
 
 
+@pytest.mark.parametrize("address", ["not a host:port", "10.0.0.5", "h:0", "h:70000", "h:x"])
+def test_a_malformed_ray_address_is_a_usage_error(world: dict[str, Path], tmp_path: Path,
+                                                  address: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2 in one line, before any work (it was an internal ValueError from Ray)."""
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--ray", address, "-q", "-o", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"--ray {address!r} is not an address; give HOST:PORT" in err
+    with pytest.raises(ConfigError, match="is not an address"):
+        Parallel(ray=address)
+    for good in ("local", "auto", "10.0.0.5:6379", "ray://head:10001", "[::1]:6379"):
+        assert Parallel(ray=good).ray == good
+
+
+def test_an_address_where_nothing_answers_fails_at_once(world: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """Ray retries an unreachable address for minutes, printing its own log lines (a review's
+    run was still waiting after 120 s); qrdeploy checks first and says so in one line."""
+    pytest.importorskip("ray", reason="the cluster extra is not installed")
+    t0 = time.monotonic()
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--ray", "127.0.0.1:1", "-q", "-o", str(tmp_path / "r.json")]) == 1
+    assert time.monotonic() - t0 < 60  # not Ray's minutes of retries
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("qrdeploy: error: --ray 127.0.0.1:1: nothing "
+                                               "answers there")
+    assert "ray start --head" in err and "ray" not in shard._HELD
+
+
 @pytest.mark.parametrize(("n", "shards", "pieces"), [
     (10, 3, [(0, 3), (3, 7), (7, 10)]), (2, 5, [(0, 1), (1, 2)]), (7, 1, [(0, 7)])])
 def test_pieces_cover_the_samples_once(n: int, shards: int, pieces: list[tuple[int, int]]
@@ -302,3 +333,47 @@ def test_reproduce_attack_steps_shard_with_the_same_results(world: dict[str, Pat
     assert docs[0] == docs[1] and docs[0]["adaptive"] is not None
     args = build_parser().parse_args(["reproduce", "-o", "x", "--workers", "2", "--shards", "4"])
     assert parallel(args) == Parallel(2, None, 4)
+
+
+def test_in_process_shards_leave_progress_on_and_say_what_they_do(
+        world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Shards run in this process silence their own lines only while they run (they left
+    QRDEPLOY_QUIET=1 behind, so every later run in the program showed no progress); the bar has
+    a line at the start (a shard reports only when it ends); state files of another shard count
+    are named as not resumed."""
+    monkeypatch.delenv("QRDEPLOY_QUIET", raising=False)
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "1000")  # only the forced lines
+    out = tmp_path / "r.json"
+    other = tmp_path / "r.json.state.npz.shard-1-of-2.npz"
+    other.write_bytes(b"")
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--eps", "none", "--batch-size", "5", "--shards", "3", "-o", str(out)]) == 0
+    assert "QRDEPLOY_QUIET" not in os.environ
+    err = capsys.readouterr().err
+    assert "3 shards: 0/23" in err  # the line at the start
+    assert ("state files of a run in another number of shards are not resumed by this one in 3 "
+            f"({other.name})") in err
+    assert not other.exists()  # deleted at the end, as said
+
+
+def test_ctrl_c_before_any_shard_saved_says_nothing_is_saved(
+        world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It named shard state files that were never written."""
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shard, "_run_local", interrupted)
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--eps", "none", "--shards", "2", "-q", "-o", str(tmp_path / "r.json")]) == 130
+    err = capsys.readouterr().err
+    assert "no shard had saved any work yet: rerun the command to start again" in err
+    assert ".shard-*-of-2.npz" not in err
+
+
+def test_a_terminal_of_zero_columns_keeps_the_whole_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qrdeploy.core import progress
+
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert progress._columns() == 100
