@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "attacks, the masking checks and a verdict, docs/masking.md)")
     g.add_argument("--attacks", default=None, metavar="LIST",
                    help="only these columns, '[mode/]name[=eps]' comma separated, e.g. "
-                        "'fgsm-s,pgd=0.2,black/fgsm-w'")
+                        "'fgsm-s,pgd=0.2,black/fgsm-w' (an integer graph also gets its "
+                        "square, square-twin and transfer checks, docs/masking.md)")
     g.add_argument("--eps", default=None, metavar="LIST",
                    help="an eps sweep of the white-box L-inf attacks, e.g. 0,0.05,0.1,0.2 or "
                         "8/255; 'paper': FGSM and PGD over the paper suite's sweep (default: "

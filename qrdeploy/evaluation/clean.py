@@ -94,7 +94,9 @@ class AccuracyDrop:
     def of(cls, model_ok: np.ndarray, ref_ok: np.ndarray) -> AccuracyDrop:
         c = PairedCounts.from_flags(model_ok, ref_ok)
         lo, hi = newcombe_paired_interval(c)
-        return cls(-c.difference, (-hi, -lo), c.gains, c.losses, mcnemar_exact(c.gains, c.losses))
+        # + 0.0: no difference is 0, not the -0.00 points that negating it printed
+        return cls(-c.difference + 0.0, (-hi + 0.0, -lo + 0.0), c.gains, c.losses,
+                   mcnemar_exact(c.gains, c.losses))
 
     def line(self) -> str:
         lo, hi = self.interval

@@ -25,6 +25,7 @@ allow_pickle=False and validated before use (it may come from elsewhere):
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,16 +231,19 @@ def replay(model: str | Path, path: str | Path, contract: InputContract | None =
     input gets on the device."""
     s = load_adversarials(path)
     raw = load_model(model)
-    if guard:
+    proto, bs = contracted(raw, contract, batch_size)
+    m = OrtModel(proto, session, batch_size=bs, gradients=False)
+    wrong = DataError(f"{Path(model).name} takes inputs of shape {m.input_shape}, the set "
+                      f"holds {tuple(s.x.shape[1:])}; replay on a model of the same task")
+    if math.prod(m.input_shape) != math.prod(s.x.shape[1:]):
+        raise wrong  # another task: not a layout the guard could name (its advice is attack's)
+    if guard:  # the same pixels in another layout or range: the guard names the --input-spec
         data = Dataset(f"adversarial set {Path(path).name}", "test", s.x, s.labels,
                        int(s.labels.max()) + 1)
         found = input_guard(raw, data, contract, session, batch_size, name=str(model))
         enforce(found)
-    proto, bs = contracted(raw, contract, batch_size)
-    m = OrtModel(proto, session, batch_size=bs, gradients=False)
     if m.input_shape != tuple(s.x.shape[1:]):
-        raise DataError(f"{Path(model).name} takes inputs of shape {m.input_shape}, the set "
-                        f"holds {tuple(s.x.shape[1:])}; replay on a model of the same task")
+        raise wrong
     bits8 = contract is not None and contract.spec.dtype is DType.UINT8
 
     def inputs(x: np.ndarray) -> np.ndarray:

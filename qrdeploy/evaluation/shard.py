@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -405,6 +406,13 @@ def _run_local(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, workers: in
     except KeyboardInterrupt:
         release(terminate=True)  # Ctrl-C / SIGTERM sent to this process only: stop them now
         raise
+    except BrokenProcessPool as exc:
+        release()
+        raise ConfigError(
+            "a worker process died before its shard ended (killed, out of memory, or a script "
+            "that calls qrdeploy with workers= outside `if __name__ == \"__main__\":`: each "
+            "worker imports the script again); rerun, with fewer --workers if memory is short"
+        ) from exc
     except BaseException:
         # a failed shard: stop the workers, as leaving a `with` pool did
         release()

@@ -80,3 +80,12 @@ def test_cli_prints_and_writes_json(hardened: Path, capsys: pytest.CaptureFixtur
     doc = json.loads(capsys.readouterr().out)
     assert doc["logits"]["atol"] == 1e-5 and doc["drop"]["mcnemar_p"] <= 1.0
     assert doc["input_guard"]["verdict"] == "ok"
+
+
+def test_no_drop_reads_plus_zero() -> None:
+    """The same predictions: '+0.00 points', not the '-0.00' that negating a zero printed."""
+    from qrdeploy.evaluation.clean import AccuracyDrop
+
+    ok = np.array([True, False, True, True])
+    line = AccuracyDrop.of(ok, ok).line()
+    assert "drop vs reference: +0.00 points" in line and "-0.00" not in line

@@ -112,11 +112,10 @@ def test_a_damaged_set_is_one_line(world: dict[str, Any], tmp_path: Path, damage
 
 def test_replay_refuses_a_model_of_another_shape(world: dict[str, Any], tmp_path: Path) -> None:
     onnx.save(cnn(seed=0, c=1, hw=12), tmp_path / "other.onnx")
-    with pytest.raises(DataError, match=r"expects images of shape \(1, 12, 12\), the data has "
-                                        r"\(1, 8, 8\)"):  # the input guard's message
-        replay(tmp_path / "other.onnx", world["set"])
-    with pytest.raises(DataError, match="takes inputs of shape"):
-        replay(tmp_path / "other.onnx", world["set"], guard=False)
+    for guard in (True, False):  # replay's own line, before the guard (whose advice is attack's)
+        with pytest.raises(DataError, match=r"takes inputs of shape \(1, 12, 12\), the set holds "
+                                            r"\(1, 8, 8\); replay on a model of the same task"):
+            replay(tmp_path / "other.onnx", world["set"], guard=guard)
 
 
 def test_restricted_adaptive_columns_replay_their_recorded_successes(
@@ -164,6 +163,18 @@ def test_replay_checks_the_input_contract_like_eval(world: dict[str, Any], tmp_p
     assert all(c["still_fooled"]["k"] == c["still_fooled"]["n"] for c in doc["columns"])
     assert main(["replay", model, adv, "--no-input-guard"]) == 1
     assert "takes inputs of shape (8, 8, 1)" in capsys.readouterr().err
+
+
+def test_a_model_of_another_task_is_named_as_such(world: dict[str, Any], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Inputs of another size (a CIFAR-shaped model on an MNIST-shaped set): replay's own line,
+    not the guard's advice to pass --data, an option replay does not have."""
+    onnx.save(cnn(seed=0, c=3, hw=8), tmp_path / "rgb.onnx")
+    assert main(["replay", str(tmp_path / "rgb.onnx"), str(world["set"])]) == 1
+    err = capsys.readouterr().err
+    assert "takes inputs of shape (3, 8, 8), the set holds (1, 8, 8); replay on a model of the " \
+        "same task" in err
+    assert "--data" not in err
 
 
 def test_a_uint8_model_is_replayed_on_8_bit_images(tmp_path: Path) -> None:

@@ -377,3 +377,27 @@ def test_a_terminal_of_zero_columns_keeps_the_whole_line(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
     assert progress._columns() == 100
+
+
+def test_workers_that_die_at_their_start_are_one_line_with_the_fix(
+        world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A script that calls qrdeploy with workers= outside a main guard kills its spawned workers
+    at their start: the pool broke with a traceback; now one line names the guard."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken:
+        def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+            f: Future[Any] = Future()
+            f.set_exception(BrokenProcessPool("A process in the process pool was terminated "
+                                              "abruptly while the future was running or pending."))
+            return f
+
+    monkeypatch.setattr(shard, "_pool", lambda workers: Broken())
+    monkeypatch.setattr(shard, "warm", lambda parallel: None)
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--attacks", "pgd",
+                 "--eps", "none", "--workers", "2", "-q", "-o", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a worker process died before its shard ended" in err
+    assert 'if __name__ == "__main__":' in err
