@@ -12,6 +12,10 @@ weighs every stage by its estimated cost per sample. Inside a batch an attack re
 got with `report(fraction)`, so a long attack on one batch still moves the line. A job of
 several runs (`attack --unhardened`: the hardened model's, then the baseline's) starts each
 inside `spanning(Span(...))`, and the line shows the whole job's share and ETA.
+
+A sharded run (qrdeploy.evaluation.shard) runs its shards quietly in workers; each shard's
+RunProgress sends its share done through `relaying` to the driver, whose `ShardProgress` line
+weighs the shards by their samples, so the one line over all shards moves while they run.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class Span:
 
 _SPAN: ContextVar[Span | None] = ContextVar("qrdeploy_span", default=None)
 
+#: (share of the run done, share of it found done at its start) of each RunProgress move
+Relay = Callable[[float, float], None]
+_RELAY: ContextVar[Relay | None] = ContextVar("qrdeploy_relay", default=None)
+
 
 @contextmanager
 def spanning(span: Span) -> Iterator[None]:
@@ -56,6 +64,24 @@ def spanning(span: Span) -> Iterator[None]:
         yield
     finally:
         _SPAN.reset(token)
+
+
+@contextmanager
+def relaying(sink: Relay) -> Iterator[None]:
+    """RunProgress lines started inside the block send (share of their run done, share of it
+    resumed from a state file) to `sink` whenever they move, quiet or not: a shard run in a
+    worker tells the driver how far it got."""
+    token = _RELAY.set(sink)
+    try:
+        yield
+    finally:
+        _RELAY.reset(token)
+
+
+def relay_interval() -> float:
+    """The least time between two progress messages of a worker: a second, or the log's
+    interval when that is shorter."""
+    return min(1.0, _interval())
 
 
 def quiet() -> bool:
@@ -207,6 +233,7 @@ class RunProgress:
         self.title = title
         self.total = sum(s.work for s in self.stages) or 1.0
         self.span = _SPAN.get() or Span()  # the job this run is part of (none: itself)
+        self.relay = _RELAY.get()  # a sharded run's driver, told how far this shard got
         self.line = line if line is not None else None if quiet() else Line()
         self.clock = self.line.clock if self.line else time.monotonic
         self.t0 = self.clock()
@@ -270,5 +297,84 @@ class RunProgress:
                 f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
 
     def _show(self, force: bool = False) -> None:
+        if self.relay is not None and self.k >= 0:
+            self.relay(self.fraction(), self.resumed / self.total)
         if self.line is not None and self.k >= 0:
+            self.line.show(self.text(), force=force)
+
+
+class ShardProgress:
+    """The one line over the shards of a sharded run: '[label: 3 shards on 2 workers] 1 of 3
+    done; run p% (or all runs p% inside a Span), elapsed, ETA'. Each shard's share done arrives
+    from its worker (`update`); the shares are weighed by the shards' samples. `work`: the run's
+    work in `Stage.work` units, which places it in the job of a Span. Work found done at a
+    shard's start (resumed from its state file) counts as done but not toward the rate."""
+
+    def __init__(self, sizes: Sequence[int], work: float, desc: str,
+                 line: Line | None = None) -> None:
+        self.sizes = [max(int(s), 0) for s in sizes]
+        self.samples = sum(self.sizes) or 1
+        self.work = max(work, 1e-9)
+        self.desc = desc
+        self.shares = [0.0] * len(self.sizes)
+        self.resumed = [0.0] * len(self.sizes)
+        self.ended = [False] * len(self.sizes)
+        self.span = _SPAN.get() or Span()
+        self.line = line if line is not None else None if quiet() else Line()
+        self.clock = self.line.clock if self.line else time.monotonic
+        self.t0 = self.clock()
+        self._show(force=True)  # a line at the start: the first shard may take long to report
+
+    def update(self, index: int, share: float, resumed: float = 0.0) -> None:
+        """Shard `index` has done `share` of its run, `resumed` of it read from its state file.
+        A shard's share never goes back (a retried shard resumes from its state file), and
+        messages that arrive after its end are ignored."""
+        if not 0 <= index < len(self.sizes) or self.ended[index]:
+            return
+        self.shares[index] = max(self.shares[index], min(max(share, 0.0), 1.0))
+        self.resumed[index] = min(max(resumed, 0.0), self.shares[index])
+        self._show()
+
+    def end(self, index: int) -> None:
+        """Shard `index` has ended (its results are in)."""
+        if 0 <= index < len(self.sizes) and not self.ended[index]:
+            self.ended[index] = True
+            self.shares[index] = 1.0
+            self._show(force=True)
+
+    def _weighed(self, values: Sequence[float]) -> float:
+        return sum(v * s for v, s in zip(values, self.sizes, strict=True)) / self.samples
+
+    def fraction(self) -> float:
+        return min(self._weighed(self.shares), 1.0)
+
+    def job_fraction(self) -> float:
+        sp = self.span
+        return min((sp.before + self.fraction() * self.work)
+                   / (sp.before + self.work + sp.after), 1.0)
+
+    def eta(self) -> float | None:
+        """Seconds left in the job at the rate of the work timed in this run; None before any."""
+        timed = (self.fraction() - self._weighed(self.resumed)) * self.work
+        elapsed = self.clock() - self.t0
+        if timed <= 0 or elapsed < MIN_ETA_SECONDS:
+            return None
+        return elapsed / timed * ((1.0 - self.fraction()) * self.work + self.span.after)
+
+    def text(self) -> str:
+        sp = self.span
+        head = f"{sp.label}: " if sp.label else ""
+        share = (f"all runs {100 * self.job_fraction():.0f}%" if sp.before or sp.after
+                 else f"run {100 * self.fraction():.0f}%")
+        eta = self.eta()
+        tail = f", ETA {duration(eta)}" if eta is not None and self.fraction() < 1.0 else ""
+        return (f"[{head}{self.desc}] {sum(self.ended)} of {len(self.sizes)} done; {share}, "
+                f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
+
+    def close(self) -> None:
+        if self.line is not None:
+            self.line.end()
+
+    def _show(self, force: bool = False) -> None:
+        if self.line is not None:
             self.line.show(self.text(), force=force)

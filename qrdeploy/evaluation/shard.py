@@ -15,18 +15,26 @@ by Ray (it is deterministic, so a retry changes nothing). Each shard keeps its o
 (`<state>.shard-<i>-of-<n>.npz`), so an interrupted sharded run resumes shard by shard.
 Workers run with `threads = cores // workers`, Ray tasks with one thread each (and as many
 shards as the cluster has CPUs), unless the session or `shards` says otherwise.
+
+Progress: a shard runs quietly and sends its share done to the driver about once a second
+(qrdeploy.core.progress.relaying), through a queue the local pool's workers get at their start,
+a Ray queue actor, or a direct call for shards run in the driver's own process; the driver shows
+one line over all shards (`ShardProgress`) with an ETA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import queue as queues
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -35,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from qrdeploy.core.progress import Bar, bar
+from qrdeploy.core.progress import ShardProgress, relay_interval, relaying
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.errors import ConfigError, RuntimeMissingError, first_line
 from qrdeploy.evaluation.runner import (
@@ -49,10 +57,11 @@ from qrdeploy.evaluation.runner import (
     evaluate,
     fingerprint,
     resolve_labels,
+    run_stages,
     survivor_keys,
 )
 from qrdeploy.evaluation.subjects import ModelRef
-from qrdeploy.evaluation.suites import Suite
+from qrdeploy.evaluation.suites import Mode, Suite
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +114,7 @@ class ShardTask:
     suite: Suite
     config: RunConfig
     threads: int
+    run: str = ""  # the sharded run it belongs to: its progress messages carry this
 
 
 @dataclass(frozen=True)
@@ -121,18 +131,57 @@ class ShardOut:
     timings: dict[str, float]
 
 
-def run_shard(task: ShardTask, x: np.ndarray, y: np.ndarray) -> ShardOut:
-    """Evaluate samples [start, stop) of x (N, C, H, W) / y (N,) with the global rng keys."""
+class _Sender:
+    """A shard's progress for the driver: (run, shard, share done, share resumed) put on
+    `channel` at most every `every` seconds, and at the end. Progress never fails a shard: a
+    channel that cannot take a message loses it."""
+
+    def __init__(self, channel: Any, run: str, index: int, every: float) -> None:
+        self.channel, self.run, self.index, self.every = channel, run, index, every
+        self.last = -float("inf")
+
+    def __call__(self, share: float, resumed: float) -> None:
+        now = time.monotonic()
+        if share < 1.0 and now - self.last < self.every:
+            return
+        self.last = now
+        with contextlib.suppress(Exception):
+            self.channel.put((self.run, self.index, share, resumed))
+
+
+class _Direct:
+    """The channel of shards run in the driver's own process: straight to its line."""
+
+    def __init__(self, progress: ShardProgress | None) -> None:
+        self.progress = progress
+
+    def put(self, message: tuple[str, int, float, float]) -> None:
+        if self.progress is not None:
+            self.progress.update(*message[1:])
+
+
+# in a local worker process: the queue its shards' progress goes to (set at its start)
+_WORKER_QUEUE: Any = None
+
+
+def run_shard(task: ShardTask, x: np.ndarray, y: np.ndarray,
+              channel: Any = None) -> ShardOut:
+    """Evaluate samples [start, stop) of x (N, C, H, W) / y (N,) with the global rng keys.
+    Progress goes to `channel` (anything with `put`; a local worker's own queue when None)."""
     quiet = os.environ.get("QRDEPLOY_QUIET")
     os.environ["QRDEPLOY_QUIET"] = "1"  # the driver shows the progress
+    sink = channel if channel is not None else _WORKER_QUEUE
+    relay = (contextlib.nullcontext() if sink is None else
+             relaying(_Sender(sink, task.run, task.index, relay_interval())))
     try:
         session = dataclasses.replace(task.victim.session, threads=task.threads)
         victim = task.victim.open(session)
         source = None if task.source is None else task.source.open(session)
         adaptive = None if task.adaptive_source is None else task.adaptive_source.open(session)
         xs, ys = x[task.start:task.stop], y[task.start:task.stop]
-        ev = evaluate(victim, xs, ys, task.suite, source=source, labels=Labels.TRUE,
-                      config=task.config, adaptive_source=adaptive)
+        with relay:
+            ev = evaluate(victim, xs, ys, task.suite, source=source, labels=Labels.TRUE,
+                          config=task.config, adaptive_source=adaptive)
     finally:  # a shard run in the driver's own process leaves its progress as it was
         if quiet is None:
             os.environ.pop("QRDEPLOY_QUIET", None)
@@ -238,11 +287,16 @@ def _warm_imports() -> None:
     import onnxruntime  # noqa: F401
 
 
-def _worker_start() -> None:
-    """A local worker's initializer: the imports, and a watchdog that ends the worker when its
-    parent is gone (killed with SIGKILL, or by a CI timeout's SIGTERM, which runs no cleanup):
-    an orphaned worker would go on computing and writing shard state files that a rerun writes
-    too. Its state files are written atomically, so the rerun resumes from them."""
+def _worker_start(progress: Any = None) -> None:
+    """A local worker's initializer: the queue its progress goes to, the imports, and a watchdog
+    that ends the worker when its parent is gone (killed with SIGKILL, or by a CI timeout's
+    SIGTERM, which runs no cleanup): an orphaned worker would go on computing and writing shard
+    state files that a rerun writes too. Its state files are written atomically, so the rerun
+    resumes from them."""
+    global _WORKER_QUEUE
+    if progress is not None:
+        progress.cancel_join_thread()  # at exit, unsent progress is dropped, never waited for
+        _WORKER_QUEUE = progress
     parent = os.getppid()
 
     def watch() -> None:
@@ -281,6 +335,7 @@ def release(terminate: bool = False) -> None:
     running shards finish; their state files are written atomically, so a rerun resumes."""
     pool = _HELD.pop("pool", None)
     _HELD.pop("workers", None)
+    _HELD.pop("queue", None)
     _HELD.pop("warming", None)
     if pool is not None:
         if terminate:
@@ -303,8 +358,11 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         if old is not None:
             old.shutdown(wait=True, cancel_futures=True)
         # spawn: no fork of a process that holds onnxruntime sessions and threads
-        _HELD["pool"] = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                            initializer=_worker_start)
+        ctx = get_context("spawn")
+        _HELD["queue"] = ctx.Queue()  # the workers' progress, read by the driver
+        _HELD["pool"] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                            initializer=_worker_start,
+                                            initargs=(_HELD["queue"],))
         _HELD["workers"] = workers
     pool: ProcessPoolExecutor = _HELD["pool"]
     return pool
@@ -372,37 +430,82 @@ def _ray(address: str) -> Any:
     return ray
 
 
+#: how often the driver reads the shards' progress while it waits for them (seconds)
+POLL_SECONDS = 0.25
+
+
+def _messages(get: Callable[[], Any], run: str, progress: ShardProgress | None) -> None:
+    """Hand every waiting progress message of `run` to `progress` (`get` raises
+    queue.Empty when none is left); other runs' late messages are dropped."""
+    while True:
+        try:
+            msg = get()
+        except queues.Empty:
+            return
+        if progress is not None and isinstance(msg, tuple) and len(msg) == 4 and msg[0] == run:
+            progress.update(int(msg[1]), float(msg[2]), float(msg[3]))
+
+
+def _empty() -> Any:
+    raise queues.Empty
+
+
 def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, ray: Any,
-             done: Callable[[ShardOut], None]) -> list[ShardOut]:
+             done: Callable[[ShardOut], None], progress: ShardProgress | None) -> list[ShardOut]:
+    from ray.util.queue import Empty, Queue
+
     remote = ray.remote(max_retries=3, retry_exceptions=False)(run_shard)
     x_ref, y_ref = ray.put(x), ray.put(y)  # once, through the object store
-    pending = [remote.options(num_cpus=t.threads).remote(t, x_ref, y_ref) for t in tasks]
-    outs = []
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        out = ray.get(ready[0])
-        done(out)
-        outs.append(out)
+    # an actor with no CPU of its own: shards that hold every CPU still reach it
+    channel = Queue(actor_options={"num_cpus": 0})
+
+    def get() -> Any:
+        try:
+            return channel.get_nowait()
+        except Empty:
+            raise queues.Empty from None
+
+    try:
+        pending = [remote.options(num_cpus=t.threads).remote(t, x_ref, y_ref, channel)
+                   for t in tasks]
+        outs = []
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_SECONDS)
+            _messages(get, tasks[0].run, progress)
+            for ref in ready:
+                out = ray.get(ref)
+                done(out)
+                outs.append(out)
+    finally:
+        with contextlib.suppress(Exception):
+            channel.shutdown()
     return outs
 
 
 def _run_local(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, workers: int,
-               done: Callable[[ShardOut], None]) -> list[ShardOut]:
+               done: Callable[[ShardOut], None], progress: ShardProgress | None
+               ) -> list[ShardOut]:
     if workers == 1:
         outs = []
         for t in tasks:
-            out = run_shard(t, x, y)
+            out = run_shard(t, x, y, _Direct(progress))
             done(out)
             outs.append(out)
         return outs
     outs = []
     pool = _pool(workers)
+    channel = _HELD.get("queue")
+    get = channel.get_nowait if channel is not None else _empty
+    _messages(get, "", None)  # what an earlier run left unread
     try:
-        futures = [pool.submit(run_shard, t, x, y) for t in tasks]
-        for f in as_completed(futures):
-            out = f.result()
-            done(out)
-            outs.append(out)
+        pending: set[Future[ShardOut]] = {pool.submit(run_shard, t, x, y) for t in tasks}
+        while pending:
+            finished, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            _messages(get, tasks[0].run, progress)
+            for f in finished:
+                out = f.result()
+                done(out)
+                outs.append(out)
     except KeyboardInterrupt:
         release(terminate=True)  # Ctrl-C / SIGTERM sent to this process only: stop them now
         raise
@@ -439,27 +542,31 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
     threads = _threads(victim.ref.session, parallel)
     ray = None if parallel.ray is None else _ray(parallel.ray)
     ranges = parallel.pieces(len(yy), None if ray is None else _ray_slots(ray, threads))
+    run = uuid.uuid4().hex
     tasks = [ShardTask(i, len(ranges), a, b, victim.ref, None if source is None else source.ref,
                        None if adaptive_source is None else adaptive_source.ref, suite,
                        dataclasses.replace(cfg, state_path=_state(cfg.state_path, i,
                                                                   len(ranges)),
-                                           index_offset=a), threads)
+                                           index_offset=a), threads, run)
              for i, (a, b) in enumerate(ranges)]
     _say_other_shard_states(cfg.state_path, len(tasks))
-    progress: Bar | None = bar(len(yy), f"{len(tasks)} shards")
-    if progress is not None:  # a line at the start: a shard reports only when it ends
-        progress.line.show(progress.text(), force=True)
+    crafted = source is not None and bool(suite.by_mode(Mode.BLACK))
+    work = sum(st.work for st in run_stages(suite, len(yy), crafted))
+    where = ("on Ray" if ray is not None else
+             f"on {parallel.workers} workers" if parallel.workers > 1 else "in this process")
+    count = f"{len(tasks)} shard{'s' if len(tasks) != 1 else ''}"
+    progress = ShardProgress([b - a for a, b in ranges], work, f"{count} {where}")
+    index = {t.start: t.index for t in tasks}
     t0 = time.perf_counter()
 
     def done(out: ShardOut) -> None:
-        if progress is not None:
-            progress.update(out.stop - out.start)
+        progress.end(index[out.start])
 
     try:
         if ray is not None:
-            outs = _run_ray(tasks, x, yy, ray, done)
+            outs = _run_ray(tasks, x, yy, ray, done, progress)
         else:
-            outs = _run_local(tasks, x, yy, parallel.workers, done)
+            outs = _run_local(tasks, x, yy, parallel.workers, done, progress)
     except KeyboardInterrupt:
         saved = [t.config.state_path for t in tasks
                  if t.config.state_path is not None and t.config.state_path.exists()]
@@ -472,9 +579,8 @@ def evaluate_sharded(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite
                         cfg.state_path, len(tasks))
         raise
     finally:
-        if progress is not None:
-            progress.close()
-    log.info("%d shards in %.1f s", len(tasks), time.perf_counter() - t0)
+        progress.close()
+    log.debug("%d shards in %.1f s", len(tasks), time.perf_counter() - t0)
     return _merge(outs, victim, source, adaptive_source, suite, yy, mode, data_fp, cfg, ref)
 
 

@@ -9,6 +9,8 @@ is logged as corrupt and rerun. A body that wants to resume after a kill keeps i
 in its `work` folder (`<root>/steps/.work/<name>-<key16>/`), which survives until it succeeds.
 
 Every decision is appended to `<root>/steps.log` (JSON lines) and kept in `StepCache.events`.
+A step that runs heads its progress lines with its name, and its end is logged with the time it
+took and the run's time so far (a reused step is silent: it takes no time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,7 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from qrdeploy.core.fileio import alive, atomic_write_text, sha256_file
+from qrdeploy.core.progress import Span, duration, spanning
 from qrdeploy.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 STEPS = "steps"
 MANIFEST = "manifest.json"
@@ -85,6 +91,7 @@ class StepCache:
         self.steps = self.root / STEPS
         self.force = tuple(force)
         self.events: list[StepEvent] = []
+        self.t0 = time.monotonic()
 
     def key(self, step: Step) -> str:
         inputs = {k: sha256_file(p) for k, p in sorted(step.inputs.items())}
@@ -104,9 +111,14 @@ class StepCache:
         status = Status.FORCED if forced else (Status.CORRUPT if state == "corrupt" else
                                                Status.RAN)
         t0 = time.perf_counter()
-        self._compute(step, key, final)
+        with spanning(Span(label=f"step {step.name}")):
+            self._compute(step, key, final)
         seconds = time.perf_counter() - t0
         self._log(step.name, key, status, seconds, seconds)
+        ran = sum(e.status is not Status.REUSED for e in self.events)
+        log.info("step %s done in %s (so far: %d computed, %d reused; %s)", step.name,
+                 duration(seconds), ran, len(self.events) - ran,
+                 duration(time.monotonic() - self.t0))
         return final
 
     def _compute(self, step: Step, key: str, final: Path) -> None:

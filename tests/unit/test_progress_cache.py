@@ -16,7 +16,16 @@ import pytest
 from qrdeploy.attacks import PGD
 from qrdeploy.cli import main
 from qrdeploy.core import cache, progress
-from qrdeploy.core.progress import Line, RunProgress, Span, Stage, listening, spanning
+from qrdeploy.core.progress import (
+    Line,
+    RunProgress,
+    ShardProgress,
+    Span,
+    Stage,
+    listening,
+    relaying,
+    spanning,
+)
 from qrdeploy.core.runtime import resolve_providers
 from qrdeploy.errors import ConfigError
 from qrdeploy.evaluation.runner import RunConfig, Subject, evaluate
@@ -122,6 +131,59 @@ def test_log_lines_are_rate_limited_and_plain(monkeypatch: pytest.MonkeyPatch) -
     tty = Tty()
     Line(tty, clock).show("x")
     assert tty.getvalue().startswith("\r")
+
+
+def test_a_quiet_run_relays_its_share_to_a_sharded_runs_driver() -> None:
+    """A shard runs without a line of its own (quiet) but tells the driver how far it got, the
+    resumed share apart; outside `relaying` nothing is sent."""
+    sent: list[tuple[float, float]] = []
+    with relaying(lambda share, resumed: sent.append((share, resumed))):
+        bar = RunProgress([Stage("a", 10, 1.0), Stage("b", 10, 3.0)], line=None)
+    bar.line = None  # quiet, as in a worker
+    bar.start("a", already=4)  # 4 of the 40 units read back from a state file
+    bar.at(10)
+    bar.start("b")
+    bar.at(5)
+    assert sent == [pytest.approx((0.1, 0.1)), pytest.approx((0.25, 0.1)),
+                    pytest.approx((0.25, 0.1)), pytest.approx((0.625, 0.1))]
+    alone = RunProgress([Stage("a", 10, 1.0)], line=None)
+    alone.start("a")
+    assert alone.relay is None and len(sent) == 4
+
+
+def test_one_line_over_the_shards_weighs_them_by_samples(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The shards' shares, weighed by their samples, make the run's share; a shard's share
+    never goes back and a message after its end is ignored; resumed work is not timed; inside a
+    Span the line shows the job's share, ETA and head."""
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "0")
+    clock, out = Clock(), io.StringIO()
+    with spanning(Span(after=300.0, label="")):
+        sp = ShardProgress([30, 10], 100.0, "2 shards on 2 workers", line=Line(out, clock))
+    assert out.getvalue().splitlines() == ["[2 shards on 2 workers] 0 of 2 done; all runs 0%, 0s"]
+    clock.t = 10.0
+    sp.update(0, 0.5)  # 15 of 40 samples' worth
+    sp.update(1, 0.5, resumed=0.5)  # read back: done, not timed
+    assert sp.fraction() == pytest.approx(0.5)
+    assert sp.job_fraction() == pytest.approx(50 / 400)
+    # timed: 15/40 of the run's 100 units in 10 s; left: 50 units and the 300 after it
+    assert sp.eta() == pytest.approx(10.0 / 37.5 * 350)
+    sp.update(0, 0.2)  # a retried shard resumes below its last message: no step back
+    assert sp.fraction() == pytest.approx(0.5)
+    sp.end(1)
+    sp.update(1, 0.1)  # late: ignored
+    assert sp.fraction() == pytest.approx((15 + 10) / 40)
+    assert out.getvalue().splitlines()[-1].startswith(
+        "[2 shards on 2 workers] 1 of 2 done; all runs 16%, 10s, ETA")
+    sp.update(5, 0.9)  # no such shard
+    clock.t = 20.0
+    sp.end(0)
+    assert sp.fraction() == 1.0 and sp.text().endswith("all runs 25%, 20s")  # no ETA at 100 %
+    with spanning(Span(before=100.0, seconds=30.0, label="before hardening")):
+        second = ShardProgress([5], 100.0, "1 shard in this process", line=None)
+    clock.t = 0.0
+    assert second.text().startswith("[before hardening: 1 shard in this process] 0 of 1 done; "
+                                    "all runs 50%")
 
 
 def test_report_reaches_only_a_listener() -> None:

@@ -156,3 +156,31 @@ def test_the_profile_table_shows_the_sample_counts_that_run() -> None:
     rows = dict(get_profile("smoke").rows())
     assert rows["bits_n"].startswith("8 (asks 50")
     assert rows["sufficiency_n"] == "8"
+
+
+def test_a_step_that_runs_heads_its_progress_lines_and_logs_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A reproduce log of many steps says which step each progress line belongs to, and when
+    each computed step ended; a reused step is silent."""
+    import io
+
+    from qrdeploy.core.progress import Line, RunProgress, Stage
+    from qrdeploy.paper.cache import Step, StepCache
+
+    out = io.StringIO()
+
+    def body(dest: Path, work: Path) -> None:
+        bar = RunProgress([Stage("white/pgd", 4, 1.0)], line=Line(out))
+        bar.start("white/pgd")
+        (dest / "x.txt").write_text("x")
+
+    cache = StepCache(tmp_path / "run")
+    step = Step("attack.orig.q", {"n": 4}, {}, body)
+    with caplog.at_level("INFO", logger="qrdeploy.paper.cache"):
+        cache.run(step)
+        cache.run(step)  # reused
+    assert out.getvalue().startswith("[step attack.orig.q: column 1 of 1] white/pgd: 0/4 samples")
+    ends = [r.getMessage() for r in caplog.records if r.name == "qrdeploy.paper.cache"]
+    assert len(ends) == 1 and ends[0].startswith("step attack.orig.q done in 0s (so far: 1 "
+                                                 "computed, 0 reused; ")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,10 +40,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": d, "v": d / "v.onnx", "s": d / "s.onnx", "d": d / "d.npz"}
 
 
-def run(world: dict[str, Path], out: Path, *extra: str) -> dict[str, Any]:
+def run(world: dict[str, Path], out: Path, *extra: str, quiet: bool = True) -> dict[str, Any]:
     assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--source",
                  str(world["s"]), "--unhardened", str(world["s"]), "--no-baseline",
-                 "--batch-size", "5", "-q", "-o", str(out), *SUITE, *extra]) == 0
+                 "--batch-size", "5", *(["-q"] if quiet else []), "-o", str(out), *SUITE,
+                 *extra]) == 0
     doc = json.loads(out.read_text())
     doc.pop("timings")
     return dict(doc)
@@ -235,12 +237,22 @@ def test_bad_counts_are_refused() -> None:
 
 
 def test_ray_local_cluster_equals_the_plain_run(world: dict[str, Path], plain: dict[str, Any],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """... and its tasks' progress reaches the driver's line through Ray while they run."""
     ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
+    monkeypatch.delenv("QRDEPLOY_QUIET", raising=False)
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "0")  # the local cluster's workers inherit it
     try:
-        assert run(world, tmp_path / "r.json", "--ray", "--shards", "2") == plain
+        assert run(world, tmp_path / "r.json", "--ray", "--shards", "2", quiet=False) == plain
     finally:
         ray.shutdown()
+    lines = [ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith("[2 shards on Ray]")]
+    before_any_end = [int(m.group(1)) for ln in lines
+                      if (m := re.search(r"\] 0 of 2 done; run (\d+)%", ln))]
+    assert any(0 < v < 100 for v in before_any_end), lines
+    assert lines[-1].startswith("[2 shards on Ray] 2 of 2 done; run 100%")
 
 
 def test_ray_beside_a_running_cluster(world: dict[str, Path], plain: dict[str, Any],
@@ -351,10 +363,33 @@ def test_in_process_shards_leave_progress_on_and_say_what_they_do(
                  "--eps", "none", "--batch-size", "5", "--shards", "3", "-o", str(out)]) == 0
     assert "QRDEPLOY_QUIET" not in os.environ
     err = capsys.readouterr().err
-    assert "3 shards: 0/23" in err  # the line at the start
+    assert "[3 shards in this process] 0 of 3 done; run 0%" in err  # the line at the start
     assert ("state files of a run in another number of shards are not resumed by this one in 3 "
             f"({other.name})") in err
     assert not other.exists()  # deleted at the end, as said
+
+
+@pytest.mark.parametrize(("flags", "where"), [(["--shards", "2"], "in this process"),
+                                              (["--workers", "2"], "on 2 workers")])
+def test_the_shards_progress_reaches_the_driver_while_they_run(
+        world: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], flags: list[str], where: str) -> None:
+    """Each shard runs quietly and sends its share done to the driver, so the one line over the
+    shards moves before any shard has ended (it used to stand still until a whole shard ended,
+    which with one shard per worker was the end of the run)."""
+    monkeypatch.delenv("QRDEPLOY_QUIET", raising=False)
+    monkeypatch.setenv("QRDEPLOY_PROGRESS_SECONDS", "0")  # every move is a line (the workers
+    # inherit it: the command starts its own)
+    assert main(["attack", str(world["v"]), "--data", f"npz:{world['d']}", "--suite",
+                 "paper,adaptive", "--attacks", "pgd,square", "--eps", "none", "--batch-size",
+                 "5", "-o", str(tmp_path / "p.json"), *flags]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines()
+             if ln.startswith(f"[2 shards {where}]")]
+    before_any_end = [int(m.group(1)) for ln in lines
+                      if (m := re.search(r"\] 0 of 2 done; run (\d+)%", ln))]
+    assert before_any_end[0] == 0 and any(0 < v < 100 for v in before_any_end), lines
+    assert before_any_end == sorted(before_any_end)  # it never goes back
+    assert lines[-1].startswith(f"[2 shards {where}] 2 of 2 done; run 100%")
 
 
 def test_ctrl_c_before_any_shard_saved_says_nothing_is_saved(
