@@ -34,7 +34,13 @@ from qrdeploy.evaluation.guard import Verdict, enforce
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
-from qrdeploy.evaluation.runner import Labels, RunConfig, Subject, run_stages
+from qrdeploy.evaluation.runner import (
+    Labels,
+    RunConfig,
+    Subject,
+    gradient_blocker,
+    run_stages,
+)
 from qrdeploy.evaluation.shard import Parallel, remove_shard_states, run_evaluation
 from qrdeploy.evaluation.subjects import check_fits, open_subject
 from qrdeploy.evaluation.suites import (
@@ -185,16 +191,37 @@ def resolve_sources(opts: AttackOptions, data: Dataset, source: Subject | None,
     return Sources(source, source, origin, "black-box source", tuple(notes), note)
 
 
+def _differentiates(suite: Suite, checks: bool = True) -> bool:
+    """Does `suite` take the victim's gradient: a white-box column, a sweep, an adaptive
+    gradient entry, or (`checks`) the masking checks' PGD at eps = 1?"""
+    return bool(suite.by_mode(Mode.WHITE) or suite.sweep or (checks and suite.unbounded)) or any(
+        isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.WHITE
+        for c in suite.by_mode(Mode.ADAPTIVE))
+
+
+def _gradient_free_checks(suite: Suite, victim: Subject, notes: list[str]) -> Suite:
+    """A model without input gradients, attacked by gradient-free columns only (Square, the
+    transfer and black-box columns, noise): the masking checks that differentiate it, PGD at
+    eps = 1 (unbounded-below-100) and the probe's gradient (zero-gradient), are left out with a
+    note, instead of refusing the whole run. A gradient column still refuses it
+    (`_require_gradients`)."""
+    if suite.unbounded is None or _differentiates(suite, checks=False):
+        return suite
+    why = gradient_blocker(victim.model)
+    if why is None:
+        return suite
+    notes.append("masking checks unbounded-below-100 and zero-gradient not run: the model "
+                 f"gives no input gradients ({why})")
+    return replace(suite, unbounded=None)
+
+
 def _require_gradients(suite: Suite, victim: Subject, before: Subject | None, srcs: Sources,
                        black: bool) -> None:
     """Before any attack runs: every model the suite differentiates can be differentiated
     (else one line naming the op and the gradient-free columns to run instead), so that a model
     with an op qrdeploy has no gradient rule for fails at once, not after the transfer crafting
     and the first columns."""
-    white = bool(suite.by_mode(Mode.WHITE) or suite.sweep or suite.unbounded) or any(
-        isinstance(c.attack, AdaptiveAttack) and c.attack.role is Role.WHITE
-        for c in suite.by_mode(Mode.ADAPTIVE))
-    models = [victim, before] if white else []
+    models = [victim, before] if _differentiates(suite) else []
     models += [srcs.black] if black else []
     models += [srcs.adaptive] if _transfer_keys(suite) else []
     for subject in models:
@@ -261,6 +288,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
     if srcs.adaptive is None and _transfer_keys(suite):
         notes.append("adaptive transfer dropped: no --unhardened model and no transfer source")
         suite = _drop_keys(suite, _transfer_keys(suite))
+    suite = _gradient_free_checks(suite, victim, notes)
     _require_gradients(suite, victim, before if opts.baseline else None, srcs,
                        black=bool(suite.by_mode(Mode.BLACK)))
     state = state_path or out.with_name(out.name + ".state.npz")

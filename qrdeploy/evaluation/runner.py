@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -424,12 +424,22 @@ def _adaptive_batch(entry: AdaptiveAttack, model: Classifier, source: Classifier
     return fooled, xa
 
 
+def gradient_blocker(model: Classifier) -> str | None:
+    """Why `model` gives no input gradients, in one line; None when it does."""
+    if not isinstance(model, Differentiable):
+        return f"{type(model).__name__} gives no input gradients"
+    why = getattr(model, "gradient_blocker", None)
+    return None if why is None else cast(str | None, why())
+
+
 def probe(model: Classifier, x: np.ndarray, y: np.ndarray, batch: int) -> Probe:
-    """Logits and CE input gradients of the victim at the clean points, in batches."""
+    """Logits and CE input gradients of the victim at the clean points, in batches (no
+    gradients for a model that gives none: zero-gradient is then not checked)."""
     logits, grads = [], []
+    differentiable = gradient_blocker(model) is None
     for s in range(0, len(x), batch):
         xb, yb = x[s:s + batch], y[s:s + batch]
-        if isinstance(model, Differentiable):
+        if differentiable and isinstance(model, Differentiable):
             z, _, g = model.loss_and_grad(xb, yb, Loss.CE)
             grads.append(to_numpy(g))
         else:

@@ -178,23 +178,33 @@ class OrtModel:
         """True when white-box gradients can be computed."""
         return self.prepared is not None
 
+    def gradient_blocker(self) -> str | None:
+        """Why white-box gradients cannot be built, in one line (None when they can): the
+        preparation's refusal, or the first node without a gradient rule. Builds nothing."""
+        if self.prepared is None:
+            return f"white-box gradients are not available for {self.name}: " \
+                   f"{self.gradient_error}"
+        blocking = blocking_nodes(self.prepared)
+        if not blocking:
+            return None
+        op, node, reason = blocking[0]
+        more = f" (and {len(blocking) - 1} more node(s); qrdeploy inspect lists them)" \
+            if len(blocking) > 1 else ""
+        return f"{self.name}: {blocking_text(op, node, reason.split('; supported ops:')[0])}{more}"
+
     def require_gradients(self) -> None:
         """Raise now, in one line with what to do, when white-box gradients cannot be built (an
         op without a gradient rule, a graph the preparation refuses); they are otherwise built
         at the first attack step, after the cheaper work of a run. Builds nothing."""
+        why = self.gradient_blocker()
+        if why is None:
+            return
         fix = ("white-box and adaptive attacks need its gradient: run the gradient-free "
-               "suites only (--suite black,noise), or export the model without it")
-        if self.prepared is None:
-            raise GraphError(f"white-box gradients are not available for {self.name}: "
-                             f"{self.gradient_error}; {fix}")
-        blocking = blocking_nodes(self.prepared)
-        if blocking:
-            op, node, reason = blocking[0]
-            more = f" (and {len(blocking) - 1} more node(s); qrdeploy inspect lists them)" \
-                if len(blocking) > 1 else ""
-            line = blocking_text(op, node, reason.split("; supported ops:")[0])
-            raise GraphError(f"{self.name}: {line}{more}; {fix}; docs/ops.md lists the "
-                             "supported ops and their limits")
+               "suites only (--suite black,noise, or --attacks square,transfer), or export "
+               "the model without it")
+        tail = "; docs/ops.md lists the supported ops and their limits" \
+            if self.prepared is not None else ""
+        raise GraphError(f"{why}; {fix}{tail}")
 
     def _probe_classes(self) -> int:
         """The class count of a model whose output shape onnxruntime does not state."""

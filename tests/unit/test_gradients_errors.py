@@ -201,3 +201,39 @@ def test_require_gradients_fails_at_once_with_the_fix(tmp_path: Any) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["d.npz", "sin.onnx"]
     assert main(["attack", str(root / "sin.onnx"), "--suite", "noise", "-o",
                  str(root / "n.json"), *common]) == 0
+
+
+def test_a_model_without_gradients_runs_square_without_the_gradient_checks(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Square queries only the model's outputs: on a model with an op that has no gradient rule,
+    `--attacks square` runs, and only the two masking checks that differentiate the model
+    (PGD at eps 1, the probe's gradient) are left out, said in a note. A gradient column still
+    refuses the run at once."""
+    import json
+    from pathlib import Path
+
+    from qrdeploy.cli import main
+
+    sin = _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"), _flat("s")])
+    sin.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                               ["N", 32]))
+    root = Path(tmp_path)
+    onnx.save(sin, root / "sin.onnx")
+    x = np.random.default_rng(0).uniform(size=(6, 2, 4, 4)).astype(np.float32)
+    np.savez(root / "d.npz", x=x, y=OrtModel(sin).logits(x).argmax(1))
+    common = ["--data", f"npz:{root / 'd.npz'}", "--family", "mnist", "--no-input-guard",
+              "--suite", "paper,adaptive", "-q"]
+    assert main(["attack", str(root / "sin.onnx"), "--attacks", "square", "-o",
+                 str(root / "s.json"), *common]) == 0
+    doc = json.loads((root / "s.json").read_text())
+    assert [c["key"] for c in doc["columns"]] == ["adaptive/square"]
+    assert any(n.startswith("masking checks unbounded-below-100 and zero-gradient not run: the "
+                            "model gives no input gradients (") and "Sin node 'sin1'" in n
+               for n in doc["notes"])
+    ran = {c["name"]: c["ran"] for c in doc["masking"]["checks"]}
+    assert not ran["unbounded-below-100"] and not ran["zero-gradient"] and ran["logit-gap"]
+    capsys.readouterr()
+    assert main(["attack", str(root / "sin.onnx"), "--attacks", "square,pgd", "-o",
+                 str(root / "p.json"), *common]) == 1
+    assert "no gradient rule for Sin" in capsys.readouterr().err
+    assert not (root / "p.json").exists()
