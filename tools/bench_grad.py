@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from timing import interleaved
 
 from qrdeploy.attacks.linf import PGD
 from qrdeploy.core.losses import Loss
@@ -52,19 +52,6 @@ def train(epochs: int, seed: int) -> torch.nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     return net
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median ms per call, calls alternated so machine load hits both sides alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():
-        f()  # warm-up
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
 
 def step_flops(model: onnx.ModelProto) -> float:
