@@ -57,8 +57,12 @@ def _stat(c: CheckEntry) -> str:
     return f"{100 * c.statistic:+.1f} pts (fires above {100 * c.threshold:.1f} pts)"
 
 
-def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) -> list[str]:
-    """The verdict and every check of each model, fired checks first, with their docs links."""
+def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table,
+                   help_below: bool = False) -> list[str]:
+    """The verdict and every check of each model, fired checks first, each linked to its
+    explanation: in the section 'How to read the checks' at the end of the report, or
+    (`help_below`, the github format, whose sections are collapsed: a link into another closed
+    block would open nothing) right below the tables, in the same block."""
     out: list[str] = []
     for name, d in zip(names, docs, strict=True):
         m = d.masking
@@ -78,6 +82,10 @@ def checks_section(docs: Sequence[Results], names: Sequence[str], table: Table) 
         out += [""] if d.notes else []
     if not out:
         return []
+    if help_below:
+        return ["Each check is explained, with its threshold and what to do when it fires, "
+                "below the tables (linked per check).", "", *out, "**How to read the checks**",
+                "", *check_help()]
     return ["Each check is explained, with its threshold and what to do when it fires, under "
             "'How to read the checks' at the end of this report (linked per check).", "", *out]
 

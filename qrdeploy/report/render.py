@@ -446,7 +446,7 @@ def sections(docs: Sequence[Results], plots: Sequence[str], plot_note: str | Non
         "columns at their own eps; the adaptive worst case is per sample over every L-inf column "
         "and sweep point of at most the adaptive eps and every adaptive attack. An attack gives an "
         "upper bound on robust accuracy, not a certificate.", "", *main_table(docs, names)])]
-    if (checks := checks_section(docs, names, _table)):
+    if (checks := checks_section(docs, names, _table, help_below=fmt is Format.GITHUB)):
         out.append(Section("Gradient-masking checks", checks))
     if (adaptive := adaptive_columns(docs, names, fmt_cell, _table)):
         out.append(Section("Adaptive attacks", adaptive))
@@ -468,7 +468,7 @@ def sections(docs: Sequence[Results], plots: Sequence[str], plot_note: str | Non
         out.append(Section("Accuracy vs eps", [*sweeps, "", *(figs or [f"_{plot_note}_"])]))
     out.append(Section("Models", models_table(docs, names)))
     out.append(Section("Settings", settings_table(docs)))
-    if any(d.masking is not None for d in docs):
+    if fmt is Format.MARKDOWN and any(d.masking is not None for d in docs):
         out.append(Section("How to read the checks", check_help()))
     return out
 

@@ -293,6 +293,14 @@ def test_github_format_collapses_and_fits(docs: list[Results], before_after: Res
     assert files.csv is None and files.plots == ()
     assert len(text) < GITHUB_LIMIT and "<details><summary>" in text
     assert text.index("## Summary") < text.index("<details>")
+    # every check link lands in the collapsed block that holds the link (a link into another
+    # closed block opens nothing on GitHub)
+    blocks = text.split("<details>")[1:]
+    for block in blocks:
+        for target in re.findall(r"\]\(#([^)]+)\)", block):
+            assert f'<a id="{target}"></a>' in block, target
+    assert sum('<a id="check-' in b for b in blocks) == 1
+    assert "How to read the checks</summary>" not in text
     # many large results still fit: sections that do not are named, not cut mid-table
     many = [dataclasses.replace(before_after, notes=("x" * 3000,) * 3) for _ in range(12)]
     big = render_markdown(many, [], None, Format.GITHUB)
