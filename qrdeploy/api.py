@@ -32,7 +32,12 @@ from qrdeploy.gate.run import CheckResult
 from qrdeploy.gate.run import check as _check
 from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.hardening.encodings import Encoding
-from qrdeploy.hardening.integer import Calibration, IntegerActivations, calibration_images
+from qrdeploy.hardening.integer import (
+    Calibration,
+    IntegerActivations,
+    calibration_images,
+    same_images,
+)
 from qrdeploy.hardening.passes import (
     GraphPass,
     HardenResult,
@@ -108,11 +113,11 @@ def harden(model: PathLike, out: PathLike, *, bits: int | None = None,
         name = data_label(calibration_data.name, calibration_data.split)
     else:
         name = data_label(calibration_data, "train")
-    acts = IntegerActivations(
+    acts = same_images(IntegerActivations(
         base.samples if calibrate is None else calibrate,
         base.method if calibration_method is None else _choice(Calibration, calibration_method,
                                                                "calibration method"),
-        name, base.input_spec if input_spec is None else input_spec)
+        name, base.input_spec if input_spec is None else input_spec), recorded)
     given = calibration_data
     # loaded once the model and the recipe are found hardenable
     images = (lambda: given.x[:acts.samples]) if isinstance(given, Dataset) \

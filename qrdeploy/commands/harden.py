@@ -31,7 +31,12 @@ from qrdeploy.data.datasets import data_label
 from qrdeploy.errors import PassError, UsageError
 from qrdeploy.evaluation.suites import parse_number
 from qrdeploy.hardening.encodings import Encoding
-from qrdeploy.hardening.integer import Calibration, IntegerActivations, calibration_images
+from qrdeploy.hardening.integer import (
+    Calibration,
+    IntegerActivations,
+    calibration_images,
+    same_images,
+)
 from qrdeploy.hardening.passes import (
     GraphPass,
     MuLawMap,
@@ -182,7 +187,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe | None:
                              f"{', '.join(given)} (or put the setting in the recipe)")
         recipe = load_recipe(args.recipe)
         if acts is not None:
-            recipe = Recipe(recipe.passes, recipe.encoding, acts)
+            recipe = Recipe(recipe.passes, recipe.encoding,
+                            same_images(acts, recipe.activations))
         return recipe
     if not passes:
         return None

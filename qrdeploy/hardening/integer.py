@@ -19,6 +19,8 @@ in activation scales across builds or CPUs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
 import logging
 import tempfile
@@ -66,6 +68,10 @@ class IntegerActivations:
     #: the model's input contract (an --input-spec text; "" = float32 NCHW in [0, 1]): the
     #: calibration pixels are converted to it before they reach the model
     input_spec: str = ""
+    #: sha256 of the calibration images used (`images_digest`), recorded by harden: `data`
+    #: names a file or a split, this says which pixels; a recipe that carries it is checked
+    #: against the images it calibrates on
+    images_sha256: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or \
@@ -82,7 +88,40 @@ class IntegerActivations:
     def to_json(self) -> dict[str, Any]:
         out = {"kind": "int8", "samples": self.samples, "method": self.method.value,
                "data": self.data}
-        return {**out, "input_spec": self.input_spec} if self.input_spec else out
+        if self.input_spec:
+            out["input_spec"] = self.input_spec
+        if self.images_sha256:
+            out["images_sha256"] = self.images_sha256
+        return out
+
+
+def images_digest(calibration: np.ndarray, act: IntegerActivations) -> str:
+    """sha256 of the calibration images `act` uses (the first `samples`, as float32, shape
+    included), as the provenance records it."""
+    x = np.ascontiguousarray(np.asarray(calibration, np.float32)[:act.samples])
+    h = hashlib.sha256(repr(x.shape).encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+def same_images(act: IntegerActivations, recorded: IntegerActivations | None
+                ) -> IntegerActivations:
+    """`act` with the digest `recorded` holds when both name the same images (data and count):
+    the images are then checked against it."""
+    if recorded is None or (recorded.data, recorded.samples) != (act.data, act.samples):
+        return act
+    return dataclasses.replace(act, images_sha256=recorded.images_sha256)
+
+
+def record_images(calibration: np.ndarray, act: IntegerActivations) -> IntegerActivations:
+    """`act` with the digest of its calibration images; a recipe that recorded other images
+    (its data file changed, or other data) is said, since its activation scales will differ."""
+    digest = images_digest(calibration, act)
+    if act.images_sha256 and act.images_sha256 != digest:
+        log.warning("the calibration images differ from the ones the recipe recorded (sha256 "
+                    "%s..., now %s...; %s): the activation scales, and the model, will differ",
+                    act.images_sha256[:12], digest[:12], act.data)
+    return dataclasses.replace(act, images_sha256=digest)
 
 
 def check_weights(quantized: Mapping[str, Quantized]) -> None:

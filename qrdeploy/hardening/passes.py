@@ -15,7 +15,7 @@ import fnmatch
 import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from qrdeploy.hardening.integer import (
     IntegerActivations,
     fold_batchnorm_codes,
     quantize_activations,
+    record_images,
 )
 from qrdeploy.hardening.nbits import eligible, to_matmulnbits
 from qrdeploy.hardening.quant import Granularity, Quantized, Quantizer, ScaleRule
@@ -533,6 +534,7 @@ def _harden_integer(model: onnx.ModelProto, recipe: Recipe, calibration: np.ndar
     floated, quantized, folds = fold_batchnorm_codes(_assemble(model, encoded), quantized)
     out, held = quantize_activations(floated, quantized, calibration, recipe.activations,
                                      per_channel)
+    recipe = replace(recipe, activations=record_images(calibration, recipe.activations))
     bits = {held[name]: int(q.bits) for name, q in quantized.items()}
     records = [_with_encoding(r, "int8" if r.tensor in quantized else "float")
                for _, r in sorted(ordered, key=lambda o: o[0])]
@@ -637,10 +639,10 @@ def _activations_from_dict(d: Any) -> IntegerActivations | None:
     if not isinstance(d, Mapping) or d.get("kind") != "int8":
         raise ConfigError(f"recipe activations must be 'float' or 'int8' (or a table with kind, "
                           f"samples, method, data, input_spec), got {d!r}")
-    extra = set(d) - {"kind", "samples", "method", "data", "input_spec"}
+    extra = set(d) - {"kind", "samples", "method", "data", "input_spec", "images_sha256"}
     if extra:
         raise ConfigError(f"unknown activations settings {sorted(extra)}; allowed: kind, "
-                          "samples, method, data, input_spec")
+                          "samples, method, data, input_spec, images_sha256")
     return IntegerActivations(**{k: v for k, v in d.items() if k != "kind"})
 
 

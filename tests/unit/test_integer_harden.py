@@ -5,6 +5,7 @@ from sample runs by the gradient preparation."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from qrdeploy.gradients.prepare import prepare
 from qrdeploy.graphio.graph import layer_weight
 from qrdeploy.graphio.twin import float_twin
 from qrdeploy.hardening.encodings import Encoding
-from qrdeploy.hardening.integer import IntegerActivations
+from qrdeploy.hardening.integer import IntegerActivations, images_digest
 from qrdeploy.hardening.passes import (
     Recipe,
     WeightQuant,
@@ -59,7 +60,8 @@ def test_int8_weights_hold_the_pass_codes(granularity: str) -> None:
         np.testing.assert_array_equal(inits[held], want.astype(np.int8))
         assert np.abs(inits[held]).max() <= 3 and bits[held] == 3 and r.encoding == "int8"
     (recipe,) = recipes_of(out)
-    assert recipe.activations == IntegerActivations(40, "minmax", "test")
+    act = IntegerActivations(40, "minmax", "test")
+    assert recipe.activations == replace(act, images_sha256=images_digest(CALIB, act))
     assert kernel_summary(out)["verdict"] == "integer"
 
 
@@ -313,7 +315,40 @@ def test_api_harden_int8(tmp_path: Path) -> None:
                         calibration_method="percentile")
     assert {x.encoding for x in r.records} == {"int8"}
     (recipe,) = recipes_of(onnx.load(tmp_path / "i.onnx"))
-    assert recipe.activations == IntegerActivations(20, "percentile", "mine:train")
+    act = IntegerActivations(20, "percentile", "mine:train")
+    assert recipe.activations == replace(act, images_sha256=images_digest(CALIB, act))
+
+
+def test_the_provenance_names_the_calibration_pixels_and_a_replay_checks_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An npz file is named by its path, which says nothing of its content: the provenance also
+    records the sha256 of the calibration images used, and replaying the recipe on a file whose
+    images changed says so (the activation scales, so the model, differ); on the same images
+    the replay is silent and gives the same bytes."""
+    import qrdeploy
+
+    src = tmp_path / "m.onnx"
+    onnx.save(cnn(0), src)
+    data = tmp_path / "c.npz"
+    np.savez(data, x=CALIB)
+    first = qrdeploy.harden(src, tmp_path / "a.onnx", bits=3, activations="int8", calibrate=20,
+                            calibration_data=f"npz:{data}")
+    (recipe,) = recipes_of(onnx.load(first.path))
+    assert recipe.activations is not None
+    assert recipe.activations.images_sha256 == images_digest(CALIB, recipe.activations)
+    assert images_digest(CALIB[::-1], recipe.activations) != recipe.activations.images_sha256
+    with caplog.at_level("WARNING", logger="qrdeploy"):
+        again = qrdeploy.harden(src, tmp_path / "b.onnx", recipe=recipe)
+        assert again.path.read_bytes() == first.path.read_bytes()
+        assert not [r for r in caplog.records if "calibration images differ" in r.getMessage()]
+        np.savez(data, x=CALIB[::-1])  # the same path, other images
+        qrdeploy.harden(src, tmp_path / "c.onnx", recipe=recipe)
+    said = [r.getMessage() for r in caplog.records if "calibration images differ" in r.getMessage()]
+    assert len(said) == 1 and f"npz:{data}" in said[0]
+    # the new model records the images it was calibrated on
+    (redone,) = recipes_of(onnx.load(tmp_path / "c.onnx"))
+    assert redone.activations is not None
+    assert redone.activations.images_sha256 == images_digest(CALIB[::-1], redone.activations)
 
 
 def test_inspect_without_loadable_kernels(tmp_path: Path,
