@@ -331,7 +331,8 @@ class ShardProgress:
         messages that arrive after its end are ignored."""
         if not 0 <= index < len(self.sizes) or self.ended[index]:
             return
-        self.shares[index] = max(self.shares[index], min(max(share, 0.0), 1.0))
+        # at most 99 % until its results are in: 'run 100%' with a shard open reads as the end
+        self.shares[index] = max(self.shares[index], min(max(share, 0.0), 0.99))
         self.resumed[index] = min(max(resumed, 0.0), self.shares[index])
         self._show()
 
@@ -367,7 +368,8 @@ class ShardProgress:
         share = (f"all runs {100 * self.job_fraction():.0f}%" if sp.before or sp.after
                  else f"run {100 * self.fraction():.0f}%")
         eta = self.eta()
-        tail = f", ETA {duration(eta)}" if eta is not None and self.fraction() < 1.0 else ""
+        left = self.fraction() < 1.0 or sp.after > 0  # the job goes on after this run
+        tail = f", ETA {duration(eta)}" if eta is not None and left else ""
         return (f"[{head}{self.desc}] {sum(self.ended)} of {len(self.sizes)} done; {share}, "
                 f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
 

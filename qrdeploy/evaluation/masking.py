@@ -276,11 +276,12 @@ def check_twin(twin: Arm | None, graph: Sequence[Arm]) -> Check:
                  f"graph left: {100 * p.gap:.1f} points (margin {100 * p.margin:.1f})")
 
 
-def check_unbounded(arm: Arm | None, threshold: float = 0.01) -> Check:
+def check_unbounded(arm: Arm | None, threshold: float = 0.01, why: str = "") -> Check:
     """Robust accuracy under L-inf PGD at eps = 1 (any image is reachable); fires above
-    `threshold`, i.e. when the unbounded attack stays below 100% success."""
+    `threshold`, i.e. when the unbounded attack stays below 100% success. `why`: the reason
+    there is no arm, when the run knows it."""
     if arm is None:
-        return _skipped(CheckName.UNBOUNDED, "no attack at eps = 1 was run")
+        return _skipped(CheckName.UNBOUNDED, why or "no attack at eps = 1 was run")
     acc = arm.accuracy
     return Check(CheckName.UNBOUNDED, acc > threshold, acc, threshold,
                  f"{arm.name} at eps {arm.eps} leaves {100 * acc:.1f}% correct")

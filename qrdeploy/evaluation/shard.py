@@ -456,10 +456,16 @@ def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, ray: Any,
 
     remote = ray.remote(max_retries=3, retry_exceptions=False)(run_shard)
     x_ref, y_ref = ray.put(x), ray.put(y)  # once, through the object store
-    # an actor with no CPU of its own: shards that hold every CPU still reach it
-    channel = Queue(actor_options={"num_cpus": 0})
+    # an actor with no CPU of its own: shards that hold every CPU still reach it; progress
+    # never fails a run: without the actor the line moves only as shards end
+    try:
+        channel: Any = Queue(actor_options={"num_cpus": 0})
+    except Exception:  # Ray's own exception types
+        channel = None
 
     def get() -> Any:
+        if channel is None:
+            raise queues.Empty
         try:
             return channel.get_nowait()
         except Empty:
@@ -477,8 +483,9 @@ def _run_ray(tasks: list[ShardTask], x: np.ndarray, y: np.ndarray, ray: Any,
                 done(out)
                 outs.append(out)
     finally:
-        with contextlib.suppress(Exception):
-            channel.shutdown()
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.shutdown()
     return outs
 
 

@@ -131,7 +131,9 @@ def sweep_check(ev: Evaluation) -> Check:
 
 def unbounded_check(ev: Evaluation) -> Check:
     u = ev.suite.unbounded
-    return check_unbounded(None if u is None else _arm(ev, u.key, u.eps))
+    pr = ev.probe
+    why = "no input gradients" if u is None and pr is not None and pr.grads is None else ""
+    return check_unbounded(None if u is None else _arm(ev, u.key, u.eps), why=why)
 
 
 def probe_checks(ev: Evaluation) -> list[Check]:

@@ -199,9 +199,9 @@ class OrtModel:
         why = self.gradient_blocker()
         if why is None:
             return
-        fix = ("white-box and adaptive attacks need its gradient: run the gradient-free "
-               "suites only (--suite black,noise, or --attacks square,transfer), or export "
-               "the model without it")
+        fix = ("white-box and adaptive gradient attacks need its gradient: run gradient-free "
+               "attacks only (--suite black,noise, or --suite paper,adaptive --attacks "
+               "square,transfer), or export the model without it")
         tail = "; docs/ops.md lists the supported ops and their limits" \
             if self.prepared is not None else ""
         raise GraphError(f"{why}; {fix}{tail}")

@@ -176,14 +176,21 @@ def test_one_line_over_the_shards_weighs_them_by_samples(monkeypatch: pytest.Mon
     assert out.getvalue().splitlines()[-1].startswith(
         "[2 shards on 2 workers] 1 of 2 done; all runs 16%, 10s, ETA")
     sp.update(5, 0.9)  # no such shard
+    sp.update(0, 1.0)  # done, but its results are not in: the run reads below 100 %
+    assert sp.fraction() == pytest.approx((0.99 * 30 + 10) / 40)
     clock.t = 20.0
     sp.end(0)
-    assert sp.fraction() == 1.0 and sp.text().endswith("all runs 25%, 20s")  # no ETA at 100 %
+    # the run is complete, the job is not: the ETA counts the run still to come
+    timed = (1.0 - 10 / 40 * 0.5) * 100.0
+    assert sp.fraction() == 1.0 and sp.eta() == pytest.approx(20.0 / timed * 300.0)
+    assert sp.text().endswith("all runs 25%, 20s, ETA 1m09s")
     with spanning(Span(before=100.0, seconds=30.0, label="before hardening")):
         second = ShardProgress([5], 100.0, "1 shard in this process", line=None)
     clock.t = 0.0
     assert second.text().startswith("[before hardening: 1 shard in this process] 0 of 1 done; "
                                     "all runs 50%")
+    second.end(0)
+    assert "ETA" not in second.text()  # nothing after it: the job is done
 
 
 def test_report_reaches_only_a_listener() -> None:
