@@ -84,6 +84,16 @@ def relay_interval() -> float:
     return min(1.0, _interval())
 
 
+@contextmanager
+def sublabel(text: str) -> Iterator[None]:
+    """Name one of several runs inside the current Span: lines started in the block read
+    '[<span label>, <text>: ...]' (the μ points of one reproduce step, say)."""
+    sp = _SPAN.get() or Span()
+    with spanning(Span(sp.before, sp.after, sp.seconds,
+                       f"{sp.label}, {text}" if sp.label else text)):
+        yield
+
+
 def quiet() -> bool:
     return os.environ.get("QRDEPLOY_QUIET", "") not in ("", "0")
 

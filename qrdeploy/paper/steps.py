@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 from qrdeploy.attacks import BIM, CWL2, MIM, PGD, GaussianNoise, UniformNoise
 from qrdeploy.attacks.adaptive import AdaptiveAttack, adaptive_suite
 from qrdeploy.core.fileio import atomic_write_text
+from qrdeploy.core.progress import sublabel
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion
 from qrdeploy.data.datasets import Dataset, data_label, load_dataset
@@ -360,7 +361,9 @@ def ablation_step(name: str, p: Profile, plain: Path, data: Dataset, data_fp: st
         for mu, q in todo[len(points):]:
             passes = form_passes(p, "mu-q" if q else "mu", mu, "last:1")
             proto = harden(base, passes, "float")[0] if passes else base
-            points.append({"mu": mu, "quant": q, **_ablation_point(p, proto, sub, seed)})
+            with sublabel(f"μ {mu:g}{', quantized' if q else ''}"):
+                point = _ablation_point(p, proto, sub, seed)
+            points.append({"mu": mu, "quant": q, **point})
             _write_json(partial, points)
         _write_json(out / "ablation.json", {"n": n, "layers": "last:1", "points": points})
 
@@ -382,9 +385,10 @@ def sufficiency_step(name: str, p: Profile, victim: Path, data: Dataset, data_fp
     def body(out: Path, work: Path) -> None:
         sub = data.take(n)
         for label, suite in suites.items():
-            run_suite(victim, sub, suite, out / f"{label}.json", source=None, seed=seed,
-                      batch=p.batch_size, state=work / f"{label}.npz",
-                      transfer_dir=work / "transfer", parallel=parallel)
+            with sublabel(f"{label} budget" if label == "doubled" else "the profile's budget"):
+                run_suite(victim, sub, suite, out / f"{label}.json", source=None, seed=seed,
+                          batch=p.batch_size, state=work / f"{label}.npz",
+                          transfer_dir=work / "transfer", parallel=parallel)
 
     settings = {k: repr(s) for k, s in suites.items()} | {"n": n, "data": data_fp, "seed": seed}
     return Step(name, settings, {"victim": victim}, body)

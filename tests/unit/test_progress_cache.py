@@ -193,6 +193,21 @@ def test_one_line_over_the_shards_weighs_them_by_samples(monkeypatch: pytest.Mon
     assert "ETA" not in second.text()  # nothing after it: the job is done
 
 
+def test_runs_inside_one_step_are_told_apart() -> None:
+    """A reproduce step of several runs (the μ points of the ablation) names each run after the
+    step, keeping the step's place in the job."""
+    clock = Clock()
+    with spanning(Span(after=5.0, label="step ablation.orig")), progress.sublabel("μ 255"):
+        bar = RunProgress([Stage("clean", 8, 1.0)], line=Line(io.StringIO(), clock))
+    bar.start("clean")
+    assert bar.text().startswith("[step ablation.orig, μ 255: column 1 of 1] clean: 0/8")
+    assert bar.span.after == 5.0
+    with progress.sublabel("μ 0"):
+        alone = RunProgress([Stage("clean", 8, 1.0)], line=Line(io.StringIO(), clock))
+    alone.start("clean")
+    assert alone.text().startswith("[μ 0: column 1 of 1]")
+
+
 def test_report_reaches_only_a_listener() -> None:
     seen: list[float] = []
     progress.report(0.5)  # nobody listens: a no-op
