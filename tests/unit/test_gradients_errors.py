@@ -173,6 +173,19 @@ def test_differentiability_report(name: str) -> None:
         assert op == want_op and want_text in reason and "\n" not in reason and node
 
 
+def _sin_files(root: Any, labelled: bool) -> Any:
+    """sin.onnx (a Sin, which has no gradient rule, before the logits) and d.npz (6 images;
+    labels: the model's own predictions, or all zero) in `root`."""
+    sin = _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"), _flat("s")])
+    sin.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                               ["N", 32]))
+    onnx.save(sin, root / "sin.onnx")
+    x = np.random.default_rng(0).uniform(size=(6, 2, 4, 4)).astype(np.float32)
+    y = OrtModel(sin).logits(x).argmax(1) if labelled else np.zeros(6, np.int64)
+    np.savez(root / "d.npz", x=x, y=y)
+    return root
+
+
 def test_require_gradients_fails_at_once_with_the_fix(tmp_path: Any) -> None:
     """A model with an op that has no gradient rule: `require_gradients` (what `attack` calls
     before any work) names the first blocking op, how many more there are, and the gradient-free
@@ -188,13 +201,7 @@ def test_require_gradients_fails_at_once_with_the_fix(tmp_path: Any) -> None:
                                          r".*--suite black,noise"):
         OrtModel(model).require_gradients()
     OrtModel(_ok_model()).require_gradients()  # nothing to say
-    sin = _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"), _flat("s")])
-    sin.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                               ["N", 32]))
-    root = Path(tmp_path)
-    onnx.save(sin, root / "sin.onnx")
-    x = np.random.default_rng(0).uniform(size=(6, 2, 4, 4)).astype(np.float32)
-    np.savez(root / "d.npz", x=x, y=np.zeros(6, np.int64))
+    root = _sin_files(Path(tmp_path), labelled=False)
     common = ["--data", f"npz:{root / 'd.npz'}", "--family", "mnist", "-q", "--no-input-guard"]
     assert main(["attack", str(root / "sin.onnx"), "--suite", "white", "-o",
                  str(root / "w.json"), *common]) == 1
@@ -214,13 +221,7 @@ def test_a_model_without_gradients_runs_square_without_the_gradient_checks(
 
     from qrdeploy.cli import main
 
-    sin = _model([helper.make_node("Sin", ["x"], ["s"], name="sin1"), _flat("s")])
-    sin.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                               ["N", 32]))
-    root = Path(tmp_path)
-    onnx.save(sin, root / "sin.onnx")
-    x = np.random.default_rng(0).uniform(size=(6, 2, 4, 4)).astype(np.float32)
-    np.savez(root / "d.npz", x=x, y=OrtModel(sin).logits(x).argmax(1))
+    root = _sin_files(Path(tmp_path), labelled=True)
     common = ["--data", f"npz:{root / 'd.npz'}", "--family", "mnist", "--no-input-guard",
               "--suite", "paper,adaptive", "-q"]
     assert main(["attack", str(root / "sin.onnx"), "--attacks", "square", "-o",
