@@ -84,7 +84,15 @@ def test_sigkill_then_rerun_gives_identical_results(files: tuple[Path, Path],
     target = int(np.random.default_rng().integers(1, total - 1))  # a random batch
     out = tmp_path / "run" / "r.json"
     state = out.with_name("r.json.state.npz")
-    rc = kill_at(command(model, data, out), state, target)
+    for _ in range(4):
+        rc = kill_at(command(model, data, out), state, target)
+        if rc == -signal.SIGKILL:
+            break
+        # the last columns' batches take microseconds: the run can end between two polls of
+        # its state file; kill an earlier batch then (the property is the same at any batch)
+        out.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        target = max(1, target // 2)
     assert rc == -signal.SIGKILL, f"the run was not killed (target batch {target})"
     assert not out.exists() and target <= batches_done(state) < total
     subprocess.run(command(model, data, out), cwd=ROOT, env=env, check=True)
