@@ -48,6 +48,27 @@ class Span:
     seconds: float = 0.0
     label: str = ""
 
+    def job(self, fraction: float, work: float) -> float:
+        """The share of the whole job done when this run, of `work` units, is at `fraction`."""
+        return min((self.before + fraction * work) / (self.before + work + self.after), 1.0)
+
+    def eta(self, elapsed: float, timed: float, fraction: float, work: float) -> float | None:
+        """Seconds left in the job at the rate of `timed` units in `elapsed` seconds; None
+        before enough was timed for a rate."""
+        if timed <= 0 or elapsed < MIN_ETA_SECONDS:
+            return None
+        return elapsed / timed * ((1.0 - fraction) * work + self.after)
+
+    def share(self, fraction: float, work: float) -> str:
+        """'run p%', or 'all runs p%' for a run inside a job of several."""
+        if self.before or self.after:
+            return f"all runs {100 * self.job(fraction, work):.0f}%"
+        return f"run {100 * fraction:.0f}%"
+
+    @property
+    def head(self) -> str:
+        return f"{self.label}: " if self.label else ""
+
 
 _SPAN: ContextVar[Span | None] = ContextVar("qrdeploy_span", default=None)
 
@@ -281,30 +302,23 @@ class RunProgress:
 
     def job_fraction(self) -> float:
         """The share of the whole job done (this run's when it is not part of a larger job)."""
-        sp = self.span
-        return min((sp.before + self.fraction() * self.total)
-                   / (sp.before + self.total + sp.after), 1.0)
+        return self.span.job(self.fraction(), self.total)
 
     def eta(self) -> float | None:
         """Seconds left in the job, at the rate of the work this run did in this process; None
         before any."""
-        timed = self.fraction() * self.total - self.resumed
-        elapsed = self.clock() - self.t0
-        if timed <= 0 or elapsed < MIN_ETA_SECONDS:
-            return None  # too little measured yet for a rate
-        return elapsed / timed * (self.total - self.fraction() * self.total + self.span.after)
+        f = self.fraction()
+        return self.span.eta(self.clock() - self.t0, f * self.total - self.resumed, f,
+                             self.total)
 
     def text(self) -> str:
         stage = self.stages[self.k]
         eta = self.eta()
         tail = f", ETA {duration(eta)}" if eta is not None else ""
         sp = self.span
-        head = f"{sp.label}: " if sp.label else ""
-        share = (f"all runs {100 * self.job_fraction():.0f}%" if sp.before or sp.after
-                 else f"run {100 * self.fraction():.0f}%")
-        return (f"[{head}{self.title} {self.k + 1} of {len(self.stages)}] {stage.label}: "
-                f"{int(self.done)}/{stage.samples} samples; {share}, "
-                f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
+        return (f"[{sp.head}{self.title} {self.k + 1} of {len(self.stages)}] {stage.label}: "
+                f"{int(self.done)}/{stage.samples} samples; {sp.share(self.fraction(), self.total)}"
+                f", {duration(sp.seconds + self.clock() - self.t0)}{tail}")
 
     def _show(self, force: bool = False) -> None:
         if self.relay is not None and self.k >= 0:
@@ -360,27 +374,21 @@ class ShardProgress:
         return min(self._weighed(self.shares), 1.0)
 
     def job_fraction(self) -> float:
-        sp = self.span
-        return min((sp.before + self.fraction() * self.work)
-                   / (sp.before + self.work + sp.after), 1.0)
+        return self.span.job(self.fraction(), self.work)
 
     def eta(self) -> float | None:
         """Seconds left in the job at the rate of the work timed in this run; None before any."""
-        timed = (self.fraction() - self._weighed(self.resumed)) * self.work
-        elapsed = self.clock() - self.t0
-        if timed <= 0 or elapsed < MIN_ETA_SECONDS:
-            return None
-        return elapsed / timed * ((1.0 - self.fraction()) * self.work + self.span.after)
+        f = self.fraction()
+        return self.span.eta(self.clock() - self.t0, (f - self._weighed(self.resumed)) * self.work,
+                             f, self.work)
 
     def text(self) -> str:
         sp = self.span
-        head = f"{sp.label}: " if sp.label else ""
-        share = (f"all runs {100 * self.job_fraction():.0f}%" if sp.before or sp.after
-                 else f"run {100 * self.fraction():.0f}%")
         eta = self.eta()
         left = self.fraction() < 1.0 or sp.after > 0  # the job goes on after this run
         tail = f", ETA {duration(eta)}" if eta is not None and left else ""
-        return (f"[{head}{self.desc}] {sum(self.ended)} of {len(self.sizes)} done; {share}, "
+        return (f"[{sp.head}{self.desc}] {sum(self.ended)} of {len(self.sizes)} done; "
+                f"{sp.share(self.fraction(), self.work)}, "
                 f"{duration(sp.seconds + self.clock() - self.t0)}{tail}")
 
     def close(self) -> None:

@@ -133,10 +133,10 @@ def main_table(docs: Sequence[Results], names: Sequence[str]) -> list[str]:
         eps = "—" if col is None or col.eps is None else eps_text(col.eps)
         rows.append([k, eps, *(fmt_column(d.column(k)) if k != "clean" else fmt_cell(d.clean)
                                for d in docs)])
-    if any(d.paper_worst()[0] for d in docs):  # not over no columns: that would read clean
+    worsts = [d.paper_worst() for d in docs]
+    if any(cols for cols, _ in worsts):  # not over no columns: that would read clean
         rows.append(["paper worst case", "own eps",
-                     *(fmt_cell(_prop(d.paper_worst()[1])) if d.paper_worst()[0] else "—"
-                       for d in docs)])
+                     *(fmt_cell(_prop(flags)) if cols else "—" for cols, flags in worsts)])
     if any(d.adaptive is not None for d in docs):
         rows.append(["adaptive worst case",
                      ", ".join(sorted({eps_text(d.adaptive.eps) for d in docs if d.adaptive})),
