@@ -40,7 +40,8 @@ def _print_table(info: dict[str, Any]) -> None:
         for t in info[kind]:
             shape = "?" if t["shape"] is None else \
                 "(" + ", ".join("?" if d is None else str(d) for d in t["shape"]) + ")"
-            print(f"{kind[:-1]} {t['name']!r}: {t['dtype']} {shape}")
+            read = f"; read as {t['read_as']}" if t.get("read_as") else ""
+            print(f"{kind[:-1]} {t['name']!r}: {t['dtype']} {shape}{read}")
     print(f"{'node':24} {'op':13} {'shape':18} {'dtype':8} {'enc':9} {'levels':>7} "
           f"{'per-ch':>7} {'bits':>4} bn")
     for r in info["layers"]:

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from qrdeploy.core.runtime import make_session, run_session
 from qrdeploy.errors import GraphError, first_line
 from qrdeploy.graphio.graph import real_inputs
-from qrdeploy.graphio.twin import TwinInfo, float_twin, gradient_form
+from qrdeploy.graphio.twin import TwinInfo, dequantized_output, float_twin, gradient_form
 
 MIN_OPSET, MAX_OPSET = 16, 21
 BATCH = "batch"
@@ -217,8 +217,10 @@ def prepare(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
             activations: str = "ste") -> Prepared:
     """Twin, normalise, fold, cut and shape-infer a copy of `model` (the argument is not
     changed). `activations` picks the twin's activation quantization: "ste" (fake-quantized,
-    straight-through gradient) or "float" (removed); see qrdeploy.graphio.twin."""
+    straight-through gradient) or "float" (removed); see qrdeploy.graphio.twin. An integer
+    output is read through its own scale first (qrdeploy.graphio.twin.dequantized_output)."""
     source = _opset(model)
+    model, _ = dequantized_output(model)
     twinned, info = float_twin(model, activations)
     work = onnx.ModelProto()
     work.CopyFrom(normalise_opset(twinned))

@@ -11,9 +11,14 @@ Conventions (qrdeploy's own [DEFAULT]s, the paper has no such models):
 - model input = (pixels * R - mean) / std with R = 1 for range 0-1 and 255 for 0-255: mean and
   std are in the units of the declared range (torchvision: range=0-1,mean=0.485/...,
   std=0.229/...; Caffe-style: range=0-255,mean=123.68/116.78/103.94).
-- dtype=uint8: the model's uint8 input must be read only by Casts to float (the usual first op).
-  Those Casts are fed pixels * 255 as float instead, so the gradient is taken w.r.t. the float
-  [0, 1] input; for 8-bit images (pixels k/255) the values equal what a uint8 input gives.
+- dtype=uint8: the model's uint8 input must be read only by Casts to float (the usual first op)
+  or by DequantizeLinear (a fully quantized model), directly or through ops that only move
+  elements (an NHWC -> NCHW Transpose, Reshape, ...: UINT8_MOVES). Those Casts (and moves) are
+  fed pixels * 255 as float instead, so the gradient is taken w.r.t. the float [0, 1] input; for
+  8-bit images (pixels k/255) the values equal what a uint8 input gives. A DequantizeLinear is
+  fed them rounded to uint8 (a QuantizeLinear of scale 1), so the integer graph runs on the
+  8-bit image a device would get, and the gradient passes the rounding as a straight-through
+  estimator (BPDA, as every quantized graph's).
   A uint8 model normalises inside itself, so mean/std are refused with dtype=uint8.
 - float16 models are refused unless `upcast_fp16=True`, which stores the fp16 weights as float32
   (exact) and runs every op in float32: the attack then sees the fp32 twin, not fp16 rounding.
@@ -346,16 +351,56 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str) -> None:
-    """Feed the float pixel values to the Casts that read the uint8 input."""
-    readers = [n for n in graph.node if x in n.input]
-    for node in readers:
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if node.op_type != "Cast" or to not in (TensorProto.FLOAT, TensorProto.FLOAT16):
-            raise UnsupportedOpError(
-                f"op {node.op_type} (node {node.name or node.output[0]!r}) reads the uint8 "
-                f"input {x!r}; supported: uint8 inputs read only by a Cast to float")
-        node.input[0] = float_in
+#: Ops that only move or relabel a tensor's elements, whatever their type: a uint8 input may pass
+#: them (e.g. an NHWC -> NCHW Transpose) before the Cast to float that every uint8 model needs.
+UINT8_MOVES = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str, names: set[str]) -> None:
+    """Feed the float pixel values to the Casts to float that read the uint8 input, directly or
+    through ops of UINT8_MOVES, which then carry the float values (the same elements moved). A
+    DequantizeLinear reading it (a fully quantized model's input) gets the values rounded back to
+    uint8 by a QuantizeLinear of scale 1, so the integer graph after it stays as it ships."""
+    pending, seen = [(x, float_in, x)], set()
+    rounded: dict[str, str] = {}  # float tensor -> its uint8 rounding
+    while pending:
+        name, fed, path = pending.pop()
+        for node in [n for n in graph.node if name in n.input]:
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            data_only = list(node.input).index(name) == 0 and name not in node.input[1:]
+            if node.op_type == "Cast" and to in (TensorProto.FLOAT, TensorProto.FLOAT16) \
+                    and data_only:
+                node.input[0] = fed
+            elif node.op_type in UINT8_MOVES and data_only:
+                node.input[0] = fed
+                if node.output[0] not in seen:
+                    seen.add(node.output[0])
+                    pending.append((node.output[0], node.output[0],
+                                    f"{path} -> {node.op_type}"))
+            elif node.op_type == "DequantizeLinear" and data_only and \
+                    node.domain in ("", "ai.onnx", "com.microsoft"):
+                if fed not in rounded:
+                    rounded[fed] = _round_to_uint8(graph, fed, names)
+                node.input[0] = rounded[fed]
+            else:
+                via = "" if name == x else f" through {path.split(' -> ', 1)[1]}"
+                raise UnsupportedOpError(
+                    f"op {node.op_type} (node {node.name or node.output[0]!r}) reads the uint8 "
+                    f"input {x!r}{via}; supported: uint8 inputs read only by Casts to float or "
+                    f"DequantizeLinear, directly or through {'/'.join(UINT8_MOVES)}")
+
+
+def _round_to_uint8(graph: onnx.GraphProto, fed: str, names: set[str]) -> str:
+    """A QuantizeLinear (scale 1, zero point 0: round half to even, saturate to 0-255) of the
+    float values `fed`, inserted first in the graph; returns its uint8 output."""
+    out = unique_name(f"{fed}_uint8", names)
+    scale, zero = unique_name(f"{out}_scale", names), unique_name(f"{out}_zero", names)
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(1.0, np.float32), scale),
+                              numpy_helper.from_array(np.asarray(0, np.uint8), zero)])
+    producer = next((k for k, n in enumerate(graph.node) if fed in n.output), -1)
+    graph.node.insert(producer + 1, helper.make_node(
+        "QuantizeLinear", [fed, scale, zero], [out], name=unique_name(f"{out}/round", names)))
+    return out
 
 
 # --- batch -------------------------------------------------------------------------------------
@@ -406,7 +451,7 @@ def wrap_model(model: onnx.ModelProto, spec: InputSpec, input_name: str | None =
     names = _all_names(graph)
     float_in = unique_name(f"{x.name}_float", names) if spec.dtype is DType.UINT8 else x.name
     if spec.dtype is DType.UINT8:
-        _bypass_uint8(graph, x.name, float_in)
+        _bypass_uint8(graph, x.name, float_in, names)
     nodes, inits = _prelude(spec, float_in, names)
     fixed = _hard_coded_batch(graph) if batch == 1 else None
     pixels = helper.make_tensor_value_info(

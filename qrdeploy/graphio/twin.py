@@ -503,6 +503,56 @@ def float_twin(model: onnx.ModelProto, activations: str = "ste"
     return out, info
 
 
+#: ops whose output holds integer codes, and the input positions of that output's scale and
+#: zero point (QGemm gives float when it has no output scale)
+OUTPUT_QPARAMS: dict[str, tuple[int, int]] = {
+    "QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8),
+    "QLinearAdd": (6, 7), "QLinearMul": (6, 7), "QLinearConcat": (0, 1),
+    "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4), "QLinearSigmoid": (3, 4),
+    "QLinearLeakyRelu": (3, 4), "QLinearSoftmax": (3, 4)}
+
+
+def dequantized_output(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """A model whose one output holds integer codes (a fully quantized model that ends in
+    QuantizeLinear or a QLinear op, as converters of integer TFLite models write it), read as
+    float through the producer's own output scale and zero point: a DequantizeLinear appended,
+    the output keeping its name. These are the values the codes stand for (monotone in the codes:
+    the top-1 stays), so margins and losses are in logit units, not codes that wrap around in
+    int8 arithmetic. Returns (model, None) unchanged when the output is float, else (copy, the
+    producer's op type); GraphError when the codes' scale cannot be read."""
+    graph = model.graph
+    if len(graph.output) != 1 or graph.output[0].type.tensor_type.elem_type not in CODE_TYPES:
+        return model, None
+    out = graph.output[0]
+    node = next((n for n in graph.node if out.name in n.output), None)
+    what = TensorProto.DataType.Name(out.type.tensor_type.elem_type)
+    where = OUTPUT_QPARAMS.get(node.op_type) if node is not None else None
+    if node is None or where is None or not _is_quant_domain(node) or len(node.input) <= where[0] \
+            or not node.input[where[0]]:
+        op = node.op_type if node is not None else "(input)"
+        raise GraphError(f"the output {out.name!r} holds {what} values made by op {op}; qrdeploy "
+                         "reads integer outputs only through the scale of the QuantizeLinear or "
+                         "QLinear op that makes them: re-export the model with float logits")
+    scale, zero = node.input[where[0]], _opt(node, where[1])
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    codes = f"{out.name}_codes"
+    taken = {x for n in copy.graph.node for x in (*n.input, *n.output)}
+    while codes in taken:
+        codes += "_"
+    for n in copy.graph.node:
+        n.output[:] = [codes if o == out.name else o for o in n.output]
+        n.input[:] = [codes if i == out.name else i for i in n.input]
+    dq = helper.make_node("DequantizeLinear", [codes, scale] + ([zero] if zero else []),
+                          [out.name], name=f"{out.name}/read")
+    axis = _attrs(node).get("axis") if node.op_type == "QuantizeLinear" else None
+    if axis is not None:
+        dq.attribute.append(helper.make_attribute("axis", int(axis)))
+    copy.graph.node.append(dq)
+    copy.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    return copy, node.op_type
+
+
 def _keep_used_opsets(model: onnx.ModelProto) -> None:
     used = {n.domain for n in model.graph.node}
     keep = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]

@@ -14,7 +14,7 @@ from qrdeploy.errors import QrdeployError, first_line
 from qrdeploy.gradients.builder import differentiability
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.prevalidate import file_bytes
-from qrdeploy.graphio.twin import float_twin, gradient_form, stored_layers
+from qrdeploy.graphio.twin import dequantized_output, float_twin, gradient_form, stored_layers
 from qrdeploy.graphio.twin import summary as twin_summary
 from qrdeploy.hardening.passes import describe_model
 from qrdeploy.model.kernels import kernel_summary
@@ -29,6 +29,13 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     info = describe_model(twin, stored_layers(model)) if quant.quantized else describe_model(model)
     info = {"schema": "qrdeploy/inspect", "schema_version": 1, **info}
     report = differentiability(model)
+    try:  # an integer output: what the attacks read it as (unreadable: `differentiable` says why)
+        _, codes = dequantized_output(model)
+    except QrdeployError:
+        codes = None
+    for out in info["outputs"]:
+        out["read_as"] = None if codes is None else \
+            f"float logits through the output scale and zero point of {codes}"
     info["quantization"] = twin_summary(quant)
     info["file_bytes"] = file_bytes(path)  # the .onnx file plus its external data, if any
     info["external_data"] = info["file_bytes"] != Path(path).stat().st_size

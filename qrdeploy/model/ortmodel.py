@@ -55,7 +55,7 @@ from qrdeploy.gradients.builder import (
 from qrdeploy.gradients.prepare import Prepared, check_io, prepare
 from qrdeploy.gradients.rules import GradOptions
 from qrdeploy.graphio.graph import fixed_batch, load_model
-from qrdeploy.graphio.twin import float_twin
+from qrdeploy.graphio.twin import dequantized_output, float_twin
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -113,7 +113,8 @@ class OrtModel:
         self.timing_config = dataclasses.replace(self.config, spinning=False)
         self.batch_size = batch_size
         self.options = options
-        self.deployed = as_proto(model)
+        # a fully quantized model's integer output is read through its own scale (logit units)
+        self.deployed, self.output_codes = dequantized_output(as_proto(model))
         # DynamicQuantizeLinear takes its scale from the whole tensor, so a sample's logits
         # depend on the other samples of its batch: score one at a time, as a device runs it
         self.per_sample = any(n.op_type == "DynamicQuantizeLinear"
@@ -167,6 +168,9 @@ class OrtModel:
             "folded_nodes": p.folded_nodes if p else 0,
             "gradient_form": p.gradient_form if p else None,
         }
+        if self.output_codes is not None:
+            self.info["output"] = (f"integer codes of {self.output_codes}, read as float through "
+                                   "its output scale and zero point")
         if self.per_sample:
             self.info["scoring"] = ("one sample at a time: dynamic quantization scales each "
                                     "run's tensors as a whole")

@@ -38,14 +38,20 @@ def _per_channel(values: tuple[float, ...]) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(1, -1, 1, 1)  # (1, C, 1, 1)
 
 
-def undo_nodes(spec: InputSpec) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
-    """Nodes 'in' (as the spec says) -> 'img' (N, C, H, W) pixels, written by hand."""
+def undo_nodes(spec: InputSpec, moves_first: bool = False
+               ) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Nodes 'in' (as the spec says) -> 'img' (N, C, H, W) pixels, written by hand. With
+    `moves_first`, a uint8 input is transposed (NHWC) and passed through an Identity before its
+    Cast, as converters from NHWC runtimes write it."""
     nodes, consts, cur = [], {}, "in"
     steps: list[tuple[str, Any, dict[str, Any]]] = []
-    if spec.dtype is DType.UINT8:
-        steps.append(("Cast", None, {"to": TensorProto.FLOAT}))
+    cast = [("Cast", None, {"to": TensorProto.FLOAT})] if spec.dtype is DType.UINT8 else []
+    if not moves_first:
+        steps += cast
     if spec.layout is Layout.NHWC:
         steps.append(("Transpose", None, {"perm": [0, 3, 1, 2]}))
+    if moves_first:
+        steps += [("Identity", None, {}), *cast]
     if spec.std is not None:
         steps.append(("Mul", _per_channel(spec.std), {}))
     if spec.mean is not None:
@@ -71,9 +77,10 @@ def in_dims(spec: InputSpec, batch: Any = "N") -> list[Any]:
 
 
 def twin(spec: InputSpec, batch: Any = "N", flatten: onnx.NodeProto | None = None,
-         extra_outputs: tuple[str, ...] = (), opset: int = 17) -> onnx.ModelProto:
-    """The deployed model: expects its input as `spec` says."""
-    undo, consts = undo_nodes(spec)
+         extra_outputs: tuple[str, ...] = (), opset: int = 17,
+         moves_first: bool = False) -> onnx.ModelProto:
+    """The deployed model: expects its input as `spec` says (`moves_first`: see undo_nodes)."""
+    undo, consts = undo_nodes(spec, moves_first)
     elem = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
     x = helper.make_tensor_value_info("in", elem, in_dims(spec, batch))
     outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)

@@ -28,6 +28,7 @@ from tests.unit.inputspec_models import (
     WEIGHTS,
     as_deployed,
     base_nodes,
+    in_dims,
     pixels,
     torch_base,
     twin,
@@ -89,6 +90,75 @@ def test_gradient_through_wrapped_matches_torch(name: str) -> None:
     _, g = OrtModel(wrap_model(twin(spec), spec)).vjp(p, cot)
     assert g.shape == p.shape
     assert_close_per_sample(g, xt.grad.numpy())
+
+
+@pytest.mark.parametrize("name", ["uint8_nhwc", "uint8_nchw"])
+def test_uint8_moved_before_its_cast(name: str) -> None:
+    """A uint8 input transposed / passed through Identity before its Cast (as converters from NHWC
+    runtimes write it) is wrapped: the same logits as the pixel twin and torch's gradient."""
+    torch = pytest.importorskip("torch")
+    spec = InputSpec.parse(SPECS[name])
+    deployed = twin(spec, moves_first=True)
+    ops = [n.op_type for n in deployed.graph.node]
+    assert ops.index("Cast") > ops.index("Identity") >= 0  # the uint8 tensor moves first
+    p = pixels(seed=3)
+    ref = _run(twin(InputSpec()), p)  # (N, K)
+    np.testing.assert_allclose(_run(deployed, as_deployed(spec, p)), ref, rtol=1e-4, atol=1e-4)
+    wrapped = wrap_model(deployed, spec)
+    np.testing.assert_allclose(_run(wrapped, p), ref, rtol=1e-4, atol=1e-4)
+    cot = np.random.default_rng(5).normal(size=(len(p), 5)).astype(np.float32)  # (N, K)
+    xt = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    (torch_base(torch, xt) * torch.tensor(cot, dtype=torch.float64)).sum().backward()
+    _, g = OrtModel(wrapped).vjp(p, cot)
+    assert_close_per_sample(g, xt.grad.numpy())
+
+
+def _fully_quantized(tmp_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The pixel twin quantized by onnxruntime (QDQ, uint8 activations, scale 1/255 at the
+    input), and the same graph as a fully quantized model ships it: a uint8 NHWC input,
+    transposed, then read by the DequantizeLinear that followed the input's QuantizeLinear."""
+    from tests.unit.onnx_builders import quantize_static
+
+    (tmp_path / "f.onnx").write_bytes(twin(InputSpec()).SerializeToString())
+    qdq = quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", {"in": pixels(16, seed=7)},
+                          per_channel=True)
+    inits = {t.name: t for t in qdq.graph.initializer}
+    first = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")  # of the image
+    inits[first.input[1]].CopyFrom(numpy_helper.from_array(np.float32(1 / 255), first.input[1]))
+    inits[first.input[2]].CopyFrom(numpy_helper.from_array(np.uint8(0), first.input[2]))
+    u8 = onnx.ModelProto()
+    u8.CopyFrom(qdq)
+    for gone in (first.output[0], first.input[0]):  # the QuantizeLinear, the Identity before it
+        u8.graph.node.remove(next(n for n in u8.graph.node if n.output[0] == gone))
+    for node in u8.graph.node:
+        node.input[:] = ["moved" if i == first.output[0] else i for i in node.input]
+    u8.graph.node.insert(0, helper.make_node("Transpose", ["in"], ["moved"], perm=[0, 3, 1, 2]))
+    u8.graph.input[0].CopyFrom(helper.make_tensor_value_info("in", TensorProto.UINT8,
+                                                             in_dims(InputSpec(layout=Layout.NHWC))))
+    return qdq, u8
+
+
+def test_fully_quantized_uint8_input_keeps_its_integer_graph(tmp_path: Path) -> None:
+    """A uint8 input read by DequantizeLinear (behind a Transpose) is wrapped: the wrapper feeds
+    it the pixels rounded to uint8, so the logits and the BPDA gradient are those of the same
+    integer graph behind a float input."""
+    qdq, u8 = _fully_quantized(tmp_path)
+    spec = InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8")
+    p = pixels(seed=8)
+    ref = _run(qdq, p)
+    np.testing.assert_allclose(_run(u8, as_deployed(spec, p)), ref, rtol=0, atol=1e-6)
+    wrapped = wrap_model(u8, spec)
+    np.testing.assert_allclose(_run(wrapped, p), ref, rtol=0, atol=1e-6)
+    # off the 8-bit grid the device rounds: the wrapped model scores the rounded image
+    off = np.clip(p + np.float32(0.4 / 255), 0, 1)
+    np.testing.assert_allclose(_run(wrapped, off), ref, rtol=0, atol=1e-6)
+    model = OrtModel(wrapped)
+    assert model.info["gradient_form"].startswith("BPDA")
+    cot = np.random.default_rng(6).normal(size=(len(p), 5)).astype(np.float32)  # (N, K)
+    _, g = model.vjp(p, cot)
+    _, g_ref = OrtModel(qdq).vjp(p, cot)
+    assert np.abs(g).max() > 0
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("flatten", "expect_one_by_one"), [

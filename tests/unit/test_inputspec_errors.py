@@ -89,9 +89,14 @@ WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], 
                               ConfigError, r"mean has 3 values for 6 channels"),
     "fp16_not_upcast": (_fp16, "", {}, UnsupportedOpError,
                         r"input 'in' is float16 .* pass upcast_fp16=True"),
-    "uint8_read_by_non_cast": (lambda: _uint8_read_by("Identity"), "range=0-255,dtype=uint8", {},
-                               UnsupportedOpError, r"op Identity \(node 'reader'\) reads the "
-                               r"uint8 input 'in'; supported: uint8 inputs read only by a Cast"),
+    "uint8_read_by_non_cast": (lambda: _uint8_read_by("Abs"), "range=0-255,dtype=uint8", {},
+                               UnsupportedOpError, r"op Abs \(node 'reader'\) reads the "
+                               r"uint8 input 'in'; supported: uint8 inputs read only by Casts "
+                               r"to float or DequantizeLinear, directly or through "
+                               r"Transpose/Reshape/Identity/"),
+    "uint8_moved_then_read_by_non_cast": (
+        lambda: _uint8_read_by("Identity"), "range=0-255,dtype=uint8", {}, UnsupportedOpError,
+        r"op Div \(node 'undo1'\) reads the uint8 input 'in' through Identity; supported: "),
     "spatial_not_static": (lambda: _dynamic_hw(), "", {}, GraphError,
                            r"input 'in' has shape \[None, 3, None, None\]"),
 }

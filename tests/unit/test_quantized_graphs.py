@@ -18,7 +18,9 @@ from qrdeploy.attacks.linf import PGD
 from qrdeploy.cli import main
 from qrdeploy.core.losses import Loss
 from qrdeploy.core.runtime import SessionConfig, make_session
+from qrdeploy.errors import GraphError
 from qrdeploy.graphio.twin import float_twin
+from qrdeploy.model.inspection import inspect_model
 from qrdeploy.model.ortmodel import OrtModel
 from tests.unit.onnx_builders import cnn, inputs
 
@@ -658,3 +660,60 @@ def test_matmulnbits_counts_as_integer_only_when_it_computes_in_integers() -> No
 
     assert [_kernel(node(v)) for v in (None, 0, 1, 4)] == [
         "MatMulNBits (float compute)"] * 3 + ["MatMulNBits"]
+
+
+def _integer_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its final DequantizeLinear (and the Identity after it): its output
+    holds the codes of the op before."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    last = next(n for n in out.graph.node if n.output[0] == out.graph.output[0].name)
+    while last.op_type == "Identity":
+        out.graph.node.remove(last)
+        last = next(n for n in out.graph.node if n.output[0] == last.input[0])
+    assert last.op_type == "DequantizeLinear"
+    out.graph.node.remove(last)
+    codes = next(t for t in out.graph.initializer if t.name == last.input[2])
+    out.graph.output[0].name = last.input[0]
+    out.graph.output[0].type.tensor_type.elem_type = codes.data_type
+    return out
+
+
+@pytest.mark.parametrize("variant", ["qdq", "qop"])
+def test_an_integer_output_is_read_through_its_scale(world: dict[str, Any], variant: str,
+                                                     tmp_path: Path) -> None:
+    """A fully quantized model that ends in QuantizeLinear (QDQ) or QLinearAdd (QOperator),
+    with no DequantizeLinear after it, gives the logits the codes stand for and the gradient of
+    the model that dequantizes them."""
+    path, x, y = world["paths"][variant], world["x"], world["y"]
+    full = onnx.load(path)
+    codes = _integer_output(full)
+    m = OrtModel(codes, SessionConfig("cpu", threads=1))
+    producer = "QuantizeLinear" if variant == "qdq" else "QLinearAdd"
+    assert m.output_codes == producer and producer in str(m.info["output"])
+    np.testing.assert_array_equal(m.logits(x), _deployed(path, x))
+    ref = OrtModel(full, SessionConfig("cpu", threads=1))
+    assert ref.output_codes is None and "output" not in ref.info
+    z, _, g = m.loss_and_grad(x, y, Loss.CE)
+    z_ref, _, g_ref = ref.loss_and_grad(x, y, Loss.CE)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+    assert np.abs(g).sum() > 0
+    onnx.save(codes, tmp_path / "codes.onnx")
+    info = inspect_model(tmp_path / "codes.onnx")
+    assert info["outputs"][0]["read_as"].endswith(f"output scale and zero point of {producer}")
+    assert info["differentiable"]["ok"]
+    assert inspect_model(path)["outputs"][0]["read_as"] is None
+
+
+def test_an_integer_output_without_a_scale_is_refused(world: dict[str, Any]) -> None:
+    model = onnx.load(world["paths"]["qdq"])
+    model.graph.node.append(helper.make_node("Cast", [model.graph.output[0].name], ["codes"],
+                                             name="to_int8", to=onnx.TensorProto.INT8))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("codes", onnx.TensorProto.INT8,
+                                                                 None))
+    with pytest.raises(GraphError, match=r"^the output 'codes' holds INT8 values made by op Cast; "
+                       r"qrdeploy reads integer outputs only through the scale of the "
+                       r"QuantizeLinear or QLinear op that makes them: re-export the model "
+                       r"with float logits$"):
+        OrtModel(model)
