@@ -167,3 +167,35 @@ def quantize_static(src: str | Path, dst: str | Path, feed: dict[str, np.ndarray
 
     ortq.quantize_static(str(src), str(dst), Reader(), **options)
     return onnx.load(str(dst))
+
+
+def uint8_input(qdq: onnx.ModelProto, nhwc: bool = False) -> onnx.ModelProto:
+    """A QDQ model (onnxruntime's quantize_static) as a fully quantized model ships it: its first
+    QuantizeLinear (the image's, with the Identity before it if any) gone, and the model's input,
+    now uint8 0-255 (NHWC and transposed with `nhwc`), read by the DequantizeLinear that followed
+    it; that QuantizeLinear's scale becomes 1/255 and its zero point 0 in `qdq` itself, so
+    `qdq` on pixels k/255 computes what the new model computes on k."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    first = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")  # of the image
+    inits[first.input[1]].CopyFrom(numpy_helper.from_array(np.float32(1 / 255), first.input[1]))
+    inits[first.input[2]].CopyFrom(numpy_helper.from_array(np.uint8(0), first.input[2]))
+    x = qdq.graph.input[0]
+    out = onnx.ModelProto()
+    out.CopyFrom(qdq)
+    gone = [first.output[0]]
+    before = next((n for n in qdq.graph.node if n.output[0] == first.input[0]), None)
+    if before is not None and before.op_type == "Identity":
+        gone.append(before.output[0])
+    for name in gone:
+        out.graph.node.remove(next(n for n in out.graph.node if n.output[0] == name))
+    moved = "moved" if nhwc else x.name
+    for node in out.graph.node:
+        node.input[:] = [moved if i == first.output[0] else i for i in node.input]
+    dims: list[Any] = [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim]
+    if nhwc:
+        out.graph.node.insert(0, helper.make_node("Transpose", [x.name], [moved],
+                                                  perm=[0, 3, 1, 2]))
+        dims = [dims[0], dims[2], dims[3], dims[1]]
+    out.graph.input[0].CopyFrom(helper.make_tensor_value_info(x.name, TensorProto.UINT8,
+                                                              dims))
+    return out

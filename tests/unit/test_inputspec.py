@@ -28,7 +28,6 @@ from tests.unit.inputspec_models import (
     WEIGHTS,
     as_deployed,
     base_nodes,
-    in_dims,
     pixels,
     torch_base,
     twin,
@@ -117,24 +116,13 @@ def _fully_quantized(tmp_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The pixel twin quantized by onnxruntime (QDQ, uint8 activations, scale 1/255 at the
     input), and the same graph as a fully quantized model ships it: a uint8 NHWC input,
     transposed, then read by the DequantizeLinear that followed the input's QuantizeLinear."""
-    from tests.unit.onnx_builders import quantize_static
+    from tests.unit.onnx_builders import quantize_static, uint8_input
 
     (tmp_path / "f.onnx").write_bytes(twin(InputSpec()).SerializeToString())
     qdq = quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", {"in": pixels(16, seed=7)},
                           per_channel=True)
-    inits = {t.name: t for t in qdq.graph.initializer}
-    first = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear")  # of the image
-    inits[first.input[1]].CopyFrom(numpy_helper.from_array(np.float32(1 / 255), first.input[1]))
-    inits[first.input[2]].CopyFrom(numpy_helper.from_array(np.uint8(0), first.input[2]))
-    u8 = onnx.ModelProto()
-    u8.CopyFrom(qdq)
-    for gone in (first.output[0], first.input[0]):  # the QuantizeLinear, the Identity before it
-        u8.graph.node.remove(next(n for n in u8.graph.node if n.output[0] == gone))
-    for node in u8.graph.node:
-        node.input[:] = ["moved" if i == first.output[0] else i for i in node.input]
-    u8.graph.node.insert(0, helper.make_node("Transpose", ["in"], ["moved"], perm=[0, 3, 1, 2]))
-    u8.graph.input[0].CopyFrom(helper.make_tensor_value_info("in", TensorProto.UINT8,
-                                                             in_dims(InputSpec(layout=Layout.NHWC))))
+    u8 = uint8_input(qdq, nhwc=True)
+    assert [n.op_type for n in u8.graph.node][:2] == ["Transpose", "DequantizeLinear"]
     return qdq, u8
 
 

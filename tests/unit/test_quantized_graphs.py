@@ -22,7 +22,7 @@ from qrdeploy.errors import GraphError
 from qrdeploy.graphio.twin import float_twin
 from qrdeploy.model.inspection import inspect_model
 from qrdeploy.model.ortmodel import OrtModel
-from tests.unit.onnx_builders import cnn, inputs
+from tests.unit.onnx_builders import cnn, inputs, uint8_input
 
 ort_q = pytest.importorskip("onnxruntime.quantization")
 VARIANTS = ("qdq", "qop", "dynamic", "nbits")
@@ -717,3 +717,35 @@ def test_an_integer_output_without_a_scale_is_refused(world: dict[str, Any]) -> 
                        r"QuantizeLinear or QLinear op that makes them: re-export the model "
                        r"with float logits$"):
         OrtModel(model)
+
+
+def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A uint8 input read by DequantizeLinear and the int8 codes of the last QuantizeLinear as the
+    output (a fully quantized model as converters write it): inspect, eval, attack and lipschitz
+    run on it, and on 8-bit images it scores as the QDQ graph it came from."""
+    qdq = onnx.load(world["paths"]["qdq"])
+    full = _integer_output(uint8_input(qdq))  # qdq now has the input scale 1/255
+    paths = {"full": tmp_path / "full.onnx", "qdq": tmp_path / "qdq.onnx"}
+    onnx.save(full, paths["full"])
+    onnx.save(qdq, paths["qdq"])
+    x8 = np.round(world["x"] * 255) / 255  # the 8-bit images a device gets
+    np.savez(tmp_path / "d.npz", x=x8.astype(np.float32), y=world["y"])
+    data, spec = f"npz:{tmp_path / 'd.npz'}", ["--input-spec", "range=0-255,dtype=uint8"]
+    assert main(["inspect", str(paths["full"])]) == 0
+    assert "read as float logits through the output scale and zero point of QuantizeLinear" \
+        in capsys.readouterr().out
+    assert main(["eval", str(paths["full"]), "--data", data, *spec]) == 0
+    docs = {}
+    for name, extra in (("full", spec), ("qdq", [])):
+        out = tmp_path / f"{name}.json"
+        assert main(["attack", str(paths[name]), "--data", data, *extra, "--attacks", "clean,pgd",
+                     "--eps", "none", "--batch-size", "8", "-q", "-o", str(out)]) == 0
+        docs[name] = json.loads(out.read_text())
+    info = docs["full"]["runtime"]["info"]
+    assert info["gradient_form"].startswith("BPDA") and "QuantizeLinear" in info["output"]
+    assert docs["full"]["clean"] == docs["qdq"]["clean"]
+    assert docs["full"]["per_sample"]["clean_correct"] == docs["qdq"]["per_sample"]["clean_correct"]
+    assert main(["lipschitz", str(world["paths"]["ref"]), str(paths["full"]), "-q", "-o",
+                 str(tmp_path / "l.json")]) == 0
+    assert len(json.loads((tmp_path / "l.json").read_text())["layers"]) == 4
