@@ -178,16 +178,20 @@ def evaluate(model: PathLike, data: str | Dataset = "mnist-5k", *, split: str = 
              n: int | None = None, reference: PathLike | None = None,
              provider: str = "auto", threads: int = 0, input_spec: str | None = None,
              input_guard: bool = True, atol: float = 1e-5, rtol: float = 1e-5,
-             batch_size: int = 500) -> EvalResult:
+             batch_size: int = 500, reference_input_spec: str | None = None) -> EvalResult:
     """Clean accuracy (95 % Wilson interval) of an ONNX classifier on a data set (a name as
     `load_dataset` takes it, or a Dataset); with `reference`, also top-1 agreement, the logit
     differences (pass rate under atol/rtol) and the paired accuracy drop. The input guard
-    first checks that `input_spec` (default float32 NCHW in [0, 1]) fits the model."""
+    first checks that `input_spec` (default float32 NCHW in [0, 1]) fits the model (the
+    reference, when given); `reference_input_spec`: the reference's own, when it differs."""
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     contract = None if input_spec is None else InputContract.from_options(input_spec)
+    ref_contract = None if reference_input_spec is None else \
+        InputContract.from_options(reference_input_spec)
     return evaluate_files(model, ds, reference=reference, contract=contract,
                           config=SessionConfig(provider, threads), batch_size=batch_size,
-                          tolerance=Tolerance(atol, rtol), guard=input_guard)
+                          tolerance=Tolerance(atol, rtol), guard=input_guard,
+                          reference_contract=ref_contract)
 
 
 def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,

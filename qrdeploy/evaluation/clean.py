@@ -5,7 +5,9 @@ accuracy drop (Newcombe interval, McNemar test)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from qrdeploy.core.stats import (
     newcombe_paired_interval,
 )
 from qrdeploy.data.datasets import Dataset, check_labels, validate_dataset
-from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.errors import ConfigError, DataError, GraphError, InputContractError, first_line
 from qrdeploy.evaluation.guard import GuardResult, Verdict, enforce, input_guard
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import InputContract, contracted
@@ -189,25 +191,53 @@ def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | Non
     return EvalResult(len(dataset), accuracy, agreement, pred.providers, ref_acc, logits, drop)
 
 
+@contextlib.contextmanager
+def _shared_contract_hint(reference: str | Path,
+                          reference_contract: InputContract | None) -> Iterator[None]:
+    """An error of the reference under the model's contract names the reference and the option
+    that gives it its own contract."""
+    try:
+        yield
+    except (ConfigError, GraphError, InputContractError) as exc:
+        if reference_contract is not None:
+            raise
+        text, who = first_line(exc, None), f"--reference {reference}"
+        raise type(exc)(f"{'' if who in text else who + ': '}{text}; when the reference takes "
+                        "another input than the model, give it its own with "
+                        "--reference-input-spec (e.g. range=0-1)") from exc
+
+
 def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path | None = None,
                    contract: InputContract | None = None, config: SessionConfig | None = None,
                    batch_size: int = 500, tolerance: Tolerance | None = None,
-                   guard: bool = True) -> EvalResult:
+                   guard: bool = True,
+                   reference_contract: InputContract | None = None) -> EvalResult:
     """`qrdeploy eval` as one call: load the model file(s), run the input guard
     (qrdeploy.evaluation.guard; a mismatch raises InputContractError) on the reference when
     there is one, as `check` does (a hardened model near chance is a finding, not a wrong
-    contract), else on the model; apply the input contract to both models, and evaluate."""
+    contract), else on the model; apply the input contract to both models, and evaluate.
+    `reference_contract`: the reference's own input contract when it differs from the model's
+    (a float original beside its uint8 NHWC conversion); then both contracts are guarded."""
     proto = load_model(model)
+    ref_contract = reference_contract or contract
     found = None
     if guard:
-        guarded = proto if reference is None else load_model(reference)
-        found = input_guard(guarded, dataset, contract, config, batch_size,
-                            name=None if reference is None else f"--reference {reference}")
+        if reference is not None and reference_contract is not None:  # the model's own first
+            enforce(input_guard(proto, dataset, contract, config, batch_size, name=str(model)))
+        if reference is None:
+            found = input_guard(proto, dataset, contract, config, batch_size)
+        else:
+            with _shared_contract_hint(reference, reference_contract):
+                found = input_guard(load_model(reference), dataset, ref_contract, config,
+                                    batch_size, name=f"--reference {reference}")
+                enforce(found)
         enforce(found)
     proto, bs = contracted(proto, contract or InputContract(), batch_size)
     ref, ref_bs = None, None
     if reference is not None:
-        ref, ref_bs = contracted(load_model(reference), contract or InputContract(), batch_size)
+        with _shared_contract_hint(reference, reference_contract):
+            ref, ref_bs = contracted(load_model(reference), ref_contract or InputContract(),
+                                     batch_size)
     result = evaluate_onnx(proto, dataset, ref, config, bs, tolerance, ref_bs,
                            names=(str(model), f"--reference {reference}"))
     return dataclasses.replace(result, guard=found)

@@ -110,6 +110,8 @@ class GuardResult:
     best_score: float | None = None
     p_value: float | None = None
     reason: str = ""
+    #: the model the guard ran on, as errors name it (None: the one model of the command)
+    subject: str | None = None
 
     def message(self) -> str:
         """One line: what was measured and what to do."""
@@ -120,7 +122,8 @@ class GuardResult:
                 f"{100 * self.declared_score:.1f}% with the declared input "
                 f"({self.declared.cli() or 'range=0-1'}) and "
                 f"{100 * (self.best_score or 0):.1f}% with {flag}; ")
-            return (f"input contract mismatch: {measured or self.reason + '; '}pass "
+            on = f" on {self.subject}" if self.subject else ""
+            return (f"input contract mismatch{on}: {measured or self.reason + '; '}pass "
                     f"--input-spec {flag} (or --no-input-guard to go on as declared)")
         if self.verdict is Verdict.SUSPECT and self.best is not None and \
                 self.measure == "accuracy":
@@ -243,7 +246,7 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
         fits = dataclasses.replace(contract.spec, layout=other)
         return GuardResult(Verdict.MISMATCH, contract.spec, measure, n, None, fits, None,
                            reason=f"the model's input shape fits the images only as "
-                                  f"{other.value.upper()}")
+                                  f"{other.value.upper()}", subject=name)
     # the declared contract failing outright raises its own error (shape, dtype, outputs)
     declared = _score(model, contract, contract.spec, probe, session, batch_size, strict=True,
                       name=name)
@@ -251,7 +254,7 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
     tried = [c for s in candidates(contract.spec, int(probe.x.shape[1]))
              if (c := _score(model, contract, s, probe, session, batch_size)) is not None]
     best = max(tried, key=lambda c: c.score, default=None)
-    result = GuardResult(Verdict.OK, contract.spec, measure, n, declared.score)
+    result = GuardResult(Verdict.OK, contract.spec, measure, n, declared.score, subject=name)
     if declared.correct is None:  # label-free: warn at most
         if best is not None and declared.score < 0.5 and best.score >= 0.8:
             return dataclasses.replace(result, verdict=Verdict.SUSPECT, best=best.spec,

@@ -107,6 +107,18 @@ def test_the_plain_model_passes_quietly(mnist: dict[str, Path]) -> None:
     assert found.declared_score is not None and found.declared_score > 0.9
 
 
+def test_a_layout_mismatch_names_the_model_it_was_found_on(mnist: dict[str, Path]) -> None:
+    contract = InputContract(InputSpec.parse("layout=nhwc"))
+    data = load_dataset("mnist-5k", "test", n=20)
+    found = input_guard(onnx.load(mnist["plain"]), data, contract, name="--reference ref.onnx")
+    assert found.verdict is Verdict.MISMATCH
+    assert found.message().startswith("input contract mismatch on --reference ref.onnx: the "
+                                      "model's input shape fits the images only as NCHW; pass "
+                                      "--input-spec range=0-1 ")
+    unnamed = input_guard(onnx.load(mnist["plain"]), data, contract)
+    assert unnamed.message().startswith("input contract mismatch: the model's input shape")
+
+
 def test_full_integer_model(mnist: dict[str, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     """qrdeploy's own int8 model behind a 0-255 front: the guard runs the integer graph."""

@@ -736,6 +736,20 @@ def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Pa
     assert "read as float logits through the output scale and zero point of QuantizeLinear" \
         in capsys.readouterr().out
     assert main(["eval", str(paths["full"]), "--data", data, *spec]) == 0
+    # beside its float original, which takes float pixels: the reference's own contract
+    ref = ["--reference", str(world["paths"]["ref"])]
+    capsys.readouterr()
+    assert main(["eval", str(paths["full"]), "--data", data, *spec, *ref]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: --reference {ref[1]}: input 'input' is FLOAT" in err
+    assert err.rstrip().endswith("give it its own with --reference-input-spec (e.g. range=0-1)")
+    assert main(["eval", str(paths["full"]), "--data", data, *spec, *ref,
+                 "--reference-input-spec", "range=0-1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agreement"]["value"] > 0.5
+    assert main(["eval", str(paths["full"]), "--data", data, *spec,
+                 "--reference-input-spec", "range=0-1"]) == 2
+    assert "--reference-input-spec needs --reference" in capsys.readouterr().err
     docs = {}
     for name, extra in (("full", spec), ("qdq", [])):
         out = tmp_path / f"{name}.json"
