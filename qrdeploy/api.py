@@ -230,14 +230,19 @@ def check(model: PathLike, reference: PathLike, data: str | Dataset,
           policy: PathLike | Policy, *, seed: int = 0, batch_size: int = 256,
           provider: str = "auto", threads: int = 0,
           input_spec: str | None = None, input_guard: bool = True, workers: int = 1,
-          ray: str | None = None, shards: int | None = None) -> CheckResult:
+          ray: str | None = None, shards: int | None = None,
+          reference_input_spec: str | None = None) -> CheckResult:
     """The pipeline gate: measure every threshold of `policy` (a TOML file or a Policy) on
     `model` against `reference`; read `.passed` and `.exit_code` (0 pass, 3 fail). `workers`,
-    `ray` ('local', 'auto' or an address) and `shards` split the attack runs, as `attack`'s."""
+    `ray` ('local', 'auto' or an address) and `shards` split the attack runs, as `attack`'s;
+    `reference_input_spec`: the reference's own input contract when it differs from the
+    model's."""
     contract = None if input_spec is None else InputContract.from_options(input_spec)
+    ref_contract = None if reference_input_spec is None else \
+        InputContract.from_options(reference_input_spec)
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
                   seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard,
-                  parallel=Parallel(workers, ray, shards))
+                  parallel=Parallel(workers, ray, shards), reference_contract=ref_contract)
 
 
 def inspect(model: PathLike) -> dict[str, Any]:

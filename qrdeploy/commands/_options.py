@@ -114,12 +114,18 @@ def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(provider=args.provider, threads=args.threads)
 
 
-def add_input_contract(p: argparse.ArgumentParser) -> None:
+def add_input_contract(p: argparse.ArgumentParser, reference: bool = False) -> None:
+    """--input-spec and its companions; `reference`: also --reference-input-spec."""
     g = p.add_argument_group("model input contract (docs/input-spec.md)")
     g.add_argument("--input-spec", type=input_spec, default=None, metavar="SPEC",
                    help="what the model's input expects, e.g. range=0-255,layout=nhwc or "
                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225 (default: float32 NCHW "
                         "in [0, 1])")
+    if reference:
+        g.add_argument("--reference-input-spec", type=input_spec, default=None, metavar="SPEC",
+                       help="the reference's input contract when it differs from the model's "
+                            "(e.g. range=0-1 for the float32 NCHW original of a uint8 NHWC "
+                            "model; default: --input-spec)")
     g.add_argument("--input-name", default=None, metavar="NAME",
                    help="the image input, when the model has several")
     g.add_argument("--output-name", default=None, metavar="NAME",
@@ -138,6 +144,15 @@ def input_contract(args: argparse.Namespace) -> InputContract | None:
         return None
     return InputContract.from_options(args.input_spec, args.input_name, args.output_name,
                                       args.upcast_fp16)
+
+
+def reference_contract(args: argparse.Namespace) -> InputContract | None:
+    """The reference's own contract (--reference-input-spec), or None: the model's."""
+    if args.reference_input_spec is None:
+        return None
+    if args.reference is None:
+        raise UsageError("--reference-input-spec needs --reference")
+    return InputContract.from_options(args.reference_input_spec)
 
 
 def add_isolate(p: argparse.ArgumentParser) -> None:

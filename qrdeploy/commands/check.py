@@ -15,6 +15,7 @@ from qrdeploy.commands._options import (
     input_contract,
     load_data,
     parallel,
+    reference_contract,
     session_config,
 )
 from qrdeploy.errors import QrdeployError, first_line
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a JUnit XML report, one testcase per threshold")
     add_data(p, default=None)
     add_runtime(p)
-    add_input_contract(p)
+    add_input_contract(p, reference=True)
     add_isolate(p)
     add_parallel(p)
     p.set_defaults(batch_size=256)
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         result = check(args.model, args.reference, load_data(args), args.policy,
                        session=session_config(args), seed=args.seed,
                        batch_size=args.batch_size, contract=input_contract(args),
-                       input_guard=not args.no_input_guard, parallel=parallel(args))
+                       input_guard=not args.no_input_guard, parallel=parallel(args),
+                       reference_contract=reference_contract(args))
     except QrdeployError as exc:
         if args.junit:  # the CI system shows the reason, not a missing report
             write_junit_error(args.junit, args.model, first_line(exc, None))

@@ -13,14 +13,12 @@ from qrdeploy.commands._options import (
     add_runtime,
     check_isolated,
     input_contract,
-    input_spec,
     load_data,
     non_negative_float,
+    reference_contract,
     session_config,
 )
-from qrdeploy.errors import UsageError
 from qrdeploy.evaluation.clean import Tolerance, evaluate_files
-from qrdeploy.graphio.inputspec import InputContract
 
 HELP = ("accuracy of an ONNX classifier on onnxruntime; with --reference also agreement, logit "
         "differences and the accuracy drop")
@@ -30,10 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX classifier (output: logits)")
     p.add_argument("--reference", help="reference ONNX model (e.g. the one before hardening): "
                                        "top-1 agreement, logit differences, accuracy drop")
-    p.add_argument("--reference-input-spec", type=input_spec, default=None, metavar="SPEC",
-                   help="the reference's input contract when it differs from the model's (e.g. "
-                        "range=0-1 for the float32 NCHW original of a uint8 NHWC model; "
-                        "default: --input-spec)")
     p.add_argument("--atol", type=non_negative_float, default=Tolerance.atol,
                    help="absolute logit tolerance of the pass rate (default: %(default)g)")
     p.add_argument("--rtol", type=non_negative_float, default=Tolerance.rtol,
@@ -41,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data(p)
     add_runtime(p)
-    add_input_contract(p)
+    add_input_contract(p, reference=True)
     add_isolate(p)
 
 
@@ -51,18 +45,10 @@ def run(args: argparse.Namespace) -> int:
                             contract=input_contract(args), config=session_config(args),
                             batch_size=args.batch_size, tolerance=Tolerance(args.atol, args.rtol),
                             guard=not args.no_input_guard,
-                            reference_contract=_reference_contract(args))
+                            reference_contract=reference_contract(args))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print("\n".join(result.lines()))
     return 0
 
-
-def _reference_contract(args: argparse.Namespace) -> InputContract | None:
-    """The reference's own contract (--reference-input-spec), or None: the model's."""
-    if args.reference_input_spec is None:
-        return None
-    if args.reference is None:
-        raise UsageError("--reference-input-spec needs --reference")
-    return InputContract.from_options(args.reference_input_spec)

@@ -5,9 +5,7 @@ accuracy drop (Newcombe interval, McNemar test)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,14 @@ from qrdeploy.core.stats import (
     newcombe_paired_interval,
 )
 from qrdeploy.data.datasets import Dataset, check_labels, validate_dataset
-from qrdeploy.errors import ConfigError, DataError, GraphError, InputContractError, first_line
-from qrdeploy.evaluation.guard import GuardResult, Verdict, enforce, input_guard
+from qrdeploy.errors import ConfigError, DataError
+from qrdeploy.evaluation.guard import (
+    GuardResult,
+    Verdict,
+    enforce,
+    input_guard,
+    reference_contract_hint,
+)
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import InputContract, contracted
 from qrdeploy.model.ortmodel import ModelLike, OrtModel
@@ -191,22 +195,6 @@ def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | Non
     return EvalResult(len(dataset), accuracy, agreement, pred.providers, ref_acc, logits, drop)
 
 
-@contextlib.contextmanager
-def _shared_contract_hint(reference: str | Path,
-                          reference_contract: InputContract | None) -> Iterator[None]:
-    """An error of the reference under the model's contract names the reference and the option
-    that gives it its own contract."""
-    try:
-        yield
-    except (ConfigError, GraphError, InputContractError) as exc:
-        if reference_contract is not None:
-            raise
-        text, who = first_line(exc, None), f"--reference {reference}"
-        raise type(exc)(f"{'' if who in text else who + ': '}{text}; when the reference takes "
-                        "another input than the model, give it its own with "
-                        "--reference-input-spec (e.g. range=0-1)") from exc
-
-
 def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path | None = None,
                    contract: InputContract | None = None, config: SessionConfig | None = None,
                    batch_size: int = 500, tolerance: Tolerance | None = None,
@@ -227,7 +215,7 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
         if reference is None:
             found = input_guard(proto, dataset, contract, config, batch_size)
         else:
-            with _shared_contract_hint(reference, reference_contract):
+            with reference_contract_hint(reference, reference_contract):
                 found = input_guard(load_model(reference), dataset, ref_contract, config,
                                     batch_size, name=f"--reference {reference}")
                 enforce(found)
@@ -235,7 +223,7 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
     proto, bs = contracted(proto, contract or InputContract(), batch_size)
     ref, ref_bs = None, None
     if reference is not None:
-        with _shared_contract_hint(reference, reference_contract):
+        with reference_contract_hint(reference, reference_contract):
             ref, ref_bs = contracted(load_model(reference), ref_contract or InputContract(),
                                      batch_size)
     result = evaluate_onnx(proto, dataset, ref, config, bs, tolerance, ref_bs,

@@ -36,12 +36,15 @@ accuracy is one of the paper's findings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -49,7 +52,13 @@ import onnx
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.core.stats import Proportion, mcnemar_exact
 from qrdeploy.data.datasets import Dataset
-from qrdeploy.errors import InputContractError, QrdeployError
+from qrdeploy.errors import (
+    ConfigError,
+    GraphError,
+    InputContractError,
+    QrdeployError,
+    first_line,
+)
 from qrdeploy.graphio.graph import real_inputs
 from qrdeploy.graphio.inputspec import (
     Channels,
@@ -285,3 +294,19 @@ def enforce(result: GuardResult) -> None:
         raise InputContractError(result.message())
     if result.verdict is Verdict.SUSPECT:
         log.warning("%s", result.message())
+
+
+@contextlib.contextmanager
+def reference_contract_hint(reference: str | Path,
+                          reference_contract: InputContract | None) -> Iterator[None]:
+    """An error of the reference under the model's contract names the reference and the option
+    that gives it its own contract."""
+    try:
+        yield
+    except (ConfigError, GraphError, InputContractError) as exc:
+        if reference_contract is not None:
+            raise
+        text, who = first_line(exc, None), f"--reference {reference}"
+        raise type(exc)(f"{'' if who in text else who + ': '}{text}; when the reference takes "
+                        "another input than the model, give it its own with "
+                        "--reference-input-spec (e.g. range=0-1)") from exc

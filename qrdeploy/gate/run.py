@@ -39,6 +39,7 @@ from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.build import masking_result
 from qrdeploy.evaluation.guard import Verdict as GuardVerdict
 from qrdeploy.evaluation.guard import input_guard as guard_input
+from qrdeploy.evaluation.guard import reference_contract_hint
 from qrdeploy.evaluation.results import MaskingResult
 from qrdeploy.evaluation.runner import RunConfig, Subject
 from qrdeploy.evaluation.shard import Parallel, run_evaluation
@@ -178,6 +179,7 @@ class ModelFile:
     size_bytes: int
     proto: onnx.ModelProto
     batch_size: int  # the check's batch size, or 1 for a model that runs one sample at a time
+    contract: Any = None  # the input contract applied to `proto` (a worker applies it again)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.path.name, "sha256": self.sha256, "size_bytes": self.size_bytes}
@@ -188,7 +190,7 @@ def open_model_file(path: str | Path, contract: Any = None, batch_size: int = 25
     p = Path(path)
     proto = load_model(p)  # validates; raises a one-line GraphError for a missing or bad file
     proto, batch = contracted(proto, contract, batch_size)
-    return ModelFile(p, sha256_file(p), file_bytes(p), proto, batch)
+    return ModelFile(p, sha256_file(p), file_bytes(p), proto, batch, contract)
 
 
 # ----------------------------------------------------------------------------------- result
@@ -275,7 +277,6 @@ class _Run:
     data: Dataset
     session: SessionConfig
     seed: int
-    contract: Any = None
     parallel: Parallel | None = None
     results: list[ThresholdResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -369,7 +370,7 @@ def _subject(run: _Run, f: ModelFile) -> Subject:
     """A model of the check as the attack runner's Subject; opened from its file (which a worker
     reopens) when the run is sharded."""
     if run.parallel is not None and run.parallel.active:
-        return open_subject(f.path, run.session, f.batch_size, run.contract)
+        return open_subject(f.path, run.session, f.batch_size, f.contract)
     return Subject(f.path.name, f.sha256, OrtModel(f.proto, run.session, batch_size=f.batch_size,
                                                    name=str(f.path)))
 
@@ -402,7 +403,7 @@ def _size_and_latency(run: _Run, pm: OrtModel, pr: OrtModel) -> tuple[LatencyRow
 def check(model: str | Path, reference: str | Path, data: Dataset | str,
           policy: Policy | str | Path, *, session: SessionConfig | None = None, seed: int = 0,
           batch_size: int = 256, contract: Any = None, input_guard: bool = True,
-          parallel: Parallel | None = None) -> CheckResult:
+          parallel: Parallel | None = None, reference_contract: Any = None) -> CheckResult:
     """Measure every threshold of `policy` on `model` against `reference` over `data` (a Dataset,
     or a data set name whose test split is loaded). `contract`
     (qrdeploy.graphio.inputspec.InputContract) adapts models whose input is not float32 NCHW in [0,
@@ -411,19 +412,30 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     threshold, `input.contract_mismatch` (max 0): a mismatch fails the gate like any threshold,
     a suspicion (near-chance accuracy, nothing fits better) passes with the warning as detail.
     `parallel` (qrdeploy.evaluation.shard.Parallel) shards the attack runs over local workers or
-    a Ray cluster, with the same results. Never raises for a failed threshold: read `.passed` /
-    `.exit_code`."""
+    a Ray cluster, with the same results. `reference_contract`: the reference's own contract
+    when its input differs from the model's (a float original beside its uint8 NHWC
+    conversion); then the guard checks each model under its own. Never raises for a failed
+    threshold: read `.passed` / `.exit_code`."""
     t_all = time.perf_counter()
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
-    run = _Run(pol, open_model_file(model, contract, batch_size),
-               open_model_file(reference, contract, batch_size), ds, session or SessionConfig(),
-               seed, contract, parallel)
+    ref_contract = reference_contract or contract
+    with reference_contract_hint(reference, reference_contract):
+        ref_file = open_model_file(reference, ref_contract, batch_size)
+    run = _Run(pol, open_model_file(model, contract, batch_size), ref_file, ds,
+               session or SessionConfig(), seed, parallel)
     if input_guard:
         # the reference (the model before hardening) carries the contract: a hardened model
-        # near chance is a finding of the gate, not a wrong contract
-        found = guard_input(load_model(reference), ds, contract, run.session, batch_size,
-                            name=f"--reference {reference}")
+        # near chance is a finding of the gate, not a wrong contract; a model with a contract
+        # of its own is guarded under it too
+        guarded = [(reference, ref_contract, f"--reference {reference}")]
+        if reference_contract is not None:
+            guarded.insert(0, (model, contract, str(model)))
+        findings = [guard_input(load_model(path), ds, c, run.session, batch_size, name=name)
+                    for path, c, name in guarded]
+        found = next((f for f in findings if f.verdict is GuardVerdict.MISMATCH),
+                     next((f for f in findings if f.verdict is not GuardVerdict.OK),
+                          findings[-1]))
         mismatch = found.verdict is GuardVerdict.MISMATCH
         if found.verdict is not GuardVerdict.OK:  # a mismatch fails; a suspicion only notes
             detail = found.message() + ("; the other thresholds were not measured: with the "

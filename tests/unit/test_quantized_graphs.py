@@ -750,6 +750,16 @@ def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Pa
     assert main(["eval", str(paths["full"]), "--data", data, *spec,
                  "--reference-input-spec", "range=0-1"]) == 2
     assert "--reference-input-spec needs --reference" in capsys.readouterr().err
+    policy = tmp_path / "p.toml"
+    policy.write_text("[clean]\nmin_agreement = 0.5\n[latency]\nrepeats = 2\nwarmup = 0\n"
+                      "batch_sizes = [1]\n")
+    gate = ["check", str(paths["full"]), *ref, "--data", data, "--policy", str(policy), *spec]
+    assert main(gate) == 1
+    assert "give it its own with --reference-input-spec" in capsys.readouterr().err
+    assert main([*gate, "--reference-input-spec", "range=0-1", "-o",
+                 str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["passed"] and summary["reference"]["name"] == "ref.onnx"
     docs = {}
     for name, extra in (("full", spec), ("qdq", [])):
         out = tmp_path / f"{name}.json"
