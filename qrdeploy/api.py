@@ -184,6 +184,8 @@ def evaluate(model: PathLike, data: str | Dataset = "mnist-5k", *, split: str = 
     differences (pass rate under atol/rtol) and the paired accuracy drop. The input guard
     first checks that `input_spec` (default float32 NCHW in [0, 1]) fits the model (the
     reference, when given); `reference_input_spec`: the reference's own, when it differs."""
+    if reference_input_spec is not None and reference is None:
+        raise UsageError("reference_input_spec needs a reference")
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     ref_contract = None if reference_input_spec is None else \

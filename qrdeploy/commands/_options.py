@@ -125,7 +125,8 @@ def add_input_contract(p: argparse.ArgumentParser, reference: bool = False) -> N
         g.add_argument("--reference-input-spec", type=input_spec, default=None, metavar="SPEC",
                        help="the reference's input contract when it differs from the model's "
                             "(e.g. range=0-1 for the float32 NCHW original of a uint8 NHWC "
-                            "model; default: --input-spec)")
+                            "model; default: --input-spec; --input-name and --output-name then "
+                            "apply to the model only)")
     g.add_argument("--input-name", default=None, metavar="NAME",
                    help="the image input, when the model has several")
     g.add_argument("--output-name", default=None, metavar="NAME",
@@ -147,12 +148,13 @@ def input_contract(args: argparse.Namespace) -> InputContract | None:
 
 
 def reference_contract(args: argparse.Namespace) -> InputContract | None:
-    """The reference's own contract (--reference-input-spec), or None: the model's."""
+    """The reference's own contract (--reference-input-spec, with --upcast-fp16; the input and
+    output names are the model's), or None: the model's."""
     if args.reference_input_spec is None:
         return None
     if args.reference is None:
         raise UsageError("--reference-input-spec needs --reference")
-    return InputContract.from_options(args.reference_input_spec)
+    return InputContract.from_options(args.reference_input_spec, upcast_fp16=args.upcast_fp16)
 
 
 def add_isolate(p: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.guard import (
     GuardResult,
     Verdict,
+    check_same_input,
     enforce,
     input_guard,
     reference_contract_hint,
@@ -195,6 +196,11 @@ def evaluate_onnx(model: ModelLike, dataset: Dataset, reference: ModelLike | Non
     return EvalResult(len(dataset), accuracy, agreement, pred.providers, ref_acc, logits, drop)
 
 
+def _ref_option(reference_contract: InputContract | None) -> str:
+    """The option that sets the reference's contract: its own, or the model's it shares."""
+    return "--input-spec" if reference_contract is None else "--reference-input-spec"
+
+
 def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path | None = None,
                    contract: InputContract | None = None, config: SessionConfig | None = None,
                    batch_size: int = 500, tolerance: Tolerance | None = None,
@@ -207,25 +213,28 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
     `reference_contract`: the reference's own input contract when it differs from the model's
     (a float original beside its uint8 NHWC conversion); then both contracts are guarded."""
     proto = load_model(model)
+    ref_proto = None if reference is None else load_model(reference)
+    ref_name = f"--reference {reference}"
     ref_contract = reference_contract or contract
+    if ref_proto is not None and reference_contract is None:
+        check_same_input(proto, ref_proto, ref_name, contract)
     found = None
     if guard:
-        if reference is not None and reference_contract is not None:  # the model's own first
+        if ref_proto is not None and reference_contract is not None:  # the model's own first
             enforce(input_guard(proto, dataset, contract, config, batch_size, name=str(model)))
-        if reference is None:
+        if ref_proto is None:
             found = input_guard(proto, dataset, contract, config, batch_size)
         else:
-            with reference_contract_hint(reference, reference_contract):
-                found = input_guard(load_model(reference), dataset, ref_contract, config,
-                                    batch_size, name=f"--reference {reference}")
+            with reference_contract_hint(ref_name, reference_contract):
+                found = input_guard(ref_proto, dataset, ref_contract, config, batch_size,
+                                    name=ref_name, option=_ref_option(reference_contract))
                 enforce(found)
         enforce(found)
     proto, bs = contracted(proto, contract or InputContract(), batch_size)
     ref, ref_bs = None, None
-    if reference is not None:
-        with reference_contract_hint(reference, reference_contract):
-            ref, ref_bs = contracted(load_model(reference), ref_contract or InputContract(),
-                                     batch_size)
+    if ref_proto is not None:
+        with reference_contract_hint(ref_name, reference_contract):
+            ref, ref_bs = contracted(ref_proto, ref_contract or InputContract(), batch_size)
     result = evaluate_onnx(proto, dataset, ref, config, bs, tolerance, ref_bs,
                            names=(str(model), f"--reference {reference}"))
     return dataclasses.replace(result, guard=found)

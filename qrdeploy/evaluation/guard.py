@@ -44,7 +44,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -121,6 +121,8 @@ class GuardResult:
     reason: str = ""
     #: the model the guard ran on, as errors name it (None: the one model of the command)
     subject: str | None = None
+    #: the option that sets the contract the guard judged
+    option: str = "--input-spec"
 
     def message(self) -> str:
         """One line: what was measured and what to do."""
@@ -133,7 +135,7 @@ class GuardResult:
                 f"{100 * (self.best_score or 0):.1f}% with {flag}; ")
             on = f" on {self.subject}" if self.subject else ""
             return (f"input contract mismatch{on}: {measured or self.reason + '; '}pass "
-                    f"--input-spec {flag} (or --no-input-guard to go on as declared)")
+                    f"{self.option} {flag} (or --no-input-guard to go on as declared)")
         if self.verdict is Verdict.SUSPECT and self.best is not None and \
                 self.measure == "accuracy":
             return (f"input guard: the model's accuracy on {self.n} images is "
@@ -240,7 +242,8 @@ def _score(model: onnx.ModelProto, contract: InputContract, spec: InputSpec, dat
 
 def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract | None = None,
                 session: SessionConfig | None = None, batch_size: int = 256,
-                config: GuardConfig | None = None, name: str | None = None) -> GuardResult:
+                config: GuardConfig | None = None, name: str | None = None,
+                option: str = "--input-spec") -> GuardResult:
     """Score the declared contract and the alternatives (module docstring); never raises for
     a mismatch: see `enforce`. `name`: how errors name the model (its path, `--reference
     PATH`)."""
@@ -255,7 +258,7 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
         fits = dataclasses.replace(contract.spec, layout=other)
         return GuardResult(Verdict.MISMATCH, contract.spec, measure, n, None, fits, None,
                            reason=f"the model's input shape fits the images only as "
-                                  f"{other.value.upper()}", subject=name)
+                                  f"{other.value.upper()}", subject=name, option=option)
     # the declared contract failing outright raises its own error (shape, dtype, outputs)
     declared = _score(model, contract, contract.spec, probe, session, batch_size, strict=True,
                       name=name)
@@ -263,7 +266,8 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
     tried = [c for s in candidates(contract.spec, int(probe.x.shape[1]))
              if (c := _score(model, contract, s, probe, session, batch_size)) is not None]
     best = max(tried, key=lambda c: c.score, default=None)
-    result = GuardResult(Verdict.OK, contract.spec, measure, n, declared.score, subject=name)
+    result = GuardResult(Verdict.OK, contract.spec, measure, n, declared.score, subject=name,
+                         option=option)
     if declared.correct is None:  # label-free: warn at most
         if best is not None and declared.score < 0.5 and best.score >= 0.8:
             return dataclasses.replace(result, verdict=Verdict.SUSPECT, best=best.spec,
@@ -296,17 +300,56 @@ def enforce(result: GuardResult) -> None:
         log.warning("%s", result.message())
 
 
+_FIX = ("give the reference its own input contract with --reference-input-spec (e.g. "
+        "range=0-1 for float32 NCHW pixels in [0, 1])")
+
+
+#: float inputs, one kind for the comparison (--upcast-fp16 serves a float16 one)
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+           onnx.TensorProto.DOUBLE)
+
+
+def _input_of(model: onnx.ModelProto, contract: InputContract | None
+              ) -> tuple[int, tuple[Any, ...]]:
+    """(element type, dims after the batch; None where symbolic) of the input a contract reads."""
+    inputs = real_inputs(model.graph)
+    name = contract.input_name if contract is not None else None
+    x = next((i for i in inputs if i.name == name), inputs[0] if inputs else None)
+    if x is None:
+        return 0, ()
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in x.type.tensor_type.shape.dim[1:])
+    elem = int(x.type.tensor_type.elem_type)
+    return (onnx.TensorProto.FLOAT if elem in _FLOATS else elem), dims
+
+
+def check_same_input(model: onnx.ModelProto, reference: onnx.ModelProto, ref_name: str,
+                     contract: InputContract | None) -> None:
+    """ConfigError when the reference's input differs from the model's in element type or in
+    layout (the same static dims in another order), so one contract cannot serve both (the fix:
+    its own contract). Other shape differences are the data's to report."""
+    (mt, md), (rt, rd) = _input_of(model, contract), _input_of(reference, contract)
+    static = None not in md and None not in rd
+    relaid = static and md != rd and sorted(md) == sorted(rd)
+    if mt != rt or relaid:
+        def text(t: int, d: tuple[Any, ...]) -> str:
+            shape = "(N, " + ", ".join("?" if v is None else str(v) for v in d) + ")"
+            return f"{onnx.TensorProto.DataType.Name(t)} {shape}"
+
+        raise ConfigError(f"{ref_name}: its input is {text(rt, rd)} and the model's "
+                          f"{text(mt, md)}, so one input contract cannot serve both; {_FIX}")
+
+
 @contextlib.contextmanager
-def reference_contract_hint(reference: str | Path,
-                          reference_contract: InputContract | None) -> Iterator[None]:
-    """An error of the reference under the model's contract names the reference and the option
-    that gives it its own contract."""
+def reference_contract_hint(ref_name: str, reference_contract: InputContract | None
+                            ) -> Iterator[None]:
+    """An error of applying the model's contract to the reference (the model's own contract
+    reused) names the reference and the option that gives it its own contract."""
     try:
         yield
     except (ConfigError, GraphError, InputContractError) as exc:
         if reference_contract is not None:
             raise
-        text, who = first_line(exc, None), f"--reference {reference}"
-        raise type(exc)(f"{'' if who in text else who + ': '}{text}; when the reference takes "
-                        "another input than the model, give it its own with "
-                        "--reference-input-spec (e.g. range=0-1)") from exc
+        text = first_line(exc, None)
+        raise type(exc)(f"{'' if ref_name in text else ref_name + ': '}{text}; when the "
+                        f"reference takes another input than the model, {_FIX}") from exc

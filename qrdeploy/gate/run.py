@@ -38,8 +38,8 @@ from qrdeploy.data.datasets import Dataset, load_dataset, validate_dataset
 from qrdeploy.errors import ConfigError, DataError
 from qrdeploy.evaluation.build import masking_result
 from qrdeploy.evaluation.guard import Verdict as GuardVerdict
+from qrdeploy.evaluation.guard import check_same_input, reference_contract_hint
 from qrdeploy.evaluation.guard import input_guard as guard_input
-from qrdeploy.evaluation.guard import reference_contract_hint
 from qrdeploy.evaluation.results import MaskingResult
 from qrdeploy.evaluation.runner import RunConfig, Subject
 from qrdeploy.evaluation.shard import Parallel, run_evaluation
@@ -185,10 +185,12 @@ class ModelFile:
         return {"name": self.path.name, "sha256": self.sha256, "size_bytes": self.size_bytes}
 
 
-def open_model_file(path: str | Path, contract: Any = None, batch_size: int = 256
-                    ) -> ModelFile:
+def open_model_file(path: str | Path, contract: Any = None, batch_size: int = 256,
+                    proto: onnx.ModelProto | None = None) -> ModelFile:
+    """The file at `path` with `contract` applied (`proto`: the file already loaded)."""
     p = Path(path)
-    proto = load_model(p)  # validates; raises a one-line GraphError for a missing or bad file
+    if proto is None:  # validates; raises a one-line GraphError for a missing or bad file
+        proto = load_model(p)
     proto, batch = contracted(proto, contract, batch_size)
     return ModelFile(p, sha256_file(p), file_bytes(p), proto, batch, contract)
 
@@ -420,27 +422,35 @@ def check(model: str | Path, reference: str | Path, data: Dataset | str,
     pol = policy if isinstance(policy, Policy) else load_policy(policy)
     ds = validate_dataset(load_dataset(data) if isinstance(data, str) else data)
     ref_contract = reference_contract or contract
-    with reference_contract_hint(reference, reference_contract):
-        ref_file = open_model_file(reference, ref_contract, batch_size)
-    run = _Run(pol, open_model_file(model, contract, batch_size), ref_file, ds,
-               session or SessionConfig(), seed, parallel)
+    ref_name = f"--reference {reference}"
+    model_proto, ref_proto = load_model(model), load_model(reference)
+    model_file = open_model_file(model, contract, batch_size, model_proto)
+    if reference_contract is None:
+        check_same_input(model_proto, ref_proto, ref_name, contract)
+    with reference_contract_hint(ref_name, reference_contract):
+        ref_file = open_model_file(reference, ref_contract, batch_size, ref_proto)
+    run = _Run(pol, model_file, ref_file, ds, session or SessionConfig(), seed, parallel)
     if input_guard:
         # the reference (the model before hardening) carries the contract: a hardened model
         # near chance is a finding of the gate, not a wrong contract; a model with a contract
         # of its own is guarded under it too
-        guarded = [(reference, ref_contract, f"--reference {reference}")]
+        own = "--input-spec" if reference_contract is None else "--reference-input-spec"
+        guarded = [(ref_proto, ref_contract, ref_name, own)]
         if reference_contract is not None:
-            guarded.insert(0, (model, contract, str(model)))
-        findings = [guard_input(load_model(path), ds, c, run.session, batch_size, name=name)
-                    for path, c, name in guarded]
+            guarded.insert(0, (model_proto, contract, str(model), "--input-spec"))
+        findings = [guard_input(proto, ds, c, run.session, batch_size, name=name, option=opt)
+                    for proto, c, name, opt in guarded]
         found = next((f for f in findings if f.verdict is GuardVerdict.MISMATCH),
                      next((f for f in findings if f.verdict is not GuardVerdict.OK),
                           findings[-1]))
         mismatch = found.verdict is GuardVerdict.MISMATCH
         if found.verdict is not GuardVerdict.OK:  # a mismatch fails; a suspicion only notes
-            detail = found.message() + ("; the other thresholds were not measured: with the "
-                                        "wrong contract they would measure nothing" if mismatch
-                                        else "")
+            shared = mismatch and reference_contract is None and found.subject == ref_name
+            detail = found.message() + ("; when the reference takes another input than the "
+                                        "model, give it its own with --reference-input-spec"
+                                        if shared else "") + (
+                "; the other thresholds were not measured: with the wrong contract they would "
+                "measure nothing" if mismatch else "")
             run.results.append(judge("input.contract_mismatch", int(mismatch), None, 0,
                                      Direction.MAX, Unit.COUNT, Bound.POINT, detail))
         if mismatch:

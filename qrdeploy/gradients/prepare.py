@@ -99,7 +99,8 @@ def check_io(model: onnx.ModelProto, chw: tuple[int, ...] | None = None) -> tupl
     if tensor.elem_type != onnx.TensorProto.FLOAT:
         got = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise GraphError(f"expected a float32 input, got {got}; declare the model's input with "
-                         "--input-spec (e.g. dtype=uint8,range=0-255), see docs/input-spec.md")
+                         "the --input-spec of eval, attack or check (e.g. dtype=uint8,range=0-255)"
+                         ", see docs/input-spec.md")
     dims = tensor.shape.dim
     known = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims[1:])
     shape = tuple(chw) if chw is not None else known

@@ -150,14 +150,20 @@ def _open(target: str, config: SessionConfig, probe: bool) -> dict[str, Any]:
             "providers": list(sess.get_providers())}
 
 
+#: input types the probe feeds (uint8: images read through an input spec's dtype=uint8)
+_PROBE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                "tensor(uint8)": np.uint8}
+
+
 def _probe(sess: Any) -> None:
-    """Run one batch of zeros (symbolic dims = 1) through every float input."""
+    """Run one batch of zeros (symbolic dims = 1) through every image input."""
     feed = {}
     for v in sess.get_inputs():
-        if v.type != "tensor(float)":
-            raise GraphError(f"input {v.name!r} is {v.type}; qrdeploy needs float image inputs")
+        if v.type not in _PROBE_TYPES:
+            raise GraphError(f"input {v.name!r} is {v.type}; qrdeploy needs float or uint8 "
+                             "image inputs")
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape)
-        feed[v.name] = np.zeros(shape, np.float32)
+        feed[v.name] = np.zeros(shape, _PROBE_TYPES[v.type])
     run_session(sess, None, feed, what="run the model on zeros")
 
 

@@ -144,3 +144,23 @@ def test_api_inspect_is_what_the_command_prints(tmp_path: Path,
     assert qrdeploy.inspect(hard) == json.loads(capsys.readouterr().out)
     info = qrdeploy.inspect(hard)
     assert info["file_bytes"] == hard.stat().st_size and {r["bits"] for r in info["layers"]} == {3}
+
+
+def test_a_reference_contract_without_a_reference_is_refused() -> None:
+    import qrdeploy
+    from qrdeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^reference_input_spec needs a reference$"):
+        qrdeploy.evaluate("models/mnist-standard.onnx", "mnist-5k", n=10,
+                          reference_input_spec="range=0-1")
+
+
+def test_the_reference_contract_keeps_the_float16_upcast() -> None:
+    import argparse
+
+    from qrdeploy.commands._options import reference_contract
+
+    args = argparse.Namespace(reference="r.onnx", reference_input_spec="range=0-1",
+                              upcast_fp16=True, input_name="image", output_name=None)
+    contract = reference_contract(args)
+    assert contract is not None and contract.upcast_fp16 and contract.input_name is None

@@ -117,6 +117,9 @@ def test_a_layout_mismatch_names_the_model_it_was_found_on(mnist: dict[str, Path
                                       "--input-spec range=0-1 ")
     unnamed = input_guard(onnx.load(mnist["plain"]), data, contract)
     assert unnamed.message().startswith("input contract mismatch: the model's input shape")
+    own = input_guard(onnx.load(mnist["plain"]), data, contract, name="--reference ref.onnx",
+                      option="--reference-input-spec")  # the reference's own contract is wrong
+    assert "; pass --reference-input-spec range=0-1 (or --no-input-guard" in own.message()
 
 
 def test_full_integer_model(mnist: dict[str, Path], tmp_path: Path,
@@ -263,3 +266,24 @@ def test_a_suspect_near_chance_names_the_better_alternative_it_found() -> None:
     assert "9.0% with the declared input, near chance" in text
     assert "the best common alternative, range=0-255,channels=bgr, gives 30.0%" in text
     assert "no common input contract does better" not in text
+
+
+@pytest.mark.parametrize(("spec", "refused"), [
+    ("layout=nhwc", r"its input is FLOAT \(N, 3, 6, 6\) and the model's FLOAT \(N, 6, 6, 3\)"),
+    ("range=0-255,dtype=uint8", r"its input is FLOAT \(N, 3, 6, 6\) and the model's UINT8 "
+                                r"\(N, 3, 6, 6\)"),
+    ("range=0-255", None),  # the same input: one contract may serve both
+])
+def test_a_reference_with_another_input_is_refused_at_once(spec: str, refused: str | None
+                                                           ) -> None:
+    from qrdeploy.errors import ConfigError
+    from qrdeploy.evaluation.guard import check_same_input
+
+    model, reference = im.twin(InputSpec.parse(spec)), im.twin(InputSpec())
+    if refused is None:
+        check_same_input(model, reference, "--reference r.onnx", None)
+        return
+    with pytest.raises(ConfigError, match=rf"^--reference r.onnx: {refused}, so one input "
+                                          r"contract cannot serve both; give the reference its "
+                                          r"own input contract with --reference-input-spec"):
+        check_same_input(model, reference, "--reference r.onnx", None)

@@ -739,10 +739,17 @@ def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Pa
     # beside its float original, which takes float pixels: the reference's own contract
     ref = ["--reference", str(world["paths"]["ref"])]
     capsys.readouterr()
+    assert main(["eval", str(paths["full"]), "--data", data, *spec, "--isolate"]) == 0
+    capsys.readouterr()
+    refused = (f"error: --reference {ref[1]}: its input is FLOAT (N, 1, 8, 8) and the model's "
+               "UINT8 (N, 1, 8, 8), so one input contract cannot serve both; give the reference "
+               "its own input contract with --reference-input-spec (e.g. range=0-1 for float32 "
+               "NCHW pixels in [0, 1])\n")
     assert main(["eval", str(paths["full"]), "--data", data, *spec, *ref]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"error: --reference {ref[1]}: input 'input' is FLOAT" in err
-    assert err.rstrip().endswith("give it its own with --reference-input-spec (e.g. range=0-1)")
+    assert capsys.readouterr().err.endswith(refused)
+    assert main(["eval", str(paths["full"]), "--data", data, *spec, "--reference",
+                 str(tmp_path / "missing.onnx")]) == 1
+    assert "--reference-input-spec" not in capsys.readouterr().err  # not a contract error
     assert main(["eval", str(paths["full"]), "--data", data, *spec, *ref,
                  "--reference-input-spec", "range=0-1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -755,7 +762,7 @@ def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Pa
                       "batch_sizes = [1]\n")
     gate = ["check", str(paths["full"]), *ref, "--data", data, "--policy", str(policy), *spec]
     assert main(gate) == 1
-    assert "give it its own with --reference-input-spec" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(refused)
     assert main([*gate, "--reference-input-spec", "range=0-1", "-o",
                  str(tmp_path / "s.json")]) == 0
     summary = json.loads((tmp_path / "s.json").read_text())
