@@ -12,13 +12,14 @@ Conventions (qrdeploy's own [DEFAULT]s, the paper has no such models):
   std are in the units of the declared range (torchvision: range=0-1,mean=0.485/...,
   std=0.229/...; Caffe-style: range=0-255,mean=123.68/116.78/103.94).
 - dtype=uint8: the model's uint8 input must be read only by Casts to float (the usual first op)
-  or by DequantizeLinear (a fully quantized model), directly or through ops that only move
-  elements (an NHWC -> NCHW Transpose, Reshape, ...: UINT8_MOVES). Those Casts (and moves) are
-  fed pixels * 255 as float instead, so the gradient is taken w.r.t. the float [0, 1] input; for
-  8-bit images (pixels k/255) the values equal what a uint8 input gives. A DequantizeLinear is
-  fed them rounded to uint8 (a QuantizeLinear of scale 1), so the integer graph runs on the
-  8-bit image a device would get, and the gradient passes the rounding as a straight-through
-  estimator (BPDA, as every quantized graph's).
+  or as codes by DequantizeLinear or an integer kernel (a fully quantized model), directly or
+  through ops that only move elements (an NHWC -> NCHW Transpose, Reshape, ...: UINT8_MOVES).
+  Those Casts (and moves) are fed pixels * 255 as float instead, so the gradient is taken
+  w.r.t. the float [0, 1] input; for 8-bit images (pixels k/255) the values equal what a uint8
+  input gives. A DequantizeLinear (or QLinearConv, ...) is fed them rounded to uint8 (a
+  QuantizeLinear of scale 1), so the integer graph runs on the 8-bit image a device would get,
+  and the gradient passes the rounding as a straight-through estimator (BPDA, as every
+  quantized graph's).
   A uint8 model normalises inside itself, so mean/std are refused with dtype=uint8.
 - float16 models are refused unless `upcast_fp16=True`, which stores the fp16 weights as float32
   (exact) and runs every op in float32: the attack then sees the fp32 twin, not fp16 rounding.
@@ -44,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qrdeploy.errors import ConfigError, GraphError, UnsupportedOpError
 from qrdeploy.graphio.graph import fixed_batch, real_inputs, unique_name
+from qrdeploy.graphio.twin import INTEGER_OPS
 
 PIXELS = "pixels"
 BATCH = "batch"
@@ -356,11 +358,18 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
 UINT8_MOVES = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten")
 
 
+#: ops that read a uint8 input as quantization codes (as their first input): fed the pixels
+#: rounded back to uint8
+CODE_READERS = ("DequantizeLinear",
+                *(op for op in INTEGER_OPS if op not in ("MatMulNBits", "QLinearConcat")))
+
+
 def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str, names: set[str]) -> None:
     """Feed the float pixel values to the Casts to float that read the uint8 input, directly or
     through ops of UINT8_MOVES, which then carry the float values (the same elements moved). A
-    DequantizeLinear reading it (a fully quantized model's input) gets the values rounded back to
-    uint8 by a QuantizeLinear of scale 1, so the integer graph after it stays as it ships."""
+    DequantizeLinear or integer kernel reading it as codes (a fully quantized model's input,
+    CODE_READERS) gets the values rounded back to uint8 by a QuantizeLinear of scale 1, so the
+    integer graph after it stays as it ships."""
     pending, seen = [(x, float_in, x)], set()
     rounded: dict[str, str] = {}  # float tensor -> its uint8 rounding
     while pending:
@@ -377,7 +386,7 @@ def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str, names: set[str]
                     seen.add(node.output[0])
                     pending.append((node.output[0], node.output[0],
                                     f"{path} -> {node.op_type}"))
-            elif node.op_type == "DequantizeLinear" and data_only and \
+            elif node.op_type in CODE_READERS and data_only and \
                     node.domain in ("", "ai.onnx", "com.microsoft"):
                 if fed not in rounded:
                     rounded[fed] = _round_to_uint8(graph, fed, names)
@@ -387,7 +396,8 @@ def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str, names: set[str]
                 raise UnsupportedOpError(
                     f"op {node.op_type} (node {node.name or node.output[0]!r}) reads the uint8 "
                     f"input {x!r}{via}; supported: uint8 inputs read only by Casts to float or "
-                    f"DequantizeLinear, directly or through {'/'.join(UINT8_MOVES)}")
+                    f"as the codes of DequantizeLinear or an integer kernel (QLinearConv, ...), "
+                    f"directly or through {'/'.join(UINT8_MOVES)}")
 
 
 def _round_to_uint8(graph: onnx.GraphProto, fed: str, names: set[str]) -> str:

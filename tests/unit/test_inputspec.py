@@ -112,25 +112,31 @@ def test_uint8_moved_before_its_cast(name: str) -> None:
     assert_close_per_sample(g, xt.grad.numpy())
 
 
-def _fully_quantized(tmp_path: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """The pixel twin quantized by onnxruntime (QDQ, uint8 activations, scale 1/255 at the
-    input), and the same graph as a fully quantized model ships it: a uint8 NHWC input,
-    transposed, then read by the DequantizeLinear that followed the input's QuantizeLinear."""
+def _fully_quantized(tmp_path: Path, fmt: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The pixel twin quantized by onnxruntime (QDQ or QOperator `fmt`, uint8 activations, scale
+    1/255 at the input), and the same graph as a fully quantized model ships it: a uint8 NHWC
+    input, transposed, then read as codes by what read the input's QuantizeLinear (a
+    DequantizeLinear, or QLinearConv)."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
     from tests.unit.onnx_builders import quantize_static, uint8_input
 
     (tmp_path / "f.onnx").write_bytes(twin(InputSpec()).SerializeToString())
     qdq = quantize_static(tmp_path / "f.onnx", tmp_path / "q.onnx", {"in": pixels(16, seed=7)},
-                          per_channel=True)
+                          per_channel=True, quant_format=QuantFormat.from_string(fmt),
+                          activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     u8 = uint8_input(qdq, nhwc=True)
-    assert [n.op_type for n in u8.graph.node][:2] == ["Transpose", "DequantizeLinear"]
+    reader = "DequantizeLinear" if fmt == "QDQ" else "QLinearConv"
+    assert [n.op_type for n in u8.graph.node if n.input and n.input[0] == "moved"] == [reader]
     return qdq, u8
 
 
-def test_fully_quantized_uint8_input_keeps_its_integer_graph(tmp_path: Path) -> None:
-    """A uint8 input read by DequantizeLinear (behind a Transpose) is wrapped: the wrapper feeds
-    it the pixels rounded to uint8, so the logits and the BPDA gradient are those of the same
-    integer graph behind a float input."""
-    qdq, u8 = _fully_quantized(tmp_path)
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_fully_quantized_uint8_input_keeps_its_integer_graph(tmp_path: Path, fmt: str) -> None:
+    """A uint8 input read as codes by DequantizeLinear or QLinearConv (behind a Transpose) is
+    wrapped: the wrapper feeds it the pixels rounded to uint8, so the logits and the BPDA
+    gradient are those of the same integer graph behind a float input."""
+    qdq, u8 = _fully_quantized(tmp_path, fmt)
     spec = InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8")
     p = pixels(seed=8)
     ref = _run(qdq, p)

@@ -92,7 +92,8 @@ WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], 
     "uint8_read_by_non_cast": (lambda: _uint8_read_by("Abs"), "range=0-255,dtype=uint8", {},
                                UnsupportedOpError, r"op Abs \(node 'reader'\) reads the "
                                r"uint8 input 'in'; supported: uint8 inputs read only by Casts "
-                               r"to float or DequantizeLinear, directly or through "
+                               r"to float or as the codes of DequantizeLinear or an integer "
+                               r"kernel \(QLinearConv, ...\), directly or through "
                                r"Transpose/Reshape/Identity/"),
     "uint8_moved_then_read_by_non_cast": (
         lambda: _uint8_read_by("Identity"), "range=0-255,dtype=uint8", {}, UnsupportedOpError,
