@@ -51,4 +51,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(result.lines()))
     return 0
-

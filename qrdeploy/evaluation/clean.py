@@ -224,12 +224,12 @@ def evaluate_files(model: str | Path, dataset: Dataset, *, reference: str | Path
             enforce(input_guard(proto, dataset, contract, config, batch_size, name=str(model)))
         if ref_proto is None:
             found = input_guard(proto, dataset, contract, config, batch_size)
+            enforce(found)
         else:
             with reference_contract_hint(ref_name, reference_contract):
                 found = input_guard(ref_proto, dataset, ref_contract, config, batch_size,
                                     name=ref_name, option=_ref_option(reference_contract))
                 enforce(found)
-        enforce(found)
     proto, bs = contracted(proto, contract or InputContract(), batch_size)
     ref, ref_bs = None, None
     if ref_proto is not None:

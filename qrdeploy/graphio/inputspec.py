@@ -402,7 +402,8 @@ def _bypass_uint8(graph: onnx.GraphProto, x: str, float_in: str, names: set[str]
 
 def _round_to_uint8(graph: onnx.GraphProto, fed: str, names: set[str]) -> str:
     """A QuantizeLinear (scale 1, zero point 0: round half to even, saturate to 0-255) of the
-    float values `fed`, inserted first in the graph; returns its uint8 output."""
+    float values `fed`, inserted after the node that makes them (first in the graph for the
+    input itself); returns its uint8 output."""
     out = unique_name(f"{fed}_uint8", names)
     scale, zero = unique_name(f"{out}_scale", names), unique_name(f"{out}_zero", names)
     graph.initializer.extend([numpy_helper.from_array(np.asarray(1.0, np.float32), scale),

@@ -538,6 +538,7 @@ def dequantized_output(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | N
     copy.CopyFrom(model)
     codes = f"{out.name}_codes"
     taken = {x for n in copy.graph.node for x in (*n.input, *n.output)}
+    taken |= {t.name for t in copy.graph.initializer} | {i.name for i in copy.graph.input}
     while codes in taken:
         codes += "_"
     for n in copy.graph.node:
