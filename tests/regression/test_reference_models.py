@@ -218,9 +218,14 @@ def test_qat_card_deployed_graph_keeps_the_float_accuracy(card_path: Path, tmp_p
     assert entry["vs_source"]["difference"] >= -0.01
 
 
-# the MNIST cards' adaptive entries; the CIFAR-10 one takes about 8 minutes of WRN attacks on
-# 250 images and is re-measured by tools/make_models.py --adaptive-only instead of on every CI run
-ADAPTIVE_CARDS = [p for p in MNIST_CARDS if "adaptive_test" in _card(p)]
+# the MNIST cards' adaptive entries re-measured on every CI run: the strong reference's, which
+# carries the stated floor below. The CIFAR-10 one (about 8 minutes of WRN attacks on 250
+# images), mnist-adversarial's (about 100 s) and mnist-adversarial-strong-qat3's (about 150 s)
+# are re-measured by tools/make_models.py --adaptive-only instead: with them the CI run took
+# 31.9 minutes at 4c9bae3 on the 2-core sandbox, over its 30-minute limit
+CI_ADAPTIVE_CARDS = ("mnist-adversarial-strong",)
+ADAPTIVE_CARDS = [p for p in MNIST_CARDS
+                  if "adaptive_test" in _card(p) and p.stem in CI_ADAPTIVE_CARDS]
 # the target stated for the robustness references: an adaptive worst case of at least 45 %
 # at eps 0.3 (the paper-reproduction adversarial model, a shorter recipe, stays near 30 %)
 ADAPTIVE_FLOOR = {"mnist-adversarial-strong": 0.45, "mnist-adversarial-strong-qat3": 0.45}
