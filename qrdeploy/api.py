@@ -205,7 +205,9 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
            batch_size: int = 100, provider: str = "auto", threads: int = 0,
            input_spec: str | None = None, input_guard: bool = True,
            baseline: bool = True, save_adversarials: PathLike | None = None,
-           workers: int = 1, ray: str | None = None, shards: int | None = None) -> Results:
+           workers: int = 1, ray: str | None = None, shards: int | None = None,
+           unhardened_input_spec: str | None = None, source_input_spec: str | None = None,
+           reference_input_spec: str | None = None) -> Results:
     """Run an attack suite ('paper', 'adaptive', 'paper,adaptive', ...) on an ONNX classifier
     through onnxruntime, write the results JSON to `out` and return the typed results. Same
     options as `qrdeploy attack` (docs/attacks.md): `attacks` takes per-attack settings
@@ -214,7 +216,17 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
     transfer columns (unless `baseline=False`): the results' `baseline`, the report's
     before/after. `workers`, `ray`
     ('local', 'auto' or an address) and `shards` split the samples (docs/evaluation.md); the
-    results equal the one-process run's."""
+    results equal the one-process run's. `unhardened_input_spec`, `source_input_spec` and
+    `reference_input_spec`: the own input contract of that model when it differs from the
+    victim's `input_spec` (a float original beside its uint8 NHWC conversion)."""
+    given = {"unhardened": (unhardened_input_spec, unhardened),
+             "source": (source_input_spec, source), "reference": (reference_input_spec, reference)}
+    own = {}
+    for role, (spec, path) in given.items():
+        if spec is not None:
+            if path is None:
+                raise UsageError(f"{role}_input_spec needs {role}")
+            own[role] = InputContract.from_options(spec)
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
@@ -225,7 +237,7 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     return attack_files(model, ds, opts, out=out, source=source, reference=reference,
                         session=SessionConfig(provider, threads), unhardened=unhardened,
-                        contract=contract, input_guard=input_guard)
+                        contract=contract, input_guard=input_guard, own_contracts=own)
 
 
 def check(model: PathLike, reference: PathLike, data: str | Dataset,

@@ -114,19 +114,29 @@ def session_config(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(provider=args.provider, threads=args.threads)
 
 
-def add_input_contract(p: argparse.ArgumentParser, reference: bool = False) -> None:
-    """--input-spec and its companions; `reference`: also --reference-input-spec."""
+#: the models beside the main one that may take their own input contract, with what the
+#: --X-input-spec help says of each (eval and check: --reference; attack: all three)
+COMPANIONS = {
+    "reference": "the reference",
+    "unhardened": "the model before hardening (--unhardened)",
+    "source": "the transfer source (--source)",
+}
+
+
+def add_input_contract(p: argparse.ArgumentParser, companions: tuple[str, ...] = ()) -> None:
+    """--input-spec and its companions; for each of `companions` (keys of COMPANIONS) also
+    --X-input-spec: that model's own contract."""
     g = p.add_argument_group("model input contract (docs/input-spec.md)")
     g.add_argument("--input-spec", type=input_spec, default=None, metavar="SPEC",
                    help="what the model's input expects, e.g. range=0-255,layout=nhwc or "
                         "mean=0.485/0.456/0.406,std=0.229/0.224/0.225 (default: float32 NCHW "
                         "in [0, 1])")
-    if reference:
-        g.add_argument("--reference-input-spec", type=input_spec, default=None, metavar="SPEC",
-                       help="the reference's input contract when it differs from the model's "
-                            "(e.g. range=0-1 for the float32 NCHW original of a uint8 NHWC "
-                            "model; default: --input-spec; --input-name and --output-name then "
-                            "apply to the model only)")
+    for name in companions:
+        g.add_argument(f"--{name}-input-spec", type=input_spec, default=None, metavar="SPEC",
+                       help=f"the input contract of {COMPANIONS[name]} when it differs from "
+                            "the model's (e.g. range=0-1 for the float32 NCHW original of a uint8 "
+                            "NHWC model; default: --input-spec; --input-name and --output-name "
+                            "then apply to the model only)")
     g.add_argument("--input-name", default=None, metavar="NAME",
                    help="the image input, when the model has several")
     g.add_argument("--output-name", default=None, metavar="NAME",
@@ -147,14 +157,15 @@ def input_contract(args: argparse.Namespace) -> InputContract | None:
                                       args.upcast_fp16)
 
 
-def reference_contract(args: argparse.Namespace) -> InputContract | None:
-    """The reference's own contract (--reference-input-spec, with --upcast-fp16; the input and
-    output names are the model's), or None: the model's."""
-    if args.reference_input_spec is None:
+def companion_contract(args: argparse.Namespace, name: str) -> InputContract | None:
+    """The own contract of the model given by --`name` (--`name`-input-spec, with
+    --upcast-fp16; the input and output names are the model's), or None: the model's."""
+    spec = getattr(args, f"{name}_input_spec", None)
+    if spec is None:
         return None
-    if args.reference is None:
-        raise UsageError("--reference-input-spec needs --reference")
-    return InputContract.from_options(args.reference_input_spec, upcast_fp16=args.upcast_fp16)
+    if getattr(args, name, None) is None:
+        raise UsageError(f"--{name}-input-spec needs --{name}")
+    return InputContract.from_options(spec, upcast_fp16=args.upcast_fp16)
 
 
 def add_isolate(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from qrdeploy.commands._options import (
     add_parallel,
     add_runtime,
     check_isolated,
+    companion_contract,
     input_contract,
     load_data,
     parallel,
@@ -20,7 +21,12 @@ from qrdeploy.commands._options import (
 from qrdeploy.core.markdown import eps_text
 from qrdeploy.core.stats import Proportion
 from qrdeploy.errors import ConfigError, UsageError
-from qrdeploy.evaluation.campaign import AttackOptions, attack_files, data_family
+from qrdeploy.evaluation.campaign import (
+    COMPANION_ROLES,
+    AttackOptions,
+    attack_files,
+    data_family,
+)
 from qrdeploy.evaluation.runner import Labels, RunConfig
 from qrdeploy.evaluation.suites import (
     CWBudget,
@@ -30,6 +36,7 @@ from qrdeploy.evaluation.suites import (
     parse_eps,
     suite_names,
 )
+from qrdeploy.graphio.inputspec import InputContract
 from qrdeploy.report.render import fmt_cell, fmt_column
 
 HELP = "white-box, transfer, noise and adaptive attacks on an ONNX classifier (results JSON)"
@@ -87,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-dataset attack parameters (default: from --data)")
     add_data(p)
     add_runtime(p)
-    add_input_contract(p)
+    add_input_contract(p, companions=COMPANION_ROLES)
     add_parallel(p)
     add_isolate(p)
     p.set_defaults(batch_size=100)
@@ -109,6 +116,12 @@ def options(args: argparse.Namespace) -> AttackOptions:
                          else Path(args.save_adversarials))
 
 
+def own_contracts(args: argparse.Namespace) -> dict[str, InputContract]:
+    """The --X-input-spec options given: the own contract of each model beside the victim."""
+    found = {role: companion_contract(args, role) for role in COMPANION_ROLES}
+    return {role: c for role, c in found.items() if c is not None}
+
+
 def run(args: argparse.Namespace) -> int:
     if args.no_baseline and not args.unhardened and not args.quiet:
         print("note: --no-baseline does nothing without --unhardened (there is no model before "
@@ -125,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     r = attack_files(args.model, data, opts, out=args.output,
                      source=args.source, reference=args.reference,
                      session=session_config(args), unhardened=args.unhardened,
-                     contract=input_contract(args), input_guard=not args.no_input_guard)
+                     contract=input_contract(args), input_guard=not args.no_input_guard,
+                     own_contracts=own_contracts(args))
     # the summary is the command's answer: printed with --quiet too; notes are not
     print(f"{r.victim.name}: {r.measure} in % on {r.data.n} samples "
           "(95% intervals; noise: mean over draws, then the worst of k)")

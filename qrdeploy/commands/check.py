@@ -12,10 +12,10 @@ from qrdeploy.commands._options import (
     add_parallel,
     add_runtime,
     check_isolated,
+    companion_contract,
     input_contract,
     load_data,
     parallel,
-    reference_contract,
     session_config,
 )
 from qrdeploy.errors import QrdeployError, first_line
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a JUnit XML report, one testcase per threshold")
     add_data(p, default=None)
     add_runtime(p)
-    add_input_contract(p, reference=True)
+    add_input_contract(p, companions=("reference",))
     add_isolate(p)
     add_parallel(p)
     p.set_defaults(batch_size=256)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                        session=session_config(args), seed=args.seed,
                        batch_size=args.batch_size, contract=input_contract(args),
                        input_guard=not args.no_input_guard, parallel=parallel(args),
-                       reference_contract=reference_contract(args))
+                       reference_contract=companion_contract(args, "reference"))
     except QrdeployError as exc:
         if args.junit:  # the CI system shows the reason, not a missing report
             write_junit_error(args.junit, args.model, first_line(exc, None))

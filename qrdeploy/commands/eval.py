@@ -12,10 +12,10 @@ from qrdeploy.commands._options import (
     add_isolate,
     add_runtime,
     check_isolated,
+    companion_contract,
     input_contract,
     load_data,
     non_negative_float,
-    reference_contract,
     session_config,
 )
 from qrdeploy.evaluation.clean import Tolerance, evaluate_files
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data(p)
     add_runtime(p)
-    add_input_contract(p, reference=True)
+    add_input_contract(p, companions=("reference",))
     add_isolate(p)
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                             contract=input_contract(args), config=session_config(args),
                             batch_size=args.batch_size, tolerance=Tolerance(args.atol, args.rtol),
                             guard=not args.no_input_guard,
-                            reference_contract=reference_contract(args))
+                            reference_contract=companion_contract(args, "reference"))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -18,10 +18,14 @@ user; the built-in default source takes float32 NCHW in [0, 1]."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import onnx
 
 from qrdeploy.attacks.adaptive import AdaptiveAttack, Role
 from qrdeploy.core import cache
@@ -30,7 +34,12 @@ from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import EMBEDDED_SHAPES, Dataset
 from qrdeploy.errors import ConfigError, OutputError
 from qrdeploy.evaluation.build import build_baseline, build_results
-from qrdeploy.evaluation.guard import Verdict, enforce
+from qrdeploy.evaluation.guard import (
+    Verdict,
+    check_same_input,
+    enforce,
+    reference_contract_hint,
+)
 from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.replay import save_adversarials
 from qrdeploy.evaluation.results import Results, write_results
@@ -57,6 +66,9 @@ from qrdeploy.evaluation.suites import (
 )
 from qrdeploy.graphio.graph import load_model
 from qrdeploy.graphio.inputspec import InputContract
+
+#: the models beside the victim that may take their own input contract (attack_files)
+COMPANION_ROLES = ("unhardened", "source", "reference")
 
 log = logging.getLogger(__name__)
 
@@ -234,36 +246,72 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                  source: str | Path | None = None, reference: str | Path | None = None,
                  session: SessionConfig | None = None,
                  state_path: Path | None = None, unhardened: str | Path | None = None,
-                 contract: InputContract | None = None, input_guard: bool = True) -> Results:
+                 contract: InputContract | None = None, input_guard: bool = True,
+                 own_contracts: Mapping[str, InputContract] | None = None) -> Results:
     """Run the suite on `model` over `data`, write the validated results JSON to `out`, and
     return the results. A state file left by an interrupted run with the same settings is resumed.
     `unhardened`: the model before hardening, for the adaptive transfer column and (unless
     `opts.baseline` is False) run on the same suite for the report's before/after; `contract`:
-    the input contract of the user's models (see the module docstring). `input_guard` first
-    checks that the contract fits the victim, or the `unhardened` model when given (a hardened
-    model near chance is a finding, not a wrong contract; qrdeploy.evaluation.guard): a
-    mismatch raises InputContractError before any attack runs; a suspicion becomes a note."""
+    the input contract of the user's models (see the module docstring); `own_contracts`: the
+    own contract of a model beside the victim that takes another input, by its role
+    ('unhardened', 'source', 'reference'; a float original beside its uint8 NHWC conversion).
+    A model beside the victim that shares its contract but not its kind of input (uint8 against
+    float, or another layout) is refused in one line naming the option that fixes it.
+    `input_guard` first checks that the contract fits the victim, or the `unhardened` model
+    when given (a hardened model near chance is a finding, not a wrong contract;
+    qrdeploy.evaluation.guard), and the victim's too when the two contracts differ: a mismatch
+    raises InputContractError before any attack runs; a suspicion becomes a note."""
     session = session or SessionConfig()
     out = Path(out)
     bs = opts.run.batch_size
+    own = dict(own_contracts or {})
+    unknown = sorted(set(own) - set(COMPANION_ROLES))
+    if unknown:
+        raise ConfigError(f"own input contracts are for {', '.join(COMPANION_ROLES)}; "
+                          f"got {', '.join(unknown)}")
+    paths = {"unhardened": unhardened, "source": source, "reference": reference}
+    missing = [r for r in own if paths[r] is None]
+    if missing:
+        raise ConfigError(f"an own input contract for the {missing[0]} needs that model")
+    victim_proto = load_model(model)
+    protos = {role: load_model(p) for role, p in paths.items() if p is not None}
+    for role, proto in protos.items():
+        if role not in own:
+            check_same_input(victim_proto, proto, f"--{role} {paths[role]}", contract,
+                             option=f"--{role}-input-spec")
 
-    def open_(path: str | Path | None) -> Subject | None:
-        return open_subject(path, session, bs, contract) if path else None
+    def open_(role: str) -> Subject | None:
+        path = paths[role]
+        if path is None:
+            return None
+        with reference_contract_hint(f"--{role} {path}", own.get(role),
+                                     option=f"--{role}-input-spec"):
+            return open_subject(path, session, bs, own.get(role, contract))
 
-    guard_note = None
-    if input_guard:  # on the model before hardening when there is one, as check does
-        guarded = model if unhardened is None else unhardened
-        found = guard_input(load_model(guarded), data, contract, session, bs, name=str(guarded))
-        enforce(found)
-        if found.verdict is Verdict.SUSPECT:
-            guard_note = found.message()
+    guard_notes = []
+    if input_guard:  # on the model before hardening when there is one, as check does; on the
+        # victim too when that model has its own contract
+        guarded: list[tuple[str, onnx.ModelProto, InputContract | None, str | None]] = []
+        if unhardened is None or "unhardened" in own:
+            guarded.append((str(model), victim_proto, contract, None))
+        if unhardened is not None:
+            guarded.append((f"--unhardened {unhardened}", protos["unhardened"],
+                            own.get("unhardened", contract), "--unhardened-input-spec"))
+        for name, proto, used, hint in guarded:
+            option = hint if hint and "unhardened" in own else "--input-spec"
+            with (reference_contract_hint(name, own.get("unhardened"), option=hint) if hint
+                  else contextlib.nullcontext()):
+                found = guard_input(proto, data, used, session, bs, name=name, option=option)
+                enforce(found)
+            if found.verdict is Verdict.SUSPECT:
+                guard_notes.append(found.message())
     victim = open_subject(model, session, bs, contract)
-    ref = open_(reference)
-    before = open_(unhardened)
-    srcs = resolve_sources(opts, data, open_(source), before, session, integer=victim.bpda)
+    ref = open_("reference")
+    before = open_("unhardened")
+    srcs = resolve_sources(opts, data, open_("source"), before, session, integer=victim.bpda)
     check_fits([victim, ref, before, srcs.black, srcs.adaptive], data.x)
     suite = make_suite(opts, data, srcs.black is not None)
-    notes = list(srcs.notes) + ([guard_note] if guard_note else [])
+    notes = list(srcs.notes) + guard_notes
     if srcs.black is None and _needs_black_columns(opts, data):
         notes.append("black-box columns dropped: no transfer source (no --source, and no "
                      "default source for these inputs); pass --source SRC.onnx to run them")

@@ -300,8 +300,16 @@ def enforce(result: GuardResult) -> None:
         log.warning("%s", result.message())
 
 
-_FIX = ("give the reference its own input contract with --reference-input-spec (e.g. "
-        "range=0-1 for float32 NCHW pixels in [0, 1])")
+def _role(option: str) -> str:
+    """'--source-input-spec' -> 'source': the model an input-contract option is for."""
+    role = option.removesuffix("-input-spec").removeprefix("--")
+    return "model before hardening" if role == "unhardened" else role
+
+
+def _fix(option: str) -> str:
+    """The advice for a model beside the main one that takes another input: its own contract."""
+    return (f"give the {_role(option)} its own input contract with {option} (e.g. range=0-1 for "
+            "float32 NCHW pixels in [0, 1])")
 
 
 #: float inputs, one kind for the comparison (--upcast-fp16 serves a float16 one)
@@ -324,10 +332,13 @@ def _input_of(model: onnx.ModelProto, contract: InputContract | None
 
 
 def check_same_input(model: onnx.ModelProto, reference: onnx.ModelProto, ref_name: str,
-                     contract: InputContract | None) -> None:
+                     contract: InputContract | None,
+                     option: str = "--reference-input-spec") -> None:
     """ConfigError when the reference's input differs from the model's in element type or in
     layout (the same static dims in another order), so one contract cannot serve both (the fix:
-    its own contract). Other shape differences are the data's to report."""
+    its own contract, given by `option`). Other shape differences are the data's to report.
+    `reference` is any model given beside the main one (attack's --unhardened and --source
+    too)."""
     (mt, md), (rt, rd) = _input_of(model, contract), _input_of(reference, contract)
     static = None not in md and None not in rd
     relaid = static and md != rd and sorted(md) == sorted(rd)
@@ -337,14 +348,16 @@ def check_same_input(model: onnx.ModelProto, reference: onnx.ModelProto, ref_nam
             return f"{onnx.TensorProto.DataType.Name(t)} {shape}"
 
         raise ConfigError(f"{ref_name}: its input is {text(rt, rd)} and the model's "
-                          f"{text(mt, md)}, so one input contract cannot serve both; {_FIX}")
+                          f"{text(mt, md)}, so one input contract cannot serve both; "
+                          f"{_fix(option)}")
 
 
 @contextlib.contextmanager
-def reference_contract_hint(ref_name: str, reference_contract: InputContract | None
-                            ) -> Iterator[None]:
+def reference_contract_hint(ref_name: str, reference_contract: InputContract | None,
+                            option: str = "--reference-input-spec") -> Iterator[None]:
     """An error of applying the model's contract to the reference (the model's own contract
-    reused) names the reference and the option that gives it its own contract."""
+    reused) names the reference and the option that gives it its own contract (`option`:
+    --reference-input-spec, or attack's --unhardened-input-spec / --source-input-spec)."""
     try:
         yield
     except (ConfigError, GraphError, InputContractError) as exc:
@@ -352,4 +365,5 @@ def reference_contract_hint(ref_name: str, reference_contract: InputContract | N
             raise
         text = first_line(exc, None)
         raise type(exc)(f"{'' if ref_name in text else ref_name + ': '}{text}; when the "
-                        f"reference takes another input than the model, {_FIX}") from exc
+                        f"{_role(option)} takes another input than the model, "
+                        f"{_fix(option)}") from exc

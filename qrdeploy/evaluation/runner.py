@@ -70,6 +70,17 @@ class Subject:
     harden: list[Any] | None = None  # the recipes of `qrdeploy harden`, one per call
     info: dict[str, Any] = field(default_factory=dict)
     ref: Any = None  # a picklable way to open the model again (qrdeploy.evaluation.subjects)
+    #: what besides the file decides the function the model computes on the run's images: its
+    #: input contract's repr ('' for none; qrdeploy.evaluation.subjects.contract_variant)
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """The model in state and cache keys: the file's sha256, joined by its variant when it
+        has one, so a run under another input contract never resumes this one's work."""
+        if not self.variant:
+            return self.sha256
+        return hashlib.sha256(f"{self.sha256}|{self.variant}".encode()).hexdigest()
 
     @property
     def bpda(self) -> bool:
@@ -475,7 +486,7 @@ def craft_transfer(source: Subject, x: np.ndarray, y: np.ndarray, columns: tuple
     correct = predict(source.model, x, cfg.batch_size) == y
     x_adv, records = {}, {}
     for col in columns:
-        settings = {"format": STATE_FORMAT, "source": source.sha256, "source_name": source.name,
+        settings = {"format": STATE_FORMAT, "source": source.key, "source_name": source.name,
                     "data": data_fp, "attack": repr(col.attack), "seed": cfg.seed}
         if cfg.index_offset:  # a shard: its rng keys start elsewhere
             settings["offset"] = cfg.index_offset
@@ -567,14 +578,14 @@ def evaluate(victim: Subject, x: np.ndarray, y: np.ndarray | None, suite: Suite,
     transfer = (craft_transfer(source, x, yy, black, cfg, data_fp, bar)
                 if crafts and source is not None else None)
     timings["transfer"] = time.perf_counter() - t0
-    settings = {"format": STATE_FORMAT, "victim": victim.sha256, "data": data_fp,
+    settings = {"format": STATE_FORMAT, "victim": victim.key, "data": data_fp,
                 "seed": cfg.seed, "jobs": [j.id for j in jobs],
-                "source": source.sha256 if source else None}
+                "source": source.key if source else None}
     if cfg.index_offset:
         settings["offset"] = cfg.index_offset
     if suite.checks:
         _check_adaptive_source(suite, adaptive_source)
-        settings["adaptive_source"] = adaptive_source.sha256 if adaptive_source else None
+        settings["adaptive_source"] = adaptive_source.key if adaptive_source else None
     try:
         by_job = _run_victim(victim, x, yy, jobs, transfer, of, cfg, settings, timings, bar,
                              suite, adaptive_source)

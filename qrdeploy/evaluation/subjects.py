@@ -56,7 +56,13 @@ def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
     wrapped, bs = contracted(proto, contract, batch_size)
     model = OrtModel(wrapped, session, batch_size=bs, name=str(path))
     return Subject(Path(path).name, sha256_file(path), model, harden_recipe(meta),
-                   dict(model.info), ModelRef(str(path), session, batch_size, contract))
+                   dict(model.info), ModelRef(str(path), session, batch_size, contract),
+                   contract_variant(contract))
+
+
+def contract_variant(contract: InputContract | None) -> str:
+    """A Subject's `variant` for a model run under `contract`: '' without one."""
+    return "" if contract is None else repr(contract)
 
 
 def check_fits(subjects: Sequence[Subject | None], x: np.ndarray) -> None:

@@ -43,7 +43,7 @@ from qrdeploy.evaluation.guard import input_guard as guard_input
 from qrdeploy.evaluation.results import MaskingResult
 from qrdeploy.evaluation.runner import RunConfig, Subject
 from qrdeploy.evaluation.shard import Parallel, run_evaluation
-from qrdeploy.evaluation.subjects import open_subject
+from qrdeploy.evaluation.subjects import contract_variant, open_subject
 from qrdeploy.evaluation.suites import Mode, family_of
 from qrdeploy.evaluation.verdict import masking
 from qrdeploy.gate.measure import (
@@ -374,7 +374,8 @@ def _subject(run: _Run, f: ModelFile) -> Subject:
     if run.parallel is not None and run.parallel.active:
         return open_subject(f.path, run.session, f.batch_size, f.contract)
     return Subject(f.path.name, f.sha256, OrtModel(f.proto, run.session, batch_size=f.batch_size,
-                                                   name=str(f.path)))
+                                                   name=str(f.path)),
+                   variant=contract_variant(f.contract))
 
 
 def _with_detail(r: ThresholdResult, detail: str) -> ThresholdResult:

@@ -155,12 +155,22 @@ def test_a_reference_contract_without_a_reference_is_refused() -> None:
                           reference_input_spec="range=0-1")
 
 
+def test_an_own_contract_of_attack_needs_its_model(tmp_path: Path) -> None:
+    import qrdeploy
+    from qrdeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^source_input_spec needs source$"):
+        qrdeploy.attack("models/mnist-standard.onnx", "mnist-5k", n=10, out=tmp_path / "r.json",
+                        source_input_spec="range=0-1")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_the_reference_contract_keeps_the_float16_upcast() -> None:
     import argparse
 
-    from qrdeploy.commands._options import reference_contract
+    from qrdeploy.commands._options import companion_contract
 
     args = argparse.Namespace(reference="r.onnx", reference_input_spec="range=0-1",
                               upcast_fp16=True, input_name="image", output_name=None)
-    contract = reference_contract(args)
+    contract = companion_contract(args, "reference")
     assert contract is not None and contract.upcast_fp16 and contract.input_name is None

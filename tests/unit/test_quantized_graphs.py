@@ -780,3 +780,65 @@ def test_commands_on_a_fully_quantized_model(world: dict[str, Any], tmp_path: Pa
     assert main(["lipschitz", str(world["paths"]["ref"]), str(paths["full"]), "-q", "-o",
                  str(tmp_path / "l.json")]) == 0
     assert len(json.loads((tmp_path / "l.json").read_text())["layers"]) == 4
+
+
+def test_attack_gives_each_model_beside_an_integer_graph_its_own_contract(
+        world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A uint8 NHWC model (as converters from NHWC runtimes write it) attacked with its float32
+    NCHW original as --unhardened, --source or --reference: one contract cannot serve both,
+    refused in one line naming the option; with their own contracts the before/after baseline,
+    the black-box column crafted on the source and the adaptive transfer column run, and the
+    original scores as it does alone."""
+    path = tmp_path / "full.onnx"
+    onnx.save(uint8_input(onnx.load(world["paths"]["qdq"]), nhwc=True), path)
+    x8 = np.round(world["x"] * 255) / 255
+    np.savez(tmp_path / "d.npz", x=x8.astype(np.float32), y=world["y"])
+    data, ref = f"npz:{tmp_path / 'd.npz'}", str(world["paths"]["ref"])
+    base = ["--data", data, "--attacks", "clean,fgsm-s,black/fgsm-w", "--eps", "none",
+            "--batch-size", "8", "-q"]
+    victim = ["attack", str(path), *base, "--input-spec", "range=0-255,layout=nhwc,dtype=uint8"]
+    for role, name in (("unhardened", "model before hardening"), ("source", "source"),
+                       ("reference", "reference")):
+        extra = [f"--{role}", ref, *(["--labels", "none"] if role == "reference" else [])]
+        assert main([*victim, *extra, "-o", str(tmp_path / "no.json")]) == 1
+        assert capsys.readouterr().err.endswith(
+            f"error: --{role} {ref}: its input is FLOAT (N, 1, 8, 8) and the model's UINT8 "
+            f"(N, 8, 8, 1), so one input contract cannot serve both; give the {name} its own "
+            f"input contract with --{role}-input-spec (e.g. range=0-1 for float32 NCHW pixels "
+            "in [0, 1])\n")
+    assert main([*victim, "--source-input-spec", "range=0-1", "-o", str(tmp_path / "no.json")]) \
+        == 2
+    assert "--source-input-spec needs --source" in capsys.readouterr().err
+    own = ["--unhardened", ref, "--unhardened-input-spec", "range=0-1", "--source", ref,
+           "--source-input-spec", "range=0-1"]
+    assert main([*victim, *own, "-o", str(tmp_path / "own.json")]) == 0
+    doc = json.loads((tmp_path / "own.json").read_text())
+    assert {"black/fgsm-w", "adaptive/transfer"} <= {c["key"] for c in doc["columns"]}
+    assert main(["attack", ref, "--data", data, "--attacks", "clean", "--eps", "none", "-q",
+                 "-o", str(tmp_path / "alone.json")]) == 0
+    alone = json.loads((tmp_path / "alone.json").read_text())
+    assert doc["baseline"]["clean"] == doc["source"]["clean"] == alone["clean"]
+    assert alone["clean"]["value"] > 0.5
+
+
+def test_a_transfer_set_is_not_reused_under_another_input_contract(
+        world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transfer cache and the run state are keyed by the model file and its input contract:
+    the same source under another contract computes another function, so its set is crafted
+    again, not read from the cache."""
+    from qrdeploy.evaluation.subjects import open_subject
+    from qrdeploy.graphio.inputspec import InputContract
+
+    src = world["paths"]["ref"]
+    plain = open_subject(src, SessionConfig("cpu", threads=1), 8)
+    scaled = open_subject(src, SessionConfig("cpu", threads=1), 8,
+                          InputContract.from_options("range=0-255"))
+    assert plain.key == plain.sha256 == scaled.sha256 != scaled.key
+    monkeypatch.setenv("QRDEPLOY_CACHE", str(tmp_path / "cache"))
+    run = ["attack", str(world["paths"]["qdq"]), "--data", f"npz:{world['root'] / 'data.npz'}",
+           "--attacks", "clean,black/fgsm-w", "--eps", "none", "-q", "--source", str(src)]
+    counts = []
+    for extra in ([], ["--source-input-spec", "range=0-255"], []):
+        assert main([*run, *extra, "-o", str(tmp_path / "r.json")]) == 0
+        counts.append(len(list((tmp_path / "cache" / "transfer").glob("transfer-*.npz"))))
+    assert counts == [1, 2, 2]
