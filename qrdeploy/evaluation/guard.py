@@ -67,6 +67,7 @@ from qrdeploy.graphio.inputspec import (
     Layout,
     Range,
     contracted,
+    dtype_fit,
 )
 from qrdeploy.model.ortmodel import OrtModel
 
@@ -164,10 +165,15 @@ class GuardResult:
                 "message": self.message()}
 
 
-def _input_dims(model: onnx.ModelProto, contract: InputContract) -> list[int | None]:
+def _input(model: onnx.ModelProto, contract: InputContract) -> onnx.ValueInfoProto | None:
+    """The image input the contract reads (its --input-name, else the first real input)."""
     inputs = real_inputs(model.graph)
-    chosen = next((i for i in inputs if i.name == contract.input_name), inputs[0]) if inputs \
+    return next((i for i in inputs if i.name == contract.input_name), inputs[0]) if inputs \
         else None
+
+
+def _input_dims(model: onnx.ModelProto, contract: InputContract) -> list[int | None]:
+    chosen = _input(model, contract)
     if chosen is None:
         return []
     return [d.dim_value if d.HasField("dim_value") else None
@@ -254,8 +260,10 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
     measure = "accuracy" if probe.y is not None else "prediction diversity"
     n = len(probe)
     other = layout_finding(model, contract, tuple(probe.x.shape[1:]))
-    if other is not None:
-        fits = dataclasses.replace(contract.spec, layout=other)
+    if other is not None:  # the advice fits the input's element type too: one run, not two
+        x = _input(model, contract)
+        fits = dtype_fit(dataclasses.replace(contract.spec, layout=other),
+                         x.type.tensor_type.elem_type if x is not None else 0)
         return GuardResult(Verdict.MISMATCH, contract.spec, measure, n, None, fits, None,
                            reason=f"the model's input shape fits the images only as "
                                   f"{other.value.upper()}", subject=name, option=option)

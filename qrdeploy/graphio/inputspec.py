@@ -247,9 +247,8 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
     want = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
     if elem != want:
         got = TensorProto.DataType.Name(elem)
-        if elem == TensorProto.UINT8:  # the rest of the user's spec (layout, channels) kept
-            fits = dataclasses.replace(spec, dtype=DType.UINT8, range=Range.BYTE, mean=None,
-                                       std=None)
+        fits = dtype_fit(spec, elem)
+        if elem == TensorProto.UINT8:
             fix = f"pass --input-spec {fits} (a uint8 input holds raw pixels)"
         elif elem == TensorProto.FLOAT:
             fix = "drop dtype=uint8 from --input-spec (the input is float)"
@@ -257,6 +256,18 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
             fix = "qrdeploy feeds float32 or uint8 images; re-export the model with one of them"
         raise ConfigError(f"input {x.name!r} is {got} but the input spec says dtype="
                           f"{spec.dtype.value}; {fix}")
+
+
+def dtype_fit(spec: InputSpec, elem: int) -> InputSpec:
+    """`spec` made to fit an input of element type `elem`, the rest of it (layout, channels)
+    kept: a uint8 input holds raw pixels (dtype uint8, range 0-255, no normalisation); a float
+    one takes dtype float32. Unchanged for other types and for a spec that already fits."""
+    if elem == TensorProto.UINT8 and spec.dtype is not DType.UINT8:
+        return dataclasses.replace(spec, dtype=DType.UINT8, range=Range.BYTE, mean=None,
+                                   std=None)
+    if elem in (TensorProto.FLOAT, TensorProto.FLOAT16) and spec.dtype is DType.UINT8:
+        return dataclasses.replace(spec, dtype=DType.FLOAT32)
+    return spec
 
 
 # --- the preprocessing nodes -------------------------------------------------------------------

@@ -26,6 +26,7 @@ from qrdeploy.graphio.inputspec import (
 from qrdeploy.model.ortmodel import OrtModel
 from tests.unit.inputspec_models import (
     WEIGHTS,
+    K,
     as_deployed,
     base_nodes,
     pixels,
@@ -153,6 +154,25 @@ def test_fully_quantized_uint8_input_keeps_its_integer_graph(tmp_path: Path, fmt
     _, g_ref = OrtModel(qdq).vjp(p, cot)
     assert np.abs(g).max() > 0
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_the_guard_advises_layout_and_dtype_at_once(tmp_path: Path) -> None:
+    """A uint8 NHWC model run with no --input-spec: the guard's layout finding advises the whole
+    contract that fits (range, layout and dtype), which then runs, instead of the layout alone
+    and a dtype error on the next run; a float NCHW model declared uint8 NHWC is advised the
+    float dtype."""
+    from qrdeploy.data.datasets import Dataset
+    from qrdeploy.evaluation.guard import Verdict, input_guard
+
+    _, u8 = _fully_quantized(tmp_path, "QDQ")
+    data = Dataset("px", "test", pixels(16, seed=3), None, K)
+    found = input_guard(u8, data)
+    assert found.verdict is Verdict.MISMATCH and found.best is not None
+    assert "; pass --input-spec range=0-255,layout=nhwc,dtype=uint8 (or --no-input-guard" \
+        in found.message()
+    assert input_guard(u8, data, InputContract(found.best)).verdict is not Verdict.MISMATCH
+    declared = InputContract(InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8"))
+    assert input_guard(twin(InputSpec()), data, declared).best == InputSpec.parse("range=0-255")
 
 
 @pytest.mark.parametrize(("flatten", "expect_one_by_one"), [
