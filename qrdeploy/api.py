@@ -18,7 +18,7 @@ from qrdeploy.bitsearch.render import SearchFiles, write_search
 from qrdeploy.bitsearch.search import SearchConfig, SearchResult, search_file, search_folder
 from qrdeploy.core.runtime import SessionConfig
 from qrdeploy.data.datasets import Dataset, data_label, load_dataset
-from qrdeploy.errors import ConfigError, UsageError
+from qrdeploy.errors import ConfigError, UsageError, first_line
 from qrdeploy.evaluation.campaign import AttackOptions, attack_files
 from qrdeploy.evaluation.clean import EvalResult, Tolerance, evaluate_files
 from qrdeploy.evaluation.replay import ReplayResult
@@ -189,11 +189,19 @@ def evaluate(model: PathLike, data: str | Dataset = "mnist-5k", *, split: str = 
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     ref_contract = None if reference_input_spec is None else \
-        InputContract.from_options(reference_input_spec)
+        _own_contract("reference_input_spec", reference_input_spec)
     return evaluate_files(model, ds, reference=reference, contract=contract,
                           config=SessionConfig(provider, threads), batch_size=batch_size,
                           tolerance=Tolerance(atol, rtol), guard=input_guard,
                           reference_contract=ref_contract)
+
+
+def _own_contract(name: str, spec: str) -> InputContract:
+    """The contract of a model beside the main one; a malformed spec names its argument."""
+    try:
+        return InputContract.from_options(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {first_line(exc, None)}") from None
 
 
 def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
@@ -226,7 +234,7 @@ def attack(model: PathLike, data: str | Dataset = "mnist-5k", *, out: PathLike,
         if spec is not None:
             if path is None:
                 raise UsageError(f"{role}_input_spec needs {role}")
-            own[role] = InputContract.from_options(spec)
+            own[role] = _own_contract(f"{role}_input_spec", spec)
     ds = data if isinstance(data, Dataset) else load_dataset(data, split, n=n)
     opts = AttackOptions(suite, attacks, None if eps is None else tuple(eps),
                          Labels.TRUE if labels == "true" else Labels.REFERENCE,
@@ -253,7 +261,7 @@ def check(model: PathLike, reference: PathLike, data: str | Dataset,
     model's."""
     contract = None if input_spec is None else InputContract.from_options(input_spec)
     ref_contract = None if reference_input_spec is None else \
-        InputContract.from_options(reference_input_spec)
+        _own_contract("reference_input_spec", reference_input_spec)
     return _check(model, reference, data, policy, session=SessionConfig(provider, threads),
                   seed=seed, batch_size=batch_size, contract=contract, input_guard=input_guard,
                   parallel=Parallel(workers, ray, shards), reference_contract=ref_contract)

@@ -281,12 +281,16 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                              option=f"--{role}-input-spec")
 
     def open_(role: str) -> Subject | None:
+        """The model of `role`, opened and run on one image under its contract: an error
+        names it and the option that sets that contract."""
         path = paths[role]
         if path is None:
             return None
         with reference_contract_hint(f"--{role} {path}", own.get(role),
                                      option=f"--{role}-input-spec"):
-            return open_subject(path, session, bs, own.get(role, contract))
+            subject = open_subject(path, session, bs, own.get(role, contract))
+            check_fits([subject], data.x)
+            return subject
 
     guard_notes = []
     if input_guard:  # on the model before hardening when there is one, as check does; on the

@@ -41,6 +41,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,6 +55,7 @@ from qrdeploy.core.stats import Proportion, mcnemar_exact
 from qrdeploy.data.datasets import Dataset
 from qrdeploy.errors import (
     ConfigError,
+    DataError,
     GraphError,
     InputContractError,
     QrdeployError,
@@ -67,7 +69,9 @@ from qrdeploy.graphio.inputspec import (
     Layout,
     Range,
     contracted,
+    describe,
     dtype_fit,
+    fitting_spec,
 )
 from qrdeploy.model.ortmodel import OrtModel
 
@@ -314,10 +318,17 @@ def _role(option: str) -> str:
     return "model before hardening" if role == "unhardened" else role
 
 
-def _fix(option: str) -> str:
-    """The advice for a model beside the main one that takes another input: its own contract."""
-    return (f"give the {_role(option)} its own input contract with {option} (e.g. range=0-1 for "
-            "float32 NCHW pixels in [0, 1])")
+def _fix(option: str, example: InputSpec | None = None) -> str:
+    """The advice for a model beside the main one that takes another input: its own contract,
+    with an example that fits its input (`example`; default float32 NCHW in [0, 1])."""
+    example = example or InputSpec()
+    return (f"give the {_role(option)} its own input contract with {option} (e.g. "
+            f"{example.cli() or 'range=0-1'} for {describe(example)})")
+
+
+def _option_text(text: str, option: str) -> str:
+    """An error's advice about --input-spec, about the contract `option` sets instead."""
+    return re.sub(r"(?<![\w-])--input-spec\b", option, text)
 
 
 #: float inputs, one kind for the comparison (--upcast-fp16 serves a float16 one)
@@ -355,9 +366,16 @@ def check_same_input(model: onnx.ModelProto, reference: onnx.ModelProto, ref_nam
             shape = "(N, " + ", ".join("?" if v is None else str(v) for v in d) + ")"
             return f"{onnx.TensorProto.DataType.Name(t)} {shape}"
 
+        given = contract or InputContract()
+        own, mine = _input(reference, given), _input(model, given)
+        spec = contract.spec if contract is not None else InputSpec()
+        fits = fitting_spec(mine, spec) if mine is not None else spec
+        also = "" if fits == spec else (  # the model's own contract is wrong too: one run
+            f"; and for the model itself pass --input-spec {fits.cli() or 'range=0-1'}")
         raise ConfigError(f"{ref_name}: its input is {text(rt, rd)} and the model's "
                           f"{text(mt, md)}, so one input contract cannot serve both; "
-                          f"{_fix(option)}")
+                          f"{_fix(option, fitting_spec(own) if own is not None else None)}"
+                          f"{also}")
 
 
 @contextlib.contextmanager
@@ -368,10 +386,10 @@ def reference_contract_hint(ref_name: str, reference_contract: InputContract | N
     --reference-input-spec, or attack's --unhardened-input-spec / --source-input-spec)."""
     try:
         yield
-    except (ConfigError, GraphError, InputContractError) as exc:
-        if reference_contract is not None:
-            raise
+    except (ConfigError, GraphError, InputContractError, DataError) as exc:
         text = first_line(exc, None)
-        raise type(exc)(f"{'' if ref_name in text else ref_name + ': '}{text}; when the "
-                        f"{_role(option)} takes another input than the model, "
-                        f"{_fix(option)}") from exc
+        named = f"{'' if ref_name in text else ref_name + ': '}"
+        if reference_contract is not None:  # its own contract failed: its option is the fix
+            raise type(exc)(f"{named}{_option_text(text, option)}") from exc
+        raise type(exc)(f"{named}{text}; when the {_role(option)} takes another input than "
+                        f"the model, {_fix(option)}") from exc

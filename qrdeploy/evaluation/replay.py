@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from qrdeploy.core.fileio import atomic_write
 from qrdeploy.core.runtime import SessionConfig
@@ -41,7 +42,7 @@ from qrdeploy.errors import DataError
 from qrdeploy.evaluation.guard import enforce, input_guard
 from qrdeploy.evaluation.runner import Evaluation, robust_under
 from qrdeploy.evaluation.suites import restricted
-from qrdeploy.graphio.graph import load_model
+from qrdeploy.graphio.graph import load_model, real_inputs
 from qrdeploy.graphio.inputspec import DType, InputContract, contracted
 from qrdeploy.model.ortmodel import OrtModel
 
@@ -221,6 +222,19 @@ def _prop(flags: np.ndarray) -> Proportion:
     return Proportion(int(np.asarray(flags, bool).sum()), int(np.asarray(flags).size))
 
 
+def _static_body(model: onnx.ModelProto, name: str | None) -> tuple[int, ...] | None:
+    """The static dims after the batch of the model's image input (`name`, else its first);
+    None where any is unknown."""
+    inputs = real_inputs(model.graph)
+    if not inputs:
+        return None
+    x = next((i for i in inputs if i.name == name), inputs[0])
+    dims = x.type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return tuple(int(d.dim_value) for d in dims)
+
+
 def replay(model: str | Path, path: str | Path, contract: InputContract | None = None,
            session: SessionConfig | None = None, batch_size: int = 256,
            guard: bool = True) -> ReplayResult:
@@ -231,19 +245,25 @@ def replay(model: str | Path, path: str | Path, contract: InputContract | None =
     input gets on the device."""
     s = load_adversarials(path)
     raw = load_model(model)
-    proto, bs = contracted(raw, contract, batch_size)
-    m = OrtModel(proto, session, batch_size=bs, gradients=False)
-    wrong = DataError(f"{Path(model).name} takes inputs of shape {m.input_shape}, the set "
-                      f"holds {tuple(s.x.shape[1:])}; replay on a model of the same task")
-    if math.prod(m.input_shape) != math.prod(s.x.shape[1:]):
-        raise wrong  # another task: not a layout the guard could name (its advice is attack's)
-    if guard:  # the same pixels in another layout or range: the guard names the --input-spec
+
+    def wrong(shape: tuple[int, ...]) -> DataError:
+        return DataError(f"{Path(model).name} takes inputs of shape {shape}, the set holds "
+                         f"{tuple(s.x.shape[1:])}; replay on a model of the same task")
+
+    # from the file: its input type need not fit the contract yet
+    body = _static_body(raw, contract.input_name if contract is not None else None)
+    if body is not None and math.prod(body) != math.prod(s.x.shape[1:]):
+        raise wrong(body)  # another task: not a layout the guard could name
+    if guard:  # the same pixels in another layout, range or type: the guard names the
+        # --input-spec that fits, before the model is opened under the declared one
         data = Dataset(f"adversarial set {Path(path).name}", "test", s.x, s.labels,
                        int(s.labels.max()) + 1)
         found = input_guard(raw, data, contract, session, batch_size, name=str(model))
         enforce(found)
+    proto, bs = contracted(raw, contract, batch_size)
+    m = OrtModel(proto, session, batch_size=bs, gradients=False)
     if m.input_shape != tuple(s.x.shape[1:]):
-        raise wrong
+        raise wrong(m.input_shape)
     bits8 = contract is not None and contract.spec.dtype is DType.UINT8
 
     def inputs(x: np.ndarray) -> np.ndarray:

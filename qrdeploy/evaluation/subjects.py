@@ -61,8 +61,9 @@ def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
 
 
 def contract_variant(contract: InputContract | None) -> str:
-    """A Subject's `variant` for a model run under `contract`: '' without one."""
-    return "" if contract is None else repr(contract)
+    """A Subject's `variant` for a model run under `contract`: '' without one or with the
+    default one written out (float32 NCHW in [0, 1]: the same function)."""
+    return "" if contract is None or contract == InputContract() else repr(contract)
 
 
 def check_fits(subjects: Sequence[Subject | None], x: np.ndarray) -> None:

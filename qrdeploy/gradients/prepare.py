@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from qrdeploy.core.runtime import make_session, run_session
 from qrdeploy.errors import GraphError, first_line
 from qrdeploy.graphio.graph import real_inputs
+from qrdeploy.graphio.inputspec import fitting_spec
 from qrdeploy.graphio.twin import TwinInfo, dequantized_output, float_twin, gradient_form
 
 MIN_OPSET, MAX_OPSET = 16, 21
@@ -99,8 +100,9 @@ def check_io(model: onnx.ModelProto, chw: tuple[int, ...] | None = None) -> tupl
     if tensor.elem_type != onnx.TensorProto.FLOAT:
         got = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise GraphError(f"expected a float32 input, got {got}; declare the model's input with "
-                         "the --input-spec of eval, attack or check (e.g. dtype=uint8,range=0-255)"
-                         ", see docs/input-spec.md")
+                         "the --input-spec of eval, attack, check or replay (e.g. "
+                         f"{fitting_spec(inputs[0]).cli() or 'range=0-1'}), see "
+                         "docs/input-spec.md")
     dims = tensor.shape.dim
     known = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in dims[1:])
     shape = tuple(chw) if chw is not None else known

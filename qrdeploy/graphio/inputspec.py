@@ -247,15 +247,41 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
     want = TensorProto.UINT8 if spec.dtype is DType.UINT8 else TensorProto.FLOAT
     if elem != want:
         got = TensorProto.DataType.Name(elem)
-        fits = dtype_fit(spec, elem)
         if elem == TensorProto.UINT8:
-            fix = f"pass --input-spec {fits} (a uint8 input holds raw pixels)"
+            fix = f"pass --input-spec {fitting_spec(x, spec).cli()} (a uint8 input holds raw " \
+                  "pixels)"
         elif elem == TensorProto.FLOAT:
             fix = "drop dtype=uint8 from --input-spec (the input is float)"
         else:
             fix = "qrdeploy feeds float32 or uint8 images; re-export the model with one of them"
         raise ConfigError(f"input {x.name!r} is {got} but the input spec says dtype="
                           f"{spec.dtype.value}; {fix}")
+
+
+#: channel counts an image input plausibly has (grey, RGB, RGBA)
+_CHANNELS = (1, 3, 4)
+
+
+def fitting_spec(x: onnx.ValueInfoProto, spec: InputSpec | None = None) -> InputSpec:
+    """`spec` (default: float32 NCHW in [0, 1]) made to fit the input `x` as far as its type
+    and static shape tell: its element type (`dtype_fit`) and, when only the other layout puts
+    a plausible channel count (1, 3 or 4) on the channel axis, that layout (a (N, 28, 28, 1)
+    input is NHWC). The advice of a one-line error, so that one run follows it."""
+    spec = dtype_fit(spec or InputSpec(), x.type.tensor_type.elem_type)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in x.type.tensor_type.shape.dim]
+    if len(dims) == 4 and None not in dims[1:]:
+        first, last = dims[1], dims[3]
+        declared, other = (first, last) if spec.layout is Layout.NCHW else (last, first)
+        if declared not in _CHANNELS and other in _CHANNELS:
+            flipped = Layout.NHWC if spec.layout is Layout.NCHW else Layout.NCHW
+            spec = dataclasses.replace(spec, layout=flipped)
+    return spec
+
+
+def describe(spec: InputSpec) -> str:
+    """'uint8 NHWC pixels in 0-255', 'float32 NCHW pixels in [0, 1]': what a spec feeds."""
+    values = "[0, 1]" if spec.range is Range.UNIT else "0-255"
+    return f"{spec.dtype.value} {spec.layout.value.upper()} pixels in {values}"
 
 
 def dtype_fit(spec: InputSpec, elem: int) -> InputSpec:

@@ -157,12 +157,15 @@ def test_a_reference_contract_without_a_reference_is_refused() -> None:
 
 def test_an_own_contract_of_attack_needs_its_model(tmp_path: Path) -> None:
     import qrdeploy
-    from qrdeploy.errors import UsageError
+    from qrdeploy.errors import ConfigError, UsageError
 
     with pytest.raises(UsageError, match=r"^source_input_spec needs source$"):
         qrdeploy.attack("models/mnist-standard.onnx", "mnist-5k", n=10, out=tmp_path / "r.json",
                         source_input_spec="range=0-1")
     assert not (tmp_path / "r.json").exists()
+    with pytest.raises(ConfigError, match=r"^source_input_spec: "):
+        qrdeploy.attack("models/mnist-standard.onnx", "mnist-5k", n=10, out=tmp_path / "r.json",
+                        source="models/mnist-standard-seed1.onnx", source_input_spec="foo=1")
 
 
 def test_the_reference_contract_keeps_the_float16_upcast() -> None:

@@ -809,6 +809,24 @@ def test_attack_gives_each_model_beside_an_integer_graph_its_own_contract(
     assert main([*victim, "--source-input-spec", "range=0-1", "-o", str(tmp_path / "no.json")]) \
         == 2
     assert "--source-input-spec needs --source" in capsys.readouterr().err
+    # without any spec, one run is told both contracts
+    no = ["-o", str(tmp_path / "no.json")]
+    assert main(["attack", str(path), *base, "--unhardened", ref, *no]) == 1
+    assert capsys.readouterr().err.endswith(
+        "(e.g. range=0-1 for float32 NCHW pixels in [0, 1]); and for the model itself pass "
+        "--input-spec range=0-255,layout=nhwc,dtype=uint8\n")
+    # an own contract that is wrong: the error names the model and its own option
+    for role in ("unhardened", "source"):
+        assert main([*victim, f"--{role}", ref, f"--{role}-input-spec", "range=0-255,dtype=uint8",
+                     *no]) == 1
+        assert capsys.readouterr().err.endswith(
+            f"error: --{role} {ref}: input 'input' is FLOAT but the input spec says dtype=uint8; "
+            f"drop dtype=uint8 from --{role}-input-spec (the input is float)\n")
+    # the other way round, a float victim beside the uint8 NHWC model: its example fits it
+    assert main(["attack", ref, *base, "--source", str(path), *no]) == 1
+    assert capsys.readouterr().err.endswith(
+        "give the source its own input contract with --source-input-spec (e.g. "
+        "range=0-255,layout=nhwc,dtype=uint8 for uint8 NHWC pixels in 0-255)\n")
     own = ["--unhardened", ref, "--unhardened-input-spec", "range=0-1", "--source", ref,
            "--source-input-spec", "range=0-1"]
     assert main([*victim, *own, "-o", str(tmp_path / "own.json")]) == 0
@@ -834,6 +852,9 @@ def test_a_transfer_set_is_not_reused_under_another_input_contract(
     scaled = open_subject(src, SessionConfig("cpu", threads=1), 8,
                           InputContract.from_options("range=0-255"))
     assert plain.key == plain.sha256 == scaled.sha256 != scaled.key
+    written = open_subject(src, SessionConfig("cpu", threads=1), 8,
+                           InputContract.from_options("range=0-1"))
+    assert written.key == plain.key  # the default contract written out: the same function
     monkeypatch.setenv("QRDEPLOY_CACHE", str(tmp_path / "cache"))
     run = ["attack", str(world["paths"]["qdq"]), "--data", f"npz:{world['root'] / 'data.npz'}",
            "--attacks", "clean,black/fgsm-w", "--eps", "none", "-q", "--source", str(src)]

@@ -165,6 +165,25 @@ def test_replay_checks_the_input_contract_like_eval(world: dict[str, Any], tmp_p
     assert "takes inputs of shape (8, 8, 1)" in capsys.readouterr().err
 
 
+def test_a_uint8_nhwc_model_is_told_its_whole_contract(world: dict[str, Any], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """The integer graph as converters from NHWC runtimes ship it (uint8 NHWC input), replayed
+    without --input-spec: one line advising the whole contract, which then runs (it said
+    "expected a float32 input", then the layout on the next run)."""
+    from tests.unit.onnx_builders import uint8_input
+
+    onnx.save(uint8_input(onnx.load(world["root"] / "int8.onnx"), nhwc=True), tmp_path / "u8.onnx")
+    model, adv = str(tmp_path / "u8.onnx"), str(world["set"])
+    assert main(["replay", model, adv]) == 1
+    assert capsys.readouterr().err.endswith(
+        "the model's input shape fits the images only as NHWC; pass --input-spec "
+        "range=0-255,layout=nhwc,dtype=uint8 (or --no-input-guard to go on as declared)\n")
+    assert main(["replay", model, adv, "--input-spec", "range=0-255,layout=nhwc,dtype=uint8",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clean"]["n"] == len(world["x"])
+
+
 def test_a_model_of_another_task_is_named_as_such(world: dict[str, Any], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Inputs of another size (a CIFAR-shaped model on an MNIST-shaped set): replay's own line,
