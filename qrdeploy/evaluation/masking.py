@@ -59,6 +59,9 @@ class Check:
     threshold: float
     detail: str
     ran: bool = True
+    #: False for a check of integer graphs on a graph with float activations: not run because
+    #: it does not apply, so the verdict does not list it as "not checked"
+    applies: bool = True
 
     @property
     def doc(self) -> str:
@@ -112,8 +115,8 @@ def _flags(a: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _skipped(name: CheckName, why: str) -> Check:
-    return Check(name, False, math.nan, math.nan, f"not run: {why}", ran=False)
+def _skipped(name: CheckName, why: str, applies: bool = True) -> Check:
+    return Check(name, False, math.nan, math.nan, f"not run: {why}", ran=False, applies=applies)
 
 
 # ------------------------------------------------------------------ statistics of one model
@@ -243,7 +246,8 @@ def check_bpda(bpda: bool, white: Sequence[Arm], free: Sequence[Arm]) -> Check:
     misleads on this graph, and its white-box columns overstate robustness. Skipped on graphs
     whose gradient is exact."""
     if not bpda:
-        return _skipped(CheckName.BPDA_WEAKER, "the gradient is exact (no integer activations)")
+        return _skipped(CheckName.BPDA_WEAKER, "the gradient is exact (no integer activations)",
+                        applies=False)
     pairs = []
     for o in free:
         ref = _reference(o, white)
@@ -253,17 +257,21 @@ def check_bpda(bpda: bool, white: Sequence[Arm], free: Sequence[Arm]) -> Check:
                     "no gradient-free or transfer arm to pair with the BPDA white-box arms")
 
 
-def check_twin(twin: Arm | None, graph: Sequence[Arm]) -> Check:
+def check_twin(twin: Arm | None, graph: Sequence[Arm], integer: bool = True) -> Check:
     """On an integer graph: does Square crafted on its float-activation twin (scored on the
     graph) break samples that every attack on the graph itself left? `graph`: the arms that
     query or differentiate the graph (its white-box columns, Square on its own logits). The
     worst case of `graph` is compared with that worst case and the twin's arm together (the
     paired rule; the pair differs only where the twin adds a success). Fires when the twin adds
     significantly: the graph's quantized outputs stall the query attack on plateaus of equal
-    margins and its own columns overstate robustness. Skipped without the twin's arm."""
-    if twin is None:
+    margins and its own columns overstate robustness. Skipped without the twin's arm; on a graph
+    that is not `integer` it does not apply."""
+    if twin is None and not integer:
         return _skipped(CheckName.TWIN_STRONGER,
-                        "no Square on a float-activation twin (not an integer graph)")
+                        "no Square on a float-activation twin (not an integer graph)",
+                        applies=False)
+    if twin is None:
+        return _skipped(CheckName.TWIN_STRONGER, "no Square on a float-activation twin")
     ref = [g for g in graph if _within(twin, g)]
     if not ref:
         return _skipped(CheckName.TWIN_STRONGER, "no attack on the graph with the twin's eps")
@@ -334,7 +342,7 @@ class Verdict:
         """The report's one-line verdict."""
         bound = "an attack gives an upper bound on robust accuracy, not a certificate"
         wc = "" if self.worst_case is None else f"adaptive worst case {100 * self.worst_case:.1f}%"
-        skipped = [c.name.value for c in self.checks if not c.ran]
+        skipped = [c.name.value for c in self.checks if not c.ran and c.applies]
         tail = f"; not checked: {', '.join(skipped)}" if skipped else ""
         if self.clean_accuracy == 0:
             tail += ("; the model classifies no sample correctly (a collapsed model): robust "

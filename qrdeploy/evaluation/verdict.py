@@ -106,7 +106,8 @@ def comparison_checks(ev: Evaluation) -> list[Check]:
     return [check_black_box(white, others),
             check_one_step(_by_kind(ev, ("fgsm",)), _by_kind(ev, ITERATIVE)),
             check_square(square, white), check_bpda(ev.victim.bpda, white, free),
-            check_twin(_adaptive_arm(ev, "square-twin"), white + ([square] if square else []))]
+            check_twin(_adaptive_arm(ev, "square-twin"), white + ([square] if square else []),
+                       integer=ev.victim.bpda)]
 
 
 def sweep_check(ev: Evaluation) -> Check:

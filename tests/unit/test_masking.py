@@ -24,6 +24,7 @@ from qrdeploy.evaluation.masking import (
     check_one_step,
     check_probabilities,
     check_square,
+    check_twin,
     check_unbounded,
     check_zero_gradient,
     gap_histogram,
@@ -213,6 +214,18 @@ def test_bpda_weaker(free: list[Arm], fired: bool) -> None:
         assert "adaptive/transfer" in c.detail and "BPDA white-box worst case" in c.detail
     skipped = check_bpda(False, white, free)  # an exact gradient: nothing to check
     assert not skipped.ran and not skipped.fired and "exact" in skipped.detail
+    assert not skipped.applies and check_bpda(True, white, []).applies
+
+
+def test_checks_that_do_not_apply_are_not_listed_as_not_checked() -> None:
+    """A float graph's verdict does not call the integer-graph checks 'not checked': they do
+    not apply to it; an integer graph's check that could not run is listed."""
+    white = [Arm("white/pgd", flags(45), 0.1)]
+    float_graph = Verdict((check_bpda(False, white, []), check_twin(None, white, integer=False),
+                           Check(CheckName.ZERO_GRADIENT, False, 0.0, 0.01, "")), 0.45)
+    assert "not checked" not in float_graph.text
+    integer = Verdict((check_bpda(True, white, []), check_twin(None, white, integer=True)), 0.45)
+    assert integer.text.endswith("; not checked: bpda-weaker, twin-stronger")
 
 
 @pytest.mark.parametrize(

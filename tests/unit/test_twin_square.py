@@ -123,8 +123,11 @@ def test_twin_check_skips_without_a_twin_or_a_comparable_arm() -> None:
     for twin, graph, why in ((None, [Arm("adaptive/square", both, EPS)], "integer graph"),
                              (Arm("adaptive/square-twin", both, 0.3), [Arm("pgd", both, 0.1)],
                               "twin's eps")):
-        skipped = check_twin(twin, graph)
+        skipped = check_twin(twin, graph, integer=twin is not None)
         assert not skipped.ran and not skipped.fired and why in skipped.detail
+        assert skipped.applies is (twin is not None)  # a float graph: it does not apply
+    missing = check_twin(None, [Arm("adaptive/square", both, EPS)], integer=True)
+    assert not missing.ran and missing.applies  # an integer graph without its twin's arm
 
 
 def test_the_twin_entry_refuses_a_float_graph_in_one_line(batch: Batch) -> None:
