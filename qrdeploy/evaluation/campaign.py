@@ -38,6 +38,7 @@ from qrdeploy.evaluation.guard import (
     Verdict,
     check_same_input,
     enforce,
+    layout_guard,
     reference_contract_hint,
 )
 from qrdeploy.evaluation.guard import input_guard as guard_input
@@ -286,9 +287,15 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
         path = paths[role]
         if path is None:
             return None
-        with reference_contract_hint(f"--{role} {path}", own.get(role),
-                                     option=f"--{role}-input-spec"):
-            subject = open_subject(path, session, bs, own.get(role, contract))
+        used, option = own.get(role, contract), f"--{role}-input-spec"
+        if input_guard and role != "unhardened":  # that one had the whole guard above
+            relaid = layout_guard(protos[role], tuple(data.x.shape[1:]), used,
+                                  f"--{role} {path}", option if role in own else "--input-spec")
+            if relaid is not None:
+                with reference_contract_hint(f"--{role} {path}", own.get(role), option=option):
+                    enforce(relaid)
+        with reference_contract_hint(f"--{role} {path}", own.get(role), option=option):
+            subject = open_subject(path, session, bs, used)
             check_fits([subject], data.x)
             return subject
 

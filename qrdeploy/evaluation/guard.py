@@ -250,6 +250,26 @@ def _score(model: onnx.ModelProto, contract: InputContract, spec: InputSpec, dat
     return Candidate(spec, _diversity(pred, max(int(pred.max()) + 1, data.num_classes)))
 
 
+def layout_guard(model: onnx.ModelProto, image: tuple[int, ...],
+                 contract: InputContract | None = None, name: str | None = None,
+                 option: str = "--input-spec") -> GuardResult | None:
+    """The guard's static first step alone (nothing is run): a mismatch when the model's input
+    shape fits the images (C, H, W) only in the other layout, advising a contract that fits
+    the input's element type too (one run, not two); None otherwise. `attack` runs it on the
+    models beside the victim that the full guard does not score (the transfer source, the
+    reference)."""
+    contract = contract or InputContract()
+    other = layout_finding(model, contract, image)
+    if other is None:
+        return None
+    x = _input(model, contract)
+    fits = dtype_fit(dataclasses.replace(contract.spec, layout=other),
+                     x.type.tensor_type.elem_type if x is not None else 0)
+    return GuardResult(Verdict.MISMATCH, contract.spec, "accuracy", 0, None, fits, None,
+                       reason=f"the model's input shape fits the images only as "
+                              f"{other.value.upper()}", subject=name, option=option)
+
+
 def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract | None = None,
                 session: SessionConfig | None = None, batch_size: int = 256,
                 config: GuardConfig | None = None, name: str | None = None,
@@ -263,14 +283,9 @@ def input_guard(model: onnx.ModelProto, data: Dataset, contract: InputContract |
     probe = data.take(min(cfg.n, len(data)))
     measure = "accuracy" if probe.y is not None else "prediction diversity"
     n = len(probe)
-    other = layout_finding(model, contract, tuple(probe.x.shape[1:]))
-    if other is not None:  # the advice fits the input's element type too: one run, not two
-        x = _input(model, contract)
-        fits = dtype_fit(dataclasses.replace(contract.spec, layout=other),
-                         x.type.tensor_type.elem_type if x is not None else 0)
-        return GuardResult(Verdict.MISMATCH, contract.spec, measure, n, None, fits, None,
-                           reason=f"the model's input shape fits the images only as "
-                                  f"{other.value.upper()}", subject=name, option=option)
+    relaid = layout_guard(model, tuple(probe.x.shape[1:]), contract, name, option)
+    if relaid is not None:
+        return dataclasses.replace(relaid, measure=measure, n=n)
     # the declared contract failing outright raises its own error (shape, dtype, outputs)
     declared = _score(model, contract, contract.spec, probe, session, batch_size, strict=True,
                       name=name)

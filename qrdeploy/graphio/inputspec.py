@@ -251,7 +251,8 @@ def _check_dtype(model: onnx.ModelProto, x: onnx.ValueInfoProto, spec: InputSpec
             fix = f"pass --input-spec {fitting_spec(x, spec).cli()} (a uint8 input holds raw " \
                   "pixels)"
         elif elem == TensorProto.FLOAT:
-            fix = "drop dtype=uint8 from --input-spec (the input is float)"
+            fix = (f"pass --input-spec {fitting_spec(x, spec).cli() or 'range=0-1'} (the input "
+                   "is float: not dtype=uint8, nor the 0-255 range that went with it)")
         else:
             fix = "qrdeploy feeds float32 or uint8 images; re-export the model with one of them"
         raise ConfigError(f"input {x.name!r} is {got} but the input spec says dtype="
@@ -287,12 +288,14 @@ def describe(spec: InputSpec) -> str:
 def dtype_fit(spec: InputSpec, elem: int) -> InputSpec:
     """`spec` made to fit an input of element type `elem`, the rest of it (layout, channels)
     kept: a uint8 input holds raw pixels (dtype uint8, range 0-255, no normalisation); a float
-    one takes dtype float32. Unchanged for other types and for a spec that already fits."""
+    one takes dtype float32 and the range [0, 1] (a uint8 spec's 0-255 range came with its
+    dtype; a float model that wants 0-255 is the guard's finding). Unchanged for other types
+    and for a spec that already fits."""
     if elem == TensorProto.UINT8 and spec.dtype is not DType.UINT8:
         return dataclasses.replace(spec, dtype=DType.UINT8, range=Range.BYTE, mean=None,
                                    std=None)
     if elem in (TensorProto.FLOAT, TensorProto.FLOAT16) and spec.dtype is DType.UINT8:
-        return dataclasses.replace(spec, dtype=DType.FLOAT32)
+        return dataclasses.replace(spec, dtype=DType.FLOAT32, range=Range.UNIT)
     return spec
 
 

@@ -160,7 +160,7 @@ def test_the_guard_advises_layout_and_dtype_at_once(tmp_path: Path) -> None:
     """A uint8 NHWC model run with no --input-spec: the guard's layout finding advises the whole
     contract that fits (range, layout and dtype), which then runs, instead of the layout alone
     and a dtype error on the next run; a float NCHW model declared uint8 NHWC is advised the
-    float dtype."""
+    float dtype and its [0, 1] range."""
     from qrdeploy.data.datasets import Dataset
     from qrdeploy.evaluation.guard import Verdict, input_guard
 
@@ -172,7 +172,8 @@ def test_the_guard_advises_layout_and_dtype_at_once(tmp_path: Path) -> None:
         in found.message()
     assert input_guard(u8, data, InputContract(found.best)).verdict is not Verdict.MISMATCH
     declared = InputContract(InputSpec.parse("range=0-255,layout=nhwc,dtype=uint8"))
-    assert input_guard(twin(InputSpec()), data, declared).best == InputSpec.parse("range=0-255")
+    # the 0-255 range came with the uint8 dtype: the float model is advised [0, 1], the default
+    assert input_guard(twin(InputSpec()), data, declared).best == InputSpec()
 
 
 @pytest.mark.parametrize(("flatten", "expect_one_by_one"), [

@@ -74,8 +74,9 @@ WRAP_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, dict[str, str], 
     "unknown_output": (lambda: twin(InputSpec()), "", {"output_name": "probs"}, GraphError,
                        r"the model has no output 'probs'; its outputs are logits"),
     "dtype_mismatch": (lambda: twin(InputSpec()), "range=0-255,dtype=uint8", {}, ConfigError,
-                       r"input 'in' is FLOAT but the input spec says dtype=uint8; drop "
-                       r"dtype=uint8 from --input-spec \(the input is float\)$"),
+                       r"input 'in' is FLOAT but the input spec says dtype=uint8; pass "
+                       r"--input-spec range=0-1 \(the input is float: not dtype=uint8, nor the "
+                       r"0-255 range that went with it\)$"),
     "uint8_input_float_spec": (lambda: twin(InputSpec.parse("range=0-255,dtype=uint8")), "", {},
                                ConfigError, r"input 'in' is UINT8 but the input spec says "
                                r"dtype=float32; pass --input-spec "

@@ -821,12 +821,20 @@ def test_attack_gives_each_model_beside_an_integer_graph_its_own_contract(
                      *no]) == 1
         assert capsys.readouterr().err.endswith(
             f"error: --{role} {ref}: input 'input' is FLOAT but the input spec says dtype=uint8; "
-            f"drop dtype=uint8 from --{role}-input-spec (the input is float)\n")
+            f"pass --{role}-input-spec range=0-1 (the input is float: not dtype=uint8, nor the "
+            "0-255 range that went with it)\n")
     # the other way round, a float victim beside the uint8 NHWC model: its example fits it
     assert main(["attack", ref, *base, "--source", str(path), *no]) == 1
     assert capsys.readouterr().err.endswith(
         "give the source its own input contract with --source-input-spec (e.g. "
         "range=0-255,layout=nhwc,dtype=uint8 for uint8 NHWC pixels in 0-255)\n")
+    # its own contract without the layout: the guard's static layout step names the whole fix
+    assert main(["attack", ref, *base, "--source", str(path), "--source-input-spec",
+                 "range=0-255,dtype=uint8", *no]) == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: input contract mismatch on --source {path}: the model's input shape fits the "
+        "images only as NHWC; pass --source-input-spec range=0-255,layout=nhwc,dtype=uint8 (or "
+        "--no-input-guard to go on as declared)\n")
     own = ["--unhardened", ref, "--unhardened-input-spec", "range=0-1", "--source", ref,
            "--source-input-spec", "range=0-1"]
     assert main([*victim, *own, "-o", str(tmp_path / "own.json")]) == 0
