@@ -295,7 +295,7 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                 with reference_contract_hint(f"--{role} {path}", own.get(role), option=option):
                     enforce(relaid)
         with reference_contract_hint(f"--{role} {path}", own.get(role), option=option):
-            subject = open_subject(path, session, bs, used)
+            subject = open_subject(path, session, bs, used, proto=protos[role])
             check_fits([subject], data.x)
             return subject
 
@@ -316,11 +316,12 @@ def attack_files(model: str | Path, data: Dataset, opts: AttackOptions, *, out: 
                 enforce(found)
             if found.verdict is Verdict.SUSPECT:
                 guard_notes.append(found.message())
-    victim = open_subject(model, session, bs, contract)
+    victim = open_subject(model, session, bs, contract, proto=victim_proto)
     ref = open_("reference")
     before = open_("unhardened")
     srcs = resolve_sources(opts, data, open_("source"), before, session, integer=victim.bpda)
-    check_fits([victim, ref, before, srcs.black, srcs.adaptive], data.x)
+    # the user's models beside the victim were run on one image when opened (open_)
+    check_fits([victim, srcs.black if srcs.black_origin == "default" else None], data.x)
     suite = make_suite(opts, data, srcs.black is not None)
     notes = list(srcs.notes) + guard_notes
     if srcs.black is None and _needs_black_columns(opts, data):

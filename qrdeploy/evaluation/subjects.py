@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from qrdeploy.core.fileio import sha256_file
 from qrdeploy.core.runtime import SessionConfig
@@ -48,10 +49,13 @@ class ModelRef:
 
 
 def open_subject(path: str | Path, session: SessionConfig, batch_size: int,
-                 contract: InputContract | None = None) -> Subject:
+                 contract: InputContract | None = None,
+                 proto: onnx.ModelProto | None = None) -> Subject:
     """An ONNX classifier file as a Subject run by onnxruntime (OrtModel); with a contract the
-    model first gets its input conversion (a kept batch of 1 runs samples one at a time)."""
-    proto = load_model(path)
+    model first gets its input conversion (a kept batch of 1 runs samples one at a time).
+    `proto`: the file already loaded by the validating loader (not loaded again)."""
+    if proto is None:
+        proto = load_model(path)
     meta = get_metadata(proto)
     wrapped, bs = contracted(proto, contract, batch_size)
     model = OrtModel(wrapped, session, batch_size=bs, name=str(path))
